@@ -1,0 +1,279 @@
+"""Configuration objects: `EsmConfig` and the ESMFold sub-configurations.
+
+They read and write HuggingFace `config.json` files. Keys a config does not know are kept as attributes and
+written back unchanged, so a round trip through tf_esm never loses information.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+
+CONFIG_NAME = "config.json"
+
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query", "rotary")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# The ESM-2 vocabulary, in id order (what fair-esm's "ESM-1b" alphabet and every HF ESM checkpoint use).
+ESM2_VOCAB = (
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C",
+    "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
+)
+
+
+def write_text_atomic(path, text):
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+class _Config:
+    """A bag of named settings with defaults; unknown keys are kept and written back."""
+
+    defaults: dict = {}
+    sub_configs: dict = {}
+
+    def __init__(self, **kwargs):
+        for name, default in self.defaults.items():
+            setattr(self, name, copy.deepcopy(default))
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        for name, cls in self.sub_configs.items():
+            value = getattr(self, name, None)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+        self.validate()
+
+    def validate(self):
+        pass
+
+    def to_dict(self):
+        """All settings (known and unknown) as a JSON-serialisable dict."""
+        out = {}
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, _Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = copy.deepcopy(value)
+        return out
+
+    def to_json_string(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, config_dict, **overrides):
+        merged = dict(config_dict)
+        merged.update(overrides)
+        return cls(**merged)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+
+class StructureModuleConfig(_Config):
+    """Settings of ESMFold's structure module (invariant point attention, angle resnet, backbone updates)."""
+
+    defaults = dict(
+        sequence_dim=384, pairwise_dim=128, ipa_dim=16, resnet_dim=128, num_heads_ipa=12, num_qk_points=4,
+        num_v_points=8, dropout_rate=0.1, num_blocks=8, num_transition_layers=1, num_resnet_blocks=2,
+        num_angles=7, trans_scale_factor=10, epsilon=1e-8, inf=1e5,
+    )
+
+
+class TrunkConfig(_Config):
+    """Settings of ESMFold's folding trunk (the triangular pair stack and its recycling)."""
+
+    defaults = dict(
+        num_blocks=48, sequence_state_dim=1024, pairwise_state_dim=128, sequence_head_width=32,
+        pairwise_head_width=32, position_bins=32, dropout=0.0, layer_drop=0.0, cpu_grad_checkpoint=False,
+        max_recycles=4, chunk_size=128, structure_module=None,
+    )
+    sub_configs = {"structure_module": StructureModuleConfig}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.structure_module is None:
+            self.structure_module = StructureModuleConfig()
+
+    def validate(self):
+        for dim_name, width_name in (("sequence_state_dim", "sequence_head_width"),
+                                     ("pairwise_state_dim", "pairwise_head_width")):
+            dim, width = getattr(self, dim_name), getattr(self, width_name)
+            if dim % width != 0:
+                raise ValueError(f"TrunkConfig: {dim_name}={dim} is not a multiple of {width_name}={width}.")
+        if self.pairwise_state_dim % 2 != 0:
+            raise ValueError(f"TrunkConfig: pairwise_state_dim={self.pairwise_state_dim} must be even.")
+        if self.max_recycles < 0:
+            raise ValueError(f"TrunkConfig: max_recycles={self.max_recycles} must be >= 0.")
+
+
+class EsmFoldConfig(_Config):
+    """Settings of ESMFold around its ESM-2 stem."""
+
+    defaults = dict(
+        esm_type=None, fp16_esm=True, use_esm_attn_map=False, esm_ablate_pairwise=False,
+        esm_ablate_sequence=False, esm_input_dropout=0.0, embed_aa=True, bypass_lm=False,
+        lddt_head_hid_dim=128, trunk=None,
+    )
+    sub_configs = {"trunk": TrunkConfig}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.trunk is None:
+            self.trunk = TrunkConfig()
+
+
+class EsmConfig(_Config):
+    """Configuration of an ESM model, compatible with HuggingFace's `config.json` for `model_type="esm"`.
+
+    Every argument of HF's `EsmConfig` is accepted with HF's default. Keys this class does not know are kept
+    and written back by `save_pretrained`.
+
+    Args:
+        vocab_size: Number of tokens (33 for every public ESM model).
+        mask_token_id: Id of `<mask>`; needed for token-dropout scaling.
+        pad_token_id: Id of `<pad>`; positions of absolute embeddings start after it.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: Transformer shape.
+        hidden_dropout_prob, attention_probs_dropout_prob: Dropout rates used in training.
+        max_position_embeddings: Size of the learned position table (absolute embeddings).
+        initializer_range: Standard deviation of the normal initialiser for new weights.
+        layer_norm_eps: Epsilon of every layer norm.
+        position_embedding_type: One of "absolute", "relative_key", "relative_key_query", "rotary".
+        is_decoder, add_cross_attention, use_cache: Decoder mode with cross-attention and a key/value cache.
+        emb_layer_norm_before: Layer norm right after the embeddings (ESM-1b style).
+        token_dropout: Zero `<mask>` embeddings and rescale the rest (ESM-2 style).
+        vocab_list: The vocabulary (folding models).
+        is_folding_model, esmfold_config: ESMFold settings.
+        num_labels, id2label, label2id, problem_type: Task-head settings.
+
+    Examples:
+
+    ```python
+    >>> from tf_esm import EsmConfig
+    >>> config = EsmConfig(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20,
+    ...                    intermediate_size=1280, position_embedding_type="rotary", token_dropout=True,
+    ...                    pad_token_id=1, mask_token_id=32)
+    >>> config.hidden_size // config.num_attention_heads
+    16
+    ```
+    """
+
+    model_type = "esm"
+    defaults = dict(
+        vocab_size=None, mask_token_id=None, pad_token_id=None, hidden_size=768, num_hidden_layers=12,
+        num_attention_heads=12, intermediate_size=3072, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        max_position_embeddings=1026, rope_theta=10000.0, initializer_range=0.02, layer_norm_eps=1e-12,
+        position_embedding_type="absolute", use_cache=True, emb_layer_norm_before=None, token_dropout=False,
+        is_folding_model=False, esmfold_config=None, vocab_list=None, is_decoder=False, add_cross_attention=False,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=2, problem_type=None,
+    )
+    sub_configs = {"esmfold_config": EsmFoldConfig}
+
+    def __init__(self, **kwargs):
+        num_labels = kwargs.pop("num_labels", None)
+        id2label = kwargs.pop("id2label", None)
+        kwargs.pop("label2id", None)  # derived from id2label
+        kwargs.setdefault("model_type", "esm")
+        super().__init__(**kwargs)
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+        if num_labels is not None and num_labels != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        if self.is_folding_model:
+            if self.esmfold_config is None:
+                self.esmfold_config = EsmFoldConfig()
+            if self.vocab_list is None:
+                self.vocab_list = list(ESM2_VOCAB)
+
+    @property
+    def num_labels(self):
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value):
+        if value != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+
+    @property
+    def label2id(self):
+        return {label: i for i, label in self.id2label.items()}
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self):
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"EsmConfig: hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"EsmConfig: unknown position_embedding_type {self.position_embedding_type!r}; "
+                f"expected one of {', '.join(POSITION_EMBEDDING_TYPES)}."
+            )
+        if self.position_embedding_type == "rotary" and self.head_dim % 2 != 0:
+            raise ValueError(f"EsmConfig: rotary embeddings need an even head size, got {self.head_dim}.")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"EsmConfig: unknown problem_type {self.problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}."
+            )
+        if self.add_cross_attention and not self.is_decoder:
+            raise ValueError("EsmConfig: add_cross_attention=True needs is_decoder=True.")
+        for name in ("vocab_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"EsmConfig: {name} must be a positive integer, got {value!r}.")
+
+    def to_dict(self):
+        out = super().to_dict()
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = {v: k for k, v in self.id2label.items()}
+        return out
+
+    @classmethod
+    def from_json_file(cls, path):
+        with open(path, encoding="utf-8") as handle:
+            try:
+                config_dict = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from None
+        return cls.from_dict(config_dict)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, **overrides):
+        """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online)."""
+        from tf_esm.hub import resolve_file
+
+        path = resolve_file(path_or_hub_id, CONFIG_NAME)
+        config = cls.from_json_file(path)
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        config.validate()
+        return config
+
+    def save_pretrained(self, save_directory):
+        os.makedirs(save_directory, exist_ok=True)
+        write_text_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())

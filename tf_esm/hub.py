@@ -1,0 +1,64 @@
+"""Resolve a model reference (local directory, file, or hub id) to local files.
+
+Hub ids are downloaded and cached with `huggingface_hub` when the machine is online; offline, the error says how
+to pass a local directory instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class ModelNotFoundError(OSError):
+    """A model directory, file or hub id could not be resolved to local files."""
+
+
+def _looks_like_hub_id(reference):
+    parts = reference.split("/")
+    return len(parts) == 2 and all(parts) and not reference.startswith((".", "/", "~"))
+
+
+def resolve_file(reference, filename, required=True):
+    """Return a local path to `filename` inside the model `reference`, or None if absent and not `required`."""
+    reference = os.fspath(reference)
+    if os.path.isdir(reference):
+        path = os.path.join(reference, filename)
+        if os.path.isfile(path):
+            return path
+        if required:
+            raise ModelNotFoundError(f"{reference!r} has no {filename}.")
+        return None
+    if os.path.isfile(reference):
+        if os.path.basename(reference) == filename or not required:
+            return reference if os.path.basename(reference) == filename else None
+        raise ModelNotFoundError(f"{reference!r} is a file; expected a model directory containing {filename}.")
+    if not _looks_like_hub_id(reference):
+        raise ModelNotFoundError(
+            f"No model directory {reference!r}: it does not exist locally and is not a hub id like "
+            "'facebook/esm2_t6_8M_UR50D'."
+        )
+    return _download(reference, filename, required)
+
+
+def _download(repo_id, filename, required):
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    except ImportError as error:  # pragma: no cover - huggingface_hub is a runtime dependency
+        raise ModelNotFoundError(f"huggingface_hub is needed to download {repo_id!r}: {error}") from None
+    try:
+        return hf_hub_download(repo_id, filename)
+    except EntryNotFoundError:
+        if required:
+            raise ModelNotFoundError(f"Hub model {repo_id!r} has no file {filename}.") from None
+        return None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"Hub model {repo_id!r} does not exist (or is private).") from None
+    except Exception as error:  # network errors come in many types (LocalEntryNotFoundError, httpx errors, ...)
+        if not required and "404" in str(error):
+            return None
+        raise ModelNotFoundError(
+            f"Could not download {filename} of {repo_id!r} from the Hugging Face hub "
+            f"({type(error).__name__}). If this machine is offline, download the model elsewhere "
+            "and pass its local directory instead, e.g. `from_pretrained('/path/to/esm2_t6_8M_UR50D')`."
+        ) from None

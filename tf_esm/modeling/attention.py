@@ -1,0 +1,177 @@
+"""Multi-head self- and cross-attention with rotary or relative positions, and ESM's pre-norm attention block."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tf_esm.modeling.embeddings import apply_rotary, normal_initializer
+
+
+def masked_fill_value(dtype):
+    """The most negative finite value of `dtype`: masks never overflow to -inf in half precision."""
+    import numpy as np
+
+    name = keras.backend.standardize_dtype(dtype)
+    if name == "bfloat16":
+        return -3.3895313892515355e38
+    return float(np.finfo(name).min)
+
+
+class TFEsmSelfAttention(keras.layers.Layer):
+    """Scaled dot-product attention as ESM computes it: the query is scaled by head_dim**-0.5 before rotary.
+
+    Keys and values come from `hidden_states` (self-attention) or `encoder_hidden_states` (cross-attention).
+    `attention_mask` is a boolean tensor broadcastable to (batch, heads, query_len, key_len), True where a key may
+    be attended. When no attention probabilities are requested, no relative positions are used and no head mask
+    is given, the fused `keras.ops.dot_product_attention` kernel is used.
+
+    Args:
+        config: An `EsmConfig`.
+        is_cross_attention: Whether this layer attends over encoder states.
+    """
+
+    def __init__(self, config, is_cross_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.is_cross_attention = is_cross_attention
+        self.position_embedding_type = config.position_embedding_type
+        init = normal_initializer(config)
+        self.query = keras.layers.Dense(config.hidden_size, kernel_initializer=init, name="query")
+        self.key = keras.layers.Dense(config.hidden_size, kernel_initializer=init, name="key")
+        self.value = keras.layers.Dense(config.hidden_size, kernel_initializer=init, name="value")
+        self.dropout = keras.layers.Dropout(config.attention_probs_dropout_prob)
+        self.distance_embedding = None
+        if self.position_embedding_type in ("relative_key", "relative_key_query"):
+            self.distance_embedding = keras.layers.Embedding(
+                2 * config.max_position_embeddings - 1, self.head_dim, embeddings_initializer=init,
+                name="distance_embedding",
+            )
+
+    def build(self, input_shape=None):
+        hidden = (None, None, self.config.hidden_size)
+        for dense in (self.query, self.key, self.value):
+            dense.build(hidden)
+        if self.distance_embedding is not None:
+            self.distance_embedding.build(None)
+        self.built = True
+
+    def _split_heads(self, x):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (batch, length, self.num_heads, self.head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             rotary=None, past_key_value=None, output_attentions=False, training=False):
+        """Returns (context, attention_probs or None, present_key_value or None).
+
+        `rotary` is (cos_q, sin_q, cos_k, sin_k) for this call's query and key positions.
+        `past_key_value` is (key, value) of earlier steps: after rotary for self-attention, the full encoder
+        projections for cross-attention.
+        """
+        query = self._split_heads(self.query(hidden_states)) * ops.cast(self.head_dim ** -0.5, self.compute_dtype)
+        if self.is_cross_attention:
+            if past_key_value is not None:
+                key, value = past_key_value
+            else:
+                key = self._split_heads(self.key(encoder_hidden_states))
+                value = self._split_heads(self.value(encoder_hidden_states))
+        else:
+            key = self._split_heads(self.key(hidden_states))
+            value = self._split_heads(self.value(hidden_states))
+            if rotary is not None:
+                cos_q, sin_q, cos_k, sin_k = rotary
+                query = apply_rotary(query, cos_q, sin_q)
+                key = apply_rotary(key, cos_k, sin_k)
+            if past_key_value is not None:
+                key = ops.concatenate([past_key_value[0], key], axis=2)
+                value = ops.concatenate([past_key_value[1], value], axis=2)
+        present = (key, value) if self.config.is_decoder else None
+
+        dropout_active = training and self.config.attention_probs_dropout_prob > 0
+        fused = (not output_attentions and head_mask is None and self.distance_embedding is None
+                 and not dropout_active)
+        if fused:
+            context = ops.dot_product_attention(
+                ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 1, 3)),
+                ops.transpose(value, (0, 2, 1, 3)), mask=attention_mask, scale=1.0,
+            )
+            probs = None
+        else:
+            scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+            if self.distance_embedding is not None:
+                scores = scores + self._relative_position_scores(query, key)
+            if attention_mask is not None:
+                scores = ops.where(attention_mask, scores, masked_fill_value(scores.dtype))
+            probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
+            probs = self.dropout(probs, training=training)
+            if head_mask is not None:
+                probs = probs * ops.cast(head_mask, probs.dtype)
+            context = ops.transpose(ops.matmul(probs, value), (0, 2, 1, 3))
+        batch, length = ops.shape(context)[0], ops.shape(context)[1]
+        context = ops.reshape(context, (batch, length, self.config.hidden_size))
+        return context, (probs if output_attentions else None), present
+
+    def _relative_position_scores(self, query, key):
+        query_len, key_len = ops.shape(query)[2], ops.shape(key)[2]
+        # Queries sit at the end of the key sequence (they are the newest tokens when a cache is used).
+        query_positions = ops.arange(key_len - query_len, key_len, dtype="int32")
+        key_positions = ops.arange(key_len, dtype="int32")
+        distance = query_positions[:, None] - key_positions[None, :]
+        table = self.distance_embedding(distance + self.config.max_position_embeddings - 1)
+        table = ops.cast(table, query.dtype)
+        scores = ops.einsum("bhld,lrd->bhlr", query, table)
+        if self.position_embedding_type == "relative_key_query":
+            scores = scores + ops.einsum("bhrd,lrd->bhlr", key, table)
+        return scores
+
+    def get_config(self):
+        base = super().get_config()
+        base.update(config=self.config.to_dict(), is_cross_attention=self.is_cross_attention)
+        return base
+
+
+class TFEsmSelfOutput(keras.layers.Layer):
+    """Output projection of the attention block plus the residual connection."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dense = keras.layers.Dense(config.hidden_size, kernel_initializer=normal_initializer(config),
+                                        name="dense")
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob)
+
+    def build(self, input_shape=None):
+        self.dense.build((None, None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, hidden_states, residual, training=False):
+        return self.dropout(self.dense(hidden_states), training=training) + residual
+
+
+class TFEsmAttention(keras.layers.Layer):
+    """Pre-norm attention block: LayerNorm -> (self|cross) attention -> dense -> + residual."""
+
+    def __init__(self, config, is_cross_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.self_attention = TFEsmSelfAttention(config, is_cross_attention=is_cross_attention, name="self")
+        self.output_projection = TFEsmSelfOutput(config, name="output")
+        self.LayerNorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="LayerNorm")
+
+    def build(self, input_shape=None):
+        self.LayerNorm.build((None, None, self.config.hidden_size))
+        self.self_attention.build(None)
+        self.output_projection.build(None)
+        self.built = True
+
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None, rotary=None,
+             past_key_value=None, output_attentions=False, training=False):
+        normed = self.LayerNorm(hidden_states)
+        context, probs, present = self.self_attention(
+            normed, attention_mask=attention_mask, head_mask=head_mask, encoder_hidden_states=encoder_hidden_states,
+            rotary=rotary, past_key_value=past_key_value, output_attentions=output_attentions, training=training,
+        )
+        return self.output_projection(context, hidden_states, training=training), probs, present

@@ -1,0 +1,328 @@
+"""The transformer layer, the layer stack, the pooler and `TFEsmMainLayer` (embeddings -> encoder -> pooler)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tf_esm.modeling.attention import TFEsmAttention
+from tf_esm.modeling.embeddings import TFEsmEmbeddings, TFEsmRotaryEmbedding, normal_initializer
+from tf_esm.modeling.heads import TFEsmContactPredictionHead
+from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
+
+
+def gelu(x):
+    """The exact (erf) GELU that ESM was trained with."""
+    return x * 0.5 * (1.0 + ops.erf(x / math.sqrt(2.0)))
+
+
+class _Linear(keras.layers.Layer):
+    """A dense projection (named `dense`, as in the reference) inside a named block, with optional residual."""
+
+    def __init__(self, config, units, input_units, activation=None, residual=False, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.input_units = input_units
+        self.activation = activation
+        self.residual = residual
+        self.dense = keras.layers.Dense(units, kernel_initializer=normal_initializer(config), name="dense")
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob) if residual else None
+
+    def build(self, input_shape=None):
+        self.dense.build((None, None, self.input_units))
+        self.built = True
+
+    def call(self, hidden_states, residual=None, training=False):
+        hidden_states = self.dense(hidden_states)
+        if self.activation is not None:
+            hidden_states = self.activation(hidden_states)
+        if self.residual:
+            hidden_states = self.dropout(hidden_states, training=training) + residual
+        return hidden_states
+
+
+class TFEsmLayer(keras.layers.Layer):
+    """One pre-norm transformer layer: attention block, optional cross-attention block, feed-forward block."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.attention = TFEsmAttention(config, name="attention")
+        self.crossattention = None
+        if config.add_cross_attention:
+            self.crossattention = TFEsmAttention(config, is_cross_attention=True, name="crossattention")
+        self.intermediate = _Linear(config, config.intermediate_size, config.hidden_size, activation=gelu,
+                                    name="intermediate")
+        self.output_block = _Linear(config, config.hidden_size, config.intermediate_size, residual=True,
+                                    name="output")
+        self.LayerNorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="LayerNorm")
+
+    def build(self, input_shape=None):
+        self.attention.build(None)
+        if self.crossattention is not None:
+            self.crossattention.build(None)
+        self.intermediate.build(None)
+        self.output_block.build(None)
+        self.LayerNorm.build((None, None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             encoder_attention_mask=None, rotary=None, past_key_value=None, output_attentions=False,
+             training=False):
+        self_past = past_key_value[:2] if past_key_value is not None else None
+        hidden_states, self_probs, present = self.attention(
+            hidden_states, attention_mask=attention_mask, head_mask=head_mask, rotary=rotary,
+            past_key_value=self_past, output_attentions=output_attentions, training=training,
+        )
+        cross_probs = None
+        if encoder_hidden_states is not None or (past_key_value is not None and len(past_key_value) == 4):
+            if self.crossattention is None:
+                raise ValueError(
+                    "encoder_hidden_states were given, but this model has no cross-attention layers: "
+                    "build it with EsmConfig(is_decoder=True, add_cross_attention=True)."
+                )
+            cross_past = past_key_value[2:] if past_key_value is not None and len(past_key_value) == 4 else None
+            hidden_states, cross_probs, cross_present = self.crossattention(
+                hidden_states, attention_mask=encoder_attention_mask, head_mask=head_mask,
+                encoder_hidden_states=encoder_hidden_states, past_key_value=cross_past,
+                output_attentions=output_attentions, training=training,
+            )
+            if present is not None:
+                present = present + cross_present
+        intermediate = self.intermediate(self.LayerNorm(hidden_states))
+        hidden_states = self.output_block(intermediate, residual=hidden_states, training=training)
+        return hidden_states, self_probs, cross_probs, present
+
+
+class TFEsmEncoder(keras.layers.Layer):
+    """The stack of `TFEsmLayer`s followed by the final layer norm (`emb_layer_norm_after`)."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.layer = [TFEsmLayer(config, name=f"layer.{i}") for i in range(config.num_hidden_layers)]
+        self.emb_layer_norm_after = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps,
+                                                                    name="emb_layer_norm_after")
+
+    def build(self, input_shape=None):
+        for layer in self.layer:
+            layer.build(None)
+        self.emb_layer_norm_after.build((None, None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             encoder_attention_mask=None, rotary=None, past_key_values=None, use_cache=False,
+             output_attentions=False, output_hidden_states=False, training=False):
+        all_hidden = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        all_cross = [] if output_attentions and self.config.add_cross_attention else None
+        presents = [] if use_cache else None
+        for index, layer in enumerate(self.layer):
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, probs, cross_probs, present = layer(
+                hidden_states, attention_mask=attention_mask,
+                head_mask=head_mask[index] if head_mask is not None else None,
+                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                rotary=rotary, past_key_value=past_key_values[index] if past_key_values is not None else None,
+                output_attentions=output_attentions, training=training,
+            )
+            if output_attentions:
+                all_attentions.append(probs)
+                if all_cross is not None and cross_probs is not None:
+                    all_cross.append(cross_probs)
+            if use_cache:
+                presents.append(present)
+        hidden_states = self.emb_layer_norm_after(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return TFBaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden_states,
+            past_key_values=tuple(presents) if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross) if all_cross else None,
+        )
+
+
+class TFEsmPooler(keras.layers.Layer):
+    """tanh(dense(hidden state of the first token, `<cls>`))."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dense = keras.layers.Dense(config.hidden_size, activation="tanh",
+                                        kernel_initializer=normal_initializer(config), name="dense")
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, hidden_states):
+        return self.dense(hidden_states[:, 0])
+
+
+def _broadcast_head_mask(head_mask, num_layers):
+    """(heads,) or (layers, heads) -> a per-layer list of (1, heads, 1, 1) multipliers."""
+    head_mask = ops.convert_to_tensor(head_mask, dtype="float32")
+    if len(head_mask.shape) == 1:
+        head_mask = ops.repeat(head_mask[None], num_layers, axis=0)
+    if len(head_mask.shape) != 2 or head_mask.shape[0] != num_layers:
+        raise ValueError(f"head_mask must have shape (num_heads,) or ({num_layers}, num_heads); got {head_mask.shape}.")
+    return [head_mask[i][None, :, None, None] for i in range(num_layers)]
+
+
+class TFEsmMainLayer(keras.layers.Layer):
+    """The ESM encoder shared by every task model: embeddings -> transformer stack -> optional pooler.
+
+    Its sub-layers are named like the PyTorch reference's modules (`embeddings`, `encoder/layer.0/attention/self/
+    query`, ...), which is what lets one mapping rule translate checkpoints.
+
+    Args:
+        config: An `EsmConfig`.
+        add_pooling_layer: Whether to build the `<cls>` pooler.
+
+    Call arguments:
+        input_ids: int tensor (batch, length) of token ids, or None when `inputs_embeds` is given.
+        attention_mask: (batch, length), 1 for real tokens, 0 for padding. Defaults to all ones.
+        position_ids: (batch, length) positions for absolute or rotary embeddings; derived when None.
+        head_mask: (heads,) or (layers, heads) multipliers on the attention probabilities.
+        inputs_embeds: (batch, length, hidden) embeddings used instead of `input_ids`.
+        encoder_hidden_states, encoder_attention_mask: cross-attention inputs (decoder mode).
+        past_key_values: per-layer cached (key, value[, cross_key, cross_value]) from an earlier call.
+        use_cache: return `past_key_values` for the next step (decoder mode).
+        output_attentions, output_hidden_states: also return every layer's attentions / hidden states.
+    """
+
+    def __init__(self, config, add_pooling_layer=True, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.add_pooling_layer = add_pooling_layer
+        self.embeddings = TFEsmEmbeddings(config, name="embeddings")
+        self.rotary_embeddings = None
+        if config.position_embedding_type == "rotary":
+            self.rotary_embeddings = TFEsmRotaryEmbedding(config.head_dim, base=getattr(config, "rope_theta", 1e4),
+                                                          name="rotary_embeddings")
+        self.encoder = TFEsmEncoder(config, name="encoder")
+        self.pooler = TFEsmPooler(config, name="pooler") if add_pooling_layer else None
+        self.contact_head = TFEsmContactPredictionHead(
+            config.num_hidden_layers * config.num_attention_heads, eos_idx=config.eos_token_id
+            if isinstance(config.eos_token_id, int) else 2, name="contact_head",
+        )
+
+    def build(self, input_shape=None):
+        self.embeddings.build(None)
+        if self.rotary_embeddings is not None:
+            self.rotary_embeddings.build(None)
+        self.encoder.build(None)
+        if self.pooler is not None:
+            self.pooler.build(None)
+        self.contact_head.build(None)
+        self.built = True
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
+             encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
+             output_attentions=False, output_hidden_states=False, training=False):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Give exactly one of input_ids and inputs_embeds.")
+        if input_ids is not None:
+            input_ids = ops.convert_to_tensor(input_ids)
+            if len(input_ids.shape) != 2:
+                raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}.")
+            input_ids = ops.cast(input_ids, "int32")
+            batch, length = ops.shape(input_ids)[0], ops.shape(input_ids)[1]
+        else:
+            inputs_embeds = ops.convert_to_tensor(inputs_embeds)
+            batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
+        self._check_length(length, position_ids)
+        use_cache = bool(use_cache) and self.config.is_decoder
+        past_length = 0
+        if past_key_values is not None:
+            past_length = ops.shape(past_key_values[0][0])[2]
+
+        if attention_mask is None:
+            attention_mask = ops.ones((batch, past_length + length), dtype="int32")
+        attention_mask = ops.convert_to_tensor(attention_mask)
+        # The embeddings see only this call's tokens' mask (token-dropout ratio, zeroing of padding).
+        step_mask = attention_mask[:, -length:] if past_key_values is not None else attention_mask
+        embedding_output = self.embeddings(input_ids=input_ids, attention_mask=step_mask, position_ids=position_ids,
+                                           inputs_embeds=inputs_embeds)
+
+        key_mask = ops.cast(attention_mask, "bool")[:, None, None, :]
+        if self.config.is_decoder:
+            query_positions = ops.arange(length, dtype="int32") + past_length
+            key_positions = ops.arange(past_length + length, dtype="int32")
+            causal = query_positions[:, None] >= key_positions[None, :]
+            key_mask = ops.logical_and(key_mask, causal[None, None])
+        cross_mask = None
+        if encoder_hidden_states is not None:
+            if encoder_attention_mask is None:
+                encoder_attention_mask = ops.ones(ops.shape(encoder_hidden_states)[:2], dtype="int32")
+            cross_mask = ops.cast(ops.convert_to_tensor(encoder_attention_mask), "bool")[:, None, None, :]
+
+        rotary = None
+        if self.rotary_embeddings is not None:
+            if position_ids is None:
+                positions = ops.arange(length, dtype="int32") + past_length
+            else:
+                positions = ops.convert_to_tensor(position_ids)[:, None]  # broadcast over heads
+            cos, sin = self.rotary_embeddings(positions)
+            rotary = (cos, sin, cos, sin)
+
+        encoder_outputs = self.encoder(
+            embedding_output, attention_mask=key_mask,
+            head_mask=_broadcast_head_mask(head_mask, self.config.num_hidden_layers) if head_mask is not None else None,
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=cross_mask, rotary=rotary,
+            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, training=training,
+        )
+        sequence_output = encoder_outputs.last_hidden_state
+        return TFBaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
+            past_key_values=encoder_outputs.past_key_values,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            cross_attentions=encoder_outputs.cross_attentions,
+        )
+
+    def _check_length(self, length, position_ids):
+        if self.config.position_embedding_type != "absolute" or position_ids is not None:
+            return
+        if isinstance(length, int):
+            # Positions run from padding_idx + 1, so the table holds max_position_embeddings - padding_idx - 1.
+            limit = self.config.max_position_embeddings - (self.embeddings.padding_idx + 1)
+            if length > limit:
+                raise ValueError(
+                    f"Input length {length} (special tokens included) exceeds this model's absolute position "
+                    f"table: at most {limit} tokens. Truncate the sequences (e.g. tokenizer(..., truncation=True, "
+                    f"max_length={limit}))."
+                )
+
+    def predict_contacts(self, input_ids, attention_mask=None):
+        """Contact probabilities (batch, L, L) over residues (no `<cls>`/`<eos>`), from APC-corrected attentions."""
+        input_ids = ops.cast(ops.convert_to_tensor(input_ids), "int32")
+        if attention_mask is None:
+            attention_mask = ops.cast(ops.not_equal(input_ids, self.embeddings.padding_idx), "int32")
+        outputs = self(input_ids, attention_mask=attention_mask, output_attentions=True)
+        attentions = ops.stack(outputs.attentions, axis=1)  # batch, layers, heads, L, L
+        keep = ops.cast(attention_mask, attentions.dtype)
+        attentions = attentions * keep[:, None, None, :, None] * keep[:, None, None, None, :]
+        return self.contact_head(input_ids, attentions)
+
+    def get_config(self):
+        base = super().get_config()
+        base.update(config=self.config.to_dict(), add_pooling_layer=self.add_pooling_layer)
+        return base
+
+    @classmethod
+    def from_config(cls, config):
+        from tf_esm.configuration import EsmConfig
+
+        config = dict(config)
+        return cls(EsmConfig.from_dict(config.pop("config")), **config)

@@ -1,0 +1,285 @@
+"""The public ESM models: `TFEsmModel`, `TFEsmForMaskedLM`, `TFEsmForSequenceClassification`,
+`TFEsmForTokenClassification`. They share `TFEsmMainLayer` (attribute `esm`) and load PyTorch checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import ops
+
+from tf_esm.configuration import EsmConfig
+from tf_esm.modeling.embeddings import normal_initializer
+from tf_esm.modeling.encoder import TFEsmMainLayer
+from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmLMHead
+from tf_esm.modeling.losses import (
+    masked_sparse_cross_entropy,
+    resolve_problem_type,
+    sequence_classification_loss,
+)
+from tf_esm.modeling.outputs import TFMaskedLMOutput, TFSequenceClassifierOutput, TFTokenClassifierOutput
+
+# Inputs that may also arrive packed in a dict as the first argument (as `model(tokenizer(...))`).
+_INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "head_mask", "inputs_embeds", "labels",
+                "encoder_hidden_states", "encoder_attention_mask", "past_key_values")
+
+
+def _unpack_inputs(input_ids, kwargs):
+    if isinstance(input_ids, dict):
+        packed = dict(input_ids)
+        unknown = set(packed) - set(_INPUT_NAMES) - {"token_type_ids", "special_tokens_mask"}
+        if unknown:
+            raise ValueError(f"Unknown input names {sorted(unknown)}; expected some of {list(_INPUT_NAMES)}.")
+        input_ids = packed.pop("input_ids", None)
+        for name in _INPUT_NAMES[1:]:
+            if name in packed and kwargs.get(name) is None:
+                kwargs[name] = packed[name]
+    return input_ids, kwargs
+
+
+class TFEsmPreTrainedModel(keras.Model):
+    """Base class: configuration handling, building, `from_pretrained` and `save_pretrained`."""
+
+    config_class = EsmConfig
+    base_model_prefix = "esm"
+
+    def __init__(self, config, **kwargs):
+        if isinstance(config, dict):
+            config = EsmConfig.from_dict(config)
+        super().__init__(**kwargs)
+        self.config = config
+
+    def build(self, input_shape=None):
+        for layer in self._sublayers():
+            layer.build(None)
+        self.built = True
+
+    def _sublayers(self):
+        return [self.esm]
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(EsmConfig.from_dict(config.pop("config")), **config)
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, config=None, strict=False, **config_overrides):
+        """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
+
+        Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
+        directories written by `save_pretrained`, and hub ids such as `facebook/esm2_t6_8M_UR50D` (downloaded
+        when online). Task heads absent from the checkpoint are newly initialised (a warning lists them);
+        tensors the model does not use are ignored (a warning lists them). A tensor with the wrong shape is an
+        error that names it.
+
+        Args:
+            path_or_hub_id: Directory, weight file inside a directory, or hub id.
+            config: An `EsmConfig` to use instead of the directory's `config.json`.
+            strict: Raise instead of warning on missing or unexpected tensors.
+            **config_overrides: Config attributes to override, e.g. `num_labels=3`.
+        """
+        from tf_esm.hub import resolve_file
+        from tf_esm.weights import WEIGHT_FILES, CheckpointError, load_state_dict, read_state_dict
+
+        reference = os.fspath(path_or_hub_id)
+        weights_path = None
+        if os.path.isfile(reference):
+            weights_path, reference = reference, os.path.dirname(reference) or "."
+        if config is None:
+            config = EsmConfig.from_pretrained(reference)
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
+        config.validate()
+        if weights_path is None:
+            for filename in WEIGHT_FILES:
+                weights_path = resolve_file(reference, filename, required=False)
+                if weights_path is not None:
+                    break
+        if weights_path is None:
+            raise CheckpointError(f"{reference}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
+        model = cls(config)
+        model.build()
+        load_state_dict(model, read_state_dict(weights_path), strict=strict, source=weights_path)
+        return model
+
+    def save_pretrained(self, save_directory, format="h5", tokenizer=None):
+        """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors` that PyTorch
+        transformers can load too) and the vocabulary (the tokenizer's, or the standard ESM one)."""
+        from tf_esm.weights import H5_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, model_state_dict, save_weights_h5
+
+        if not self.built:
+            self.build()
+        os.makedirs(save_directory, exist_ok=True)
+        self.config.save_pretrained(save_directory)
+        if format == "h5":
+            save_weights_h5(self, os.path.join(save_directory, H5_WEIGHTS_NAME))
+        elif format == "safetensors":
+            _save_safetensors(model_state_dict(self), os.path.join(save_directory, SAFE_WEIGHTS_NAME))
+        else:
+            raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(save_directory)
+        elif self.config.vocab_size == 33 and not os.path.exists(os.path.join(save_directory, "vocab.txt")):
+            from tf_esm.configuration import ESM2_VOCAB, write_text_atomic
+
+            vocab = self.config.vocab_list or ESM2_VOCAB
+            write_text_atomic(os.path.join(save_directory, "vocab.txt"), "\n".join(vocab) + "\n")
+
+    def predict_contacts(self, input_ids, attention_mask=None):
+        """Contact probabilities (batch, L, L) between residues, as the reference's `predict_contacts`."""
+        if not self.built:
+            self.build()
+        return self.esm.predict_contacts(input_ids, attention_mask=attention_mask)
+
+
+def _save_safetensors(state, path):
+    import tempfile
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp_path, metadata={"format": "pt"})
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+class TFEsmModel(TFEsmPreTrainedModel):
+    """The bare ESM encoder: per-token hidden states and (optionally) a pooled `<cls>` vector.
+
+    Examples:
+
+    ```python
+    >>> from tf_esm import EsmTokenizer, TFEsmModel
+    >>> tokenizer = EsmTokenizer.from_pretrained("facebook/esm2_t6_8M_UR50D")
+    >>> model = TFEsmModel.from_pretrained("facebook/esm2_t6_8M_UR50D")
+    >>> out = model(tokenizer(["MKTAYIAKQR"], return_tensors="tf"))
+    >>> out.last_hidden_state.shape
+    TensorShape([1, 12, 320])
+    ```
+    """
+
+    def __init__(self, config, add_pooling_layer=True, **kwargs):
+        super().__init__(config, **kwargs)
+        self.add_pooling_layer = add_pooling_layer
+        self.esm = TFEsmMainLayer(self.config, add_pooling_layer=add_pooling_layer, name="esm")
+
+    def get_config(self):
+        base = super().get_config()
+        base["add_pooling_layer"] = self.add_pooling_layer
+        return base
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
+             encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
+             output_attentions=False, output_hidden_states=False, training=False):
+        input_ids, kw = _unpack_inputs(input_ids, dict(
+            attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
+            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values))
+        return self.esm(input_ids, use_cache=use_cache, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states, training=training, **kw)
+
+
+class TFEsmForMaskedLM(TFEsmPreTrainedModel):
+    """ESM with its masked-language-modelling head (decoder tied to the word embeddings).
+
+    `labels` (batch, length) with -100 at positions to ignore gives `loss` (mean cross-entropy).
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.esm = TFEsmMainLayer(self.config, add_pooling_layer=False, name="esm")
+        self.lm_head = TFEsmLMHead(self.config, self.esm.embeddings.word_embeddings, name="lm_head")
+
+    def _sublayers(self):
+        return [self.esm, self.lm_head]
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
+             encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=False,
+             output_hidden_states=False, training=False):
+        input_ids, kw = _unpack_inputs(input_ids, dict(
+            attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
+            inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, labels=labels))
+        labels = kw.pop("labels")
+        outputs = self.esm(input_ids, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, training=training, **kw)
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = masked_sparse_cross_entropy(labels, logits) if labels is not None else None
+        return TFMaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                attentions=outputs.attentions)
+
+
+class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
+    """ESM with a classification/regression head on `<cls>`.
+
+    The loss follows `config.problem_type` ("regression": MSE, "single_label_classification": cross-entropy,
+    "multi_label_classification": binary cross-entropy on logits); when unset it is inferred from `num_labels`
+    and the label dtype, as in transformers.
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.num_labels = self.config.num_labels
+        self.esm = TFEsmMainLayer(self.config, add_pooling_layer=False, name="esm")
+        self.classifier = TFEsmClassificationHead(self.config, name="classifier")
+
+    def _sublayers(self):
+        return [self.esm, self.classifier]
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
+             labels=None, output_attentions=False, output_hidden_states=False, training=False):
+        input_ids, kw = _unpack_inputs(input_ids, dict(
+            attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
+            inputs_embeds=inputs_embeds, labels=labels))
+        labels = kw.pop("labels")
+        outputs = self.esm(input_ids, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, training=training, **kw)
+        logits = self.classifier(outputs.last_hidden_state, training=training)
+        loss = None
+        if labels is not None:
+            labels = ops.convert_to_tensor(labels)
+            problem_type = resolve_problem_type(self.config, labels)
+            loss = sequence_classification_loss(problem_type, labels, logits, self.num_labels)
+        return TFSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
+
+
+class TFEsmForTokenClassification(TFEsmPreTrainedModel):
+    """ESM with a per-token classification head; labels of -100 are ignored by the loss."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.num_labels = self.config.num_labels
+        self.esm = TFEsmMainLayer(self.config, add_pooling_layer=False, name="esm")
+        self.dropout = keras.layers.Dropout(self.config.hidden_dropout_prob)
+        self.classifier = keras.layers.Dense(self.config.num_labels, name="classifier",
+                                             kernel_initializer=normal_initializer(self.config))
+
+    def build(self, input_shape=None):
+        self.esm.build(None)
+        self.classifier.build((None, None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
+             labels=None, output_attentions=False, output_hidden_states=False, training=False):
+        input_ids, kw = _unpack_inputs(input_ids, dict(
+            attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
+            inputs_embeds=inputs_embeds, labels=labels))
+        labels = kw.pop("labels")
+        outputs = self.esm(input_ids, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, training=training, **kw)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state, training=training))
+        loss = masked_sparse_cross_entropy(labels, logits) if labels is not None else None
+        return TFTokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
