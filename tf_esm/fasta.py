@@ -1,0 +1,102 @@
+"""FASTA reading and protein-sequence validation (pure Python, shared by the CLI, tf_esm.data and the tests).
+
+Policy for sequence characters (documented in README):
+* letters are upper-cased; spaces, tabs and line breaks inside a record are removed;
+* the 25 ESM residue letters (20 standard + X B U Z O) and the gap characters `-` `.` are kept;
+* a trailing `*` (stop codon) is dropped; a `*` anywhere else, digits, and any other character are errors
+  that name the record, the position (1-based) and the character.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBUZO"
+GAPS = "-."
+ALLOWED = frozenset(RESIDUES + GAPS)
+
+
+class FastaError(ValueError):
+    """A malformed FASTA file or an invalid protein sequence (the message names the record and position)."""
+
+
+@dataclass(frozen=True)
+class FastaRecord:
+    id: str
+    description: str
+    sequence: str
+
+
+def clean_sequence(sequence, name="sequence"):
+    """Apply the policy above; return the cleaned sequence or raise FastaError naming `name`."""
+    if not isinstance(sequence, str):
+        raise FastaError(f"{name}: expected a string, got {type(sequence).__name__}.")
+    cleaned = "".join(sequence.split()).upper()
+    if cleaned.endswith("*"):
+        cleaned = cleaned[:-1]
+    if not cleaned:
+        raise FastaError(f"{name}: the sequence is empty.")
+    for position, char in enumerate(cleaned, start=1):
+        if char not in ALLOWED:
+            hint = " (a stop codon inside the sequence)" if char == "*" else ""
+            raise FastaError(
+                f"{name}: invalid character {char!r} at position {position}{hint}; allowed are the residue "
+                f"letters {RESIDUES} and the gaps '-' '.'."
+            )
+    return cleaned
+
+
+def parse_fasta(text, source="<string>", validate=True):
+    """Parse FASTA text into a list of FastaRecord. Record ids are the first word of each header."""
+    records = []
+    header, chunks, header_line = None, [], 0
+    seen = {}
+
+    def finish():
+        if header is None:
+            return
+        record_id = header.split()[0] if header.split() else ""
+        if not record_id:
+            raise FastaError(f"{source}, line {header_line}: a header ('>') without a record id.")
+        if record_id in seen:
+            raise FastaError(
+                f"{source}, line {header_line}: duplicate record id {record_id!r} (first at line {seen[record_id]})."
+            )
+        seen[record_id] = header_line
+        raw = "".join(chunks)
+        sequence = clean_sequence(raw, name=f"{source}, record {record_id!r}") if validate else raw
+        records.append(FastaRecord(record_id, header, sequence))
+
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(";"):
+            continue
+        if stripped.startswith(">"):
+            finish()
+            header, chunks, header_line = stripped[1:].strip(), [], line_number
+        elif header is None:
+            raise FastaError(f"{source}, line {line_number}: sequence data before the first '>' header.")
+        else:
+            chunks.append(stripped)
+    finish()
+    if not records:
+        raise FastaError(f"{source}: no FASTA records found.")
+    return records
+
+
+def read_fasta(path, validate=True):
+    """Read a FASTA file into a list of FastaRecord; errors name the file, record and position."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise FastaError(f"{path}: cannot read ({error.strerror}).") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FastaError(f"{path}: not a text file (byte {error.start} is not UTF-8).") from None
+    if "\x00" in text:
+        raise FastaError(f"{path}: not a text file (contains NUL bytes).")
+    return parse_fasta(text, source=path, validate=validate)
