@@ -43,11 +43,18 @@ def resolve_file(reference, filename, required=True):
 def _download(repo_id, filename, required):
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError as error:  # pragma: no cover - huggingface_hub is a runtime dependency
         raise ModelNotFoundError(f"huggingface_hub is needed to download {repo_id!r}: {error}") from None
+    offline_message = (
+        f"Could not download {filename} of {repo_id!r} from the Hugging Face hub: this machine is offline (or "
+        "HF_HUB_OFFLINE is set) and the file is not in the local cache. Download the model elsewhere and pass "
+        "its local directory instead, e.g. `from_pretrained('/path/to/esm2_t6_8M_UR50D')`."
+    )
     try:
         return hf_hub_download(repo_id, filename)
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(offline_message) from None
     except EntryNotFoundError:
         if required:
             raise ModelNotFoundError(f"Hub model {repo_id!r} has no file {filename}.") from None
@@ -57,8 +64,4 @@ def _download(repo_id, filename, required):
     except Exception as error:  # network errors come in many types (LocalEntryNotFoundError, httpx errors, ...)
         if not required and "404" in str(error):
             return None
-        raise ModelNotFoundError(
-            f"Could not download {filename} of {repo_id!r} from the Hugging Face hub "
-            f"({type(error).__name__}). If this machine is offline, download the model elsewhere "
-            "and pass its local directory instead, e.g. `from_pretrained('/path/to/esm2_t6_8M_UR50D')`."
-        ) from None
+        raise ModelNotFoundError(f"{offline_message} ({type(error).__name__})") from None

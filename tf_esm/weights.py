@@ -50,7 +50,11 @@ REFERENCE_ALIASES = (
 IGNORED = (
     re.compile(r"(^|\.)lm_head\.decoder\.weight$"),
     re.compile(r"(^|\.)embeddings\.position_ids$"),
+    # transformers 4.x builds an (unused) absolute table for rotary / relative models too.
+    re.compile(r"(^|\.)embeddings\.position_embeddings\.weight$"),
     re.compile(r"(^|\.)af2_to_esm$"),
+    # Cross-attention reuses the model's one rotary table (4.x stored a copy per cross-attention layer).
+    re.compile(r"crossattention\.self\.rotary_embeddings\.inv_freq$"),
 )
 
 # Keras variables a checkpoint may lack without a warning (their defaults are exact).

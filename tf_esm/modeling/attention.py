@@ -68,22 +68,26 @@ class TFEsmSelfAttention(keras.layers.Layer):
         """Returns (context, attention_probs or None, present_key_value or None).
 
         `rotary` is (cos_q, sin_q, cos_k, sin_k) for this call's query and key positions.
-        `past_key_value` is (key, value) of earlier steps: after rotary for self-attention, the full encoder
-        projections for cross-attention.
+        `past_key_value` is (key, value) of earlier steps, stored after rotary (for cross-attention: the whole
+        encoder sequence's projections).
         """
         query = self._split_heads(self.query(hidden_states)) * ops.cast(self.head_dim ** -0.5, self.compute_dtype)
+        # The reference rotates cross-attention too: queries at their own positions, encoder keys at 0..S-1.
+        if rotary is not None:
+            cos_q, sin_q, cos_k, sin_k = rotary
+            query = apply_rotary(query, cos_q, sin_q)
         if self.is_cross_attention:
             if past_key_value is not None:
                 key, value = past_key_value
             else:
                 key = self._split_heads(self.key(encoder_hidden_states))
                 value = self._split_heads(self.value(encoder_hidden_states))
+                if rotary is not None:
+                    key = apply_rotary(key, cos_k, sin_k)
         else:
             key = self._split_heads(self.key(hidden_states))
             value = self._split_heads(self.value(hidden_states))
             if rotary is not None:
-                cos_q, sin_q, cos_k, sin_k = rotary
-                query = apply_rotary(query, cos_q, sin_q)
                 key = apply_rotary(key, cos_k, sin_k)
             if past_key_value is not None:
                 key = ops.concatenate([past_key_value[0], key], axis=2)

@@ -69,8 +69,8 @@ class TFEsmLayer(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-             encoder_attention_mask=None, rotary=None, past_key_value=None, output_attentions=False,
-             training=False):
+             encoder_attention_mask=None, rotary=None, cross_rotary=None, past_key_value=None,
+             output_attentions=False, training=False):
         self_past = past_key_value[:2] if past_key_value is not None else None
         hidden_states, self_probs, present = self.attention(
             hidden_states, attention_mask=attention_mask, head_mask=head_mask, rotary=rotary,
@@ -86,7 +86,7 @@ class TFEsmLayer(keras.layers.Layer):
             cross_past = past_key_value[2:] if past_key_value is not None and len(past_key_value) == 4 else None
             hidden_states, cross_probs, cross_present = self.crossattention(
                 hidden_states, attention_mask=encoder_attention_mask, head_mask=head_mask,
-                encoder_hidden_states=encoder_hidden_states, past_key_value=cross_past,
+                encoder_hidden_states=encoder_hidden_states, rotary=cross_rotary, past_key_value=cross_past,
                 output_attentions=output_attentions, training=training,
             )
             if present is not None:
@@ -113,7 +113,7 @@ class TFEsmEncoder(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
-             encoder_attention_mask=None, rotary=None, past_key_values=None, use_cache=False,
+             encoder_attention_mask=None, rotary=None, cross_rotary=None, past_key_values=None, use_cache=False,
              output_attentions=False, output_hidden_states=False, training=False):
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -126,7 +126,8 @@ class TFEsmEncoder(keras.layers.Layer):
                 hidden_states, attention_mask=attention_mask,
                 head_mask=head_mask[index] if head_mask is not None else None,
                 encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                rotary=rotary, past_key_value=past_key_values[index] if past_key_values is not None else None,
+                rotary=rotary, cross_rotary=cross_rotary,
+                past_key_value=past_key_values[index] if past_key_values is not None else None,
                 output_attentions=output_attentions, training=training,
             )
             if output_attentions:
@@ -273,11 +274,19 @@ class TFEsmMainLayer(keras.layers.Layer):
                 positions = ops.convert_to_tensor(position_ids)[:, None]  # broadcast over heads
             cos, sin = self.rotary_embeddings(positions)
             rotary = (cos, sin, cos, sin)
+        cross_rotary = None
+        if rotary is not None and encoder_hidden_states is not None:
+            encoder_length = ops.shape(encoder_hidden_states)[1]
+            cos_k, sin_k = self.rotary_embeddings(ops.arange(encoder_length, dtype="int32"))
+            cross_rotary = (rotary[0], rotary[1], cos_k, sin_k)
+        elif rotary is not None and past_key_values is not None and len(past_key_values[0]) == 4:
+            cross_rotary = rotary  # cached cross keys are already rotated; only the queries need tables
 
         encoder_outputs = self.encoder(
             embedding_output, attention_mask=key_mask,
             head_mask=_broadcast_head_mask(head_mask, self.config.num_hidden_layers) if head_mask is not None else None,
             encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=cross_mask, rotary=rotary,
+            cross_rotary=cross_rotary,
             past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, training=training,
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import keras
@@ -13,6 +14,7 @@ from tf_esm.modeling.embeddings import normal_initializer
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmLMHead
 from tf_esm.modeling.losses import (
+    IGNORE_INDEX,
     masked_sparse_cross_entropy,
     resolve_problem_type,
     sequence_classification_loss,
@@ -37,17 +39,54 @@ def _unpack_inputs(input_ids, kwargs):
     return input_ids, kwargs
 
 
+def _labels_of(x, y):
+    """Training targets: the dataset's `y`, else `inputs["labels"]` (both styles HF's TF models accepted)."""
+    if y is not None:
+        return y
+    if isinstance(x, dict):
+        return x.get("labels")
+    return None
+
+
+def _scale_for_replicas(loss):
+    # Keras divides each replica's loss by the replica count (and undoes it for the logged value); the built-in
+    # loss must follow the same convention or tf.distribute would sum, not average, the replicas' gradients.
+    from keras.src.losses.loss import scale_loss_for_distribution
+
+    return scale_loss_for_distribution(loss)
+
+
 class TFEsmPreTrainedModel(keras.Model):
-    """Base class: configuration handling, building, `from_pretrained` and `save_pretrained`."""
+    """Base class: configuration handling, building, `from_pretrained`, `save_pretrained` and Keras training.
+
+    Calling the model (`model(inputs)`) returns named outputs (`.logits`, `.loss` when `labels` are given, ...).
+    Inside `fit`, `evaluate`, `predict` and the `*_on_batch` methods, `call` returns what Keras losses, metrics
+    and `predict` work on: the task models' logits tensor, the bare encoder's dict of arrays. So both compile
+    styles work:
+
+    * `model.compile(optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=...)`:
+      the Keras loss sees the logits;
+    * `model.compile(optimizer)` with no loss: the model's built-in loss is used (`hf_compute_loss`: by
+      `config.problem_type` for sequence classification, cross-entropy ignoring -100 for tokens), as HF's
+      TensorFlow models did.
+
+    Labels come as the dataset's targets (`(inputs, labels)` pairs) or inside the inputs dict as `"labels"`.
+    For the token-level models (masked LM, token classification), compiled metrics skip positions labelled -100.
+    A compiled token-level Keras loss should skip them too: `SparseCategoricalCrossentropy(from_logits=True,
+    ignore_class=-100)`.
+    """
 
     config_class = EsmConfig
     base_model_prefix = "esm"
+    # Whether labels are per token, with -100 marking positions to ignore.
+    _token_level_labels = False
 
     def __init__(self, config, **kwargs):
         if isinstance(config, dict):
             config = EsmConfig.from_dict(config)
         super().__init__(**kwargs)
         self.config = config
+        self._keras_loop_depth = 0
 
     def build(self, input_shape=None):
         for layer in self._sublayers():
@@ -87,6 +126,19 @@ class TFEsmPreTrainedModel(keras.Model):
 
         reference = os.fspath(path_or_hub_id)
         weights_path = None
+        if reference.endswith(".pt") and os.path.isfile(reference):
+            # A fair-esm checkpoint carries its own architecture arguments.
+            from tf_esm.fair_esm import read_fair_esm_checkpoint
+
+            pt_config, state_dict = read_fair_esm_checkpoint(reference)
+            config = config or pt_config
+            for name, value in config_overrides.items():
+                setattr(config, name, value)
+            config.validate()
+            model = cls(config)
+            model.build()
+            load_state_dict(model, state_dict, strict=strict, source=reference)
+            return model
         if os.path.isfile(reference):
             weights_path, reference = reference, os.path.dirname(reference) or "."
         if config is None:
@@ -113,6 +165,11 @@ class TFEsmPreTrainedModel(keras.Model):
 
         if not self.built:
             self.build()
+        if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers(include_self=False)):
+            raise ValueError(
+                "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
+                "checkpoint with tf_esm.training.merge_lora(model).save_pretrained(directory)."
+            )
         os.makedirs(save_directory, exist_ok=True)
         self.config.save_pretrained(save_directory)
         if format == "h5":
@@ -134,6 +191,101 @@ class TFEsmPreTrainedModel(keras.Model):
         if not self.built:
             self.build()
         return self.esm.predict_contacts(input_ids, attention_mask=attention_mask)
+
+    # ----------------------------------------------------------------------------------------------------- LoRA
+    def enable_lora(self, rank, lora_alpha=None, targets=("query", "value"), freeze_encoder=True):
+        """Keras LoRA adapters of rank `rank` on the attention projections `targets` (any of query/key/value)
+        of every layer; the rest of the encoder is frozen unless `freeze_encoder=False`, the head stays
+        trainable. See `tf_esm.training.enable_lora`."""
+        from tf_esm.training import enable_lora
+
+        return enable_lora(self, rank, lora_alpha=lora_alpha, targets=targets, freeze_encoder=freeze_encoder)
+
+    def save_lora_weights(self, path):
+        """Save only the LoRA adapters and the task head (a safetensors file). See `tf_esm.training`."""
+        from tf_esm.training import save_lora_weights
+
+        return save_lora_weights(self, path)
+
+    def load_lora_weights(self, path):
+        """Load adapters written by `save_lora_weights`, enabling LoRA with the saved rank if needed."""
+        from tf_esm.training import load_lora_weights
+
+        return load_lora_weights(self, path)
+
+    # ------------------------------------------------------------------------------------------- Keras training
+    @property
+    def _in_keras_loop(self):
+        """True while fit/evaluate/predict run: `call` then returns the plain tensors Keras works on."""
+        return self._keras_loop_depth > 0
+
+    @contextlib.contextmanager
+    def _keras_loop(self):
+        self._keras_loop_depth += 1
+        try:
+            yield
+        finally:
+            self._keras_loop_depth -= 1
+
+    def fit(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().predict(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().test_on_batch(*args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().predict_on_batch(*args, **kwargs)
+
+    def hf_compute_loss(self, labels, logits):
+        """The built-in loss, as the PyTorch reference computes it from `labels` and `logits`."""
+        raise ValueError(
+            f"{type(self).__name__} has no built-in loss: compile it with a loss, e.g. "
+            "model.compile(optimizer, loss=...)."
+        )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled Keras loss on the logits if `compile` was given one, else the built-in loss."""
+        labels = _labels_of(x, y)
+        if self._compile_loss is not None:
+            return super().compute_loss(x, labels, y_pred, sample_weight, training=training)
+        if labels is None:
+            raise ValueError(
+                f"{type(self).__name__} was compiled without a loss, so it trains on its built-in loss, which "
+                "needs labels: give the dataset (inputs, labels) pairs or put them in the inputs as "
+                "inputs['labels'] (or compile with loss=...)."
+            )
+        if sample_weight is not None:
+            raise ValueError(
+                "sample_weight is not supported by the built-in loss; compile with a Keras loss to weight samples."
+            )
+        loss = _scale_for_replicas(self.hf_compute_loss(labels, y_pred))
+        for extra in self.losses:  # e.g. regularisers
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels = _labels_of(x, y)
+        if labels is not None and self._token_level_labels:
+            keep = ops.not_equal(labels, IGNORE_INDEX)
+            labels = ops.where(keep, labels, ops.zeros_like(labels))
+            keep = ops.cast(keep, "float32")
+            sample_weight = keep if sample_weight is None else keep * ops.cast(sample_weight, "float32")
+        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
 
 
 def _save_safetensors(state, path):
@@ -186,8 +338,11 @@ class TFEsmModel(TFEsmPreTrainedModel):
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values))
-        return self.esm(input_ids, use_cache=use_cache, output_attentions=output_attentions,
-                        output_hidden_states=output_hidden_states, training=training, **kw)
+        outputs = self.esm(input_ids, use_cache=use_cache, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, training=training, **kw)
+        if self._in_keras_loop:
+            return {name: value for name, value in outputs.items() if name in ("last_hidden_state", "pooler_output")}
+        return outputs
 
 
 class TFEsmForMaskedLM(TFEsmPreTrainedModel):
@@ -196,6 +351,8 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
     `labels` (batch, length) with -100 at positions to ignore gives `loss` (mean cross-entropy).
     """
 
+    _token_level_labels = True
+
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.esm = TFEsmMainLayer(self.config, add_pooling_layer=False, name="esm")
@@ -203,6 +360,10 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
 
     def _sublayers(self):
         return [self.esm, self.lm_head]
+
+    def hf_compute_loss(self, labels, logits):
+        """Mean cross-entropy over positions whose label is not -100."""
+        return masked_sparse_cross_entropy(labels, logits)
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=False,
@@ -215,7 +376,9 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
         outputs = self.esm(input_ids, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)
         logits = self.lm_head(outputs.last_hidden_state)
-        loss = masked_sparse_cross_entropy(labels, logits) if labels is not None else None
+        if self._in_keras_loop:
+            return logits
+        loss = self.hf_compute_loss(labels, logits) if labels is not None else None
         return TFMaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                 attentions=outputs.attentions)
 
@@ -237,6 +400,12 @@ class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
     def _sublayers(self):
         return [self.esm, self.classifier]
 
+    def hf_compute_loss(self, labels, logits):
+        """MSE, cross-entropy or binary cross-entropy on logits, by `config.problem_type` (inferred when unset)."""
+        labels = ops.convert_to_tensor(labels)
+        problem_type = resolve_problem_type(self.config, labels)
+        return sequence_classification_loss(problem_type, labels, logits, self.num_labels)
+
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              labels=None, output_attentions=False, output_hidden_states=False, training=False):
         input_ids, kw = _unpack_inputs(input_ids, dict(
@@ -246,17 +415,17 @@ class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
         outputs = self.esm(input_ids, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)
         logits = self.classifier(outputs.last_hidden_state, training=training)
-        loss = None
-        if labels is not None:
-            labels = ops.convert_to_tensor(labels)
-            problem_type = resolve_problem_type(self.config, labels)
-            loss = sequence_classification_loss(problem_type, labels, logits, self.num_labels)
+        if self._in_keras_loop:
+            return logits
+        loss = self.hf_compute_loss(labels, logits) if labels is not None else None
         return TFSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                           attentions=outputs.attentions)
 
 
 class TFEsmForTokenClassification(TFEsmPreTrainedModel):
     """ESM with a per-token classification head; labels of -100 are ignored by the loss."""
+
+    _token_level_labels = True
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -271,6 +440,10 @@ class TFEsmForTokenClassification(TFEsmPreTrainedModel):
         self.classifier.build((None, None, self.config.hidden_size))
         self.built = True
 
+    def hf_compute_loss(self, labels, logits):
+        """Mean cross-entropy over tokens whose label is not -100."""
+        return masked_sparse_cross_entropy(labels, logits)
+
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              labels=None, output_attentions=False, output_hidden_states=False, training=False):
         input_ids, kw = _unpack_inputs(input_ids, dict(
@@ -280,6 +453,8 @@ class TFEsmForTokenClassification(TFEsmPreTrainedModel):
         outputs = self.esm(input_ids, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)
         logits = self.classifier(self.dropout(outputs.last_hidden_state, training=training))
-        loss = masked_sparse_cross_entropy(labels, logits) if labels is not None else None
+        if self._in_keras_loop:
+            return logits
+        loss = self.hf_compute_loss(labels, logits) if labels is not None else None
         return TFTokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                        attentions=outputs.attentions)

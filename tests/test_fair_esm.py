@@ -1,0 +1,315 @@
+"""fair-esm `.pt` checkpoints -> tf_esm directories, checked against fair-esm itself.
+
+Tiny ESM-2 / ESM-1b / ESM-1v models are built with fair-esm, perturbed, and saved in the exact on-disk layout of
+the released files (fairseq prefixes, `cfg`/`args` Namespaces, a `-contact-regression.pt` sibling). fair-esm's own
+`load_model_and_alphabet_local` loads them back and is the reference for logits, every layer's representation and
+contacts of a padded batch with `<mask>` tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+esm = pytest.importorskip("esm")
+
+from tf_esm import TFEsmForMaskedLM, TFEsmModel  # noqa: E402
+from tf_esm.configuration import ESM2_VOCAB  # noqa: E402
+from tf_esm.fair_esm import (  # noqa: E402
+    FAIR_ESM_RENAMES,
+    convert_checkpoint,
+    fair_esm_to_reference_name,
+    read_fair_esm_checkpoint,
+)
+from tf_esm.weights import CheckpointError  # noqa: E402
+
+# fp32 parity: 1e-5 relative to the tensor's scale (the logits reach ~20, where one fp32 ulp is ~2e-6).
+ATOL = 1e-5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQUENCES = [("long", "MKTAYIAK<mask>QRQISFVKSHF"), ("short", "GS<mask>LKA"), ("tiny", "W<mask>")]
+ALPHABET = esm.data.Alphabet.from_architecture("ESM-1b")
+
+
+# ------------------------------------------------------------------------------------------------ fair-esm files
+
+def _perturb(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():  # tied embeddings/decoder are one parameter, perturbed once
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+def _fairseq_layout(state_dict):
+    """Split a fair-esm state dict into fairseq's prefixed 'model' dict and the contact-regression dict."""
+    model, regression = {}, {}
+    for name, value in state_dict.items():
+        if name.startswith("contact_head."):
+            regression[name] = value
+        elif name.startswith("lm_head."):
+            model["encoder." + name] = value
+        else:
+            model["encoder.sentence_encoder." + name] = value
+    return model, regression
+
+
+def write_esm2(directory, stem="esm2_t2_tiny_UR50D"):
+    model = esm.model.esm2.ESM2(num_layers=2, embed_dim=32, attention_heads=4, alphabet=ALPHABET, token_dropout=True)
+    _perturb(model, seed=1)
+    with torch.no_grad():
+        for layer in model.layers:  # released files store fp16-rounded tables: they must be used as stored
+            layer.self_attn.rot_emb.inv_freq.mul_(1.03)
+    weights, regression = _fairseq_layout(model.state_dict())
+    cfg = argparse.Namespace(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=128,
+                             encoder_attention_heads=4, token_dropout=True, max_positions=1024, dropout=0.0)
+    path = os.path.join(directory, stem + ".pt")
+    torch.save({"model": weights, "cfg": {"model": cfg, "task": {"_name": "masked_lm"}}}, path)
+    torch.save({"model": regression}, os.path.join(directory, stem + "-contact-regression.pt"))
+    return path
+
+
+def write_esm1b(directory, stem="esm1b_t2_tiny_UR50S", layer_norm_before=True, token_dropout=True,
+                with_regression=True):
+    args = argparse.Namespace(arch="roberta_large", layers=2, embed_dim=32, ffn_embed_dim=48, attention_heads=4,
+                              max_positions=40, token_dropout=token_dropout, emb_layer_norm_before=layer_norm_before)
+    model = _perturb(esm.model.esm1.ProteinBertModel(args, ALPHABET), seed=2)
+    weights, regression = _fairseq_layout(model.state_dict())
+    # fairseq's argument names, which fair-esm strips of "encoder_".
+    raw_args = argparse.Namespace(arch="roberta_large", encoder_layers=2, encoder_embed_dim=32,
+                                  encoder_ffn_embed_dim=48, encoder_attention_heads=4, max_positions=40,
+                                  token_dropout=token_dropout, dropout=0.1, attention_dropout=0.1)
+    path = os.path.join(directory, stem + ".pt")
+    torch.save({"model": weights, "args": raw_args}, path)
+    if with_regression:
+        torch.save({"model": regression}, os.path.join(directory, stem + "-contact-regression.pt"))
+    return path
+
+
+def fair_esm_load(path):
+    """fair-esm's own loader (torch >= 2.6 loads with weights_only=True, so Namespace must be allowed)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        model, alphabet = esm.pretrained.load_model_and_alphabet_local(path)
+    return model.eval(), alphabet
+
+
+def fair_esm_outputs(model, alphabet):
+    _, _, tokens = alphabet.get_batch_converter()(SEQUENCES)
+    with torch.no_grad():
+        out = model(tokens, repr_layers=list(range(model.num_layers + 1)), return_contacts=True)
+    return tokens.numpy(), {
+        "logits": out["logits"].numpy(),
+        "representations": [out["representations"][i].numpy() for i in range(model.num_layers + 1)],
+        "contacts": out["contacts"].numpy(),
+    }
+
+
+def our_outputs(model, tokens):
+    attention_mask = (tokens != ALPHABET.padding_idx).astype("int32")
+    out = model(tokens, attention_mask=attention_mask, output_hidden_states=True)
+    return {
+        "logits": np.asarray(out.logits),
+        "representations": [np.asarray(h) for h in out.hidden_states],
+        "contacts": np.asarray(model.predict_contacts(tokens, attention_mask=attention_mask)),
+    }
+
+
+def max_diff(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b)))
+
+
+def assert_close(diffs, references):
+    """Each max abs diff must be below ATOL times the reference tensor's scale (at least 1)."""
+    for name, diff in diffs.items():
+        scale = max(1.0, float(np.max(np.abs(references[name]))))
+        assert diff < ATOL * scale, f"{name}: max abs diff {diff:.2e} (scale {scale:.1f})"
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """{kind: (checkpoint path, converted dir, tokens, fair-esm outputs)} for ESM-2, ESM-1b and ESM-1v files."""
+    root = tmp_path_factory.mktemp("fair_esm")
+    paths = {
+        "esm2": write_esm2(str(root)),
+        "esm1b": write_esm1b(str(root)),
+        # ESM-1v: no contact-regression file, and the other ESM-1b options (no embedding layer norm, no token
+        # dropout, so the zeroed <mask> embedding row reaches the encoder).
+        "esm1v": write_esm1b(str(root), stem="esm1v_t2_tiny_UR90S_1", layer_norm_before=False, token_dropout=False,
+                             with_regression=False),
+    }
+    out = {}
+    for kind, path in paths.items():
+        model, alphabet = fair_esm_load(path)
+        tokens, reference = fair_esm_outputs(model, alphabet)
+        converted = convert_checkpoint(path, str(root / f"{kind}_tf"))
+        out[kind] = (path, converted, tokens, reference)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------- tests
+
+def test_fair_esm_alphabet_is_the_esm2_vocabulary():
+    assert tuple(ALPHABET.all_toks) == ESM2_VOCAB
+    assert (ALPHABET.cls_idx, ALPHABET.padding_idx, ALPHABET.eos_idx, ALPHABET.mask_idx) == (0, 1, 2, 32)
+
+
+@pytest.mark.parametrize("kind", ["esm2", "esm1b", "esm1v"])
+def test_converted_model_matches_fair_esm(cases, kind):
+    _, converted, tokens, reference = cases[kind]
+    assert (tokens == ALPHABET.padding_idx).any() and (tokens == ALPHABET.mask_idx).any()
+    ours = our_outputs(TFEsmForMaskedLM.from_pretrained(converted), tokens)
+    diffs = {"logits": max_diff(ours["logits"], reference["logits"])}
+    references = {"logits": reference["logits"]}
+    assert len(ours["representations"]) == len(reference["representations"])
+    for layer, (mine, theirs) in enumerate(zip(ours["representations"], reference["representations"])):
+        diffs[f"repr{layer}"] = max_diff(mine, theirs)
+        references[f"repr{layer}"] = theirs
+    if kind != "esm1v":  # ESM-1v has no regression weights: both contact heads are untrained
+        diffs["contacts"] = max_diff(ours["contacts"], reference["contacts"])
+        references["contacts"] = reference["contacts"]
+    print(kind, {k: f"{v:.1e}" for k, v in diffs.items()})
+    assert_close(diffs, references)
+
+
+def test_config_from_checkpoint_arguments(cases):
+    config, state = read_fair_esm_checkpoint(cases["esm2"][0])
+    assert (config.position_embedding_type, config.num_hidden_layers, config.hidden_size,
+            config.num_attention_heads, config.intermediate_size) == ("rotary", 2, 32, 4, 128)
+    assert config.token_dropout and not config.emb_layer_norm_before and config.layer_norm_eps == 1e-5
+    assert (config.vocab_size, config.pad_token_id, config.mask_token_id, config.eos_token_id) == (33, 1, 32, 2)
+    assert "lm_head.decoder.weight" not in state and state["esm.embeddings.word_embeddings.weight"].dtype == np.float32
+
+    config, state = read_fair_esm_checkpoint(cases["esm1b"][0])
+    assert (config.position_embedding_type, config.intermediate_size, config.max_position_embeddings) == (
+        "absolute", 48, 40 + 2)
+    assert config.token_dropout and config.emb_layer_norm_before
+    # fair-esm zeroes the <mask> embedding of ESM-1b models on load; the raw file's row is not zero.
+    assert not state["esm.embeddings.word_embeddings.weight"][32].any()
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        raw = torch.load(cases["esm1b"][0], weights_only=True)["model"]
+    assert raw["encoder.sentence_encoder.embed_tokens.weight"][32].abs().sum() > 0
+
+    config, _ = read_fair_esm_checkpoint(cases["esm1v"][0])
+    assert not config.token_dropout and not config.emb_layer_norm_before
+
+
+def test_converted_directory_layout_and_base_model(cases):
+    _, converted, tokens, reference = cases["esm2"]
+    assert {"config.json", "tf_esm_model.h5", "vocab.txt"} <= set(os.listdir(converted))
+    with open(os.path.join(converted, "vocab.txt"), encoding="utf-8") as handle:
+        assert handle.read().split() == list(ESM2_VOCAB)
+    base = TFEsmModel.from_pretrained(converted)
+    attention_mask = (tokens != 1).astype("int32")
+    hidden = np.asarray(base(tokens, attention_mask=attention_mask).last_hidden_state)
+    diff = max_diff(hidden, reference["representations"][-1])
+    print("TFEsmModel last_hidden_state", f"{diff:.1e}")
+    assert_close({"last_hidden_state": diff}, {"last_hidden_state": reference["representations"][-1]})
+
+
+def test_rename_table_covers_fair_esm_names():
+    model = esm.model.esm2.ESM2(num_layers=1, embed_dim=8, attention_heads=2, alphabet=ALPHABET)
+    args = argparse.Namespace(arch="roberta_large", layers=1, embed_dim=8, ffn_embed_dim=16, attention_heads=2,
+                              max_positions=10, emb_layer_norm_before=True)
+    names = set(model.state_dict()) | set(esm.model.esm1.ProteinBertModel(args, ALPHABET).state_dict())
+    mapped = {fair_esm_to_reference_name(n) for n in names}
+    assert "esm.embeddings.position_embeddings.weight" in mapped and "lm_head.decoder.weight" in mapped
+    assert len(FAIR_ESM_RENAMES) == 16
+    with pytest.raises(CheckpointError, match="bias_k"):
+        fair_esm_to_reference_name("encoder.sentence_encoder.layers.0.self_attn.bias_k")
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path):
+    victim = tmp_path / "pwned.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(victim), "w"))
+
+    path = tmp_path / "esm2_t2_evil.pt"
+    torch.save({"model": {"x": Payload()}, "cfg": {"model": argparse.Namespace()}}, str(path))
+    assert not victim.exists()
+    with pytest.raises(CheckpointError, match="refused"):
+        read_fair_esm_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        convert_checkpoint(path, tmp_path / "out")
+    assert not victim.exists() and not (tmp_path / "out").exists()
+    torch.load(str(path), weights_only=False)  # the payload is live: an unsafe load does create the file
+    assert victim.exists()
+
+
+def test_refuses_to_overwrite_and_failed_conversion_leaves_nothing(cases, tmp_path):
+    path = cases["esm2"][0]
+    destination = tmp_path / "out"
+    destination.mkdir()
+    (destination / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_checkpoint(path, destination)
+    assert os.listdir(destination) == ["keep.txt"]
+
+    # A checkpoint whose tensor has the wrong shape fails: nothing is written, no temporary directory is left.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(path, weights_only=True)
+    data["model"]["encoder.sentence_encoder.layers.1.fc1.weight"] = torch.zeros(64, 32)
+    broken = tmp_path / "esm2_t2_broken.pt"
+    torch.save(data, str(broken))
+    with pytest.raises(CheckpointError, match=r"layer\.1\.intermediate\.dense\.weight"):
+        convert_checkpoint(broken, destination, overwrite=True)
+    assert os.listdir(destination) == ["keep.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["esm2_t2_broken.pt", "out"]
+
+    convert_checkpoint(path, destination, overwrite=True)
+    assert "keep.txt" not in os.listdir(destination) and "config.json" in os.listdir(destination)
+    assert sorted(os.listdir(tmp_path)) == ["esm2_t2_broken.pt", "out"]
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    unsupported = tmp_path / "esm1_t2_tiny.pt"
+    torch.save({"model": {"encoder.sentence_encoder.embed_tokens.weight": torch.zeros(33, 8)},
+                "args": argparse.Namespace(arch="protein_bert_base", encoder_layers=1, encoder_embed_dim=8,
+                                           encoder_attention_heads=2, encoder_ffn_embed_dim=16)}, str(unsupported))
+    with pytest.raises(CheckpointError, match="protein_bert_base"):
+        read_fair_esm_checkpoint(unsupported)
+    state_only = tmp_path / "esm2_state_only.pt"
+    torch.save({"embed_tokens.weight": torch.zeros(33, 8)}, str(state_only))
+    with pytest.raises(CheckpointError, match="not a fair-esm checkpoint"):
+        read_fair_esm_checkpoint(state_only)
+    with pytest.raises(CheckpointError, match="no such file"):
+        read_fair_esm_checkpoint(tmp_path / "missing.pt")
+
+
+def test_hf_directory_converts(reference_checkpoints, tmp_path):
+    ref = reference_checkpoints("absolute")
+    destination = convert_checkpoint(ref.path, tmp_path / "hf_tf")
+    _, _, tokens = ALPHABET.get_batch_converter()(SEQUENCES)
+    attention_mask = (tokens != 1).long()
+    with torch.no_grad():
+        theirs = ref.model(tokens, attention_mask=attention_mask).logits.numpy()
+    ours = TFEsmForMaskedLM.from_pretrained(destination)(tokens.numpy(), attention_mask=attention_mask.numpy())
+    diff = max_diff(ours.logits, theirs)
+    print("HF directory logits", f"{diff:.1e}")
+    assert_close({"logits": diff}, {"logits": theirs})
+    assert "vocab.txt" in os.listdir(destination)
+
+
+def test_command_line_script(cases, tmp_path):
+    path, _, tokens, reference = cases["esm1b"]
+    output = tmp_path / "cli_out"
+    script = os.path.join(REPO, "conversion_scripts", "convert_esm_checkpoint.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, script, "--checkpoint", path, "--output", str(output)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    logits = TFEsmForMaskedLM.from_pretrained(str(output))(tokens, attention_mask=(tokens != 1).astype("int32")).logits
+    diff = max_diff(logits, reference["logits"])
+    print("script logits", f"{diff:.1e}")
+    assert_close({"logits": diff}, reference)
+    again = subprocess.run([sys.executable, script, "--checkpoint", path, "--output", str(output)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 1 and "not empty" in again.stderr

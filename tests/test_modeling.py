@@ -1,0 +1,351 @@
+"""Parity of the Keras encoder family with transformers 5.x (PyTorch) on tiny random-weight checkpoints."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import tf_esm
+from tests._reference import batch_with_padding_and_masks, torch_outputs
+from tf_esm import (
+    EsmConfig,
+    TFEsmForMaskedLM,
+    TFEsmForSequenceClassification,
+    TFEsmForTokenClassification,
+    TFEsmModel,
+)
+from tf_esm.weights import CheckpointError
+
+# fp32 on CPU: differences come from summation order only (measured max ~1e-6); 2e-5 leaves room for oneDNN.
+ATOL = 2e-5
+
+
+def assert_close(ours, theirs, atol=ATOL, what=""):
+    ours = np.asarray(ours)
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
+    diff = np.max(np.abs(ours - theirs)) if ours.size else 0.0
+    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
+    return diff
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return batch_with_padding_and_masks()
+
+
+@pytest.mark.parametrize("kind", ["rotary", "absolute"])
+def test_masked_lm_parity_all_outputs(reference_checkpoints, batch, kind):
+    ref = reference_checkpoints(kind)
+    input_ids, attention_mask = batch
+    expected = torch_outputs(ref.model, input_ids, attention_mask, output_hidden_states=True,
+                             output_attentions=True)
+    model = TFEsmForMaskedLM.from_pretrained(ref.path)
+    out = model(input_ids, attention_mask=attention_mask, output_hidden_states=True, output_attentions=True)
+    assert_close(out.logits, expected.logits, what="logits")
+    assert len(out.hidden_states) == len(expected.hidden_states) == 3
+    for index, (ours, theirs) in enumerate(zip(out.hidden_states, expected.hidden_states)):
+        assert_close(ours, theirs, what=f"hidden_states[{index}]")
+    assert len(out.attentions) == 2
+    for index, (ours, theirs) in enumerate(zip(out.attentions, expected.attentions)):
+        assert_close(ours, theirs, what=f"attentions[{index}]")
+    # The fused attention path (no probabilities requested) gives the same logits.
+    fused = model(input_ids, attention_mask=attention_mask)
+    assert_close(fused.logits, expected.logits, what="fused logits")
+    assert fused.hidden_states is None and fused.attentions is None
+
+
+def test_token_dropout_counts_only_real_tokens(reference_checkpoints):
+    """<mask> in a padded row: the rescaling uses the attention-mask length (transformers >= 4.46 / 5.x)."""
+    ref = reference_checkpoints("rotary")
+    input_ids, attention_mask = batch_with_padding_and_masks(lengths=(14, 3), mask_positions=((1, 1), (1, 2)))
+    expected = torch_outputs(ref.model, input_ids, attention_mask)
+    model = TFEsmForMaskedLM.from_pretrained(ref.path)
+    out = model(input_ids, attention_mask=attention_mask)
+    assert_close(out.logits, expected.logits, what="logits")
+    # Without an attention mask the ratio is counted over the full (padded) length, as in the reference.
+    expected_nomask = torch_outputs(ref.model, input_ids[:1])
+    assert_close(model(input_ids[:1]).logits, expected_nomask.logits, what="logits without mask")
+
+
+def test_masked_lm_loss_parity(reference_checkpoints, batch):
+    ref = reference_checkpoints("rotary")
+    input_ids, attention_mask = batch
+    labels = np.full_like(input_ids, -100)
+    labels[0, 3], labels[1, 2], labels[1, 5], labels[2, 1] = 5, 7, 9, 11
+    expected = torch_outputs(ref.model, input_ids, attention_mask, labels=torch.as_tensor(labels).long())
+    out = TFEsmForMaskedLM.from_pretrained(ref.path)(input_ids, attention_mask=attention_mask, labels=labels)
+    assert_close(out.loss, expected.loss, what="loss")
+
+
+@pytest.mark.parametrize("kind", ["rotary", "absolute"])
+def test_base_model_pooler_and_hidden_states(reference_checkpoints, batch, kind):
+    ref = reference_checkpoints(kind, "EsmModel")
+    input_ids, attention_mask = batch
+    expected = torch_outputs(ref.model, input_ids, attention_mask, output_hidden_states=True)
+    model = TFEsmModel.from_pretrained(ref.path)
+    out = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    assert_close(out.last_hidden_state, expected.last_hidden_state, what="last_hidden_state")
+    assert_close(out.pooler_output, expected.pooler_output, what="pooler_output")
+    for index, (ours, theirs) in enumerate(zip(out.hidden_states, expected.hidden_states)):
+        assert_close(ours, theirs, what=f"hidden_states[{index}]")
+    # Attribute, key and index access to the same tensors.
+    assert out["last_hidden_state"] is out.last_hidden_state
+    assert out[0] is out.last_hidden_state
+
+
+@pytest.mark.parametrize("kind", ["rotary", "absolute"])
+def test_contacts_parity(reference_checkpoints, batch, kind):
+    ref = reference_checkpoints(kind)
+    input_ids, attention_mask = batch
+    with torch.no_grad():
+        expected = ref.model.predict_contacts(torch.as_tensor(input_ids).long(), torch.as_tensor(attention_mask))
+    model = TFEsmForMaskedLM.from_pretrained(ref.path)
+    assert_close(model.predict_contacts(input_ids, attention_mask), expected, what="contacts (MLM)")
+    base = TFEsmModel.from_pretrained(ref.path)
+    assert_close(base.predict_contacts(input_ids, attention_mask), expected, what="contacts (base)")
+
+
+@pytest.mark.parametrize("problem_type,num_labels", [
+    ("single_label_classification", 3), ("multi_label_classification", 3), ("regression", 1), ("regression", 2),
+])
+def test_sequence_classification_parity(reference_checkpoints, batch, problem_type, num_labels):
+    ref = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=num_labels,
+                                problem_type=problem_type)
+    input_ids, attention_mask = batch
+    rng = np.random.default_rng(3)
+    if problem_type == "single_label_classification":
+        labels = rng.integers(0, num_labels, size=(3,))
+        torch_labels = torch.as_tensor(labels).long()
+    elif problem_type == "multi_label_classification":
+        labels = rng.integers(0, 2, size=(3, num_labels)).astype(np.float32)
+        torch_labels = torch.as_tensor(labels)
+    else:
+        labels = rng.normal(size=(3, num_labels)).astype(np.float32)
+        torch_labels = torch.as_tensor(labels)
+    expected = torch_outputs(ref.model, input_ids, attention_mask, labels=torch_labels)
+    model = TFEsmForSequenceClassification.from_pretrained(ref.path)
+    out = model(input_ids, attention_mask=attention_mask, labels=labels)
+    assert_close(out.logits, expected.logits, what="logits")
+    assert_close(out.loss, expected.loss, what="loss")
+
+
+def test_problem_type_inferred_like_transformers(reference_checkpoints, batch):
+    ref = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=3)
+    input_ids, attention_mask = batch
+    model = TFEsmForSequenceClassification.from_pretrained(ref.path)
+    assert model.config.problem_type is None
+    int_labels = np.array([0, 2, 1])
+    expected = torch_outputs(ref.model, input_ids, attention_mask, labels=torch.as_tensor(int_labels))
+    assert_close(model(input_ids, attention_mask=attention_mask, labels=int_labels).loss, expected.loss,
+                 what="inferred single-label loss")
+
+
+def test_token_classification_parity_ignores_minus_100(reference_checkpoints, batch):
+    ref = reference_checkpoints("absolute", "EsmForTokenClassification", num_labels=4)
+    input_ids, attention_mask = batch
+    labels = np.random.default_rng(4).integers(0, 4, size=input_ids.shape)
+    labels[attention_mask == 0] = -100
+    labels[:, 0] = -100
+    expected = torch_outputs(ref.model, input_ids, attention_mask, labels=torch.as_tensor(labels).long())
+    out = TFEsmForTokenClassification.from_pretrained(ref.path)(input_ids, attention_mask=attention_mask,
+                                                                labels=labels)
+    assert_close(out.logits, expected.logits, what="logits")
+    assert_close(out.loss, expected.loss, what="loss")
+
+
+def test_inputs_embeds_and_position_ids(reference_checkpoints, batch):
+    ref = reference_checkpoints("absolute", "EsmModel")
+    input_ids, attention_mask = batch
+    embeds = ref.model.embeddings.word_embeddings(torch.as_tensor(input_ids).long()).detach()
+    # inputs_embeds replaces the word-embedding lookup only (transformers 4.x and its TF port); 5.x instead skips
+    # the whole embedding module, so run that module on the reference side first to get the 4.x semantics.
+    with torch.no_grad():
+        embedded = ref.model.embeddings(inputs_embeds=embeds, attention_mask=torch.as_tensor(attention_mask))
+        expected = ref.model(inputs_embeds=embedded, attention_mask=torch.as_tensor(attention_mask)).last_hidden_state
+    model = TFEsmModel.from_pretrained(ref.path)
+    out = model(inputs_embeds=embeds.numpy(), attention_mask=attention_mask)
+    assert_close(out.last_hidden_state, expected, what="inputs_embeds")
+    position_ids = np.tile(np.arange(2, 2 + input_ids.shape[1]), (3, 1))
+    expected = ref.model(torch.as_tensor(input_ids).long(), attention_mask=torch.as_tensor(attention_mask),
+                         position_ids=torch.as_tensor(position_ids)).last_hidden_state
+    out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    assert_close(out.last_hidden_state, expected, what="position_ids")
+
+
+def test_head_mask_zeroes_heads(reference_checkpoints, batch):
+    """head_mask multiplies attention probabilities per layer and head (the transformers 4.x semantics)."""
+    ref = reference_checkpoints("rotary", "EsmModel")
+    input_ids, attention_mask = batch
+    model = TFEsmModel.from_pretrained(ref.path)
+    head_mask = np.ones((2, 4), dtype=np.float32)
+    head_mask[0, 1] = 0.0
+    out = model(input_ids, attention_mask=attention_mask, head_mask=head_mask, output_attentions=True)
+    assert np.all(out.attentions[0].numpy()[:, 1] == 0.0)
+    assert np.any(out.attentions[0].numpy()[:, 0] != 0.0)
+    # Reference: the same computation done by hand on torch, zeroing head 1's context in layer 0.
+    baseline = model(input_ids, attention_mask=attention_mask).last_hidden_state.numpy()
+    assert np.max(np.abs(out.last_hidden_state.numpy() - baseline)) > 1e-3
+    ones = model(input_ids, attention_mask=attention_mask, head_mask=np.ones(4, np.float32))
+    np.testing.assert_allclose(ones.last_hidden_state.numpy(), baseline, atol=1e-6)
+
+
+def test_dict_inputs_like_tokenizer_output(reference_checkpoints, batch):
+    ref = reference_checkpoints("rotary")
+    input_ids, attention_mask = batch
+    model = TFEsmForMaskedLM.from_pretrained(ref.path)
+    a = model({"input_ids": input_ids, "attention_mask": attention_mask}).logits.numpy()
+    b = model(input_ids, attention_mask=attention_mask).logits.numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------ loading and saving
+
+def test_bin_and_sharded_checkpoints(reference_checkpoints, batch, tmp_path):
+    ref = reference_checkpoints("rotary")
+    input_ids, attention_mask = batch
+    expected = torch_outputs(ref.model, input_ids, attention_mask).logits
+    # transformers 5.x always writes safetensors; write the legacy pytorch_model.bin layout by hand.
+    os.makedirs(tmp_path / "bin")
+    torch.save(ref.model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    ref.config.save_pretrained(str(tmp_path / "bin"))
+    out = TFEsmForMaskedLM.from_pretrained(tmp_path / "bin")(input_ids, attention_mask=attention_mask)
+    assert_close(out.logits, expected, what=".bin logits")
+    ref.model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    out = TFEsmForMaskedLM.from_pretrained(tmp_path / "sharded")(input_ids, attention_mask=attention_mask)
+    assert_close(out.logits, expected, what="sharded logits")
+
+
+def test_transformers4_layout_per_layer_inv_freq_and_layer_norm_names(reference_checkpoints, batch, tmp_path):
+    """4.x files name layer norms weight/bias, store inv_freq per layer (fp16-rounded) and the tied decoder."""
+    from safetensors.torch import load_file, save_file
+
+    ref = reference_checkpoints("rotary")
+    state = load_file(os.path.join(ref.path, "model.safetensors"))
+    converted = {}
+    for name, value in state.items():
+        name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
+        if "layer.*." in name:
+            for layer in range(2):
+                # fp16-rounded like the released ESM-2 checkpoints; we must use it as stored.
+                converted[name.replace("*", str(layer))] = value.half().float()
+            continue
+        converted[name] = value
+    converted["lm_head.decoder.weight"] = converted["esm.embeddings.word_embeddings.weight"].clone()
+    os.makedirs(tmp_path / "v4")
+    save_file(converted, str(tmp_path / "v4" / "model.safetensors"), metadata={"format": "pt"})
+    ref.config.save_pretrained(str(tmp_path / "v4"))
+    model = TFEsmForMaskedLM.from_pretrained(tmp_path / "v4", strict=True)
+    inv_freq = model.esm.rotary_embeddings.inv_freq.numpy()
+    np.testing.assert_array_equal(inv_freq, state["esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq"]
+                                  .half().float().numpy())
+    # Same inv_freq in the reference -> same logits.
+    with torch.no_grad():
+        ref.model.esm.rotary_embeddings.inv_freq.copy_(torch.as_tensor(inv_freq))
+        input_ids, attention_mask = batch
+        expected = torch_outputs(ref.model, input_ids, attention_mask).logits
+        ref.model.esm.rotary_embeddings.inv_freq.copy_(
+            state["esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq"])
+    assert_close(model(input_ids, attention_mask=attention_mask).logits, expected, what="fp16 inv_freq logits")
+
+
+@pytest.mark.parametrize("fmt", ["h5", "safetensors"])
+def test_save_load_round_trip_bit_exact(reference_checkpoints, batch, tmp_path, fmt):
+    ref = reference_checkpoints("absolute", "EsmForSequenceClassification", num_labels=3)
+    model = TFEsmForSequenceClassification.from_pretrained(ref.path)
+    model.save_pretrained(tmp_path / "saved", format=fmt)
+    assert (tmp_path / "saved" / "vocab.txt").exists()
+    reloaded = TFEsmForSequenceClassification.from_pretrained(tmp_path / "saved", strict=True)
+    for a, b in zip(model.weights, reloaded.weights):
+        assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    input_ids, attention_mask = batch
+    np.testing.assert_array_equal(model(input_ids, attention_mask=attention_mask).logits.numpy(),
+                                  reloaded(input_ids, attention_mask=attention_mask).logits.numpy())
+    assert reloaded.config == model.config
+
+
+def test_our_safetensors_loads_in_transformers(reference_checkpoints, batch, tmp_path):
+    import transformers
+
+    ref = reference_checkpoints("rotary")
+    TFEsmForMaskedLM.from_pretrained(ref.path).save_pretrained(tmp_path / "out", format="safetensors")
+    back = transformers.EsmForMaskedLM.from_pretrained(str(tmp_path / "out")).eval()
+    input_ids, attention_mask = batch
+    np.testing.assert_allclose(torch_outputs(back, input_ids, attention_mask).logits.numpy(),
+                               torch_outputs(ref.model, input_ids, attention_mask).logits.numpy(), atol=ATOL)
+
+
+def test_task_model_from_base_checkpoint_warns_new_weights(reference_checkpoints, caplog):
+    ref = reference_checkpoints("rotary", "EsmModel")
+    with caplog.at_level(logging.WARNING, logger="tf_esm"):
+        model = TFEsmForSequenceClassification.from_pretrained(ref.path, num_labels=5)
+    assert "newly initialised" in caplog.text and "classifier.out_proj.weight" in caplog.text
+    assert model.classifier.out_proj.kernel.shape == (32, 5)
+    # The backbone weights are the checkpoint's.
+    np.testing.assert_array_equal(model.esm.embeddings.word_embeddings.embeddings.numpy(),
+                                  ref.model.embeddings.word_embeddings.weight.detach().numpy())
+
+
+def test_base_model_from_task_checkpoint_warns_unused(reference_checkpoints, caplog):
+    ref = reference_checkpoints("rotary")
+    with caplog.at_level(logging.WARNING, logger="tf_esm"):
+        TFEsmModel.from_pretrained(ref.path)
+    assert "were not used" in caplog.text and "lm_head.dense.weight" in caplog.text
+
+
+def test_mis_shaped_tensor_is_named(reference_checkpoints, tmp_path):
+    ref = reference_checkpoints("rotary")
+    config = EsmConfig.from_pretrained(ref.path)
+    config.intermediate_size = 48
+    config.save_pretrained(tmp_path)
+    os.symlink(os.path.join(ref.path, "model.safetensors"), tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"esm\.encoder\.layer\.0\.intermediate\.dense\.(weight|bias)'.*needs \(48"):
+        TFEsmForMaskedLM.from_pretrained(tmp_path)
+
+
+def test_strict_missing_is_error(reference_checkpoints):
+    ref = reference_checkpoints("rotary", "EsmModel")
+    with pytest.raises(CheckpointError, match="missing tensors"):
+        TFEsmForMaskedLM.from_pretrained(ref.path, strict=True)
+
+
+def test_offline_hub_id_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="pass its local directory"):
+        TFEsmModel.from_pretrained("facebook/esm2_t6_8M_UR50D_does_not_exist_locally")
+
+
+def test_missing_directory_error():
+    with pytest.raises(OSError, match="does not exist locally"):
+        TFEsmModel.from_pretrained("./no/such/model/dir")
+
+
+def test_keras_get_config_round_trip(reference_checkpoints):
+    ref = reference_checkpoints("absolute")
+    model = TFEsmForMaskedLM.from_pretrained(ref.path)
+    clone = TFEsmForMaskedLM.from_config(model.get_config())
+    clone.build()
+    assert clone.config == model.config
+    assert [w.path.split("/", 1)[1] for w in clone.weights] == [w.path.split("/", 1)[1] for w in model.weights]
+    layer = model.esm
+    layer_clone = type(layer).from_config(layer.get_config())
+    assert layer_clone.config == layer.config
+
+
+def test_absolute_positions_limit_is_enforced(reference_checkpoints):
+    ref = reference_checkpoints("absolute", "EsmModel")
+    model = TFEsmModel.from_pretrained(ref.path)
+    too_long = np.full((1, 63), 5, dtype=np.int32)  # table of 64 holds positions 2..63 -> at most 62 tokens
+    with pytest.raises(ValueError, match="at most 62 tokens"):
+        model(too_long)
+    model(too_long[:, :62])
+
+
+def test_public_names_exported():
+    for name in ("EsmConfig", "TFEsmModel", "TFEsmForMaskedLM", "TFEsmForSequenceClassification",
+                 "TFEsmForTokenClassification", "TFEsmMainLayer"):
+        assert hasattr(tf_esm, name)
