@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -65,3 +66,22 @@ def torch_outputs(model, input_ids, attention_mask=None, **kwargs):
         return model(torch.as_tensor(input_ids, dtype=torch.long),
                      attention_mask=None if attention_mask is None else torch.as_tensor(attention_mask),
                      **kwargs)
+
+
+# Max abs differences measured by parity assertions, printed at the end of the test run (see conftest.py).
+PARITY_REPORT = {}
+
+
+def assert_close(ours, theirs, atol, what, case=None):
+    """Assert max |ours - theirs| <= atol (shapes equal) and record the measured difference for the report."""
+    ours = np.asarray(ours)
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
+    assert np.all(np.isfinite(ours)), f"{what}: non-finite values"
+    diff = float(np.max(np.abs(ours - theirs))) if ours.size else 0.0
+    if case is None:  # the running test's id, parameters included: "test_name[rotary]"
+        case = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    key = f"{case} :: {what}"
+    PARITY_REPORT[key] = max(diff, PARITY_REPORT.get(key, 0.0))
+    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
+    return diff

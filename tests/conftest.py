@@ -37,3 +37,12 @@ def reference_checkpoints(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests._reference import PARITY_REPORT
+
+    if PARITY_REPORT:
+        terminalreporter.section("parity: max abs difference vs the PyTorch reference")
+        for key in sorted(PARITY_REPORT):
+            terminalreporter.write_line(f"{PARITY_REPORT[key]:10.3g}  {key}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tf_esm
+from tests._reference import assert_close as _assert_close
 from tests._reference import batch_with_padding_and_masks, torch_outputs
 from tf_esm import (
     EsmConfig,
@@ -23,12 +24,7 @@ ATOL = 2e-5
 
 
 def assert_close(ours, theirs, atol=ATOL, what=""):
-    ours = np.asarray(ours)
-    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
-    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
-    diff = np.max(np.abs(ours - theirs)) if ours.size else 0.0
-    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
-    return diff
+    return _assert_close(ours, theirs, atol, what)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from tests._reference import assert_close as _assert_close
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "transformers4")
@@ -20,10 +21,7 @@ def load(case):
 
 
 def assert_close(ours, expected, what, atol=ATOL):
-    ours = np.asarray(ours)
-    assert ours.shape == expected.shape, f"{what}: {ours.shape} != {expected.shape}"
-    diff = float(np.max(np.abs(ours - expected)))
-    assert diff <= atol, f"{what}: max abs diff {diff:.3g}"
+    _assert_close(ours, expected, atol, what)
 
 
 @pytest.mark.parametrize("case", ["relative_key", "relative_key_query", "rotary_maskaware"])
