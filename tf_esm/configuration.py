@@ -216,7 +216,10 @@ class EsmConfig(_Config):
 
     @property
     def label2id(self):
-        return {label: i for i, label in self.id2label.items()}
+        mapping = {}
+        for i, label in sorted(self.id2label.items()):
+            mapping.setdefault(label, i)  # a repeated label name maps to its first id
+        return mapping
 
     @property
     def head_dim(self):
@@ -250,7 +253,7 @@ class EsmConfig(_Config):
     def to_dict(self):
         out = super().to_dict()
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
-        out["label2id"] = {v: k for k, v in self.id2label.items()}
+        out["label2id"] = self.label2id
         return out
 
     @classmethod
