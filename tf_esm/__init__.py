@@ -1,6 +1,7 @@
 """tf_esm: ESM-2, ESM-1b, ESM-1v and ESMFold as native Keras 3 / TensorFlow models."""
 
 from tf_esm.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
+from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.tokenization import EsmTokenizer
 from tf_esm.modeling import (
     TFEsmForMaskedLM,
@@ -19,6 +20,7 @@ __all__ = [
     "EsmTokenizer",
     "StructureModuleConfig",
     "TFEsmForMaskedLM",
+    "TFEsmForProteinFolding",
     "TFEsmForSequenceClassification",
     "TFEsmForTokenClassification",
     "TFEsmMainLayer",

@@ -123,6 +123,8 @@ class TFEsmRotaryEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, head_dim, base=10000.0, **kwargs):
+        # Angles reach ~1000 radians: computing the tables in half precision would lose the phase.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.head_dim = head_dim
         self.base = base
@@ -156,4 +158,4 @@ def rotate_half(x):
 def apply_rotary(x, cos, sin):
     """Rotate the last axis of `x` (batch, heads, length, head_dim) by the (length, head_dim) tables, in float32."""
     x32 = ops.cast(x, "float32")
-    return ops.cast(x32 * cos + rotate_half(x32) * sin, x.dtype)
+    return ops.cast(x32 * ops.cast(cos, "float32") + rotate_half(x32) * ops.cast(sin, "float32"), x.dtype)

@@ -1,0 +1,57 @@
+"""Shared helpers of the folding tests: PyTorch reference modules with non-degenerate random weights, and
+loading their state dicts into Keras layers by the tf_esm name rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+LEAF_RENAMES = {"kernel": "weight", "embeddings": "weight", "gamma": "weight", "beta": "bias"}
+
+
+def torch_name(variable_path):
+    """PyTorch parameter name of a Keras variable: drop the top-level layer, '/' -> '.', rename the leaf."""
+    parts = variable_path.split("/")[1:]
+    return ".".join(parts[:-1] + [LEAF_RENAMES.get(parts[-1], parts[-1])])
+
+
+def state_dict_numpy(module):
+    return {name: tensor.detach().float().cpu().numpy() for name, tensor in module.state_dict().items()}
+
+
+def load_into_keras(layer, state_dict, ignore=()):
+    """Assign every Keras weight of `layer` from `state_dict`; every tensor must be used (except `ignore`)."""
+    used = set()
+    for variable in layer.weights:
+        name = torch_name(variable.path)
+        if name not in state_dict:
+            raise KeyError(f"{variable.path} -> {name} is not in the state dict")
+        value = np.asarray(state_dict[name])
+        if variable.path.endswith("/kernel") and value.ndim == 2:
+            value = value.T
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{name}: shape {value.shape} != {tuple(variable.shape)}")
+        variable.assign(value.astype(variable.dtype))
+        used.add(name)
+    unused = sorted(set(state_dict) - used - set(ignore))
+    if unused:
+        raise KeyError(f"unused state-dict entries: {unused}")
+
+
+def perturb_(module, scale=0.1, seed=0):
+    """Add Gaussian noise to every floating-point parameter, so zero-initialised layers do something."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.is_floating_point():
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+                parameter.add_((scale * noise).to(parameter.dtype))
+    return module
+
+
+def max_abs_diff(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0

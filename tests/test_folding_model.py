@@ -1,0 +1,243 @@
+"""End-to-end parity of `TFEsmForProteinFolding` with transformers' `EsmForProteinFolding` on tiny
+random-weight checkpoints (every parameter perturbed, so no layer is a no-op and the structure does not collapse).
+"""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tests.folding_reference import max_abs_diff, perturb_
+from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.folding import InvalidSequenceError, TFEsmForProteinFolding
+
+STRUCTURE_MODULE = dict(sequence_dim=32, pairwise_dim=16, ipa_dim=8, resnet_dim=16, num_heads_ipa=2,
+                        num_qk_points=2, num_v_points=3, num_blocks=2)
+TRUNK = dict(num_blocks=2, sequence_state_dim=32, pairwise_state_dim=16, sequence_head_width=8,
+             pairwise_head_width=8, position_bins=8, max_recycles=2, chunk_size=None,
+             structure_module=STRUCTURE_MODULE)
+STEM = dict(vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=1026, pad_token_id=1, mask_token_id=32, position_embedding_type="rotary",
+            token_dropout=True, emb_layer_norm_before=False, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, layer_norm_eps=1e-5)
+SEQUENCES = ["MKTAYIAKQRQISFVKSH", "GSHMLEDPVX", "WCYNQ"]
+
+# Coordinates in Angstrom; measured differences are ~2e-5 (float32 summation order).
+POSITION_ATOL = 1e-3
+
+
+def _make_reference(directory, fp16_esm, safe_serialization=True, seed=0):
+    torch.manual_seed(seed)
+    config = transformers.EsmConfig(**STEM, is_folding_model=True, vocab_list=list(ESM2_VOCAB),
+                                    esmfold_config=dict(fp16_esm=fp16_esm, lddt_head_hid_dim=16, trunk=TRUNK))
+    model = transformers.EsmForProteinFolding(config).eval()
+    perturb_(model, scale=0.1, seed=seed)
+    model.save_pretrained(str(directory), safe_serialization=safe_serialization)
+    return model
+
+
+@pytest.fixture(scope="session")
+def folding_pair(tmp_path_factory):
+    """(PyTorch reference, its directory, our model loaded from it) for a float32-stem checkpoint."""
+    directory = tmp_path_factory.mktemp("esmfold_ref")
+    reference = _make_reference(directory, fp16_esm=False)
+    return reference, str(directory), TFEsmForProteinFolding.from_pretrained(str(directory), strict=True)
+
+
+def _batch(sequences):
+    from transformers.models.esm.openfold_utils import residue_constants as rc
+
+    length = max(map(len, sequences))
+    aatype = np.zeros((len(sequences), length), np.int64)
+    mask = np.zeros((len(sequences), length), np.int64)
+    for row, sequence in enumerate(sequences):
+        aatype[row, :len(sequence)] = [rc.restype_order_with_x.get(c, 20) for c in sequence]
+        mask[row, :len(sequence)] = 1
+    return aatype, mask
+
+
+def _compare(ours, theirs, position_atol=POSITION_ATOL):
+    assert float(theirs["positions"][-1].std()) > 1.0  # a real structure
+    assert float(theirs["plddt"].std()) > 1e-3  # not the collapsed pLDDT = 0.5 of an untrained model
+    checks = dict(positions=position_atol, frames=position_atol, sidechain_frames=position_atol, angles=1e-4,
+                  unnormalized_angles=1e-4, plddt=1e-3, ptm=1e-3, distogram_logits=1e-4, lm_logits=1e-4,
+                  s_s=1e-4, s_z=1e-4, predicted_aligned_error=1e-3, states=1e-4)
+    diffs = {key: max_abs_diff(ours[key], theirs[key]) for key in checks}
+    for key in ("aatype", "atom14_atom_exists", "atom37_atom_exists", "residx_atom14_to_atom37",
+                "residx_atom37_to_atom14", "residue_index"):
+        np.testing.assert_array_equal(np.asarray(ours[key]), theirs[key].numpy(), err_msg=key)
+    failed = {key: diff for key, diff in diffs.items() if not diff <= checks[key]}
+    assert not failed, f"max abs differences over tolerance: {failed}"
+    return diffs
+
+
+def test_output_names_match_reference(folding_pair):
+    reference, _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES[:1])
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+    ours = model(aatype, attention_mask=mask, num_recycles=0)
+    assert set(theirs.keys()) == set(ours.keys())
+    assert tuple(ours["positions"].shape) == (2, 1, len(SEQUENCES[0]), 14, 3)  # blocks x B x L x 14 x 3
+    assert tuple(ours["plddt"].shape) == (1, len(SEQUENCES[0]), 37)
+    assert tuple(ours["ptm"].shape) == ()
+
+
+@pytest.mark.parametrize("num_recycles", [0, 1])
+def test_single_sequence_parity(folding_pair, num_recycles):
+    reference, _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES[:1])
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=num_recycles)
+    _compare(model(aatype, attention_mask=mask, num_recycles=num_recycles), theirs)
+
+
+def test_padded_batch_parity_default_recycles(folding_pair):
+    reference, _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask))  # max_recycles passes
+    _compare(model(aatype, attention_mask=mask), theirs)
+
+
+def test_chunk_size_gives_the_same_result(folding_pair):
+    _, _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES)
+    full = model(aatype, attention_mask=mask, num_recycles=0)
+    chunked = model(aatype, attention_mask=mask, num_recycles=0, chunk_size=3)
+    for key in ("positions", "s_z", "plddt", "distogram_logits"):
+        assert max_abs_diff(chunked[key], full[key]) < 1e-4, key
+
+
+def _atoms(pdb_text):
+    import gemmi
+
+    structure = gemmi.read_pdb_string(pdb_text)
+    atoms = []
+    for chain in structure[0]:
+        for residue in chain:
+            for atom in residue:
+                atoms.append((chain.name, residue.seqid.num, residue.name, atom.name, atom.pos.x, atom.pos.y,
+                              atom.pos.z, atom.b_iso))
+    return atoms
+
+
+def _assert_same_atoms(ours_text, theirs_text):
+    ours, theirs = _atoms(ours_text), _atoms(theirs_text)
+    assert len(ours) == len(theirs) > 0
+    assert [a[:4] for a in ours] == [a[:4] for a in theirs]
+    coordinates = np.array([a[4:7] for a in ours]) - np.array([a[4:7] for a in theirs])
+    assert np.max(np.abs(coordinates)) <= 0.0011  # PDB precision (3 decimals)
+    assert np.max(np.abs(np.array([a[7] for a in ours]) - np.array([a[7] for a in theirs]))) <= 0.011
+
+
+def test_pdb_matches_reference(folding_pair):
+    reference, _, model = folding_pair
+    with torch.no_grad():
+        theirs = reference.infer_pdbs(SEQUENCES[:2])
+    ours = model.infer_pdbs(SEQUENCES[:2])
+    for ours_text, theirs_text in zip(ours, theirs):
+        _assert_same_atoms(ours_text, theirs_text)
+        assert [line[:30] for line in ours_text.splitlines()] == [line[:30] for line in theirs_text.splitlines()]
+    single = model.infer_pdb(SEQUENCES[0])
+    _assert_same_atoms(single, reference.infer_pdb(SEQUENCES[0]))
+
+
+def test_multimer_with_chain_separator(folding_pair):
+    from tf_esm.folding.model import DEFAULT_CHAIN_LINKER, encode_sequence
+
+    reference, _, model = folding_pair
+    chains = ("MKTAYIAKQ", "GSHMLE")
+    output = model.infer(":".join(chains))
+    aatype, residue_index, linker_mask, chain_index = encode_sequence(":".join(chains))
+    assert len(aatype) == len(chains[0]) + len(DEFAULT_CHAIN_LINKER) + len(chains[1])
+    assert residue_index[len(chains[0]) + len(DEFAULT_CHAIN_LINKER)] - residue_index[len(chains[0]) - 1] > 500
+    with torch.no_grad():
+        theirs = reference.infer(chains[0] + DEFAULT_CHAIN_LINKER + chains[1],
+                                 position_ids=torch.from_numpy(residue_index))
+    assert max_abs_diff(output["positions"], theirs["positions"]) < POSITION_ATOL
+    pdb_text = model.output_to_pdb(output)[0]
+    atoms = _atoms(pdb_text)
+    for chain_name, chain in zip("AB", chains):
+        residues = sorted({a[1] for a in atoms if a[0] == chain_name})
+        assert len(residues) == len(chain)  # linker residues are not written
+    assert pdb_text.count("TER") == 2
+
+
+@pytest.mark.parametrize("bad", ["MKT*A", "mkta", "MK TA", "", "MKT::A"])
+def test_invalid_sequences_raise_a_clear_error(folding_pair, bad):
+    _, _, model = folding_pair
+    with pytest.raises(InvalidSequenceError):
+        model.infer(bad)
+
+
+@pytest.mark.parametrize("format", ["h5", "safetensors"])
+def test_save_pretrained_round_trip(folding_pair, tmp_path, format):
+    _, _, model = folding_pair
+    model.save_pretrained(str(tmp_path), format=format)
+    reloaded = TFEsmForProteinFolding.from_pretrained(str(tmp_path), strict=True)
+    aatype, mask = _batch(SEQUENCES[1:])
+    a = model(aatype, attention_mask=mask, num_recycles=0)
+    b = reloaded(aatype, attention_mask=mask, num_recycles=0)
+    assert max_abs_diff(a["positions"], np.asarray(b["positions"])) == 0.0
+
+
+def test_fp16_stem_checkpoint_in_bin_format(tmp_path):
+    """fp16_esm=True stores the stem in float16 (a .bin here); on CPU we run it in float32, like the reference
+    with its stem cast to float32."""
+    reference = _make_reference(tmp_path, fp16_esm=True, safe_serialization=False, seed=1)
+    assert next(reference.esm.parameters()).dtype == torch.float16
+    model = TFEsmForProteinFolding.from_pretrained(str(tmp_path), strict=True)
+    assert model.esm_dtype == "float32"
+    reference.esm.float()
+    aatype, mask = _batch(SEQUENCES[1:])
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+    _compare(model(aatype, attention_mask=mask, num_recycles=0), theirs)
+
+
+def test_half_precision_stem_matches_reference_half_stem(tmp_path):
+    """fp16_esm on a GPU runs the stem with float16 compute; checked here on CPU against the reference's
+    float16 stem (differences are half-precision rounding, ~1e-2 Angstrom)."""
+    from tf_esm.configuration import EsmConfig
+    from tf_esm.weights import load_state_dict, read_state_dict
+
+    reference = _make_reference(tmp_path, fp16_esm=True, seed=1)
+    model = TFEsmForProteinFolding(EsmConfig.from_pretrained(str(tmp_path)), esm_dtype="mixed_float16")
+    model.build()
+    load_state_dict(model, read_state_dict(str(tmp_path)), strict=True)
+    aatype, mask = _batch(SEQUENCES[1:])
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+    ours = model(aatype, attention_mask=mask, num_recycles=0)
+    assert max_abs_diff(ours["positions"], theirs["positions"]) < 0.1
+    assert max_abs_diff(ours["plddt"], theirs["plddt"]) < 1e-2
+
+
+def test_safetensors_export_loads_in_transformers(folding_pair, tmp_path):
+    reference, _, model = folding_pair
+    model.save_pretrained(str(tmp_path), format="safetensors")
+    reloaded = transformers.EsmForProteinFolding.from_pretrained(str(tmp_path)).eval()
+    aatype, mask = _batch(SEQUENCES[:2])
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+        got = reloaded(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+    assert max_abs_diff(got["positions"].numpy(), expected["positions"]) < 1e-4
+
+
+def test_attention_map_input_to_the_pair_stack():
+    """use_esm_attn_map (fair-esm's option; absent from the HF port) feeds the stem's attention maps through
+    `esm_z_mlp` into the initial pair state."""
+    from tf_esm.configuration import EsmConfig
+
+    config = EsmConfig(**STEM, is_folding_model=True, esmfold_config=dict(
+        fp16_esm=False, use_esm_attn_map=True, lddt_head_hid_dim=16, trunk=TRUNK))
+    model = TFEsmForProteinFolding(config)
+    model.build()
+    names = {v.path.split("/", 1)[1] for v in model.weights}
+    assert {"esm_z_mlp/0/gamma", "esm_z_mlp/1/kernel"} <= names
+    assert tuple(model.esm_z_mlp.dense_layers[0].kernel.shape) == (2 * 4, 16)  # layers x heads -> pair dim
+    aatype, mask = _batch(SEQUENCES[1:])
+    output = model(aatype, attention_mask=mask, num_recycles=0)
+    assert tuple(output["s_z"].shape) == (2, aatype.shape[1], aatype.shape[1], 16)
+    assert np.all(np.isfinite(np.asarray(output["positions"])))

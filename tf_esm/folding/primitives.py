@@ -1,0 +1,190 @@
+"""Shared building blocks of the folding model: Linear with AlphaFold's initialisers, LayerNorm, gated
+multi-head attention with additive biases, and chunked evaluation along one axis.
+
+Layer and weight names follow the PyTorch reference (`linear_q`, `kernel`/`bias`, ...), so checkpoints map
+onto them with the generic name rule of `tf_esm.weights`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+_INITS = ("default", "relu", "glorot", "gating", "normal", "final")
+
+
+def _kernel_initializer(init):
+    if init in ("default", "normal"):  # LeCun: std = 1 / sqrt(fan_in)
+        return keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="untruncated_normal")
+    if init == "relu":  # He: std = sqrt(2 / fan_in)
+        return keras.initializers.VarianceScaling(2.0, mode="fan_in", distribution="untruncated_normal")
+    if init == "glorot":
+        return keras.initializers.GlorotUniform()
+    return keras.initializers.Zeros()  # "gating" and "final"
+
+
+@keras.saving.register_keras_serializable(package="tf_esm")
+class Linear(keras.layers.Dense):
+    """A dense layer with AlphaFold's named initialisers (supplement 1.11.4).
+
+    Args:
+        units: Output features.
+        use_bias: Learn an additive bias (initialised to zero, or one for `init="gating"`).
+        init: "default" (LeCun normal), "relu" (He normal), "glorot" (Glorot uniform), "gating" (weights 0,
+            bias 1), "normal" (LeCun normal) or "final" (all zeros).
+
+    Examples:
+
+    ```python
+    >>> import numpy as np
+    >>> from tf_esm.folding.primitives import Linear
+    >>> Linear(8, init="final", name="linear_z")(np.ones((2, 4), "float32")).shape
+    (2, 8)
+    ```
+    """
+
+    def __init__(self, units, use_bias=True, init="default", **kwargs):
+        if init not in _INITS:
+            raise ValueError(f"Unknown Linear init {init!r}; expected one of {', '.join(_INITS)}.")
+        kwargs.setdefault("kernel_initializer", _kernel_initializer(init))
+        kwargs.setdefault("bias_initializer", "ones" if init == "gating" else "zeros")
+        super().__init__(units, use_bias=use_bias, **kwargs)
+        self.init = init
+
+    def get_config(self):
+        config = super().get_config()
+        config["init"] = self.init
+        return config
+
+
+class ConfiguredLayer(keras.layers.Layer):
+    """A layer described by one tf_esm config object (`config_class`), serialised as its dict."""
+
+    config_class = None
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = self.config_class(**config) if isinstance(config, dict) else config
+
+    def get_config(self):
+        base = super().get_config()
+        base["config"] = self.config.to_dict()
+        return base
+
+
+def LayerNorm(name, epsilon=1e-5):
+    """Layer normalisation over the last axis with PyTorch's default epsilon (weights `gamma`/`beta`)."""
+    return keras.layers.LayerNormalization(epsilon=epsilon, name=name)
+
+
+def chunked(fn, inputs, chunk_size, axis=1):
+    """Evaluate `fn` on slices of `inputs` along `axis` and concatenate the results along the same axis.
+
+    `fn` must treat slices along `axis` independently; then the result equals `fn(*inputs)` while the peak
+    memory of the intermediate tensors is bounded by the chunk. `chunk_size=None` (or a chunk that covers the
+    whole axis, or an axis of unknown static length) evaluates in one piece.
+
+    Args:
+        fn: Callable taking the tensors of `inputs`; returns one tensor.
+        inputs: Tensors to slice. `None` entries, and tensors whose size along `axis` is 1 (broadcast), are
+            passed whole.
+        chunk_size: Maximum slice length.
+        axis: Axis to slice (the same for inputs and output).
+    """
+    sizes = {int(t.shape[axis]) for t in inputs if t is not None and t.shape[axis] is not None and t.shape[axis] != 1}
+    if chunk_size is None or len(sizes) != 1:
+        return fn(*inputs)
+    (length,) = sizes
+    if length <= chunk_size:
+        return fn(*inputs)
+
+    def take(t, start):
+        if t is None or t.shape[axis] == 1:
+            return t
+        index = [slice(None)] * len(t.shape)
+        index[axis] = slice(start, start + chunk_size)
+        return t[tuple(index)]
+
+    pieces = [fn(*[take(t, start) for t in inputs]) for start in range(0, length, chunk_size)]
+    return ops.concatenate(pieces, axis=axis)
+
+
+@keras.saving.register_keras_serializable(package="tf_esm")
+class Attention(keras.layers.Layer):
+    """Multi-head attention with optional sigmoid gating and any number of additive logit biases.
+
+    Sub-layers: `linear_q`, `linear_k`, `linear_v` (no bias), `linear_o`, and `linear_g` when gated.
+
+    Args:
+        num_heads: Attention heads.
+        head_dim: Channels per head.
+        output_dim: Output channels (usually the query's channels).
+        gating: Gate the per-head outputs with `sigmoid(linear_g(query))`.
+
+    Call args:
+        q_x: [*, Q, C_q] query input.
+        kv_x: [*, K, C_k] key/value input.
+        biases: Tensors broadcastable to [*, H, Q, K], added to the logits.
+
+    Examples:
+
+    ```python
+    >>> import numpy as np
+    >>> from tf_esm.folding.primitives import Attention
+    >>> x = np.random.rand(2, 5, 8).astype("float32")
+    >>> Attention(num_heads=2, head_dim=4, output_dim=8, name="mha")(x, x).shape
+    (2, 5, 8)
+    ```
+    """
+
+    def __init__(self, num_heads, head_dim, output_dim, gating=True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.output_dim = output_dim
+        self.gating = gating
+        inner = num_heads * head_dim
+        self.linear_q = Linear(inner, use_bias=False, init="glorot", name="linear_q")
+        self.linear_k = Linear(inner, use_bias=False, init="glorot", name="linear_k")
+        self.linear_v = Linear(inner, use_bias=False, init="glorot", name="linear_v")
+        self.linear_o = Linear(output_dim, init="final", name="linear_o")
+        self.linear_g = Linear(inner, init="gating", name="linear_g") if gating else None
+
+    def build(self, q_x_shape, kv_x_shape=None):
+        q_shape = q_x_shape
+        kv_shape = q_x_shape if kv_x_shape is None else kv_x_shape
+        inner_shape = tuple(q_shape[:-1]) + (self.num_heads * self.head_dim,)
+        self.linear_q.build(q_shape)
+        self.linear_k.build(kv_shape)
+        self.linear_v.build(kv_shape)
+        self.linear_o.build(inner_shape)
+        if self.linear_g is not None:
+            self.linear_g.build(q_shape)
+
+    def _split_heads(self, x):
+        # [*, N, H * C] -> [*, H, N, C]
+        x = ops.reshape(x, tuple(ops.shape(x)[:-1]) + (self.num_heads, self.head_dim))
+        return ops.swapaxes(x, -2, -3)
+
+    def call(self, q_x, kv_x, biases=()):
+        query = self._split_heads(self.linear_q(q_x)) / math.sqrt(self.head_dim)
+        key = self._split_heads(self.linear_k(kv_x))
+        value = self._split_heads(self.linear_v(kv_x))
+        logits = ops.matmul(query, ops.swapaxes(key, -1, -2))
+        for bias in biases:
+            logits = logits + bias
+        weights = ops.softmax(logits, axis=-1)
+        output = ops.swapaxes(ops.matmul(weights, value), -2, -3)  # [*, Q, H, C]
+        if self.linear_g is not None:
+            gate = ops.sigmoid(self.linear_g(q_x))
+            output = output * ops.reshape(gate, tuple(ops.shape(gate)[:-1]) + (self.num_heads, self.head_dim))
+        output = ops.reshape(output, tuple(ops.shape(output)[:-2]) + (self.num_heads * self.head_dim,))
+        return self.linear_o(output)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, head_dim=self.head_dim, output_dim=self.output_dim,
+                      gating=self.gating)
+        return config
