@@ -1,0 +1,323 @@
+"""SavedModel export of ESM models for TensorFlow Serving (and any TensorFlow runtime).
+
+`export_saved_model(model, path)` writes a SavedModel with two signatures:
+
+* `serving_default`: `sequences`, a `[batch]` string tensor of raw protein sequences, tokenized inside the graph
+  exactly as `EsmTokenizer` does (`<cls> residues <eos>`, padded to the longest sequence).
+* `token_ids`: `input_ids` and `attention_mask`, int32 `[batch, length]`, for clients that tokenize themselves.
+
+Both return, aligned with the tokens (position 0 is `<cls>`, residue `j` (0-based) is at position `j + 1`):
+
+* `sequence_embedding` `[batch, hidden]`: the final hidden states averaged over residues (no `<cls>`, `<eos>`,
+  `<pad>` or padding);
+* `residue_embeddings` `[batch, length, hidden]`: the final hidden states, zero at non-residue positions;
+* `residue_mask` `[batch, length]` int32: 1 at residue positions;
+* task models add `logits` (masked LM `[batch, length, vocab]`; sequence classification `[batch, labels]`; token
+  classification `[batch, length, labels]`) and, for classifiers, `probabilities` (softmax, or sigmoid when
+  `config.problem_type == "multi_label_classification"`; none for regression);
+* `serving_default` also returns the `input_ids` and `attention_mask` it built.
+
+Requests are checked inside the graph: a sequence holding a character that is not part of any vocabulary token
+(lower-case letters, digits, `*`, ...) fails with the batch index, the 1-based character position and the character;
+a sequence longer than `max_length` tokens fails with its batch index and length (no silent truncation).
+
+Examples:
+
+>>> import tempfile
+>>> from tf_esm import EsmConfig, TFEsmModel
+>>> config = EsmConfig(vocab_size=33, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+...                    intermediate_size=32, position_embedding_type="rotary", pad_token_id=1, mask_token_id=32)
+>>> path = export_saved_model(TFEsmModel(config), tempfile.mkdtemp() + "/esm/1")  # or a model directory / hub id
+>>> loaded = tf.saved_model.load(path)
+>>> loaded.signatures["serving_default"](sequences=tf.constant(["MKTAYIAK"]))["sequence_embedding"].shape
+TensorShape([1, 16])
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+from keras import ops
+
+from tf_esm.configuration import ESM2_VOCAB, write_text_atomic
+from tf_esm.graph_tokenizer import EsmStringTokenizer, _regex_literal
+from tf_esm.modeling import (
+    TFEsmForMaskedLM,
+    TFEsmForSequenceClassification,
+    TFEsmForTokenClassification,
+    TFEsmModel,
+)
+from tf_esm.tokenization import WHITESPACE_RUN_PATTERN
+
+STRINGS_SIGNATURE = "serving_default"
+TOKEN_IDS_SIGNATURE = "token_ids"
+# Architectures named in an HF `config.json` -> the class `export_pretrained` builds.
+ARCHITECTURES = {
+    "EsmModel": TFEsmModel,
+    "EsmForMaskedLM": TFEsmForMaskedLM,
+    "EsmForSequenceClassification": TFEsmForSequenceClassification,
+    "EsmForTokenClassification": TFEsmForTokenClassification,
+}
+_MODEL_CLASSES = tuple(ARCHITECTURES.values())
+
+
+# --------------------------------------------------------------------------------------------- pooling (keras.ops)
+
+
+def residue_mask(input_ids, attention_mask, non_residue_ids):
+    """1 where a token is a residue: attended to and not one of `non_residue_ids` (`<cls>`, `<eos>`, `<pad>`)."""
+    input_ids = ops.cast(input_ids, "int32")
+    keep = ops.cast(attention_mask, "bool")
+    for token_id in non_residue_ids:
+        keep = ops.logical_and(keep, ops.not_equal(input_ids, int(token_id)))
+    return ops.cast(keep, "int32")
+
+
+def mean_over_residues(hidden_states, mask):
+    """Average `hidden_states` `[batch, length, hidden]` over positions where `mask` is 1 (zeros if none)."""
+    weights = ops.cast(mask, hidden_states.dtype)[..., None]
+    total = ops.sum(hidden_states * weights, axis=1)
+    return total / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+
+# ------------------------------------------------------------------------------------------------- serving module
+
+
+class _Untracked:
+    """A plain attribute holder; `tf.Module` does not follow it when building the SavedModel object graph."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
+
+
+class EsmServingModule(tf.Module):
+    """A `tf.Module` holding an ESM model, an in-graph tokenizer and the serving functions.
+
+    Args:
+        model: a built `TFEsmModel`, `TFEsmForMaskedLM`, `TFEsmForSequenceClassification` or
+            `TFEsmForTokenClassification`.
+        vocab: the tokenizer vocabulary: a token list in id order, a `vocab.txt` path, an `EsmTokenizer`, or `None`
+            for `config.vocab_list` (the standard ESM-2 vocabulary when that is unset).
+        max_length: the longest accepted input in tokens (`<cls>`/`<eos>` included), or `None` for no check.
+        validate: reject sequences with characters outside the vocabulary instead of encoding them as `<unk>`.
+    """
+
+    def __init__(self, model, vocab=None, max_length=None, validate=True):
+        super().__init__(name="esm_serving")
+        if not isinstance(model, _MODEL_CLASSES):
+            raise TypeError(f"Expected one of {[cls.__name__ for cls in _MODEL_CLASSES]}, got {type(model).__name__}.")
+        if not model.built:
+            model.build()
+        config = model.config
+        tokenizer = EsmStringTokenizer(vocab if vocab is not None else (config.vocab_list or list(ESM2_VOCAB)),
+                                       ragged=True, name="string_tokenizer")
+        if len(tokenizer.vocab) != config.vocab_size:
+            raise ValueError(f"The vocabulary has {len(tokenizer.vocab)} tokens but the model expects "
+                             f"config.vocab_size={config.vocab_size}; pass the model's vocab.txt.")
+        # The SavedModel holds only what the serving functions capture: the model's variables and the lookup
+        # table. The Keras objects stay outside the tracked object graph (saving them costs time and adds
+        # nothing a server can use), so they are kept behind a plain Python holder.
+        self._keras = _Untracked(model=model, tokenizer=tokenizer)
+        self.model_variables = [variable.value for variable in model.variables]
+        self.lookup_table = tokenizer.lookup_table
+        tokens = self.tokenizer.vocab
+        self.special_ids = {name: tokens.index(self.tokenizer.special_tokens[f"{name}_token"])
+                            for name in ("cls", "eos", "pad")}
+        self.max_length = None if max_length is None else int(max_length)
+        self.validate = bool(validate)
+        alternatives = "|".join(_regex_literal(token) for token in sorted(set(tokens) - {""}, key=len, reverse=True))
+        self._valid_prefix = f"^(?:{alternatives}|{WHITESPACE_RUN_PATTERN})*"
+        self.problem_type = getattr(config, "problem_type", None)
+        if isinstance(model, TFEsmForSequenceClassification) and self.problem_type is None:
+            self.problem_type = "regression" if config.num_labels == 1 else "single_label_classification"
+
+    @property
+    def model(self):
+        return self._keras.model
+
+    @property
+    def tokenizer(self):
+        return self._keras.tokenizer
+
+    def _check_characters(self, sequences):
+        rest = tf.strings.regex_replace(sequences, self._valid_prefix, "", replace_global=False)
+        bad = tf.where(tf.strings.length(rest) > 0)[:, 0]
+        rest_bad = tf.gather(rest, bad)
+        positions = (tf.strings.length(tf.gather(sequences, bad), unit="UTF8_CHAR")
+                     - tf.strings.length(rest_bad, unit="UTF8_CHAR") + 1)
+        characters = tf.strings.substr(rest_bad, 0, 1, unit="UTF8_CHAR")
+        return tf.debugging.Assert(
+            tf.equal(tf.size(bad), 0),
+            ["Invalid character in sequence(s) at batch index", bad, "1-based position", positions, "character",
+             characters, "(allowed: the vocabulary tokens, e.g. upper-case residue letters, and whitespace)"],
+            summarize=10)
+
+    def _check_lengths(self, lengths):
+        too_long = tf.where(lengths > self.max_length)[:, 0]
+        return tf.debugging.Assert(
+            tf.equal(tf.size(too_long), 0),
+            ["Sequence(s) at batch index", too_long, "have", tf.gather(lengths, too_long),
+             f"tokens with <cls>/<eos>; this model takes at most {self.max_length}"], summarize=10)
+
+    def _tokenize(self, sequences):
+        checks = [self._check_characters(sequences)] if self.validate else []
+        ids = self.tokenizer(sequences)["input_ids"]
+        if self.max_length is not None:
+            checks.append(self._check_lengths(ids.row_lengths()))
+        with tf.control_dependencies(checks):
+            input_ids = tf.identity(ids.to_tensor(default_value=self.special_ids["pad"]))
+        attention_mask = tf.sequence_mask(ids.row_lengths(), maxlen=tf.shape(input_ids)[1], dtype=tf.int32)
+        return input_ids, attention_mask
+
+    def _outputs(self, input_ids, attention_mask):
+        model = self.model
+        if isinstance(model, TFEsmModel):
+            outputs = model(input_ids, attention_mask=attention_mask, training=False)
+            hidden = outputs.last_hidden_state
+        else:
+            outputs = model(input_ids, attention_mask=attention_mask, output_hidden_states=True, training=False)
+            hidden = outputs.hidden_states[-1]
+        hidden = tf.cast(hidden, tf.float32)
+        mask = residue_mask(input_ids, attention_mask, self.special_ids.values())
+        result = {
+            "sequence_embedding": mean_over_residues(hidden, mask),
+            "residue_embeddings": hidden * tf.cast(mask, hidden.dtype)[..., None],
+            "residue_mask": mask,
+        }
+        if not isinstance(model, TFEsmModel):
+            logits = tf.cast(outputs.logits, tf.float32)
+            result["logits"] = logits
+            if isinstance(model, TFEsmForTokenClassification):
+                result["probabilities"] = tf.nn.softmax(logits, axis=-1)
+            elif isinstance(model, TFEsmForSequenceClassification) and self.problem_type != "regression":
+                multi = self.problem_type == "multi_label_classification"
+                result["probabilities"] = tf.sigmoid(logits) if multi else tf.nn.softmax(logits, axis=-1)
+        return result
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sequences")])
+    def serve_sequences(self, sequences):
+        """Raw protein strings -> embeddings (and logits), plus the `input_ids` / `attention_mask` used."""
+        input_ids, attention_mask = self._tokenize(sequences)
+        result = dict(self.serve_token_ids(input_ids, attention_mask))  # one traced model graph for both
+        result.update(input_ids=input_ids, attention_mask=attention_mask)
+        return result
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids"),
+                                  tf.TensorSpec([None, None], tf.int32, name="attention_mask")])
+    def serve_token_ids(self, input_ids, attention_mask):
+        """Token ids and attention mask -> embeddings (and logits)."""
+        return self._outputs(input_ids, attention_mask)
+
+    def signatures(self):
+        return {STRINGS_SIGNATURE: self.serve_sequences.get_concrete_function(),
+                TOKEN_IDS_SIGNATURE: self.serve_token_ids.get_concrete_function()}
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+
+
+def _is_empty_target(path):
+    return not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path))
+
+
+def _check_target(path, overwrite):
+    if not overwrite and not _is_empty_target(path):
+        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it.")
+
+
+def _move_into_place(staging, path, overwrite):
+    """Rename `staging` to `path`; an existing non-empty `path` is replaced only with `overwrite`."""
+    _check_target(path, overwrite)
+    if _is_empty_target(path):
+        if os.path.isdir(path):
+            os.rmdir(path)
+        os.rename(staging, path)
+        return
+    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+    os.rmdir(backup)
+    os.rename(path, backup)
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        os.rename(backup, path)
+        raise
+    if os.path.isdir(backup) and not os.path.islink(backup):
+        shutil.rmtree(backup)
+    else:
+        os.remove(backup)
+
+
+def default_max_length(config):
+    """The longest input the model's position table allows (absolute positions), else `None` (rotary)."""
+    if config.position_embedding_type != "absolute":
+        return None
+    padding_idx = config.pad_token_id if config.pad_token_id is not None else 1
+    return config.max_position_embeddings - padding_idx - 1
+
+
+def load_pretrained_model(reference, model_class=None):
+    """Load a model directory or hub id with `model_class`, or the class its `config.json` architectures name."""
+    from tf_esm.configuration import EsmConfig
+
+    if model_class is None:
+        config = EsmConfig.from_pretrained(reference)
+        names = [name.removeprefix("TF") for name in (getattr(config, "architectures", None) or [])]
+        model_class = next((ARCHITECTURES[name] for name in names if name in ARCHITECTURES), TFEsmModel)
+    return model_class.from_pretrained(reference)
+
+
+def export_saved_model(model, path, vocab=None, max_length="auto", validate=True, overwrite=False,
+                       model_class=None):
+    """Write `model` as a SavedModel with the `serving_default` (strings) and `token_ids` signatures.
+
+    The SavedModel is written into a temporary directory next to `path` and renamed into place, so `path` never
+    holds a partial export. `assets.extra/config.json` records the model configuration (TF Serving ignores it).
+
+    Args:
+        model: an ESM Keras model, or a model directory / hub id (loaded with `model_class`, or the class named by
+            `config.json`'s `architectures`; `TFEsmModel` when none is named).
+        path: the export directory, e.g. `models/esm2/1` (TF Serving expects a numbered version directory).
+        vocab: the vocabulary (see `EsmServingModule`); for a model directory, its `vocab.txt` when present.
+        max_length: longest accepted request in tokens; `"auto"`: the position-table limit for absolute position
+            embeddings, unlimited for rotary ones; `None`: no check.
+        validate: reject characters outside the vocabulary (see the module docstring).
+        overwrite: replace an existing non-empty `path`; otherwise that is a `FileExistsError`.
+        model_class: the class to load a model directory with.
+
+    Returns:
+        The absolute export path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    _check_target(path, overwrite)
+    if isinstance(model, (str, os.PathLike)):
+        from tf_esm.hub import resolve_file
+
+        reference = os.fspath(model)
+        if vocab is None:
+            vocab = resolve_file(reference, "vocab.txt", required=False)
+        model = load_pretrained_model(reference, model_class)
+    elif model_class is not None:
+        raise ValueError("model_class applies only when `model` is a directory or hub id.")
+    if max_length == "auto":
+        max_length = default_max_length(model.config)
+    module = EsmServingModule(model, vocab=vocab, max_length=max_length, validate=validate)
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        tf.saved_model.save(module, staging, signatures=module.signatures())
+        write_text_atomic(os.path.join(staging, "assets.extra", "config.json"), model.config.to_json_string())
+        _move_into_place(staging, path, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def export_pretrained(model_dir, path, model_class=None, **kwargs):
+    """Load `model_dir` (a `save_pretrained` / HF directory, or a hub id) and export it; see `export_saved_model`."""
+    return export_saved_model(model_dir, path, model_class=model_class, **kwargs)
