@@ -34,6 +34,30 @@ def reference_checkpoints(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def esm_vocab_file(tmp_path_factory):
+    """Path to a `vocab.txt` holding the standard 33-token ESM-2 vocabulary."""
+    from tf_esm.tokenization import write_default_vocab
+
+    return write_default_vocab(tmp_path_factory.mktemp("esm_vocab") / "vocab.txt")
+
+
+@pytest.fixture(scope="session")
+def esm_tokenizer(esm_vocab_file):
+    from tf_esm.tokenization import EsmTokenizer
+
+    return EsmTokenizer(esm_vocab_file)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(esm_vocab_file):
+    """transformers' EsmTokenizer on the same vocabulary: the reference for token ids."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.EsmTokenizer(esm_vocab_file)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

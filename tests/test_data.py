@@ -22,26 +22,20 @@ from tf_esm.data import (
     table_dataset,
 )
 from tf_esm.fasta import FastaError
-from tf_esm.tokenization import EsmTokenizer, write_default_vocab
+from tf_esm.tokenization import EsmTokenizer
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO-."
 EXAMPLE_DATA = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "data")
 
 
 @pytest.fixture(scope="module")
-def esm_vocab_file(tmp_path_factory):
-    return write_default_vocab(tmp_path_factory.mktemp("data_vocab"))
+def tokenizer(esm_tokenizer):
+    return esm_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(esm_vocab_file):
-    return EsmTokenizer(esm_vocab_file)
-
-
-@pytest.fixture(scope="module")
-def reference_tokenizer(esm_vocab_file):
-    transformers = pytest.importorskip("transformers")
-    return transformers.EsmTokenizer(esm_vocab_file)
+def reference_tokenizer(hf_tokenizer):
+    return hf_tokenizer
 
 
 def random_sequences(count, seed, min_length=1, max_length=60, lognormal=False):

@@ -8,22 +8,16 @@ import pytest
 import tensorflow as tf
 
 from tf_esm.graph_tokenizer import EsmStringTokenizer, tokenize_strings
-from tf_esm.tokenization import EsmTokenizer, write_default_vocab
+from tf_esm.tokenization import EsmTokenizer
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO"
 RARE = "XBUZO"
 UNKNOWN = list("acdkmsx*J9é<>_ \t\n\x1c\u3000\x00\x01") + ["<mas", "ask>", "<Mask>", "<cls>", "<eos>", "<null_1>"]
 
 
-@pytest.fixture(scope="session")
-def esm_vocab_file(tmp_path_factory):
-    """Path to a `vocab.txt` holding the standard 33-token ESM-2 vocabulary."""
-    return write_default_vocab(tmp_path_factory.mktemp("esm_vocab") / "vocab.txt")
-
-
 @pytest.fixture(scope="module")
-def tokenizer(esm_vocab_file):
-    return EsmTokenizer(esm_vocab_file)
+def tokenizer(esm_tokenizer):
+    return esm_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -20,22 +20,14 @@ ODD_TEXT = [
 ]
 
 
-@pytest.fixture(scope="session")
-def esm_vocab_file(tmp_path_factory):
-    """Path to a `vocab.txt` holding the standard 33-token ESM-2 vocabulary."""
-    return write_default_vocab(tmp_path_factory.mktemp("esm_vocab") / "vocab.txt")
+@pytest.fixture(scope="module")
+def tokenizer(esm_tokenizer):
+    return esm_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(esm_vocab_file):
-    return EsmTokenizer(esm_vocab_file)
-
-
-@pytest.fixture(scope="module")
-def reference(esm_vocab_file):
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    return transformers.EsmTokenizer(esm_vocab_file)
+def reference(hf_tokenizer):
+    return hf_tokenizer
 
 
 def random_sequences(count, seed, max_length=40, extra=()):

@@ -181,7 +181,7 @@ def _read_safetensors(path):
 
 
 def _read_safetensors_via_torch(path):
-    torch = _import_torch(path)
+    _import_torch(path)  # bfloat16 tensors have no numpy dtype: read them through torch
     from safetensors.torch import load_file
 
     return {k: v.float().numpy() for k, v in load_file(path).items()}
