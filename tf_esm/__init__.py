@@ -1,30 +1,40 @@
-"""tf_esm: ESM-2, ESM-1b, ESM-1v and ESMFold as native Keras 3 / TensorFlow models."""
+"""tf_esm: ESM-2, ESM-1b, ESM-1v and ESMFold as native Keras 3 / TensorFlow models.
 
-from tf_esm.configuration import EsmConfig, EsmFoldConfig, StructureModuleConfig, TrunkConfig
-from tf_esm.folding import TFEsmForProteinFolding
-from tf_esm.tokenization import EsmTokenizer
-from tf_esm.modeling import (
-    TFEsmForMaskedLM,
-    TFEsmForSequenceClassification,
-    TFEsmForTokenClassification,
-    TFEsmMainLayer,
-    TFEsmModel,
-    TFEsmPreTrainedModel,
-)
+The public names are imported lazily, so `import tf_esm` (and the `tf-esm` command's start-up) does not load
+TensorFlow until a model or tokenizer is first used.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EsmConfig",
-    "EsmFoldConfig",
-    "EsmTokenizer",
-    "StructureModuleConfig",
-    "TFEsmForMaskedLM",
-    "TFEsmForProteinFolding",
-    "TFEsmForSequenceClassification",
-    "TFEsmForTokenClassification",
-    "TFEsmMainLayer",
-    "TFEsmModel",
-    "TFEsmPreTrainedModel",
-    "TrunkConfig",
-]
+_PUBLIC = {
+    "EsmConfig": "tf_esm.configuration",
+    "EsmFoldConfig": "tf_esm.configuration",
+    "StructureModuleConfig": "tf_esm.configuration",
+    "TrunkConfig": "tf_esm.configuration",
+    "EsmTokenizer": "tf_esm.tokenization",
+    "EsmStringTokenizer": "tf_esm.graph_tokenizer",
+    "TFEsmMainLayer": "tf_esm.modeling",
+    "TFEsmPreTrainedModel": "tf_esm.modeling",
+    "TFEsmModel": "tf_esm.modeling",
+    "TFEsmForMaskedLM": "tf_esm.modeling",
+    "TFEsmForSequenceClassification": "tf_esm.modeling",
+    "TFEsmForTokenClassification": "tf_esm.modeling",
+    "TFEsmForProteinFolding": "tf_esm.folding",
+    "embed_sequences": "tf_esm.inference",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tf_esm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -40,6 +40,21 @@ def resolve_file(reference, filename, required=True):
     return _download(reference, filename, required)
 
 
+def _hub_reachable(timeout=3.0):
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download(repo_id, filename, required):
     try:
         from huggingface_hub import hf_hub_download
@@ -51,6 +66,12 @@ def _download(repo_id, filename, required):
         "HF_HUB_OFFLINE is set) and the file is not in the local cache. Download the model elsewhere and pass "
         "its local directory instead, e.g. `from_pretrained('/path/to/esm2_t6_8M_UR50D')`."
     )
+    try:  # the local cache first: works offline, costs no network round trip
+        return hf_hub_download(repo_id, filename, local_files_only=True)
+    except (LocalEntryNotFoundError, EntryNotFoundError):
+        pass
+    if not _hub_reachable():  # fail in seconds instead of huggingface_hub's retries with back-off
+        raise ModelNotFoundError(offline_message)
     try:
         return hf_hub_download(repo_id, filename)
     except LocalEntryNotFoundError:

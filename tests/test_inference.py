@@ -1,0 +1,119 @@
+"""Batched embedding extraction (`tf_esm.inference`) gives the numbers of a direct per-sequence model call."""
+
+import numpy as np
+import pytest
+
+from tests._reference import torch_outputs
+from tf_esm import TFEsmForMaskedLM, TFEsmModel
+from tf_esm.inference import bucket_length, embed_sequences, iter_embeddings, trace_count
+
+RESIDUES = "LAGVSERTIDPKQNFYMHWC"
+
+
+def random_sequences(rng, lengths):
+    return ["".join(rng.choice(list(RESIDUES), size=length)) for length in lengths]
+
+
+def encode(sequence):
+    from tf_esm.configuration import ESM2_VOCAB
+
+    vocab = {token: index for index, token in enumerate(ESM2_VOCAB)}
+    return np.asarray([[0] + [vocab[letter] for letter in sequence] + [2]], dtype=np.int32)
+
+
+@pytest.fixture(scope="module")
+def rotary(reference_checkpoints):
+    reference = reference_checkpoints("rotary")
+    return reference, TFEsmForMaskedLM.from_pretrained(reference.path)
+
+
+def test_matches_direct_calls_and_reference_in_input_order(rotary, rng):
+    reference, model = rotary
+    lengths = rng.permutation([5, 40, 17, 1, 33, 60, 9, 22])
+    sequences = random_sequences(rng, lengths)
+    results = embed_sequences(model, sequences, repr_layers=(0, 1, -1), include=("mean", "per_tok", "bos"),
+                              toks_per_batch=150)
+    assert len(results) == len(sequences)
+    for sequence, result in zip(sequences, results):
+        n = len(sequence)
+        assert result["length"] == n and result["truncated"] is False
+        ids = encode(sequence)
+        direct = model.esm(ids, output_hidden_states=True).hidden_states
+        expected = torch_outputs(reference.model, ids, output_hidden_states=True).hidden_states
+        for layer, index in ((0, 0), (1, 1), (-1, 2)):
+            per_tok = result["representations"][layer]
+            assert per_tok.shape == (n, 32)
+            np.testing.assert_allclose(per_tok, np.asarray(direct[index])[0, 1:n + 1], atol=1e-5)
+            np.testing.assert_allclose(per_tok, expected[index][0, 1:n + 1].numpy(), atol=1e-5)
+            np.testing.assert_allclose(result["mean_representations"][layer], per_tok.mean(0), atol=1e-5)
+            np.testing.assert_allclose(result["bos_representations"][layer], np.asarray(direct[index])[0, 0],
+                                       atol=1e-5)
+
+
+def test_truncation_keeps_the_first_residues(rotary, rng):
+    _, model = rotary
+    sequences = random_sequences(rng, [30, 12])
+    results = embed_sequences(model, sequences, include=("per_tok", "mean"), truncation_seq_length=20)
+    assert [r["length"] for r in results] == [20, 12]
+    assert [r["truncated"] for r in results] == [True, False]
+    direct = model.esm(encode(sequences[0][:20]), output_hidden_states=True).hidden_states[-1]
+    np.testing.assert_allclose(results[0]["representations"][-1], np.asarray(direct)[0, 1:21], atol=1e-5)
+    np.testing.assert_allclose(results[0]["mean_representations"][-1], np.asarray(direct)[0, 1:21].mean(0),
+                               atol=1e-5)
+
+
+def test_contacts_match_predict_contacts(rotary, rng):
+    reference, model = rotary
+    sequences = random_sequences(rng, [25, 8, 14])
+    results = embed_sequences(model, sequences, include=("contacts",), toks_per_batch=200)
+    for sequence, result in zip(sequences, results):
+        ids = encode(sequence)
+        expected = np.asarray(model.predict_contacts(ids))[0]
+        assert result["contacts"].shape == (len(sequence), len(sequence))
+        np.testing.assert_allclose(result["contacts"], expected, atol=1e-5)
+        torch_contacts = reference.model.predict_contacts(*_torch_ids(ids)).detach().numpy()[0]
+        np.testing.assert_allclose(result["contacts"], torch_contacts, atol=1e-5)
+
+
+def _torch_ids(ids):
+    import torch
+
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    return ids, torch.ones_like(ids)
+
+
+def test_absolute_positions_model(reference_checkpoints, rng):
+    reference = reference_checkpoints("absolute", model_class="EsmModel")
+    model = TFEsmModel.from_pretrained(reference.path)
+    sequences = random_sequences(rng, [50, 3, 21])
+    results = embed_sequences(model, sequences, include=("per_tok",), repr_layers=(2,))
+    for sequence, result in zip(sequences, results):
+        expected = torch_outputs(reference.model, encode(sequence), output_hidden_states=True).hidden_states[2]
+        np.testing.assert_allclose(result["representations"][2], expected[0, 1:-1].numpy(), atol=1e-5)
+
+
+def test_graphs_are_reused_across_lengths_and_calls(reference_checkpoints, rng):
+    reference = reference_checkpoints("rotary", model_class="EsmModel")
+    model = TFEsmModel.from_pretrained(reference.path)
+    lengths = rng.integers(1, 200, size=30)
+    sequences = random_sequences(rng, lengths)
+    progress = []
+    seen = dict(iter_embeddings(model, sequences, toks_per_batch=512,
+                                progress_callback=lambda *done: progress.append(done)))
+    assert sorted(seen) == list(range(30))
+    buckets = {bucket_length(int(length) + 2) for length in lengths}
+    assert 0 < trace_count(model) <= len(buckets)
+    assert progress[-1] == (30, int(lengths.sum()))
+    before = trace_count(model)
+    embed_sequences(model, random_sequences(rng, rng.integers(1, 200, size=30)), toks_per_batch=512)
+    assert trace_count(model) <= len(buckets | {bucket_length(n) for n in range(3, 202)})
+    embed_sequences(model, sequences, toks_per_batch=512)
+    assert trace_count(model) >= before
+
+
+def test_rejects_bad_arguments(rotary):
+    _, model = rotary
+    with pytest.raises(ValueError, match="repr_layers"):
+        embed_sequences(model, ["MK"], repr_layers=(5,))
+    with pytest.raises(ValueError, match="include"):
+        embed_sequences(model, ["MK"], include=("logits",))
