@@ -41,7 +41,11 @@ def folding_pair(tmp_path_factory):
     """(PyTorch reference, its directory, our model loaded from it) for a float32-stem checkpoint."""
     directory = tmp_path_factory.mktemp("esmfold_ref")
     reference = _make_reference(directory, fp16_esm=False)
-    return reference, str(directory), TFEsmForProteinFolding.from_pretrained(str(directory), strict=True)
+    model = TFEsmForProteinFolding.from_pretrained(str(directory), strict=True)
+    # These tests compare the eager maths with the reference; test_folding_compiled.py checks that the compiled
+    # inference path (the default) equals it.
+    model.compiled_inference = False
+    return reference, str(directory), model
 
 
 def _batch(sequences):
@@ -178,7 +182,7 @@ def test_save_pretrained_round_trip(folding_pair, tmp_path, format):
     reloaded = TFEsmForProteinFolding.from_pretrained(str(tmp_path), strict=True)
     aatype, mask = _batch(SEQUENCES[1:])
     a = model(aatype, attention_mask=mask, num_recycles=0)
-    b = reloaded(aatype, attention_mask=mask, num_recycles=0)
+    b = reloaded(aatype, attention_mask=mask, num_recycles=0, compiled=False)
     assert max_abs_diff(a["positions"], np.asarray(b["positions"])) == 0.0
 
 
@@ -193,7 +197,7 @@ def test_fp16_stem_checkpoint_in_bin_format(tmp_path):
     aatype, mask = _batch(SEQUENCES[1:])
     with torch.no_grad():
         theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
-    _compare(model(aatype, attention_mask=mask, num_recycles=0), theirs)
+    _compare(model(aatype, attention_mask=mask, num_recycles=0, compiled=False), theirs)
 
 
 def test_half_precision_stem_matches_reference_half_stem(tmp_path):
@@ -209,7 +213,7 @@ def test_half_precision_stem_matches_reference_half_stem(tmp_path):
     aatype, mask = _batch(SEQUENCES[1:])
     with torch.no_grad():
         theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
-    ours = model(aatype, attention_mask=mask, num_recycles=0)
+    ours = model(aatype, attention_mask=mask, num_recycles=0, compiled=False)
     assert max_abs_diff(ours["positions"], theirs["positions"]) < 0.1
     assert max_abs_diff(ours["plddt"], theirs["plddt"]) < 1e-2
 
@@ -238,6 +242,6 @@ def test_attention_map_input_to_the_pair_stack():
     assert {"esm_z_mlp/0/gamma", "esm_z_mlp/1/kernel"} <= names
     assert tuple(model.esm_z_mlp.dense_layers[0].kernel.shape) == (2 * 4, 16)  # layers x heads -> pair dim
     aatype, mask = _batch(SEQUENCES[1:])
-    output = model(aatype, attention_mask=mask, num_recycles=0)
+    output = model(aatype, attention_mask=mask, num_recycles=0, compiled=False)
     assert tuple(output["s_z"].shape) == (2, aatype.shape[1], aatype.shape[1], 16)
     assert np.all(np.isfinite(np.asarray(output["positions"])))

@@ -4,6 +4,7 @@ confidence heads) as a Keras model that loads HF `EsmForProteinFolding` checkpoi
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from tf_esm.folding.heads import (
 )
 from tf_esm.folding.pdb import output_to_pdb
 from tf_esm.folding.primitives import LayerNorm
+from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.models import TFEsmPreTrainedModel
@@ -29,6 +31,21 @@ from tf_esm.modeling.outputs import ModelOutput
 
 DEFAULT_CHAIN_LINKER = "G" * 25
 DEFAULT_RESIDUE_INDEX_OFFSET = 512
+# Lengths the compiled inference path pads to (longer inputs: the next multiple of the last step, 512), so a
+# handful of graphs serve all lengths; padding costs at most ~1.5x in length.
+DEFAULT_LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+# Outputs with two residue axes (cropped on both back to the unpadded length).
+_PAIR_OUTPUTS = ("s_z", "distogram_logits", "ptm_logits")
+
+
+def bucket_length(length, buckets=DEFAULT_LENGTH_BUCKETS):
+    """The smallest bucket >= `length`; beyond the last bucket, the next multiple of the last bucket step."""
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    step = buckets[-1] - buckets[-2] if len(buckets) > 1 else buckets[-1]
+    return buckets[-1] + -(-(length - buckets[-1]) // step) * step
 
 
 @dataclass(repr=False, eq=False)
@@ -84,6 +101,19 @@ class _SequentialMLP(keras.layers.Layer):
         for index, layer in enumerate(self.dense_layers):
             x = layer(ops.relu(x) if index else x)
         return x
+
+
+def _crop_residues(key, value, length):
+    """Crop an output's residue axes (third for per-structure-block outputs, else second) to `length`."""
+    if key in BLOCK_OUTPUTS or key == "lddt_head":
+        return value[:, :, :length]
+    if key in _PAIR_OUTPUTS:
+        return value[:, :length, :length]
+    return value[:, :length]
+
+
+def _pad_residues(array, length):
+    return np.pad(array, ((0, 0), (0, length - array.shape[1])))
 
 
 def _gpu_available():
@@ -155,6 +185,21 @@ class TFEsmForProteinFolding(TFEsmPreTrainedModel):
         masking_pattern: [B, L] 1 where residues are masked (BERT-style training regularisation).
         num_recycles: Extra trunk passes; None means `trunk.max_recycles` passes in total.
         chunk_size: Row chunk of the pair operations (overrides `trunk.chunk_size`; same result).
+        unpadded_length: When the inputs carry extra padding at the end (to reach a compiled length bucket), the
+            length without it. Those positions are hidden from every residue and the outputs are cropped to
+            `unpadded_length`, so they equal the outputs of the unpadded inputs.
+        compiled: (`__call__` only) Run through the compiled inference path: None (default) means
+            `self.compiled_inference`. Used only for eager, non-training calls with the TensorFlow backend.
+
+    Compiled inference: eager, non-training calls (and so `infer`, `infer_pdb`, `infer_pdbs`) run a
+    `tf.function` of `call` on inputs padded to a length bucket (`length_buckets`, `bucket_length`), with
+    `unpadded_length` set; a graph is traced once per (bucket, chunk size) and then reused, whatever the batch
+    size and number of recycles (recycling and the structure-module blocks run as loop ops). The outputs equal
+    the eager ones (to ~1e-5 Angstrom), pTM included: it is computed, as in the reference, over the batch's
+    own padded length, not the bucket's. `inference_trace_count` counts the traces; `compiled_inference = False`
+    restores op-by-op eager execution; `inference_jit_compile = True` compiles the graphs with XLA (measured on
+    CPU: faster at 64 residues, slower at 256, and recompiled per batch size, so off by default). Inside the
+    graph `chunk_size` runs the pair operations in a sequential loop, so it still bounds their memory.
 
     Examples:
 
@@ -201,6 +246,11 @@ class TFEsmForProteinFolding(TFEsmPreTrainedModel):
         self.lm_head = keras.layers.Dense(self.n_tokens_embed, name="lm_head")
         self.lddt_head = LddtHead(fold.lddt_head_hid_dim, name="lddt_head")
         self.esm_s_combine = None
+        self.compiled_inference = True
+        self.length_buckets = DEFAULT_LENGTH_BUCKETS
+        self.inference_jit_compile = False
+        self._inference_functions = {}
+        self.inference_trace_count = 0
 
     def build(self, input_shape=None):
         if self.built:
@@ -266,7 +316,7 @@ class TFEsmForProteinFolding(TFEsmPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------------ forward
     def call(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None, num_recycles=None,
-             chunk_size=None, training=False):
+             chunk_size=None, unpadded_length=None, training=False):
         config = self.config
         fold = config.esmfold_config
         aa = ops.cast(ops.convert_to_tensor(input_ids), "int32")
@@ -300,30 +350,114 @@ class TFEsmForProteinFolding(TFEsmPreTrainedModel):
         if self.embedding is not None:
             s_s_0 = s_s_0 + self.embedding(masked_aa)
 
+        length_mask = None
+        if unpadded_length is not None:
+            length_mask = ops.arange(length, dtype="int32") < ops.cast(unpadded_length, "int32")
         structure = self.trunk(s_s_0, s_z_0, aa, position_ids, residue_mask=attention_mask,
-                               no_recycles=num_recycles, chunk_size=chunk_size, training=training)
-        keep = ("s_z", "s_s", "frames", "sidechain_frames", "unnormalized_angles", "angles", "positions", "states")
-        out = {key: structure[key] for key in keep}
+                               no_recycles=num_recycles, chunk_size=chunk_size, length_mask=length_mask,
+                               training=training)
+        out = {key: structure[key] for key in BLOCK_OUTPUTS + ("s_z", "s_s")}
 
         distogram_logits = self.distogram_head(out["s_z"])
         out["distogram_logits"] = (distogram_logits + ops.swapaxes(distogram_logits, 1, 2)) / 2
         out["lm_logits"] = self.lm_head(out["s_s"])
+        out["lddt_head"] = self.lddt_head(out["states"])
+        out["ptm_logits"] = self.ptm_head(out["s_z"])
+        if unpadded_length is not None:
+            out = {key: _crop_residues(key, value, unpadded_length) for key, value in out.items()}
+            aa, attention_mask, position_ids = (value[:, :unpadded_length]
+                                                for value in (aa, attention_mask, position_ids))
         out["aatype"] = aa
         out.update(make_atom14_masks(aa))
         residue_mask = ops.cast(attention_mask, "float32")[..., None]
         out["atom14_atom_exists"] = out["atom14_atom_exists"] * residue_mask
         out["atom37_atom_exists"] = out["atom37_atom_exists"] * residue_mask
         out["residue_index"] = position_ids
-        out["lddt_head"] = self.lddt_head(out["states"])
         out["plddt"] = categorical_lddt(out["lddt_head"][-1])
-        out["ptm_logits"] = self.ptm_head(out["s_z"])
         out["ptm"] = compute_tm(out["ptm_logits"])
         out.update(compute_predicted_aligned_error(out["ptm_logits"]))
         return TFEsmForProteinFoldingOutput(**out)
 
+    # ------------------------------------------------------------------------------------------------ compiled
+    def __call__(self, *args, compiled=None, **kwargs):
+        compiled = self.compiled_inference if compiled is None else compiled
+        arguments = self._compilable_arguments(args, kwargs) if compiled else None
+        if arguments is None:
+            return super().__call__(*args, **kwargs)
+        return self._compiled_call(**arguments)
+
+    def _compilable_arguments(self, args, kwargs):
+        """The bound `call` arguments if this call can take the compiled path, else None."""
+        if keras.backend.backend() != "tensorflow":
+            return None
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return None
+        try:
+            arguments = inspect.signature(self.call).bind(*args, **kwargs).arguments
+        except TypeError:
+            return None  # let Keras report it
+        if arguments.pop("training", False) or arguments.get("unpadded_length") is not None:
+            return None
+        arguments.pop("unpadded_length", None)
+        for value in arguments.values():
+            if isinstance(value, keras.KerasTensor) or (tf.is_tensor(value) and not hasattr(value, "numpy")):
+                return None
+        if np.ndim(arguments["input_ids"]) != 2:
+            return None
+        return arguments
+
+    def _compiled_call(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None,
+                       num_recycles=None, chunk_size=None):
+        if not self.built:
+            self.build()
+        aa = np.asarray(ops.convert_to_numpy(input_ids)).astype(np.int32)
+        batch, length = aa.shape
+
+        def as_int32(value, default):
+            return default if value is None else np.asarray(ops.convert_to_numpy(value)).astype(np.int32)
+
+        mask = as_int32(attention_mask, np.ones_like(aa))
+        residx = as_int32(position_ids, np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)))
+        residx = np.broadcast_to(residx, (batch, length))
+        masking = as_int32(masking_pattern, np.zeros_like(aa))
+        if num_recycles is not None and int(num_recycles) < 0:
+            raise ValueError(f"Number of recycles must not be negative, got {num_recycles}.")
+        passes = self.config.esmfold_config.trunk.max_recycles if num_recycles is None else int(num_recycles) + 1
+        chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
+
+        bucket = bucket_length(length, self.length_buckets)
+        residx = np.concatenate([residx, residx[:, -1:] + 1 + np.arange(bucket - length, dtype=np.int32)], axis=1)
+        inputs = (_pad_residues(aa, bucket), _pad_residues(mask, bucket), residx, _pad_residues(masking, bucket))
+        function = self._inference_function(bucket, chunk_size)
+        return TFEsmForProteinFoldingOutput(**function(*inputs, np.int32(passes - 1), np.int32(length)))
+
+    def _inference_function(self, bucket, chunk_size):
+        """The `tf.function` for one (length bucket, chunk size), traced on first use."""
+        key = (bucket, chunk_size, bool(self.inference_jit_compile))
+        function = self._inference_functions.get(key)
+        if function is None:
+            import tensorflow as tf
+
+            def forward(input_ids, attention_mask, position_ids, masking_pattern, num_recycles, unpadded_length):
+                self.inference_trace_count += 1  # runs only while tracing
+                output = keras.Model.__call__(self, input_ids, attention_mask=attention_mask,
+                                              position_ids=position_ids, masking_pattern=masking_pattern,
+                                              num_recycles=num_recycles, chunk_size=chunk_size,
+                                              unpadded_length=unpadded_length)
+                return dict(output.items())
+
+            residues = tf.TensorSpec((None, bucket), tf.int32)
+            scalar = tf.TensorSpec((), tf.int32)
+            function = tf.function(forward, input_signature=(residues,) * 4 + (scalar, scalar),
+                                   jit_compile=bool(self.inference_jit_compile))
+            self._inference_functions[key] = function
+        return function
+
     # ------------------------------------------------------------------------------------------------ inference
     def infer(self, sequences, position_ids=None, residue_index_offset=DEFAULT_RESIDUE_INDEX_OFFSET,
-              chain_linker=DEFAULT_CHAIN_LINKER, num_recycles=None, chunk_size=None):
+              chain_linker=DEFAULT_CHAIN_LINKER, num_recycles=None, chunk_size=None, compiled=None):
         """Fold one sequence or a list (padded into one batch). Returns numpy outputs.
 
         Sequences use upper-case one-letter codes (unknown letters fold as X). A sequence with chains separated
@@ -335,6 +469,7 @@ class TFEsmForProteinFolding(TFEsmPreTrainedModel):
             sequences: A string or a list of strings.
             position_ids: Optional [L] or [B, L] residue indices (single-chain input only).
             num_recycles, chunk_size: As in `call`.
+            compiled: Use the compiled inference path (None: `self.compiled_inference`).
 
         Raises:
             InvalidSequenceError: for characters the model cannot fold, or empty sequences/chains.
@@ -366,7 +501,7 @@ class TFEsmForProteinFolding(TFEsmPreTrainedModel):
         if not self.built:
             self.build()
         output = self(aatype, attention_mask=mask, position_ids=residue_index, num_recycles=num_recycles,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, compiled=compiled)
         output = {key: np.asarray(ops.convert_to_numpy(value)) for key, value in output.items()}
         output["atom37_atom_exists"] = output["atom37_atom_exists"] * linker_mask[..., None]
         output["chain_index"] = chain_index

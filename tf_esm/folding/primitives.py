@@ -79,12 +79,31 @@ def LayerNorm(name, epsilon=1e-5):
     return keras.layers.LayerNormalization(epsilon=epsilon, name=name)
 
 
+def absent_position_bias(length_mask, dtype="float32"):
+    """Additive attention-logit bias [L] for a `length_mask` (1 inside the unpadded batch length, 0 for padding
+    appended beyond it to reach a length bucket): 0, or a penalty far below the reference's masking penalties
+    (down to -1e9). A query whose keys are all masked (a padding residue) then still attends, as in the reference,
+    uniformly over the unpadded length only, never over the appended positions."""
+    return (ops.cast(length_mask, dtype) - 1.0) * 1e12
+
+
+def in_compiled_graph():
+    """True while a TensorFlow graph is being traced (`tf.function`), where Python loops are unrolled."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.executing_eagerly()
+
+
 def chunked(fn, inputs, chunk_size, axis=1):
     """Evaluate `fn` on slices of `inputs` along `axis` and concatenate the results along the same axis.
 
     `fn` must treat slices along `axis` independently; then the result equals `fn(*inputs)` while the peak
     memory of the intermediate tensors is bounded by the chunk. `chunk_size=None` (or a chunk that covers the
-    whole axis, or an axis of unknown static length) evaluates in one piece.
+    whole axis) evaluates in one piece. Eagerly the chunks run in a Python loop; inside a compiled TensorFlow
+    graph they run in a loop op with one chunk in flight, so the graph holds `fn` once and the axis may have a
+    length unknown when tracing.
 
     Args:
         fn: Callable taking the tensors of `inputs`; returns one tensor.
@@ -93,22 +112,62 @@ def chunked(fn, inputs, chunk_size, axis=1):
         chunk_size: Maximum slice length.
         axis: Axis to slice (the same for inputs and output).
     """
-    sizes = {int(t.shape[axis]) for t in inputs if t is not None and t.shape[axis] is not None and t.shape[axis] != 1}
-    if chunk_size is None or len(sizes) != 1:
+    if chunk_size is None:
         return fn(*inputs)
-    (length,) = sizes
-    if length <= chunk_size:
+    is_sliced = [t is not None and t.shape[axis] != 1 for t in inputs]
+    if not any(is_sliced):
+        return fn(*inputs)
+    sizes = {t.shape[axis] for t, sliced in zip(inputs, is_sliced) if sliced}
+    static_length = next(iter(sizes)) if len(sizes) == 1 and None not in sizes else None
+    if static_length is not None and static_length <= chunk_size:
+        return fn(*inputs)
+    if in_compiled_graph():
+        return _chunk_loop(fn, inputs, is_sliced, chunk_size, axis, static_length)
+    if static_length is None:
         return fn(*inputs)
 
-    def take(t, start):
-        if t is None or t.shape[axis] == 1:
+    def take(t, sliced, start):
+        if not sliced:
             return t
         index = [slice(None)] * len(t.shape)
         index[axis] = slice(start, start + chunk_size)
         return t[tuple(index)]
 
-    pieces = [fn(*[take(t, start) for t in inputs]) for start in range(0, length, chunk_size)]
+    pieces = [fn(*[take(t, sliced, start) for t, sliced in zip(inputs, is_sliced)])
+              for start in range(0, static_length, chunk_size)]
     return ops.concatenate(pieces, axis=axis)
+
+
+def _chunk_loop(fn, inputs, is_sliced, chunk_size, axis, static_length):
+    """`chunked` as a loop op: pad the axis to whole chunks, scan over them one at a time, crop."""
+    reference = next(t for t, sliced in zip(inputs, is_sliced) if sliced)
+    length = static_length if static_length is not None else ops.shape(reference)[axis]
+    num_chunks = (length + chunk_size - 1) // chunk_size
+
+    def split(t):  # [..., L, ...] -> [num_chunks, ..., chunk, ...]
+        padding = [[0, 0] for _ in t.shape]
+        padding[axis] = [0, num_chunks * chunk_size - length]
+        t = ops.pad(t, padding)
+        shape = ops.shape(t)
+        t = ops.reshape(t, tuple(shape[:axis]) + (num_chunks, chunk_size) + tuple(shape[axis + 1:]))
+        return ops.moveaxis(t, axis, 0)
+
+    def step(pieces):
+        pieces = iter(pieces)
+        return fn(*[next(pieces) if sliced else t for t, sliced in zip(inputs, is_sliced)])
+
+    import tensorflow as tf
+
+    # keras.ops.map would allow ten chunks in flight (and ops.scan needs outputs shaped like its carry); one at
+    # a time is what bounds the memory. The output has the dtype of the first sliced input.
+    pieces = [split(t) for t, sliced in zip(inputs, is_sliced) if sliced]
+    outputs = tf.map_fn(step, pieces, fn_output_signature=reference.dtype, parallel_iterations=1)
+    outputs = ops.moveaxis(outputs, 0, axis)
+    shape = ops.shape(outputs)
+    outputs = ops.reshape(outputs, tuple(shape[:axis]) + (num_chunks * chunk_size,) + tuple(shape[axis + 2:]))
+    index = [slice(None)] * len(outputs.shape)
+    index[axis] = slice(0, length)
+    return outputs[tuple(index)]
 
 
 @keras.saving.register_keras_serializable(package="tf_esm")

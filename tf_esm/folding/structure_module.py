@@ -14,10 +14,12 @@ from keras import ops
 
 from tf_esm.folding.atoms import frames_and_literature_positions_to_atom14_pos, torsion_angles_to_frames
 from tf_esm.configuration import StructureModuleConfig
-from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, Linear
+from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, Linear, absent_position_bias, in_compiled_graph
 from tf_esm.folding.rigid import Rigid, Rotation
 
 _SOFTPLUS_INVERSE_OF_1 = 0.541324854612918
+# The outputs with one entry per structure-module block (a leading block axis).
+BLOCK_OUTPUTS = ("frames", "sidechain_frames", "unnormalized_angles", "angles", "positions", "states")
 
 
 def _points(flat):
@@ -44,6 +46,7 @@ class InvariantPointAttention(ConfiguredLayer):
         z: [B, N, N, C_z] pair representation.
         frames: `Rigid` [B, N] backbone frames.
         residue_mask: [B, N] float mask.
+        length_mask: [N] 1 inside the unpadded length, 0 for bucket padding hidden from every residue; or None.
     """
 
     config_class = StructureModuleConfig
@@ -73,7 +76,7 @@ class InvariantPointAttention(ConfiguredLayer):
             initializer=keras.initializers.Constant(_SOFTPLUS_INVERSE_OF_1),
         )
 
-    def call(self, s, z, frames, residue_mask):
+    def call(self, s, z, frames, residue_mask, length_mask=None):
         heads, c = self.num_heads, self.hidden_dim
         batch, n = ops.shape(s)[0], ops.shape(s)[1]
 
@@ -100,6 +103,8 @@ class InvariantPointAttention(ConfiguredLayer):
 
         mask = residue_mask
         square_mask = self.config.inf * (mask[:, :, None] * mask[:, None, :] - 1.0)
+        if length_mask is not None:
+            square_mask = square_mask + absent_position_bias(length_mask, square_mask.dtype)
         attention = ops.softmax(logits + square_mask[:, None], axis=-1)  # [B, H, N, N]
 
         out_scalar = ops.reshape(ops.einsum("bhij,bjhc->bihc", attention, v), (batch, n, heads * c))
@@ -238,6 +243,7 @@ class StructureModule(ConfiguredLayer):
         pair: [B, N, N, pairwise_dim].
         aatype: [B, N] residue types.
         residue_mask: [B, N] float mask, or None.
+        length_mask: [N] 1 inside the unpadded length, 0 for bucket padding (see `InvariantPointAttention`).
 
     Returns:
         dict with a leading block axis: `frames` [blocks, B, N, 7] (quaternion, translation in Angstrom),
@@ -269,7 +275,7 @@ class StructureModule(ConfiguredLayer):
         self.ipa.build(s_shape, z_shape)
         self.angle_resnet.build(s_shape, s_shape)
 
-    def call(self, single, pair, aatype, residue_mask=None, training=False):
+    def call(self, single, pair, aatype, residue_mask=None, length_mask=None, training=False):
         config = self.config
         mask = residue_mask
         if mask is None:
@@ -279,30 +285,63 @@ class StructureModule(ConfiguredLayer):
         s_initial = s
         s = self.linear_in(s)
         frames = Rigid.identity(tuple(ops.shape(s)[:-1]), fmt="quat")
-        outputs = {key: [] for key in ("frames", "sidechain_frames", "unnormalized_angles", "angles",
-                                       "positions", "states")}
+
+        def block(s, frames):
+            return self._block(s, frames, s_initial, z, aatype, mask, length_mask, training)
+
+        if in_compiled_graph() and not training:
+            # One traced block in a loop op instead of `num_blocks` unrolled copies (the weights are shared).
+            def step(carry, _):
+                s, frames, per_block = block(carry["states"], Rigid.from_tensor_7(carry["frames"]))
+                carry = dict(per_block, states=s, frames=frames.to_tensor_7())
+                return carry, carry
+
+            initial = {key: value[0] for key, value in self.zero_outputs(ops.shape(s)[:-1]).items()
+                       if key != "single"}
+            initial.update(states=s, frames=frames.to_tensor_7())
+            _, outputs = ops.scan(step, initial, length=config.num_blocks)
+            outputs["frames"] = Rigid.from_tensor_7(outputs["frames"]).scale_translation(
+                config.trans_scale_factor).to_tensor_7()
+            outputs["single"] = outputs["states"][-1]
+            return outputs
+
+        outputs = {key: [] for key in BLOCK_OUTPUTS}
         for _ in range(config.num_blocks):
-            s = s + self.ipa(s, z, frames=frames, residue_mask=mask)
-            s = self.layer_norm_ipa(self.ipa_dropout(s, training=training))
-            s = self.transition(s, training=training)
-            frames = frames.compose_q_update_vec(self.bb_update(s))
-
-            # Side chains are built from rotation matrices, in Angstrom.
-            backbone_to_global = Rigid(Rotation(rot_mats=frames.get_rots().get_rot_mats()), frames.get_trans())
-            backbone_to_global = backbone_to_global.scale_translation(config.trans_scale_factor)
-            unnormalized_angles, angles = self.angle_resnet(s, s_initial)
-            group_frames = torsion_angles_to_frames(backbone_to_global, angles, aatype)
-            positions = frames_and_literature_positions_to_atom14_pos(group_frames, aatype)
-
-            outputs["frames"].append(frames.scale_translation(config.trans_scale_factor).to_tensor_7())
-            outputs["sidechain_frames"].append(group_frames.to_tensor_4x4())
-            outputs["unnormalized_angles"].append(unnormalized_angles)
-            outputs["angles"].append(angles)
-            outputs["positions"].append(positions)
-            outputs["states"].append(s)
+            s, frames, per_block = block(s, frames)
+            per_block.update(frames=frames.scale_translation(config.trans_scale_factor).to_tensor_7(), states=s)
+            for key, value in per_block.items():
+                outputs[key].append(value)
             frames = frames.stop_rot_gradient()
         outputs = {key: ops.stack(values, axis=0) for key, values in outputs.items()}
         outputs["single"] = s
+        return outputs
+
+    def _block(self, s, frames, s_initial, z, aatype, mask, length_mask, training):
+        """One structure-module block: (s, frames) -> (s, frames, its side-chain frames, angles, atoms)."""
+        config = self.config
+        s = s + self.ipa(s, z, frames=frames, residue_mask=mask, length_mask=length_mask)
+        s = self.layer_norm_ipa(self.ipa_dropout(s, training=training))
+        s = self.transition(s, training=training)
+        frames = frames.compose_q_update_vec(self.bb_update(s))
+
+        # Side chains are built from rotation matrices, in Angstrom.
+        backbone_to_global = Rigid(Rotation(rot_mats=frames.get_rots().get_rot_mats()), frames.get_trans())
+        backbone_to_global = backbone_to_global.scale_translation(config.trans_scale_factor)
+        unnormalized_angles, angles = self.angle_resnet(s, s_initial)
+        group_frames = torsion_angles_to_frames(backbone_to_global, angles, aatype)
+        positions = frames_and_literature_positions_to_atom14_pos(group_frames, aatype)
+        per_block = dict(sidechain_frames=group_frames.to_tensor_4x4(), unnormalized_angles=unnormalized_angles,
+                         angles=angles, positions=positions)
+        return s, frames, per_block
+
+    def zero_outputs(self, residue_shape):
+        """Zeros shaped like the outputs of `call` for [B, N] residues `residue_shape` (loop-carry templates)."""
+        config = self.config
+        trailing = {"frames": (7,), "sidechain_frames": (8, 4, 4), "unnormalized_angles": (config.num_angles, 2),
+                    "angles": (config.num_angles, 2), "positions": (14, 3), "states": (config.sequence_dim,)}
+        residue_shape = tuple(residue_shape)
+        outputs = {key: ops.zeros((config.num_blocks,) + residue_shape + shape) for key, shape in trailing.items()}
+        outputs["single"] = ops.zeros(residue_shape + (config.sequence_dim,))
         return outputs
 
 

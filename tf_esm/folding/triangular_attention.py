@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_esm.folding.primitives import Attention, LayerNorm, Linear, chunked
+from tf_esm.folding.primitives import Attention, LayerNorm, Linear, absent_position_bias, chunked
 
 
 @keras.saving.register_keras_serializable(package="tf_esm")
@@ -28,6 +28,7 @@ class TriangleAttention(keras.layers.Layer):
         pair_representation: [B, I, J, C] pair representation.
         pair_mask: [B, I, J] pair mask (1 = valid), or None.
         chunk_size: Evaluate at most this many rows at a time (same result, bounded memory).
+        length_mask: [J] 1 inside the unpadded length, 0 for bucket padding hidden from every row; or None.
 
     Examples:
 
@@ -56,7 +57,7 @@ class TriangleAttention(keras.layers.Layer):
         self.linear.build(pair_shape)
         self.mha.build(pair_shape, pair_shape)
 
-    def call(self, pair_representation, pair_mask=None, chunk_size=None):
+    def call(self, pair_representation, pair_mask=None, chunk_size=None, length_mask=None):
         z = pair_representation
         mask = pair_mask
         if mask is None:
@@ -67,6 +68,8 @@ class TriangleAttention(keras.layers.Layer):
             mask = ops.swapaxes(mask, 1, 2)
         z = self.layer_norm(z)
         mask_bias = (self.inf * (mask - 1.0))[:, :, None, None, :]  # [B, I, 1, 1, J]
+        if length_mask is not None:  # the mask is symmetric, so the same for either orientation
+            mask_bias = mask_bias + absent_position_bias(length_mask, mask_bias.dtype)
         triangle_bias = ops.transpose(self.linear(z), (0, 3, 1, 2))[:, None]  # [B, 1, H, J, K]
 
         def attend(rows, row_mask_bias):

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from tf_esm.configuration import TrunkConfig
-from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, chunked
+from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, chunked, in_compiled_graph
 from tf_esm.folding.structure_module import StructureModule
 from tf_esm.folding.triangular_attention import TriangleAttention
 from tf_esm.folding.triangular_multiplicative_update import TriangleMultiplicativeUpdate
@@ -172,6 +172,7 @@ class TriangularSelfAttentionBlock(ConfiguredLayer):
         pairwise_state: [B, L, L, pairwise_state_dim].
         residue_mask: [B, L] (1 = valid residue), or None.
         chunk_size: Row chunk of the O(L^2) pair operations (same result, bounded memory), or None.
+        length_mask: [L] 1 inside the unpadded length, 0 for bucket padding hidden from every residue; or None.
 
     Returns:
         The updated `(sequence_state, pairwise_state)`.
@@ -213,7 +214,8 @@ class TriangularSelfAttentionBlock(ConfiguredLayer):
         for layer in (self.tri_mul_out, self.tri_mul_in, self.tri_att_start, self.tri_att_end, self.mlp_pair):
             layer.build(pair_shape)
 
-    def call(self, sequence_state, pairwise_state, residue_mask=None, chunk_size=None, training=False):
+    def call(self, sequence_state, pairwise_state, residue_mask=None, chunk_size=None, length_mask=None,
+             training=False):
         bias = self.pair_to_sequence(pairwise_state)
         update = self.seq_attention(self.layernorm_1(sequence_state), residue_mask=residue_mask, bias=bias)
         sequence_state = sequence_state + self.drop(update, training=training)
@@ -224,9 +226,11 @@ class TriangularSelfAttentionBlock(ConfiguredLayer):
         if residue_mask is not None:
             mask = ops.cast(residue_mask, pairwise_state.dtype)
             pair_mask = mask[:, :, None] * mask[:, None, :]
-        for layer, dropout in ((self.tri_mul_out, self.row_drop), (self.tri_mul_in, self.col_drop),
-                               (self.tri_att_start, self.row_drop), (self.tri_att_end, self.col_drop)):
+        for layer, dropout in ((self.tri_mul_out, self.row_drop), (self.tri_mul_in, self.col_drop)):
             update = layer(pairwise_state, pair_mask=pair_mask, chunk_size=chunk_size)
+            pairwise_state = pairwise_state + dropout(update, training=training)
+        for layer, dropout in ((self.tri_att_start, self.row_drop), (self.tri_att_end, self.col_drop)):
+            update = layer(pairwise_state, pair_mask=pair_mask, chunk_size=chunk_size, length_mask=length_mask)
             pairwise_state = pairwise_state + dropout(update, training=training)
         pairwise_state = self.mlp_pair(pairwise_state, chunk_size=chunk_size, training=training)
         return sequence_state, pairwise_state
@@ -293,8 +297,11 @@ class FoldingTrunk(ConfiguredLayer):
         true_aa: [B, L] AlphaFold residue types.
         residx: [B, L] residue indices.
         residue_mask: [B, L] (1 = valid residue).
-        no_recycles: Extra passes after the first; None means `max_recycles` passes in total.
+        no_recycles: Extra passes after the first; None means `max_recycles` passes in total. May be a scalar
+            tensor inside a compiled (non-training) graph, where the passes run in a loop op.
         chunk_size: Overrides `self.chunk_size` when given.
+        length_mask: [L] 1 inside the unpadded length, 0 for padding appended to reach a length bucket (hidden
+            from every residue, so outputs cropped to the unpadded length are unchanged); or None.
 
     Returns:
         The structure-module outputs plus `s_s` and `s_z`, the final trunk states.
@@ -339,38 +346,48 @@ class FoldingTrunk(ConfiguredLayer):
         self.structure_module.build((None, None, sm_config.sequence_dim), (None, None, None, sm_config.pairwise_dim))
 
     def call(self, seq_feats, pair_feats, true_aa, residx, residue_mask, no_recycles=None, chunk_size=None,
-             training=False):
+             length_mask=None, training=False):
         chunk_size = self.chunk_size if chunk_size is None else chunk_size
         if no_recycles is None:
             passes = self.config.max_recycles
-        elif no_recycles < 0:
+        elif not ops.is_tensor(no_recycles) and no_recycles < 0:
             raise ValueError(f"Number of recycles must not be negative, got {no_recycles}.")
         else:
             passes = no_recycles + 1  # the first pass is the ordinary forward pass
         mask_float = ops.cast(residue_mask, seq_feats.dtype)
+        relative_positions = self.pairwise_positional_embedding(residx, residue_mask=residue_mask)
+
+        def one_pass(recycle_s, recycle_z, recycle_bins, last):
+            recycle_s = self.recycle_s_norm(ops.stop_gradient(recycle_s))
+            recycle_z = self.recycle_z_norm(ops.stop_gradient(recycle_z))
+            recycle_z = recycle_z + self.recycle_disto(recycle_bins)
+            s_s = seq_feats + recycle_s
+            s_z = pair_feats + recycle_z + relative_positions
+            for block in self.blocks:
+                s_s, s_z = block(s_s, s_z, residue_mask=residue_mask, chunk_size=chunk_size,
+                                 length_mask=length_mask, training=training and last)
+            structure = self.structure_module(self.trunk2sm_s(s_s), self.trunk2sm_z(s_z), true_aa,
+                                              residue_mask=mask_float, length_mask=length_mask,
+                                              training=training and last)
+            recycle_bins = ops.stop_gradient(
+                pseudo_beta_distogram(structure["positions"][-1][:, :, :3], num_bins=self.recycle_bins)
+            )
+            return s_s, s_z, recycle_bins, structure
 
         recycle_s = ops.zeros_like(seq_feats)
         recycle_z = ops.zeros_like(pair_feats)
         recycle_bins = ops.zeros(ops.shape(pair_feats)[:-1], dtype="int32")
-        structure = None
-        for recycle_index in range(passes):
-            last = recycle_index == passes - 1
-            recycle_s = self.recycle_s_norm(ops.stop_gradient(recycle_s))
-            recycle_z = self.recycle_z_norm(ops.stop_gradient(recycle_z))
-            recycle_z = recycle_z + self.recycle_disto(recycle_bins)
-
-            s_s = seq_feats + recycle_s
-            s_z = pair_feats + recycle_z + self.pairwise_positional_embedding(residx, residue_mask=residue_mask)
-            for block in self.blocks:
-                s_s, s_z = block(s_s, s_z, residue_mask=residue_mask, chunk_size=chunk_size,
-                                 training=training and last)
-
-            structure = self.structure_module(self.trunk2sm_s(s_s), self.trunk2sm_z(s_z), true_aa,
-                                              residue_mask=mask_float, training=training and last)
-            recycle_s, recycle_z = s_s, s_z
-            recycle_bins = ops.stop_gradient(
-                pseudo_beta_distogram(structure["positions"][-1][:, :, :3], num_bins=self.recycle_bins)
-            )
+        if in_compiled_graph() and not training:
+            # The passes share weights: one traced pass in a loop op (`passes` may then be a tensor).
+            initial = (recycle_s, recycle_z, recycle_bins,
+                       self.structure_module.zero_outputs(ops.shape(seq_feats)[:-1]))
+            s_s, s_z, _, structure = ops.fori_loop(
+                0, passes, lambda _, carry: one_pass(*carry[:3], last=True), initial)
+        else:
+            for recycle_index in range(passes):
+                s_s, s_z, recycle_bins, structure = one_pass(recycle_s, recycle_z, recycle_bins,
+                                                             last=recycle_index == passes - 1)
+                recycle_s, recycle_z = s_s, s_z
         structure["s_s"] = s_s
         structure["s_z"] = s_z
         return structure

@@ -1,0 +1,154 @@
+"""The compiled inference path of `TFEsmForProteinFolding` (the default for eager, non-training calls): inputs
+padded to a length bucket, one `tf.function` per (bucket, chunk size). It must equal the eager path, padding
+added for bucketing must not change any output, and `chunk_size` must still chunk inside the graph."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+
+from tests.test_folding_model import SEQUENCES, _assert_same_atoms, _batch, _make_reference
+from tf_esm.folding import TFEsmForProteinFolding
+from tf_esm.folding.model import DEFAULT_LENGTH_BUCKETS, bucket_length
+from tf_esm.folding.primitives import chunked
+
+# Measured differences, compiled vs eager, are ~1e-5 Angstrom and ~1e-7 in pLDDT/pTM (graph-optimised kernels).
+TOLERANCE = 1e-4
+INTEGER_OUTPUTS = ("aatype", "atom14_atom_exists", "atom37_atom_exists", "residx_atom14_to_atom37",
+                   "residx_atom37_to_atom14", "residue_index", "chain_index")
+
+
+@pytest.fixture(scope="module")
+def folding_pair(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("esmfold_compiled")
+    reference = _make_reference(directory, fp16_esm=False)
+    return reference, TFEsmForProteinFolding.from_pretrained(str(directory), strict=True)
+
+
+def _max_differences(ours, expected):
+    assert set(ours.keys()) == set(expected.keys())
+    differences = {}
+    for key in expected.keys():
+        a, b = np.asarray(ours[key]), np.asarray(expected[key])
+        assert a.shape == b.shape, (key, a.shape, b.shape)
+        if key in INTEGER_OUTPUTS:
+            np.testing.assert_array_equal(a, b, err_msg=key)
+        else:
+            differences[key] = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+    return differences
+
+
+def _assert_close(ours, expected, tolerance=TOLERANCE):
+    differences = _max_differences(ours, expected)
+    failed = {key: value for key, value in differences.items() if not value <= tolerance}
+    assert not failed, f"max abs differences over {tolerance}: {failed}"
+    return differences
+
+
+def test_bucket_lengths():
+    assert [bucket_length(n) for n in (1, 16, 17, 64, 65, 200, 2048)] == [16, 16, 32, 64, 96, 256, 2048]
+    assert bucket_length(2049) == 2560 and bucket_length(3000) == 3072  # beyond: steps of 512
+    assert bucket_length(5, buckets=(8,)) == 8 and bucket_length(9, buckets=(8,)) == 16
+    assert list(DEFAULT_LENGTH_BUCKETS) == sorted(DEFAULT_LENGTH_BUCKETS)
+
+
+def test_compiled_infer_equals_eager_and_reference_on_a_padded_batch(folding_pair):
+    reference, model = folding_pair
+    traces = model.inference_trace_count
+    compiled = model.infer(SEQUENCES)  # lengths 18, 10, 5: padded to 18 as in the reference, then to bucket 32
+    assert model.inference_trace_count == traces + 1
+    eager = model.infer(SEQUENCES, compiled=False)
+    differences = _assert_close(compiled, eager)
+    assert max(differences[key] for key in ("positions", "plddt", "ptm")) <= TOLERANCE
+    assert compiled["positions"].shape[2] == max(map(len, SEQUENCES))  # cropped back from the bucket
+    compiled_pdbs = model.output_to_pdb(compiled)
+    for compiled_text, eager_text in zip(compiled_pdbs, model.output_to_pdb(eager)):
+        _assert_same_atoms(compiled_text, eager_text)
+    with torch.no_grad():
+        for compiled_text, reference_text in zip(compiled_pdbs, reference.infer_pdbs(SEQUENCES)):
+            _assert_same_atoms(compiled_text, reference_text)
+
+
+def test_one_graph_serves_a_bucket_whatever_the_batch_size_and_recycles(folding_pair):
+    _, model = folding_pair
+    model.infer(SEQUENCES[:1])  # bucket 32 (traced here unless an earlier test did)
+    traces = model.inference_trace_count
+    aatype, mask = _batch([SEQUENCES[0] + "GSHMLEDPVKL", SEQUENCES[1]])  # length 29: still bucket 32
+    masking_pattern = np.zeros_like(aatype)
+    masking_pattern[0, 3] = masking_pattern[1, 1] = 1
+    compiled = model(aatype, attention_mask=mask, masking_pattern=masking_pattern, num_recycles=0)
+    model.infer_pdbs(SEQUENCES[1::-1], num_recycles=1)  # longest 18: bucket 32
+    assert model.inference_trace_count == traces
+    eager = model(aatype, attention_mask=mask, masking_pattern=masking_pattern, num_recycles=0, compiled=False)
+    _assert_close(compiled, eager)
+
+
+def test_bucket_padding_changes_no_output(folding_pair):
+    """Padding appended for a bucket is hidden from every residue: with `unpadded_length` the outputs (padding
+    rows of shorter sequences and pTM included) equal those of the unpadded batch; without it, the extra
+    positions are ordinary masked padding and the real residues' outputs are unchanged all the same."""
+    _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES)
+    length = aatype.shape[1]
+    extra = 9
+    padded_aatype = np.pad(aatype, ((0, 0), (0, extra)))
+    padded_mask = np.pad(mask, ((0, 0), (0, extra)))
+    unpadded = model(aatype, attention_mask=mask, num_recycles=0, compiled=False)
+    cropped = model(padded_aatype, attention_mask=padded_mask, num_recycles=0, unpadded_length=length,
+                    compiled=False)
+    _assert_close(cropped, unpadded, tolerance=1e-5)
+
+    padded = model(padded_aatype, attention_mask=padded_mask, num_recycles=0, compiled=False)
+    for row, sequence in enumerate(SEQUENCES):
+        n = len(sequence)
+        for key in ("positions", "frames", "states"):
+            real = np.asarray(padded[key])[:, row, :n]
+            assert np.max(np.abs(real - np.asarray(unpadded[key])[:, row, :n])) <= 1e-5, key
+        for key in ("plddt", "s_s"):
+            assert np.max(np.abs(np.asarray(padded[key])[row, :n] - np.asarray(unpadded[key])[row, :n])) <= 1e-5
+        pae = np.asarray(padded["predicted_aligned_error"])[row, :n, :n]
+        assert np.max(np.abs(pae - np.asarray(unpadded["predicted_aligned_error"])[row, :n, :n])) <= 1e-4
+
+
+def test_chunk_size_is_effective_inside_the_graph(folding_pair):
+    _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES)
+    whole = model(aatype, attention_mask=mask, num_recycles=0)
+    traces = model.inference_trace_count
+    chunked_output = model(aatype, attention_mask=mask, num_recycles=0, chunk_size=5)
+    assert model.inference_trace_count == traces + 1  # a new chunk size is a new graph
+    _assert_close(chunked_output, whole, tolerance=1e-5)
+
+
+def test_chunked_runs_as_one_sequential_loop_in_a_graph():
+    """Inside `tf.function` the chunk function is traced once and runs in a loop, for static or unknown
+    lengths alike (eagerly it is a Python loop over static slices)."""
+    calls = []
+
+    def double_rows(rows, row_bias):
+        calls.append(rows.shape)
+        return 2.0 * rows + row_bias
+
+    x = np.random.default_rng(0).normal(size=(2, 13, 3)).astype("float32")
+    bias = np.ones((1, 1, 3), "float32")  # size 1 along the chunked axis: passed whole
+    expected = 2.0 * x + bias
+    for length in (13, None):
+        calls.clear()
+        function = tf.function(lambda t: chunked(double_rows, (t, bias), chunk_size=5))
+        graph = function.get_concrete_function(tf.TensorSpec((None, length, 3), tf.float32))
+        assert len(calls) == 1 and calls[0][1] == 5
+        loops = [f for f in graph.graph.as_graph_def().library.function if "while_body" in f.signature.name]
+        assert loops
+        np.testing.assert_allclose(graph(tf.constant(x)).numpy(), expected, atol=1e-6)
+    calls.clear()
+    np.testing.assert_allclose(np.asarray(chunked(double_rows, (x, bias), chunk_size=5)), expected, atol=1e-6)
+    assert [shape[1] for shape in calls] == [5, 5, 3]
+
+
+def test_training_calls_stay_eager(folding_pair):
+    _, model = folding_pair
+    aatype, mask = _batch(SEQUENCES[2:])
+    traces = model.inference_trace_count
+    output = model(aatype, attention_mask=mask, num_recycles=0, training=True)
+    assert np.all(np.isfinite(np.asarray(output["positions"])))
+    assert model.inference_trace_count == traces
