@@ -84,7 +84,8 @@ class TFEsmEmbeddings(keras.layers.Layer):
                 lengths = ops.cast(ops.shape(input_ids)[1], "float32")
             # Guard all-padding rows (length 0) so they give zeros rather than NaN.
             observed = mask_count / ops.maximum(lengths, 1.0)
-            scale = (1.0 - MASK_RATIO_TRAIN) / (1.0 - observed)
+            # A row of nothing but <mask> (observed ratio 1) is all zeros anyway: keep its scale finite.
+            scale = (1.0 - MASK_RATIO_TRAIN) / ops.maximum(1.0 - observed, 1e-6)
             embeddings = ops.cast(ops.cast(embeddings, "float32") * scale[:, None, None], embeddings.dtype)
 
         if self.position_embeddings is not None:

@@ -212,6 +212,8 @@ class TFEsmMainLayer(keras.layers.Layer):
             config.num_hidden_layers * config.num_attention_heads, eos_idx=config.eos_token_id
             if isinstance(config.eos_token_id, int) else 2, name="contact_head",
         )
+        # Fitted separately on attention maps; not part of the forward pass, so gradient-free in fit().
+        self.contact_head.trainable = False
 
     def build(self, input_shape=None):
         self.embeddings.build(None)
@@ -319,7 +321,11 @@ class TFEsmMainLayer(keras.layers.Layer):
         if attention_mask is None:
             attention_mask = ops.cast(ops.not_equal(input_ids, self.embeddings.padding_idx), "int32")
         outputs = self(input_ids, attention_mask=attention_mask, output_attentions=True)
-        attentions = ops.stack(outputs.attentions, axis=1)  # batch, layers, heads, L, L
+        return self.contacts_from_attentions(input_ids, attention_mask, outputs.attentions)
+
+    def contacts_from_attentions(self, input_ids, attention_mask, attentions):
+        """`predict_contacts` from the per-layer attention probabilities of a forward pass already made."""
+        attentions = ops.stack(attentions, axis=1)  # batch, layers, heads, L, L
         keep = ops.cast(attention_mask, attentions.dtype)
         attentions = attentions * keep[:, None, None, :, None] * keep[:, None, None, None, :]
         return self.contact_head(input_ids, attentions)

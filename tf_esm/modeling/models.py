@@ -48,12 +48,21 @@ def _labels_of(x, y):
     return None
 
 
+# Two Keras conventions the built-in training path must follow; Keras exposes no public function for either.
 def _scale_for_replicas(loss):
     # Keras divides each replica's loss by the replica count (and undoes it for the logged value); the built-in
     # loss must follow the same convention or tf.distribute would sum, not average, the replicas' gradients.
     from keras.src.losses.loss import scale_loss_for_distribution
 
     return scale_loss_for_distribution(loss)
+
+
+def _set_keras_mask(tensor, mask):
+    # A tensor's Keras mask is what Keras losses (a mean over unmasked entries) and all compiled metrics
+    # (`metrics=` ignores sample weights) honour, as for padded time steps.
+    from keras.src.backend.common.masking import set_keras_mask
+
+    set_keras_mask(tensor, mask)
 
 
 class TFEsmPreTrainedModel(keras.Model):
@@ -71,9 +80,24 @@ class TFEsmPreTrainedModel(keras.Model):
       TensorFlow models did.
 
     Labels come as the dataset's targets (`(inputs, labels)` pairs) or inside the inputs dict as `"labels"`.
-    For the token-level models (masked LM, token classification), compiled metrics skip positions labelled -100.
-    A compiled token-level Keras loss should skip them too: `SparseCategoricalCrossentropy(from_logits=True,
-    ignore_class=-100)`.
+    For the token-level models (masked LM, token classification), positions labelled -100 are skipped by the
+    built-in loss and by compiled Keras losses and metrics alike (`SparseCategoricalCrossentropy(from_logits=True)`
+    then averages over the labelled tokens, as the reference does). A callback that calls the model while `fit`
+    runs gets the plain tensors too.
+
+    Examples:
+
+    ```python
+    >>> import keras
+    >>> from tf_esm import TFEsmForSequenceClassification
+    >>> from tf_esm.data import table_dataset
+    >>> model = TFEsmForSequenceClassification.from_pretrained("facebook/esm2_t6_8M_UR50D", num_labels=2)
+    >>> train = table_dataset("examples/data/classification_toy.csv", tokenizer="facebook/esm2_t6_8M_UR50D")
+    >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4), metrics=["accuracy"])  # built-in loss
+    >>> history = model.fit(train, epochs=3)
+    >>> logits = model.predict(train)           # (sequences, 2) array, in the dataset's order
+    >>> model(next(iter(train))[0]).logits      # calling the model: named outputs
+    ```
     """
 
     config_class = EsmConfig
@@ -106,63 +130,79 @@ class TFEsmPreTrainedModel(keras.Model):
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     @classmethod
-    def from_pretrained(cls, path_or_hub_id, config=None, strict=False, **config_overrides):
+    def from_pretrained(cls, path_or_hub_id, config=None, strict=False, **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
 
         Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
-        directories written by `save_pretrained`, and hub ids such as `facebook/esm2_t6_8M_UR50D` (downloaded
-        when online). Task heads absent from the checkpoint are newly initialised (a warning lists them);
-        tensors the model does not use are ignored (a warning lists them). A tensor with the wrong shape is an
-        error that names it.
+        directories written by `save_pretrained`, fair-esm `.pt` files, and hub ids such as
+        `facebook/esm2_t6_8M_UR50D` (downloaded when online). Task heads absent from the checkpoint are newly
+        initialised (a warning lists them); tensors the model does not use are ignored (a warning lists them).
+        A tensor with the wrong shape is an error that names it.
 
         Args:
-            path_or_hub_id: Directory, weight file inside a directory, or hub id.
-            config: An `EsmConfig` to use instead of the directory's `config.json`.
+            path_or_hub_id: Directory, weight file inside a directory, fair-esm `.pt` file, or hub id.
+            config: An `EsmConfig` to use instead of the checkpoint's own.
             strict: Raise instead of warning on missing or unexpected tensors.
-            **config_overrides: Config attributes to override, e.g. `num_labels=3`.
+            **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
+                keyword overrides a config attribute (e.g. `num_labels=3`).
         """
+        import inspect
+
         from tf_esm.hub import resolve_file
         from tf_esm.weights import WEIGHT_FILES, CheckpointError, load_state_dict, read_state_dict
 
+        constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
+        model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
         reference = os.fspath(path_or_hub_id)
-        weights_path = None
         if reference.endswith(".pt") and os.path.isfile(reference):
             # A fair-esm checkpoint carries its own architecture arguments.
             from tf_esm.fair_esm import read_fair_esm_checkpoint
 
-            pt_config, state_dict = read_fair_esm_checkpoint(reference)
-            config = config or pt_config
-            for name, value in config_overrides.items():
-                setattr(config, name, value)
-            config.validate()
-            model = cls(config)
-            model.build()
-            load_state_dict(model, state_dict, strict=strict, source=reference)
-            return model
-        if os.path.isfile(reference):
-            weights_path, reference = reference, os.path.dirname(reference) or "."
-        if config is None:
-            config = EsmConfig.from_pretrained(reference)
-        for name, value in config_overrides.items():
-            setattr(config, name, value)
-        config.validate()
-        if weights_path is None:
-            for filename in WEIGHT_FILES:
+            checkpoint_config, state_dict = read_fair_esm_checkpoint(reference)
+            config, source = config or checkpoint_config, reference
+        else:
+            weights_path = None
+            if os.path.isfile(reference):
+                weights_path, reference = reference, os.path.dirname(reference) or "."
+            if config is None:
+                config = EsmConfig.from_pretrained(reference)
+            for filename in WEIGHT_FILES if weights_path is None else ():
                 weights_path = resolve_file(reference, filename, required=False)
                 if weights_path is not None:
                     break
-        if weights_path is None:
-            raise CheckpointError(f"{reference}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
-        model = cls(config)
+            if weights_path is None:
+                raise CheckpointError(f"{reference}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
+            state_dict, source = read_state_dict(weights_path), weights_path
+        for name, value in kwargs.items():
+            setattr(config, name, value)
+        config.validate()
+        model = cls(config, **model_kwargs)
         model.build()
-        load_state_dict(model, read_state_dict(weights_path), strict=strict, source=weights_path)
+        load_state_dict(model, state_dict, strict=strict, source=source)
         return model
 
-    def save_pretrained(self, save_directory, format="h5", tokenizer=None):
-        """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors` that PyTorch
-        transformers can load too) and the vocabulary (the tokenizer's, or the standard ESM one)."""
-        from tf_esm.weights import H5_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, model_state_dict, save_weights_h5
+    def save_pretrained(self, save_directory, format="h5", tokenizer=None, overwrite=False):
+        """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors`, which PyTorch
+        transformers loads too) and the vocabulary (the tokenizer's files, or the standard ESM `vocab.txt`).
 
+        Every file is written under a temporary name and all are renamed into place at the end, so an
+        interrupted save leaves the directory as it was. A non-empty `save_directory` is only written into with
+        `overwrite=True` (which replaces these files and leaves any others alone).
+        """
+        import tempfile
+
+        from tf_esm.atomic import StagedFiles, check_target, write_text_atomic
+        from tf_esm.configuration import CONFIG_NAME, ESM2_VOCAB
+        from tf_esm.weights import (
+            H5_WEIGHTS_NAME,
+            SAFE_WEIGHTS_NAME,
+            model_state_dict,
+            save_weights_h5,
+            save_weights_safetensors,
+        )
+
+        if format not in ("h5", "safetensors"):
+            raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
         if not self.built:
             self.build()
         if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers(include_self=False)):
@@ -170,21 +210,21 @@ class TFEsmPreTrainedModel(keras.Model):
                 "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
                 "checkpoint with tf_esm.training.merge_lora(model).save_pretrained(directory)."
             )
-        os.makedirs(save_directory, exist_ok=True)
-        self.config.save_pretrained(save_directory)
-        if format == "h5":
-            save_weights_h5(self, os.path.join(save_directory, H5_WEIGHTS_NAME))
-        elif format == "safetensors":
-            _save_safetensors(model_state_dict(self), os.path.join(save_directory, SAFE_WEIGHTS_NAME))
-        else:
-            raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(save_directory)
-        elif self.config.vocab_size == 33 and not os.path.exists(os.path.join(save_directory, "vocab.txt")):
-            from tf_esm.configuration import ESM2_VOCAB, write_text_atomic
-
-            vocab = self.config.vocab_list or ESM2_VOCAB
-            write_text_atomic(os.path.join(save_directory, "vocab.txt"), "\n".join(vocab) + "\n")
+        check_target(save_directory, overwrite)
+        with StagedFiles(save_directory) as staged:
+            write_text_atomic(staged.path(CONFIG_NAME), self.config.to_json_string())
+            if format == "h5":
+                save_weights_h5(self, staged.path(H5_WEIGHTS_NAME))
+            else:
+                save_weights_safetensors(model_state_dict(self), staged.path(SAFE_WEIGHTS_NAME))
+            if tokenizer is not None:
+                with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=save_directory) as tokenizer_dir:
+                    tokenizer.save_pretrained(tokenizer_dir)
+                    for name in os.listdir(tokenizer_dir):
+                        os.replace(os.path.join(tokenizer_dir, name), staged.path(name))
+            elif self.config.vocab_size == len(ESM2_VOCAB):
+                vocab = self.config.vocab_list or ESM2_VOCAB
+                write_text_atomic(staged.path("vocab.txt"), "\n".join(vocab) + "\n")
 
     def predict_contacts(self, input_ids, attention_mask=None):
         """Contact probabilities (batch, L, L) between residues, as the reference's `predict_contacts`."""
@@ -258,11 +298,23 @@ class TFEsmPreTrainedModel(keras.Model):
             "model.compile(optimizer, loss=...)."
         )
 
+    def _keras_targets(self, x, y, y_pred):
+        """Labels for compiled losses and metrics. Token-level labels of -100 become 0 and are masked out
+        through the logits' Keras mask, so Keras losses average over the other tokens (as torch's
+        CrossEntropyLoss(ignore_index=-100) does) and metrics skip them."""
+        labels = _labels_of(x, y)
+        if labels is None or not self._token_level_labels:
+            return labels
+        keep = ops.not_equal(labels, IGNORE_INDEX)
+        _set_keras_mask(y_pred, keep)
+        return ops.where(keep, labels, ops.zeros_like(labels))
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled Keras loss on the logits if `compile` was given one, else the built-in loss."""
-        labels = _labels_of(x, y)
         if self._compile_loss is not None:
+            labels = self._keras_targets(x, y, y_pred)
             return super().compute_loss(x, labels, y_pred, sample_weight, training=training)
+        labels = _labels_of(x, y)
         if labels is None:
             raise ValueError(
                 f"{type(self).__name__} was compiled without a loss, so it trains on its built-in loss, which "
@@ -279,33 +331,11 @@ class TFEsmPreTrainedModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        labels = _labels_of(x, y)
-        if labels is not None and self._token_level_labels:
-            keep = ops.not_equal(labels, IGNORE_INDEX)
-            labels = ops.where(keep, labels, ops.zeros_like(labels))
-            keep = ops.cast(keep, "float32")
-            sample_weight = keep if sample_weight is None else keep * ops.cast(sample_weight, "float32")
+        labels = self._keras_targets(x, y, y_pred)
         return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
 
 
-def _save_safetensors(state, path):
-    import tempfile
-
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp_path, metadata={"format": "pt"})
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
+@keras.saving.register_keras_serializable(package="tf_esm")
 class TFEsmModel(TFEsmPreTrainedModel):
     """The bare ESM encoder: per-token hidden states and (optionally) a pooled `<cls>` vector.
 
@@ -345,6 +375,7 @@ class TFEsmModel(TFEsmPreTrainedModel):
         return outputs
 
 
+@keras.saving.register_keras_serializable(package="tf_esm")
 class TFEsmForMaskedLM(TFEsmPreTrainedModel):
     """ESM with its masked-language-modelling head (decoder tied to the word embeddings).
 
@@ -383,6 +414,7 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
                                 attentions=outputs.attentions)
 
 
+@keras.saving.register_keras_serializable(package="tf_esm")
 class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
     """ESM with a classification/regression head on `<cls>`.
 
@@ -422,6 +454,7 @@ class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
                                           attentions=outputs.attentions)
 
 
+@keras.saving.register_keras_serializable(package="tf_esm")
 class TFEsmForTokenClassification(TFEsmPreTrainedModel):
     """ESM with a per-token classification head; labels of -100 are ignored by the loss."""
 
