@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
+
+from tf_esm.atomic import write_text_atomic  # noqa: F401  (re-exported: used across tf_esm)
 
 CONFIG_NAME = "config.json"
 
@@ -22,21 +23,6 @@ ESM2_VOCAB = (
     "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C",
     "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
 )
-
-
-def write_text_atomic(path, text):
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 class _Config:

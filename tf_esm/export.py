@@ -36,13 +36,12 @@ TensorShape([1, 16])
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 from keras import ops
 
-from tf_esm.configuration import ESM2_VOCAB, write_text_atomic
+from tf_esm.atomic import atomic_directory, check_target, write_text_atomic
+from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.graph_tokenizer import EsmStringTokenizer, _regex_literal
 from tf_esm.modeling import (
     TFEsmForMaskedLM,
@@ -219,37 +218,6 @@ class EsmServingModule(tf.Module):
 # ------------------------------------------------------------------------------------------------------- writing
 
 
-def _is_empty_target(path):
-    return not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path))
-
-
-def _check_target(path, overwrite):
-    if not overwrite and not _is_empty_target(path):
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it.")
-
-
-def _move_into_place(staging, path, overwrite):
-    """Rename `staging` to `path`; an existing non-empty `path` is replaced only with `overwrite`."""
-    _check_target(path, overwrite)
-    if _is_empty_target(path):
-        if os.path.isdir(path):
-            os.rmdir(path)
-        os.rename(staging, path)
-        return
-    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
-    os.rmdir(backup)
-    os.rename(path, backup)
-    try:
-        os.rename(staging, path)
-    except BaseException:
-        os.rename(backup, path)
-        raise
-    if os.path.isdir(backup) and not os.path.islink(backup):
-        shutil.rmtree(backup)
-    else:
-        os.remove(backup)
-
-
 def default_max_length(config):
     """The longest input the model's position table allows (absolute positions), else `None` (rotary)."""
     if config.position_embedding_type != "absolute":
@@ -291,7 +259,7 @@ def export_saved_model(model, path, vocab=None, max_length="auto", validate=True
         The absolute export path.
     """
     path = os.path.abspath(os.fspath(path))
-    _check_target(path, overwrite)
+    check_target(path, overwrite)
     if isinstance(model, (str, os.PathLike)):
         from tf_esm.hub import resolve_file
 
@@ -305,16 +273,9 @@ def export_saved_model(model, path, vocab=None, max_length="auto", validate=True
         max_length = default_max_length(model.config)
     module = EsmServingModule(model, vocab=vocab, max_length=max_length, validate=validate)
 
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    try:
+    with atomic_directory(path, overwrite=overwrite) as staging:
         tf.saved_model.save(module, staging, signatures=module.signatures())
         write_text_atomic(os.path.join(staging, "assets.extra", "config.json"), model.config.to_json_string())
-        _move_into_place(staging, path, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

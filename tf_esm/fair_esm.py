@@ -22,10 +22,10 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 
 import numpy as np
 
+from tf_esm.atomic import atomic_directory
 from tf_esm.configuration import ESM2_VOCAB, EsmConfig
 from tf_esm.weights import CheckpointError, load_state_dict, torch_load_safely
 
@@ -281,12 +281,6 @@ def _inside(path, directory):
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def convert_checkpoint(src, dst, overwrite=False):
     """Convert a fair-esm `.pt` file or an HF model directory into a tf_esm model directory `dst`.
 
@@ -333,25 +327,6 @@ def convert_checkpoint(src, dst, overwrite=False):
         if _inside(src, dst) or (writer is _write_fair_esm and _inside(regression_path(src), dst)):
             raise ValueError(f"{dst} holds the source {src}; write the conversion somewhere else.")
 
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(os.path.abspath(dst))}-", dir=parent)
-    try:
+    with atomic_directory(dst, overwrite=overwrite) as staging:
         writer(src, staging)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal directory's mode
-        if os.path.exists(dst):
-            retired = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.replace(dst, os.path.join(retired, "old"))
-            try:
-                os.replace(staging, dst)
-            except BaseException:
-                os.replace(os.path.join(retired, "old"), dst)
-                raise
-            finally:
-                shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dst

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 
 import numpy as np
 
@@ -295,20 +294,23 @@ def save_weights_h5(model, path):
     """Write the model's weights (reference names and layout) to an HDF5 file, atomically."""
     import h5py
 
+    from tf_esm.atomic import atomic_path
+
     state = model_state_dict(model)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".h5") as tmp_path:
         with h5py.File(tmp_path, "w") as handle:
             handle.attrs["format"] = "tf_esm"
             handle.attrs["format_version"] = 1
             group = handle.create_group("weights")
             for name, value in sorted(state.items()):
                 group.create_dataset(name.replace(".", "/"), data=value)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+
+
+def save_weights_safetensors(state, path):
+    """Write a {reference name: array} dict as safetensors (loadable by PyTorch transformers), atomically."""
+    from safetensors.numpy import save_file
+
+    from tf_esm.atomic import atomic_path
+
+    with atomic_path(path, suffix=".safetensors") as tmp_path:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp_path, metadata={"format": "pt"})
