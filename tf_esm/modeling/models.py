@@ -112,6 +112,12 @@ class TFEsmPreTrainedModel(keras.Model):
         self.config = config
         self._keras_loop_depth = 0
 
+    def __call__(self, *args, **kwargs):
+        # A tokenizer's BatchEncoding (a dict subclass) is not a structure Keras accepts as a positional input.
+        if args and isinstance(args[0], dict) and type(args[0]) is not dict:
+            args = (dict(args[0]),) + args[1:]
+        return super().__call__(*args, **kwargs)
+
     def build(self, input_shape=None):
         for layer in self._sublayers():
             layer.build(None)
