@@ -14,59 +14,40 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 
-import keras
-
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.data import MlmMasking, make_dataset, read_fasta_records, resolve_tokenizer
-from tf_esm.export import default_max_length
+from tf_esm.data import MlmMasking, make_dataset, read_fasta_records
+
+# examples/_common.py: the script's own folder is on sys.path.
+from _common import dataset_options, evaluate, fit, save_and_report, set_up_run
+from _common import parse_training_args, training_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="hub id or local model directory (with vocab.txt)")
-    parser.add_argument("--train", required=True, help="training FASTA file")
-    parser.add_argument("--validation", help="validation FASTA file (masked with a fixed seed)")
-    parser.add_argument("--output-dir", required=True, help="where the model is saved")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the model files in a non-empty --output-dir (refused otherwise)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser = training_parser(__doc__, train_help="training FASTA file",
+                             validation_help="validation FASTA file (masked with a fixed seed)",
+                             output_help="where the model is saved", learning_rate=1e-4)
     parser.add_argument("--token-budget", type=int, help="instead of --batch-size: padded tokens per batch")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of residues selected")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="longest input in tokens, <cls>/<eos> included (default: the model's limit)")
-    parser.add_argument("--truncation", choices=("error", "warn"), default="error")
-    parser.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"))
-    parser.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
-    parser.add_argument("--format", choices=("h5", "safetensors"), default="h5", help="weights file format")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from tf_esm.atomic import check_target
-
-    check_target(args.output_dir, args.overwrite)  # refuse now rather than after training
+    args = parse_training_args(parser, argv)
     if args.token_budget is not None:
         args.batch_size = None
     return args
 
 
+def perplexity(model, validation):
+    """Validation loss, masked-token accuracy and perplexity exp(loss)."""
+    results = evaluate(model, validation)
+    return {"loss": results["loss"], "accuracy": results["accuracy"], "perplexity": math.exp(results["loss"])}
+
+
 def main(argv=None):
     args = parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy(args.mixed_precision)
-
-    tokenizer = resolve_tokenizer(args.model)
+    tokenizer = set_up_run(args)
     model = TFEsmForMaskedLM.from_pretrained(args.model)
-    max_length = args.max_length if args.max_length is not None else default_max_length(model.config)
-    batching = dict(tokenizer=tokenizer, max_length=max_length, truncation=args.truncation,
-                    batch_size=args.batch_size, token_budget=args.token_budget)
+    batching = dataset_options(args, tokenizer, model, token_budget=args.token_budget)
     masking = MlmMasking(tokenizer, probability=args.mlm_probability, seed=args.seed)
     train = make_dataset(read_fasta_records(args.train), shuffle=True, seed=args.seed, mlm=masking, **batching)
     validation = None
@@ -74,20 +55,9 @@ def main(argv=None):
         # A fixed mask for validation: cache the first masked pass.
         fixed = MlmMasking(tokenizer, probability=args.mlm_probability, seed=args.seed + 1)
         validation = make_dataset(read_fasta_records(args.validation), mlm=fixed, **batching).cache()
+    history = fit(model, args, train, validation, metrics=["accuracy"])
 
-    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate), metrics=["accuracy"],
-                  jit_compile=args.jit_compile)
-    history = model.fit(train, validation_data=validation, epochs=args.epochs, verbose=2)
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    model.save_pretrained(args.output_dir, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite)
-    summary = {"history": {name: [float(value) for value in values] for name, values in history.history.items()},
-               "output_dir": args.output_dir}
-    if validation is not None:
-        results = model.evaluate(validation, verbose=0, return_dict=True)
-        summary["validation"] = {"loss": float(results["loss"]), "accuracy": float(results["accuracy"]),
-                                 "perplexity": math.exp(float(results["loss"]))}
-    print(json.dumps(summary))
+    save_and_report(model, args, tokenizer, history, validation, validation_summary=perplexity)
     return 0
 
 

@@ -18,48 +18,24 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 
 import keras
 
 from tf_esm import TFEsmForSequenceClassification
-from tf_esm.data import make_dataset, read_table, resolve_tokenizer
-from tf_esm.export import default_max_length
+from tf_esm.data import make_dataset, read_table
+
+# examples/_common.py: the script's own folder is on sys.path.
+from _common import dataset_options, fine_tune, save_and_report, set_up_run
+from _common import parse_training_args, training_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="hub id or local model directory (with vocab.txt)")
-    parser.add_argument("--train", required=True, help="training table (.csv or .tsv)")
-    parser.add_argument("--validation", help="validation table; monitors val_loss and keeps the best epoch")
-    parser.add_argument("--output-dir", required=True, help="where the fine-tuned model is saved")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the model files in a non-empty --output-dir (refused otherwise)")
-    parser.add_argument("--sequence-column", default="sequence")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="longest input in tokens, <cls>/<eos> included (default: the model's limit)")
-    parser.add_argument("--truncation", choices=("error", "warn"), default="error")
-    parser.add_argument("--freeze-encoder", action="store_true", help="train only the classification head")
-    parser.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: off)")
-    parser.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"),
-                        help="Keras dtype policy for training")
-    parser.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
-    parser.add_argument("--format", choices=("h5", "safetensors"), default="h5", help="weights file format")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from tf_esm.atomic import check_target
-
-    check_target(args.output_dir, args.overwrite)  # refuse now rather than after training
-    if args.freeze_encoder and args.lora_rank:
-        parser.error("--freeze-encoder and --lora-rank are exclusive (LoRA already freezes the encoder)")
-    return args
+    parser = training_parser(__doc__, train_help="training table (.csv or .tsv)",
+                             validation_help="validation table; monitors val_loss and keeps the best epoch",
+                             output_help="where the fine-tuned model is saved", learning_rate=1e-3,
+                             label_column="label")
+    return parse_training_args(parser, argv)
 
 
 def head_settings(records):
@@ -83,11 +59,7 @@ def task_metrics(problem_type):
 
 def main(argv=None):
     args = parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy(args.mixed_precision)
-
-    tokenizer = resolve_tokenizer(args.model)
+    tokenizer = set_up_run(args)
     columns = dict(sequence_column=args.sequence_column, label_column=args.label_column, task="sequence")
     train_records = read_table(args.train, **columns)
     num_labels, problem_type, id2label = head_settings(train_records)
@@ -96,42 +68,15 @@ def main(argv=None):
         overrides["id2label"] = id2label
     model = TFEsmForSequenceClassification.from_pretrained(args.model, **overrides)
 
-    max_length = args.max_length if args.max_length is not None else default_max_length(model.config)
-    batching = dict(tokenizer=tokenizer, max_length=max_length, truncation=args.truncation,
-                    batch_size=args.batch_size)
+    batching = dataset_options(args, tokenizer, model)
     train = make_dataset(train_records, shuffle=True, seed=args.seed, **batching)
     validation = None
-    callbacks = []
     if args.validation:
         label_names = train_records.label_names
         validation = make_dataset(read_table(args.validation, label_names=label_names, **columns), **batching)
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True))
+    history = fine_tune(model, args, train, validation, metrics=task_metrics(problem_type))
 
-    if args.freeze_encoder:
-        model.esm.trainable = False
-    if args.lora_rank:
-        model.enable_lora(args.lora_rank)
-    # No Keras loss: the model's built-in loss for its problem_type (labels come as the dataset's targets).
-    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate), metrics=task_metrics(problem_type),
-                  jit_compile=args.jit_compile)
-    history = model.fit(train, validation_data=validation, epochs=args.epochs, callbacks=callbacks, verbose=2)
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    if args.lora_rank:
-        from tf_esm.training import merge_lora
-
-        merge_lora(model).save_pretrained(args.output_dir, format=args.format, tokenizer=tokenizer,
-                                          overwrite=args.overwrite)
-        model.save_lora_weights(os.path.join(args.output_dir, "lora_adapter.safetensors"))
-    else:
-        model.save_pretrained(args.output_dir, format=args.format, tokenizer=tokenizer, overwrite=args.overwrite)
-    summary = {"problem_type": problem_type, "num_labels": num_labels,
-               "history": {name: [float(value) for value in values] for name, values in history.history.items()},
-               "output_dir": args.output_dir}
-    if validation is not None:
-        summary["validation"] = {name: float(value) for name, value in
-                                 model.evaluate(validation, verbose=0, return_dict=True).items()}
-    print(json.dumps(summary))
+    save_and_report(model, args, tokenizer, history, validation, problem_type=problem_type, num_labels=num_labels)
     return 0
 
 

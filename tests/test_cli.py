@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests._tiny_mlm_fixtures import checkpoint, model, tokenizer  # noqa: F401 (pytest fixtures)
 from tf_esm import TFEsmForMaskedLM
 from tf_esm.cli import main, record_key
-from tf_esm.data import resolve_tokenizer
 from tf_esm.progress import ProgressBar
 
 TF_ESM = os.path.join(os.path.dirname(sys.executable), "tf-esm")
@@ -58,21 +58,6 @@ def _main(capsys, *args):
     code = main([str(arg) for arg in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def checkpoint(reference_checkpoints):
-    return reference_checkpoints("rotary")
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return TFEsmForMaskedLM.from_pretrained(checkpoint.path)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return resolve_tokenizer(None)
 
 
 @pytest.fixture(scope="module")
@@ -543,7 +528,7 @@ def test_fair_esm_checkpoints_match_fair_esm_itself(tmp_path, capsys, fasta):
     """`tf-esm embed` on an ESM-2 .pt and `tf-esm score` on an ESM-1v .pt against fair-esm's own model, with
     esm-extract's slicing and predict.py's masked-marginals / wt-marginals formulas."""
     pytest.importorskip("esm")
-    from tests.test_fair_esm import fair_esm_load, write_esm1b, write_esm2
+    from tests._fair_esm_helpers import fair_esm_load, write_esm1v, write_esm2
 
     esm2_path = write_esm2(str(tmp_path))
     output = tmp_path / "embeddings.h5"
@@ -566,8 +551,7 @@ def test_fair_esm_checkpoints_match_fair_esm_itself(tmp_path, capsys, fasta):
                 np.testing.assert_allclose(group[f"bos/{layer}"][()], states[0], atol=1e-4)
             np.testing.assert_allclose(group["contacts"][()], out["contacts"][0].numpy(), atol=1e-4)
 
-    esm1v_path = write_esm1b(str(tmp_path), stem="esm1v_t2_tiny_UR90S_1", layer_norm_before=False,
-                             token_dropout=False, with_regression=False)
+    esm1v_path = write_esm1v(str(tmp_path))
     reference, alphabet = fair_esm_load(esm1v_path)
     _, _, tokens = alphabet.get_batch_converter()([("wt", SEQUENCE)])
     mutations = _mutations_csv(tmp_path / "dms.csv")

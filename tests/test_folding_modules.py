@@ -24,6 +24,7 @@ SM = dict(sequence_dim=32, pairwise_dim=16, ipa_dim=8, resnet_dim=16, num_heads_
 TRUNK = dict(num_blocks=2, sequence_state_dim=32, pairwise_state_dim=16, sequence_head_width=8,
              pairwise_head_width=8, position_bins=8, max_recycles=2, chunk_size=None)
 B, N = 2, 9
+SINGLE_SHAPE, PAIR_SHAPE = (None, None, 32), (None, None, None, 16)
 
 
 @pytest.fixture(scope="module")
@@ -38,36 +39,40 @@ def inputs():
     )
 
 
-@pytest.mark.parametrize("starting", [True, False])
-def test_triangle_attention(inputs, starting):
-    torch_layer = perturb_(ref.EsmFoldTriangleAttention(16, 8, 2, starting=starting, inf=1e9)).eval()
-    layer = TriangleAttention(16, 2, 8, starting=starting, name="tri_att")
-    layer.build((None, None, None, 16))
+def with_weights_of(torch_layer, layer, *input_shapes):
+    """`layer`, built for `input_shapes`, holding the (perturbed) reference layer's weights."""
+    layer.build(*input_shapes)
     load_into_keras(layer, state_dict_numpy(torch_layer))
+    return layer
+
+
+def assert_pair_update_matches(layer, torch_layer, inputs):
+    """A pair-representation layer, given the perturbed reference's weights, matches it whole and chunked."""
+    layer = with_weights_of(torch_layer, layer, PAIR_SHAPE)
     with torch.no_grad():
         expected = torch_layer(inputs.z, mask=inputs.pair_mask)
     assert max_abs_diff(layer(inputs.z.numpy(), inputs.pair_mask.numpy()), expected) < 1e-5
     assert max_abs_diff(layer(inputs.z.numpy(), inputs.pair_mask.numpy(), chunk_size=4), expected) < 1e-5
+
+
+@pytest.mark.parametrize("starting", [True, False])
+def test_triangle_attention(inputs, starting):
+    torch_layer = perturb_(ref.EsmFoldTriangleAttention(16, 8, 2, starting=starting, inf=1e9)).eval()
+    assert_pair_update_matches(TriangleAttention(16, 2, 8, starting=starting, name="tri_att"), torch_layer, inputs)
 
 
 @pytest.mark.parametrize("outgoing", [True, False])
 def test_triangle_multiplicative_update(inputs, outgoing):
     torch_layer = perturb_(ref.EsmFoldTriangleMultiplicativeUpdate(SimpleNamespace(pairwise_state_dim=16),
                                                                    _outgoing=outgoing)).eval()
-    layer = TriangleMultiplicativeUpdate(16, outgoing=outgoing, name="tri_mul")
-    layer.build((None, None, None, 16))
-    load_into_keras(layer, state_dict_numpy(torch_layer))
-    with torch.no_grad():
-        expected = torch_layer(inputs.z, mask=inputs.pair_mask)
-    assert max_abs_diff(layer(inputs.z.numpy(), inputs.pair_mask.numpy()), expected) < 1e-5
-    assert max_abs_diff(layer(inputs.z.numpy(), inputs.pair_mask.numpy(), chunk_size=4), expected) < 1e-5
+    assert_pair_update_matches(TriangleMultiplicativeUpdate(16, outgoing=outgoing, name="tri_mul"), torch_layer,
+                               inputs)
 
 
 def test_trunk_block(inputs):
     torch_block = perturb_(ref.EsmFoldTriangularSelfAttentionBlock(RefTrunkConfig(**TRUNK))).eval()
-    block = TriangularSelfAttentionBlock(TrunkConfig(**TRUNK), name="block")
-    block.build((None, None, 32), (None, None, None, 16))
-    load_into_keras(block, state_dict_numpy(torch_block))
+    block = with_weights_of(torch_block, TriangularSelfAttentionBlock(TrunkConfig(**TRUNK), name="block"),
+                            SINGLE_SHAPE, PAIR_SHAPE)
     with torch.no_grad():
         expected_s, expected_z = torch_block(inputs.s, inputs.z, mask=inputs.mask)
     for chunk_size in (None, 4):
@@ -78,9 +83,8 @@ def test_trunk_block(inputs):
 
 def test_structure_module(inputs):
     torch_module = perturb_(ref.EsmFoldStructureModule(RefStructureModuleConfig(**SM))).eval()
-    module = StructureModule(StructureModuleConfig(**SM), name="structure_module")
-    module.build((None, None, 32), (None, None, None, 16))
-    load_into_keras(module, state_dict_numpy(torch_module))
+    module = with_weights_of(torch_module, StructureModule(StructureModuleConfig(**SM), name="structure_module"),
+                             SINGLE_SHAPE, PAIR_SHAPE)
     with torch.no_grad():
         expected = torch_module({"single": inputs.s, "pair": inputs.z}, inputs.aatype, inputs.mask)
     ours = module(inputs.s.numpy(), inputs.z.numpy(), inputs.aatype.numpy(), residue_mask=inputs.mask.numpy())
@@ -95,9 +99,8 @@ def test_structure_module(inputs):
 def test_folding_trunk_with_recycling(inputs, no_recycles):
     reference_config = RefTrunkConfig(**TRUNK, structure_module=RefStructureModuleConfig(**SM))
     torch_trunk = perturb_(ref.EsmFoldingTrunk(reference_config)).eval()
-    trunk = FoldingTrunk(TrunkConfig(**TRUNK, structure_module=StructureModuleConfig(**SM)), name="trunk")
-    trunk.build((None, None, 32), (None, None, None, 16))
-    load_into_keras(trunk, state_dict_numpy(torch_trunk))
+    config = TrunkConfig(**TRUNK, structure_module=StructureModuleConfig(**SM))
+    trunk = with_weights_of(torch_trunk, FoldingTrunk(config, name="trunk"), SINGLE_SHAPE, PAIR_SHAPE)
     args = (inputs.s, inputs.z, inputs.aatype, inputs.residx, inputs.mask)
     with torch.no_grad():
         expected = torch_trunk(*args, no_recycles=no_recycles)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tf_esm import EsmConfig, TFEsmForMaskedLM
-from tf_esm.data import resolve_tokenizer
 from tf_esm.scoring import (
     MutationError,
     Substitution,
@@ -17,24 +16,10 @@ from tf_esm.scoring import (
     score_mutants,
 )
 from tests._reference import TINY
+from tests._tiny_mlm_fixtures import checkpoint, model, tokenizer  # noqa: F401 (pytest fixtures)
 
 SEQUENCE = "MKTAYIAKQRQISFV"
 MUTANTS = ["K2A", "T3G:Y5F", "M1M", "V15W", "A4C:I6L:Q9E"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(reference_checkpoints):
-    return reference_checkpoints("rotary")
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return TFEsmForMaskedLM.from_pretrained(checkpoint.path)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return resolve_tokenizer(None)
 
 
 def _torch_log_probs(reference, rows):

@@ -133,6 +133,18 @@ def fit_history(model, data, epochs, loss=None, metrics=("accuracy",), learning_
     return model.fit(data, epochs=epochs, verbose=0, **fit_kwargs).history
 
 
+def fit_keras_and_builtin_loss(checkpoints, name, model_class, data, epochs=6):
+    """Fit two copies of a checkpoint, one with a Keras loss and one with the built-in loss; the built-in loss is
+    the same cross-entropy, so both follow the same trajectory. Returns the built-in model and its history."""
+    keras_style = fit_history(load(checkpoints, name, model_class), data, epochs=epochs,
+                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    builtin_model = load(checkpoints, name, model_class)
+    builtin_style = fit_history(builtin_model, data, epochs=epochs)
+    np.testing.assert_allclose(builtin_style["loss"], keras_style["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(builtin_style["accuracy"], keras_style["accuracy"], atol=1e-6)
+    return builtin_model, builtin_style
+
+
 def snapshot(variables):
     return {variable.path.split("/", 1)[1]: np.array(variable.numpy()) for variable in variables}
 
@@ -140,15 +152,8 @@ def snapshot(variables):
 # ------------------------------------------------------------------------------------------- fit: both styles
 def test_sequence_classification_learns_with_keras_loss_and_with_builtin_loss(checkpoints):
     inputs, labels = single_label_task()
-    data = dataset(inputs, labels)
-    keras_style = fit_history(load(checkpoints, "single_label", TFEsmForSequenceClassification), data, epochs=6,
-                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    builtin_model = load(checkpoints, "single_label", TFEsmForSequenceClassification)
-    builtin_style = fit_history(builtin_model, data, epochs=6)
-
-    # The built-in loss is the same cross-entropy: both runs follow the same trajectory.
-    np.testing.assert_allclose(builtin_style["loss"], keras_style["loss"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(builtin_style["accuracy"], keras_style["accuracy"], atol=1e-6)
+    builtin_model, builtin_style = fit_keras_and_builtin_loss(checkpoints, "single_label",
+                                                              TFEsmForSequenceClassification, dataset(inputs, labels))
     assert builtin_style["loss"][-1] < 0.5 * builtin_style["loss"][0]
     assert builtin_style["accuracy"][-1] > 0.9  # chance: about 0.5
 
@@ -171,14 +176,9 @@ def test_regression_learns_with_the_builtin_loss(checkpoints):
 
 def test_token_classification_learns_with_keras_loss_and_with_builtin_loss(checkpoints):
     inputs, labels = token_task()
-    data = dataset(inputs, labels)
     # No ignore_class: positions labelled -100 (special tokens, padding) are masked out for Keras losses too.
-    keras_style = fit_history(load(checkpoints, "token", TFEsmForTokenClassification), data, epochs=6,
-                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    builtin_model = load(checkpoints, "token", TFEsmForTokenClassification)
-    builtin_style = fit_history(builtin_model, data, epochs=6)
-    np.testing.assert_allclose(builtin_style["loss"], keras_style["loss"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(builtin_style["accuracy"], keras_style["accuracy"], atol=1e-6)
+    builtin_model, builtin_style = fit_keras_and_builtin_loss(checkpoints, "token", TFEsmForTokenClassification,
+                                                              dataset(inputs, labels))
     assert builtin_style["loss"][-1] < 0.5 * builtin_style["loss"][0]
     assert builtin_style["accuracy"][-1] > 0.9  # majority class (0): about 0.7 of the labelled residues
     # predict gives the logits (padding rows included).

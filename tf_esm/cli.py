@@ -184,34 +184,24 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _at_least(parse, minimum, wanted, unparsable=None):
+    """An argparse `type`: `parse(text)`, refused (NaN too) below `minimum` with "expected <wanted>, got ..."."""
+
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsable or wanted}, got {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
-    return value
+_positive_int = _at_least(int, 1, "a positive integer")
+_non_negative_int = _at_least(int, 0, "a non-negative integer")
+_non_negative_float = _at_least(float, 0, "a non-negative number of seconds", unparsable="a number of seconds")
 
 
 def _version():
@@ -464,6 +454,21 @@ def _warn_truncated(console, records, limit):
                             "(--truncation-seq-length).")
 
 
+def _check_position_table(model, records, truncation):
+    """Absolute-position models (ESM-1b, ESM-1v) cannot embed more residues than their position table holds."""
+    from tf_esm.export import default_max_length
+
+    limit = default_max_length(model.config)
+    if limit is None:
+        return
+    residues = limit - 2  # <cls> and <eos> take two positions
+    for record in records:
+        if min(len(record.sequence), truncation) > residues:
+            raise CliError(f"record {record.id!r} has {len(record.sequence)} residues, but this model's absolute "
+                           f"position table holds at most {residues} (+ <cls>/<eos>); pass "
+                           f"--truncation-seq-length {residues} (or less) to use the first {residues} residues.")
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Turn SIGTERM into KeyboardInterrupt so finished work is saved (main thread only)."""
@@ -665,6 +670,7 @@ def run_embed(args, console):
     settings = {"model": _model_identity(args.model), "repr_layers": list(layers) if include != ["contacts"] else [],
                 "include": include, "truncation_seq_length": args.truncation_seq_length,
                 "num_layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size}
+    _check_position_table(model, records, args.truncation_seq_length)
     if hdf5:
         store = _Hdf5Store(args.output, settings, args.overwrite, args.checkpoint_interval)
     else:
@@ -841,6 +847,7 @@ def run_contacts(args, console):
         console.info(f"all {len(records)} records already have contact maps in {args.outdir}; nothing to do.")
         return 0
     model = _load_model(args.model)
+    _check_position_table(model, todo, args.truncation_seq_length)
     from tf_esm.inference import iter_embeddings
 
     _warn_truncated(console, todo, args.truncation_seq_length)

@@ -17,9 +17,12 @@ Both return, aligned with the tokens (position 0 is `<cls>`, residue `j` (0-base
   `config.problem_type == "multi_label_classification"`; none for regression);
 * `serving_default` also returns the `input_ids` and `attention_mask` it built.
 
-Requests are checked inside the graph: a sequence holding a character that is not part of any vocabulary token
-(lower-case letters, digits, `*`, ...) fails with the batch index, the 1-based character position and the character;
-a sequence longer than `max_length` tokens fails with its batch index and length (no silent truncation).
+Requests are checked inside the graph (`validate=True`, the default): a final `*` (stop codon, optionally followed by
+whitespace) is dropped as in `tf_esm.fasta`; a sequence holding a character that is not part of any vocabulary token
+(lower-case letters, digits, an inner `*`, ...) fails with the batch index, the 1-based character position in the
+request string and the character; an empty (or all-whitespace) sequence fails with its batch index. A sequence longer
+than `max_length` tokens fails with its batch index and length (no silent truncation), in both signatures (for
+`token_ids`, the non-`<pad>` tokens of a row are counted).
 
 Examples:
 
@@ -42,7 +45,7 @@ from keras import ops
 
 from tf_esm.atomic import atomic_directory, check_target, write_text_atomic
 from tf_esm.configuration import ESM2_VOCAB
-from tf_esm.graph_tokenizer import EsmStringTokenizer, _regex_literal
+from tf_esm.graph_tokenizer import EsmStringTokenizer, token_alternation
 from tf_esm.modeling import (
     TFEsmForMaskedLM,
     TFEsmForSequenceClassification,
@@ -52,6 +55,7 @@ from tf_esm.modeling import (
 from tf_esm.tokenization import WHITESPACE_RUN_PATTERN
 
 STRINGS_SIGNATURE = "serving_default"
+_TRAILING_STOP_PATTERN = r"\*(?:" + WHITESPACE_RUN_PATTERN + ")?$"
 TOKEN_IDS_SIGNATURE = "token_ids"
 # Architectures named in an HF `config.json` -> the class `export_pretrained` builds.
 ARCHITECTURES = {
@@ -101,7 +105,8 @@ class EsmServingModule(tf.Module):
         vocab: the tokenizer vocabulary: a token list in id order, a `vocab.txt` path, an `EsmTokenizer`, or `None`
             for `config.vocab_list` (the standard ESM-2 vocabulary when that is unset).
         max_length: the longest accepted input in tokens (`<cls>`/`<eos>` included), or `None` for no check.
-        validate: reject sequences with characters outside the vocabulary instead of encoding them as `<unk>`.
+        validate: reject sequences with characters outside the vocabulary (instead of encoding them as `<unk>`) and
+            empty sequences, after dropping a final `*` (see the module docstring).
     """
 
     def __init__(self, model, vocab=None, max_length=None, validate=True):
@@ -127,8 +132,7 @@ class EsmServingModule(tf.Module):
                             for name in ("cls", "eos", "pad")}
         self.max_length = None if max_length is None else int(max_length)
         self.validate = bool(validate)
-        alternatives = "|".join(_regex_literal(token) for token in sorted(set(tokens) - {""}, key=len, reverse=True))
-        self._valid_prefix = f"^(?:{alternatives}|{WHITESPACE_RUN_PATTERN})*"
+        self._valid_prefix = f"^(?:{token_alternation(tokens)}|{WHITESPACE_RUN_PATTERN})*"
         self.problem_type = getattr(config, "problem_type", None)
         if isinstance(model, TFEsmForSequenceClassification) and self.problem_type is None:
             self.problem_type = "regression" if config.num_labels == 1 else "single_label_classification"
@@ -161,9 +165,21 @@ class EsmServingModule(tf.Module):
             ["Sequence(s) at batch index", too_long, "have", tf.gather(lengths, too_long),
              f"tokens with <cls>/<eos>; this model takes at most {self.max_length}"], summarize=10)
 
+    def _check_not_empty(self, lengths):
+        empty = tf.where(lengths <= 2)[:, 0]  # <cls> and <eos> only
+        return tf.debugging.Assert(
+            tf.equal(tf.size(empty), 0),
+            ["Empty sequence(s) (no residues) at batch index", empty], summarize=10)
+
     def _tokenize(self, sequences):
-        checks = [self._check_characters(sequences)] if self.validate else []
+        checks = []
+        if self.validate:
+            if "*" not in self.tokenizer.vocab:  # a final stop codon is dropped, as tf_esm.fasta does
+                sequences = tf.strings.regex_replace(sequences, _TRAILING_STOP_PATTERN, "")
+            checks.append(self._check_characters(sequences))
         ids = self.tokenizer(sequences)["input_ids"]
+        if self.validate:
+            checks.append(self._check_not_empty(ids.row_lengths()))
         if self.max_length is not None:
             checks.append(self._check_lengths(ids.row_lengths()))
         with tf.control_dependencies(checks):
@@ -208,6 +224,10 @@ class EsmServingModule(tf.Module):
                                   tf.TensorSpec([None, None], tf.int32, name="attention_mask")])
     def serve_token_ids(self, input_ids, attention_mask):
         """Token ids and attention mask -> embeddings (and logits)."""
+        if self.max_length is not None:  # clients that tokenize themselves get the same length check
+            lengths = tf.reduce_sum(tf.cast(tf.not_equal(input_ids, self.special_ids["pad"]), tf.int64), axis=1)
+            with tf.control_dependencies([self._check_lengths(lengths)]):
+                input_ids = tf.identity(input_ids)
         return self._outputs(input_ids, attention_mask)
 
     def signatures(self):

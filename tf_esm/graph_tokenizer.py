@@ -36,9 +36,25 @@ def _as_token_list(vocab):
     return [str(token) for token in vocab]
 
 
-def _regex_literal(text):
-    """`text` as an RE2 literal: every non-alphanumeric character written as `\\x{...}`."""
+def regex_literal(text):
+    r"""`text` as an RE2 pattern that matches exactly `text`: ASCII letters and digits as they are, every other
+    character written as `\x{...}` (so no character of a vocabulary token is ever a metacharacter).
+
+    >>> print(regex_literal("<mask>"))
+    \x{3c}mask\x{3e}
+    """
     return "".join(char if char.isalnum() and char.isascii() else f"\\x{{{ord(char):x}}}" for char in text)
+
+
+def token_alternation(tokens):
+    r"""An RE2 alternation (no group) matching any of `tokens` (empty ones skipped), longest first, so that RE2's
+    leftmost-first alternation takes the longest vocabulary token at each position.
+
+    >>> print(token_alternation(["A", "<eos>", "AB"]))
+    \x{3c}eos\x{3e}|AB|A
+    """
+    unique = dict.fromkeys(token for token in tokens if token)
+    return "|".join(regex_literal(token) for token in sorted(unique, key=len, reverse=True))
 
 
 class _StringToIds:
@@ -54,11 +70,9 @@ class _StringToIds:
         used = "".join(token_to_id)
         separator, stand_in = [char for char in _SEPARATOR_CANDIDATES if char not in used][:2]
         self.separator, self.stand_in = separator, stand_in
-        self.separator_pattern = _regex_literal(separator)
+        self.separator_pattern = regex_literal(separator)
         self.separator_rewrite = separator + r"\0" + separator
-        # Longest first, so that RE2's leftmost-first alternation finds the longest token at each position.
-        by_length = sorted(token_to_id, key=len, reverse=True)
-        self.token_pattern = "|".join(_regex_literal(token) for token in by_length)
+        self.token_pattern = token_alternation(token_to_id)
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(list(token_to_id), tf.string), tf.constant(list(token_to_id.values()), tf.int64)
