@@ -384,6 +384,8 @@ def _check_vocabulary(records, tokenizer):
     """Each residue must be one vocabulary token, or token labels would not line up with the ids."""
     vocab = set(tokenizer.get_vocab())
     for sequence, name in zip(records.sequences, records.ids):
+        if not sequence:  # hand-built SequenceRecords skip clean_sequence; <cls><eos> alone is no protein
+            raise FastaError(f"{name}: the sequence is empty.")
         for position, char in enumerate(sequence, start=1):
             if char not in vocab:
                 raise FastaError(f"{name}: character {char!r} at position {position} is not in the tokenizer's "

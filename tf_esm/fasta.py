@@ -1,10 +1,11 @@
 """FASTA reading and protein-sequence validation (pure Python, shared by the CLI, tf_esm.data and the tests).
 
 Policy for sequence characters (documented in README):
-* letters are upper-cased; spaces, tabs and line breaks inside a record are removed;
+* ASCII letters are upper-cased (only ASCII: `"ß".upper()` would be "SS"); whitespace inside a record is removed;
 * the 25 ESM residue letters (20 standard + X B U Z O) and the gap characters `-` `.` are kept;
 * a trailing `*` (stop codon) is dropped; a `*` anywhere else, digits, and any other character are errors
-  that name the record, the position (1-based) and the character.
+  that name the record, the position (1-based, counting residues after whitespace removal) and the character;
+* an empty record (nothing left after the steps above) is an error naming the record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 GAPS = "-."
 ALLOWED = frozenset(RESIDUES + GAPS)
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class FastaError(ValueError):
@@ -32,7 +34,7 @@ def clean_sequence(sequence, name="sequence"):
     """Apply the policy above; return the cleaned sequence or raise FastaError naming `name`."""
     if not isinstance(sequence, str):
         raise FastaError(f"{name}: expected a string, got {type(sequence).__name__}.")
-    cleaned = "".join(sequence.split()).upper()
+    cleaned = "".join(sequence.split()).translate(_ASCII_UPPER)
     if cleaned.endswith("*"):
         cleaned = cleaned[:-1]
     if not cleaned:

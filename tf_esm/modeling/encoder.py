@@ -8,7 +8,12 @@ import keras
 from keras import ops
 
 from tf_esm.modeling.attention import TFEsmAttention
-from tf_esm.modeling.embeddings import TFEsmEmbeddings, TFEsmRotaryEmbedding, normal_initializer
+from tf_esm.modeling.embeddings import (
+    TFEsmEmbeddings,
+    TFEsmRotaryEmbedding,
+    dense_over_tokens,
+    normal_initializer,
+)
 from tf_esm.modeling.heads import TFEsmContactPredictionHead
 from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
 
@@ -35,9 +40,7 @@ class _Linear(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden_states, residual=None, training=False):
-        hidden_states = self.dense(hidden_states)
-        if self.activation is not None:
-            hidden_states = self.activation(hidden_states)
+        hidden_states = dense_over_tokens(self.dense, hidden_states, self.activation)
         if self.residual:
             hidden_states = self.dropout(hidden_states, training=training) + residual
         return hidden_states
@@ -242,7 +245,7 @@ class TFEsmMainLayer(keras.layers.Layer):
         else:
             inputs_embeds = ops.convert_to_tensor(inputs_embeds)
             batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
-        self._check_length(length, position_ids)
+        self._check_length(input_ids, length, position_ids)
         use_cache = bool(use_cache) and self.config.is_decoder
         past_length = 0
         if past_key_values is not None:
@@ -302,18 +305,32 @@ class TFEsmMainLayer(keras.layers.Layer):
             cross_attentions=encoder_outputs.cross_attentions,
         )
 
-    def _check_length(self, length, position_ids):
+    def _check_length(self, input_ids, length, position_ids):
+        """Absolute models: refuse rows with more real tokens than the position table holds (padding is free:
+        pad tokens keep position padding_idx)."""
         if self.config.position_embedding_type != "absolute" or position_ids is not None:
             return
-        if isinstance(length, int):
-            # Positions run from padding_idx + 1, so the table holds max_position_embeddings - padding_idx - 1.
-            limit = self.config.max_position_embeddings - (self.embeddings.padding_idx + 1)
-            if length > limit:
-                raise ValueError(
-                    f"Input length {length} (special tokens included) exceeds this model's absolute position "
-                    f"table: at most {limit} tokens. Truncate the sequences (e.g. tokenizer(..., truncation=True, "
-                    f"max_length={limit}))."
-                )
+        # Positions run from padding_idx + 1, so the table holds max_position_embeddings - padding_idx - 1.
+        limit = self.config.max_position_embeddings - (self.embeddings.padding_idx + 1)
+        advice = (f"exceeds this model's absolute position table: at most {limit} tokens. Truncate the sequences "
+                  f"(e.g. tokenizer(..., truncation=True, max_length={limit})).")
+        needed = length
+        if input_ids is not None:
+            real_tokens = ops.sum(ops.cast(ops.not_equal(input_ids, self.embeddings.padding_idx), "int32"), axis=1)
+            needed = ops.max(real_tokens)
+        try:
+            needed = int(needed)  # a Python int or an eager tensor
+        except (TypeError, ValueError):
+            pass
+        if isinstance(needed, int):
+            if needed > limit:
+                raise ValueError(f"Input length {needed} (special tokens included) {advice}")
+        elif keras.backend.backend() == "tensorflow" and not isinstance(needed, keras.KerasTensor):
+            # Known only at run time (tf.function, tf.data): check in the graph. Without it an out-of-range
+            # position gather fails obscurely on CPU and silently yields zeros on GPU. (XLA drops asserts.)
+            import tensorflow as tf
+
+            tf.debugging.assert_less_equal(needed, limit, message=f"Input length (special tokens included) {advice}")
 
     def predict_contacts(self, input_ids, attention_mask=None):
         """Contact probabilities (batch, L, L) over residues (no `<cls>`/`<eos>`), from APC-corrected attentions."""
