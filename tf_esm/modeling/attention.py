@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_esm.modeling.embeddings import apply_rotary, normal_initializer
+from tf_esm.modeling.embeddings import apply_rotary, dense_over_tokens, normal_initializer
 
 
 def masked_fill_value(dtype):
@@ -71,7 +71,8 @@ class TFEsmSelfAttention(keras.layers.Layer):
         `past_key_value` is (key, value) of earlier steps, stored after rotary (for cross-attention: the whole
         encoder sequence's projections).
         """
-        query = self._split_heads(self.query(hidden_states)) * ops.cast(self.head_dim ** -0.5, self.compute_dtype)
+        query = self._split_heads(dense_over_tokens(self.query, hidden_states))
+        query = query * ops.cast(self.head_dim ** -0.5, self.compute_dtype)
         # The reference rotates cross-attention too: queries at their own positions, encoder keys at 0..S-1.
         if rotary is not None:
             cos_q, sin_q, cos_k, sin_k = rotary
@@ -80,13 +81,13 @@ class TFEsmSelfAttention(keras.layers.Layer):
             if past_key_value is not None:
                 key, value = past_key_value
             else:
-                key = self._split_heads(self.key(encoder_hidden_states))
-                value = self._split_heads(self.value(encoder_hidden_states))
+                key = self._split_heads(dense_over_tokens(self.key, encoder_hidden_states))
+                value = self._split_heads(dense_over_tokens(self.value, encoder_hidden_states))
                 if rotary is not None:
                     key = apply_rotary(key, cos_k, sin_k)
         else:
-            key = self._split_heads(self.key(hidden_states))
-            value = self._split_heads(self.value(hidden_states))
+            key = self._split_heads(dense_over_tokens(self.key, hidden_states))
+            value = self._split_heads(dense_over_tokens(self.value, hidden_states))
             if rotary is not None:
                 key = apply_rotary(key, cos_k, sin_k)
             if past_key_value is not None:
@@ -98,9 +99,16 @@ class TFEsmSelfAttention(keras.layers.Layer):
         fused = (not output_attentions and head_mask is None and self.distance_embedding is None
                  and not dropout_active)
         if fused:
+            # An additive mask, as the reference adds its extended mask: the same probabilities as filling the
+            # masked scores (|score| is far below the fill value's ulp), without a select over the whole score
+            # tensor, and a form every backend's fused kernel accepts.
+            bias = None
+            if attention_mask is not None:
+                bias = ops.where(attention_mask, ops.zeros((), query.dtype),
+                                 ops.full((), masked_fill_value(query.dtype), query.dtype))
             context = ops.dot_product_attention(
                 ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 1, 3)),
-                ops.transpose(value, (0, 2, 1, 3)), mask=attention_mask, scale=1.0,
+                ops.transpose(value, (0, 2, 1, 3)), bias=bias, scale=1.0,
             )
             probs = None
         else:
@@ -152,7 +160,7 @@ class TFEsmSelfOutput(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden_states, residual, training=False):
-        return self.dropout(self.dense(hidden_states), training=training) + residual
+        return self.dropout(dense_over_tokens(self.dense, hidden_states), training=training) + residual
 
 
 class TFEsmAttention(keras.layers.Layer):

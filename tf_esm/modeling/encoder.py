@@ -251,6 +251,7 @@ class TFEsmMainLayer(keras.layers.Layer):
         if past_key_values is not None:
             past_length = ops.shape(past_key_values[0][0])[2]
 
+        padded = attention_mask is not None
         if attention_mask is None:
             attention_mask = ops.ones((batch, past_length + length), dtype="int32")
         attention_mask = ops.convert_to_tensor(attention_mask)
@@ -259,12 +260,13 @@ class TFEsmMainLayer(keras.layers.Layer):
         embedding_output = self.embeddings(input_ids=input_ids, attention_mask=step_mask, position_ids=position_ids,
                                            inputs_embeds=inputs_embeds)
 
-        key_mask = ops.cast(attention_mask, "bool")[:, None, None, :]
+        # Without a mask every key is attended: the layers then skip masking (a pass over every score tensor).
+        key_mask = ops.cast(attention_mask, "bool")[:, None, None, :] if padded else None
         if self.config.is_decoder:
             query_positions = ops.arange(length, dtype="int32") + past_length
             key_positions = ops.arange(past_length + length, dtype="int32")
-            causal = query_positions[:, None] >= key_positions[None, :]
-            key_mask = ops.logical_and(key_mask, causal[None, None])
+            causal = (query_positions[:, None] >= key_positions[None, :])[None, None]
+            key_mask = causal if key_mask is None else ops.logical_and(key_mask, causal)
         cross_mask = None
         if encoder_hidden_states is not None:
             if encoder_attention_mask is None:
