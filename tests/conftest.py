@@ -18,6 +18,12 @@ except ImportError:  # pragma: no cover - torch is part of the test extra
 
 from tests._reference import make_reference_checkpoint  # noqa: E402
 
+# In-process CLI runs set TensorFlow's thread pools for throughput when they are the first to start the runtime;
+# start it here with the defaults so every test sees the same threading whatever the order.
+import tensorflow  # noqa: E402
+
+tensorflow.constant(0)
+
 
 @pytest.fixture(scope="session")
 def reference_checkpoints(tmp_path_factory):

@@ -28,13 +28,14 @@ def rotary(reference_checkpoints):
 
 
 # 150 tokens: several sequences per batch (padded, masked); 40: mostly one per batch (unpadded, no mask).
-@pytest.mark.parametrize("toks_per_batch", [150, 40])
-def test_matches_direct_calls_and_reference_in_input_order(rotary, rng, toks_per_batch):
+# streams: batches run one at a time, three at once from worker threads, or the default (one per core).
+@pytest.mark.parametrize("toks_per_batch,streams", [(150, 1), (150, 3), (40, None)])
+def test_matches_direct_calls_and_reference_in_input_order(rotary, rng, toks_per_batch, streams):
     reference, model = rotary
     lengths = rng.permutation([5, 40, 17, 1, 33, 60, 9, 22])
     sequences = random_sequences(rng, lengths)
     results = embed_sequences(model, sequences, repr_layers=(0, 1, -1), include=("mean", "per_tok", "bos"),
-                              toks_per_batch=toks_per_batch)
+                              toks_per_batch=toks_per_batch, streams=streams)
     assert len(results) == len(sequences)
     for sequence, result in zip(sequences, results):
         n = len(sequence)
@@ -131,3 +132,45 @@ def test_tokenizer_vocabulary_gives_the_same_results(rotary, rng, tmp_path):
     default = embed_sequences(model, sequences, include=("mean",))
     for a, b in zip(with_tokenizer, default):
         np.testing.assert_array_equal(a["mean_representations"][-1], b["mean_representations"][-1])
+
+
+def _stream_threads():
+    import threading
+
+    return [thread for thread in threading.enumerate() if thread.name.startswith("tf_esm_embed")]
+
+
+def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng, monkeypatch):
+    from tf_esm import inference
+
+    _, model = rotary
+    sequences = random_sequences(rng, [30] * 12)
+    embeddings = iter_embeddings(model, sequences, toks_per_batch=40, streams=2)
+    index, first = next(embeddings)
+    assert first["mean_representations"][-1].shape == (32,)
+    embeddings.close()  # e.g. the CLI interrupted: queued batches are dropped, running ones finish
+    assert _stream_threads() == []
+
+    real_function = inference._Runner.function
+    calls = []
+
+    def failing_function(self, *args):
+        function = real_function(self, *args)
+
+        def run(input_ids, lengths):
+            calls.append(len(lengths))
+            if len(calls) == 3:
+                raise RuntimeError("batch 3 failed")
+            return function(input_ids, lengths)
+
+        return run
+
+    monkeypatch.setattr(inference._Runner, "function", failing_function)
+    done = []
+    with pytest.raises(RuntimeError, match="batch 3 failed"):
+        for index, _ in iter_embeddings(model, sequences, toks_per_batch=40, streams=2):
+            done.append(index)
+    assert len(done) == 2  # the two batches before the failing one were delivered, in plan order
+    assert _stream_threads() == []
+    with pytest.raises(ValueError, match="streams"):
+        embed_sequences(model, ["MK"], streams=0)

@@ -353,6 +353,13 @@ def _read_records(path):
     return read_fasta(path)
 
 
+def _configure_threads():
+    """Throughput threading for the batch-embedding commands (see `tf_esm.inference.configure_cpu_threads`)."""
+    from tf_esm.inference import configure_cpu_threads
+
+    configure_cpu_threads()
+
+
 def _load_model(reference, model_class=None):
     """A model from a directory, a fair-esm .pt file or a hub id; the class named by config.json by default."""
     from tf_esm.weights import CheckpointError
@@ -657,6 +664,7 @@ def run_embed(args, console):
     hdf5 = args.output.lower().endswith(HDF5_SUFFIXES)
     if hdf5:
         _require_module("h5py", "HDF5 output")
+    _configure_threads()
     model = _load_model(args.model)
     from tf_esm.inference import _resolve_layers, iter_embeddings
 
@@ -846,6 +854,7 @@ def run_contacts(args, console):
     if not todo:
         console.info(f"all {len(records)} records already have contact maps in {args.outdir}; nothing to do.")
         return 0
+    _configure_threads()
     model = _load_model(args.model)
     _check_position_table(model, todo, args.truncation_seq_length)
     from tf_esm.inference import iter_embeddings
