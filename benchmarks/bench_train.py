@@ -87,7 +87,7 @@ def worker_keras(args):
 
     from tf_esm import TFEsmForSequenceClassification, inference
 
-    inference.configure_cpu_threads()
+    inference.configure_cpu_threads(intra_op=None, inter_op=1)  # one step at a time on all cores
     model = TFEsmForSequenceClassification.from_pretrained(args.checkpoint)
     input_ids, attention_mask, labels = dataset(args.num_seqs, args.max_length)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}

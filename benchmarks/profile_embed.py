@@ -57,7 +57,7 @@ def main():
 
     from tf_esm import TFEsmModel, inference
 
-    inference.configure_cpu_threads()
+    inference.configure_cpu_threads(intra_op=None, inter_op=1)  # one step at a time on all cores
     sequences = bench_embed.workload(args.num_seqs)
     with tempfile.TemporaryDirectory() as scratch:
         bench_embed.build_checkpoint(args.shape, scratch)

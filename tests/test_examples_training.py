@@ -39,6 +39,7 @@ def accuracy_of(model, table, **columns):
     """A reloaded model's accuracy on the table, batched as the examples batch their validation data."""
     model.compile(metrics=["accuracy"], jit_compile=False)
     dataset = make_dataset(read_table(table, **columns), batch_size=8)
+    assert dataset.options().autotune.enabled is False  # no stall when Keras drops an epoch's iterator
     return model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"]
 
 

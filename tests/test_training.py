@@ -357,3 +357,36 @@ def test_builtin_and_keras_losses_match_transformers(checkpoints, name):
     compiled = model.compute_loss(x=inputs, y=labels, y_pred=outputs.logits)
     assert_close(builtin, expected, 1e-5, "compute_loss, built-in loss")
     assert_close(compiled, expected, 1e-5, "compute_loss, compiled Keras loss")
+
+
+def test_tf_data_inputs_reach_keras_with_autotuning_off_unless_the_user_chose(checkpoints, monkeypatch):
+    """Deleting an autotuned tf.data iterator after multi-second steps stalls ~15 s (TF 2.21) and Keras makes one
+    per epoch, so fit/evaluate/predict hand Keras their datasets with autotuning off (see without_autotune_stall)."""
+    from tf_esm.data import without_autotune_stall
+
+    inputs, labels = single_label_task()
+    model = load(checkpoints, "single_label", TFEsmForSequenceClassification)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    seen = {}
+    for method in ("fit", "evaluate", "predict"):
+        real = getattr(keras.Model, method)
+
+        def spy(self, *args, _method=method, _real=real, **kwargs):
+            seen[_method] = (args[0] if args else kwargs["x"], kwargs.get("validation_data"))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(keras.Model, method, spy)
+    train = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(BATCH)
+    chosen = tf.data.Options()
+    chosen.autotune.enabled = True
+    validation = train.with_options(chosen)
+    model.fit(train, validation_data=validation, epochs=1, verbose=0)
+    model.evaluate(train, verbose=0)
+    model.predict(train.map(lambda x, y: x), verbose=0)
+    assert seen["fit"][0].options().autotune.enabled is False
+    assert seen["fit"][1].options().autotune.enabled is True  # the user's explicit choice is kept
+    assert seen["evaluate"][0].options().autotune.enabled is False
+    assert seen["predict"][0].options().autotune.enabled is False
+    assert train.options().autotune.enabled is None  # the caller's dataset object is not modified
+    arrays = {"input_ids": np.zeros((2, 3), np.int32)}
+    assert without_autotune_stall(arrays) is arrays  # non-datasets pass through

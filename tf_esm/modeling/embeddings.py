@@ -166,8 +166,10 @@ class TFEsmRotaryEmbedding(keras.layers.Layer):
 
 
 def rotate_half(x):
-    half = ops.shape(x)[-1] // 2
-    return ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    # A split, not two strided slices: its gradient is one concatenation instead of two zero-filled scatters
+    # (StridedSliceGrad was ~5% of a CPU training step).
+    first, second = ops.split(x, 2, axis=-1)
+    return ops.concatenate([-second, first], axis=-1)
 
 
 def apply_rotary(x, cos, sin):

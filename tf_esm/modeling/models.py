@@ -65,6 +65,22 @@ def _set_keras_mask(tensor, mask):
     set_keras_mask(tensor, mask)
 
 
+def _tf_data_inputs(args, kwargs, *names):
+    """`tf.data` inputs of fit/evaluate/predict passed through `tf_esm.data.without_autotune_stall`."""
+    if keras.backend.backend() != "tensorflow":
+        return args, kwargs
+    from tf_esm.data import without_autotune_stall
+
+    args, kwargs = list(args), dict(kwargs)
+    if args:
+        args[0] = without_autotune_stall(args[0])
+    elif "x" in kwargs:
+        kwargs["x"] = without_autotune_stall(kwargs["x"])
+    if "validation_data" in names and kwargs.get("validation_data") is not None:
+        kwargs["validation_data"] = without_autotune_stall(kwargs["validation_data"])
+    return tuple(args), kwargs
+
+
 class TFEsmPreTrainedModel(keras.Model):
     """Base class: configuration handling, building, `from_pretrained`, `save_pretrained` and Keras training.
 
@@ -274,14 +290,17 @@ class TFEsmPreTrainedModel(keras.Model):
             self._keras_loop_depth -= 1
 
     def fit(self, *args, **kwargs):
+        args, kwargs = _tf_data_inputs(args, kwargs, "x", "validation_data")
         with self._keras_loop():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
+        args, kwargs = _tf_data_inputs(args, kwargs, "x")
         with self._keras_loop():
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
+        args, kwargs = _tf_data_inputs(args, kwargs, "x")
         with self._keras_loop():
             return super().predict(*args, **kwargs)
 
