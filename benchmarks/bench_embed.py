@@ -79,21 +79,24 @@ def peak_rss_mb():
 
 
 # ------------------------------------------------------------------------------------------------------ workers
+def gemm_rate(run, size, repeats):
+    """FLOP/s of `run` (one size^3 matmul): 3 warm-up calls, then the best of 3 timings of `repeats` calls."""
+    for _ in range(3):
+        run()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * size ** 3 / best
+
+
 def worker_gemm(args):
     """Matmul rates of this machine now: fp32 (best of torch and TensorFlow) on CPU; fp32/bf16/fp16 on a GPU."""
     import torch
 
-    def rate(run, size, repeats):
-        for _ in range(3):
-            run()
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                run()
-            best = min(best, (time.perf_counter() - start) / repeats)
-        return 2 * size ** 3 / best
-
+    rate = gemm_rate
     if args.device == "gpu":
         torch.backends.cuda.matmul.allow_tf32 = False
         rates = {}
@@ -118,16 +121,7 @@ def keras_gemm_rate(size=2048, repeats=10):
 
     rng = np.random.default_rng(0)
     a, b = (ops.convert_to_tensor(rng.standard_normal((size, size)).astype("float32")) for _ in range(2))
-    run = lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0])  # noqa: E731
-    for _ in range(3):
-        run()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            run()
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * size ** 3 / best
+    return gemm_rate(lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0]), size, repeats)
 
 
 def torch_tokens(sequences, batch, device):
