@@ -78,6 +78,18 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def current_rss_mb():
+    """Resident memory now (Linux), or None."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 # ------------------------------------------------------------------------------------------------------ workers
 def gemm_rate(run, size, repeats):
     """FLOP/s of `run` (one size^3 matmul): 3 warm-up calls, then the best of 3 timings of `repeats` calls."""
@@ -115,15 +127,6 @@ def worker_gemm(args):
     return {"gemm_flops": max(rates.values()), "gemm_by_framework": rates}
 
 
-def keras_gemm_rate(size=2048, repeats=10):
-    """fp32 matmul rate through keras.ops in this process (the backend's own GEMM), best of 3."""
-    from keras import ops
-
-    rng = np.random.default_rng(0)
-    a, b = (ops.convert_to_tensor(rng.standard_normal((size, size)).astype("float32")) for _ in range(2))
-    return gemm_rate(lambda: ops.convert_to_numpy(ops.matmul(a, b)[0, 0]), size, repeats)
-
-
 def torch_tokens(sequences, batch, device):
     import torch
 
@@ -145,6 +148,7 @@ def worker_torch(args):
     import torch
     import transformers
 
+    imports_rss = current_rss_mb()
     device = "cuda" if args.device == "gpu" else "cpu"
     model = transformers.EsmModel.from_pretrained(args.checkpoint, add_pooling_layer=False).eval().to(device)
     autocast = contextlib.nullcontext()
@@ -167,7 +171,8 @@ def worker_torch(args):
     naive = [list(range(i, min(i + 8, len(sequences)))) for i in range(0, len(sequences), 8)]
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     sorted_batches = [order[i:i + 8] for i in range(0, len(order), 8)]
-    result = {"attn_implementation": model.config._attn_implementation, "threads": torch.get_num_threads()}
+    result = {"attn_implementation": model.config._attn_implementation, "threads": torch.get_num_threads(),
+              "imports_rss_mb": imports_rss}
     for name, batches in (("naive", naive), ("sorted", sorted_batches)):
         times = []
         for _ in range(args.repeats):
@@ -192,12 +197,11 @@ def worker_keras(args):
         jax.config.update("jax_default_matmul_precision", "highest")  # true fp32, not TF32, as PyTorch's default
     from tf_esm import TFEsmModel, inference
 
+    imports_rss = current_rss_mb()
     inference.configure_cpu_threads()
     model = TFEsmModel.from_pretrained(args.checkpoint, add_pooling_layer=False)
     sequences = workload(args.num_seqs)
-    result = {"backend": keras.backend.backend()}
-    cpu = args.device == "cpu"
-    gemm = [keras_gemm_rate()] if cpu else []  # the machine is shared: sample the GEMM rate around the timing
+    result = {"backend": keras.backend.backend(), "imports_rss_mb": imports_rss}
     passes = ["cold"] + ["warm"] * args.repeats  # cold: includes tracing/compiling
     for name in passes:
         start = time.perf_counter()
@@ -205,9 +209,6 @@ def worker_keras(args):
         seconds = time.perf_counter() - start
         result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", float("inf")))
         result[f"traces_after_{name}"] = inference.trace_count(model)
-    if cpu:
-        gemm.append(keras_gemm_rate())
-        result["gemm_flops_around"] = gemm
     np.save(args.embeddings_out, np.stack([r["mean_representations"][-1] for r in results]))
     result["buckets"] = len({inference.bucket_length(len(s) + 2) for s in sequences})
     result["peak_rss_mb"] = peak_rss_mb()
@@ -296,6 +297,8 @@ def main():
                     torch_runs.append(spawn("torch", embeddings_out=torch_out, **common))
                     keras_runs.append(spawn("keras", embeddings_out=keras_out, toks_per_batch=args.toks_per_batch,
                                             **common))
+                    if args.device == "cpu":  # the machine is shared: sample the GEMM rate again, in its own process
+                        keras_runs[-1]["gemm_flops_around"] = [spawn("gemm", device="cpu")["gemm_flops"]]
                 torch_result, keras_result = best_of(torch_runs), best_of(keras_runs)
                 diff = float(np.max(np.abs(np.load(torch_out) - np.load(keras_out))))
                 layers, hidden, _, ffn = SHAPES[shape]
@@ -326,8 +329,8 @@ def render(rows, gemm, args, residues):
         around = [g for r in rows for g in r["keras"].get("gemm_flops_around", [])]
         machine = (f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs; fp32 GEMM (2048^3) "
                    f"measured in this run at the start ({gemm['gemm_flops'] / 1e9:.0f} GFLOP/s, best of "
-                   f"PyTorch/TensorFlow) and before/after each tf_esm timing ({min(around or [0]) / 1e9:.0f}-"
-                   f"{max(around or [0]) / 1e9:.0f} GFLOP/s); MFU uses the highest of them")
+                   f"PyTorch/TensorFlow) and again after each tf_esm timing ({min(around or [0]) / 1e9:.0f}-"
+                   f"{max(around or [0]) / 1e9:.0f} GFLOP/s, own process); MFU uses the highest of them")
     backend = rows[0]["keras"]["backend"] if rows else "?"
     lines = [
         f"### Embedding throughput, {'GPU' if gpu else 'CPU'}: {args.num_seqs} sequences, {residues} residues",
@@ -338,8 +341,9 @@ def render(rows, gemm, args, residues):
         f"Command: `{command}`",
         "",
         "| shape | precision | HF naive res/s | HF sorted res/s | tf_esm res/s (warm) | tf_esm cold res/s "
-        "| / HF naive | / HF sorted | MFU | graphs traced (bucket lengths) | peak RSS MB HF / tf_esm | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| / HF naive | / HF sorted | MFU | graphs traced (bucket lengths) | peak RSS MB HF / tf_esm "
+        "| of which imports MB HF / tf_esm | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fp32_peak = max([gemm["gemm_flops"]] + [g for r in rows for g in r["keras"].get("gemm_flops_around", [])])
     for row in rows:
@@ -351,7 +355,7 @@ def render(rows, gemm, args, residues):
             f"| {SHAPE_NAMES[row['shape']]} | {row['precision']} | {naive:,.0f} | {sorted_:,.0f} | {warm:,.0f} | "
             f"{cold:,.0f} | {warm / naive:.2f}x | {warm / sorted_:.2f}x | {mfu:.0%} | "
             f"{k['traces_after_warm']} ({k['buckets']}) | {t['peak_rss_mb']:,.0f} / {k['peak_rss_mb']:,.0f} | "
-            f"{row['diff']:.1e} |"
+            f"{t.get('imports_rss_mb') or 0:,.0f} / {k.get('imports_rss_mb') or 0:,.0f} | {row['diff']:.1e} |"
         )
     if not gpu:
         lines += ["", "Peers (issue figures, sorted batching, res/s), scaled to this machine by HF sorted here / HF "

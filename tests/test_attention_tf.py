@@ -1,0 +1,109 @@
+"""Blocked attention (TensorFlow inference on CPU): the numbers of one softmax over all keys, block by block."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
+from tf_esm import TFEsmModel
+from tf_esm.modeling import attention, attention_tf
+
+
+def reference_attention(query, key, value, bias=None):
+    """float64 NumPy softmax attention; inputs (batch, heads, length, dim), output (batch, length, heads, dim)."""
+    query, key, value = (np.asarray(x, np.float64) for x in (query, key, value))
+    scores = query @ np.swapaxes(key, -1, -2)
+    if bias is not None:
+        scores = scores + np.asarray(bias, np.float64)
+    scores -= scores.max(-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(-1, keepdims=True)
+    return np.transpose(probs @ value, (0, 2, 1, 3))
+
+
+def qkv(rng, batch=2, heads=3, query_len=150, key_len=150, dim=8):
+    shapes = ((batch, heads, query_len, dim), (batch, heads, key_len, dim), (batch, heads, key_len, dim))
+    return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+
+
+def padding_bias(rng, batch, key_len):
+    keep = rng.random((batch, 1, 1, key_len)) > 0.3
+    keep[..., 0] = True
+    return np.where(keep, 0.0, np.finfo(np.float32).min).astype(np.float32)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("bias_kind", ["none", "padding", "causal"])
+def test_blocks_give_the_whole_softmax(rng, bias_kind, jit_compile):
+    query, key, value = qkv(rng)
+    bias = None
+    if bias_kind == "padding":
+        bias = padding_bias(rng, 2, 150)
+    elif bias_kind == "causal":  # one bias row per query: it is cut into blocks with the queries
+        bias = np.where(np.tril(np.ones((150, 150), bool)), 0.0, np.finfo(np.float32).min)[None, None]
+        bias = bias.astype(np.float32)
+    expected = reference_attention(query, key, value, bias)
+    # 2 x 3 x 150 keys x 64 rows = 57,600 scores per block: 3 blocks, the last one partly padding.
+    function = tf.function(
+        lambda q, k, v: attention_tf.blocked_attention(q, k, v, bias, block_elements=57_600),
+        jit_compile=jit_compile)
+    out = function(query, key, value).numpy()
+    assert out.shape == expected.shape
+    assert_close(out, expected, 2e-6, f"blocked attention, {bias_kind} bias")
+
+
+def test_one_block_and_dynamic_shapes_share_one_graph(rng):
+    """Under a (None, ...) signature the block count is computed at run time; short inputs take one block."""
+    function = tf.function(attention_tf.blocked_attention,
+                           input_signature=[tf.TensorSpec((None, 3, None, 8), tf.float32)] * 3)
+    for batch, length in ((1, 10), (2, 200), (3, 65)):
+        query, key, value = qkv(rng, batch=batch, query_len=length, key_len=length)
+        assert_close(function(query, key, value).numpy(), reference_attention(query, key, value), 2e-6,
+                     f"{batch} x {length}")
+    assert len(function._list_all_concrete_functions_for_serialization()) == 1
+
+
+def test_half_precision_inputs_match_the_keras_kernel(rng):
+    """bfloat16 in and out, softmax in float32: as `keras.ops.dot_product_attention`, which it replaces."""
+    import keras
+
+    query, key, value = (tf.cast(x, tf.bfloat16) for x in qkv(rng))
+    bias = tf.cast(padding_bias(rng, 2, 150), tf.bfloat16)
+    out = attention_tf.blocked_attention(query, key, value, bias=bias, block_elements=57_600)
+    assert out.dtype == tf.bfloat16
+    heads_last = [tf.transpose(x, (0, 2, 1, 3)) for x in (query, key, value)]
+    expected = keras.ops.dot_product_attention(*heads_last, bias=bias, scale=1.0)
+    # One bfloat16 ulp at the outputs' magnitude (|x| < 4): 2**-6.
+    assert_close(tf.cast(out, tf.float32).numpy(), tf.cast(expected, tf.float32).numpy(), 2 ** -6, "bf16")
+
+
+def test_model_with_many_blocks_matches_transformers(reference_checkpoints, monkeypatch):
+    """A padded batch through the whole encoder with blocks of 64 query rows (the minimum): transformers' numbers."""
+    assert attention._blocked_attention(), "TensorFlow on a CPU should take the blocked path"
+    ref = reference_checkpoints("rotary", "EsmModel")
+    input_ids, attention_mask = batch_with_padding_and_masks(lengths=(150, 90, 20))
+    expected = torch_outputs(ref.model, input_ids, attention_mask)
+    calls = []
+    original = attention_tf.blocked_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attention_tf, "SCORE_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(attention_tf, "blocked_attention", counting)
+    out = TFEsmModel.from_pretrained(ref.path)(input_ids, attention_mask=attention_mask)
+    assert len(calls) == ref.config.num_hidden_layers
+    assert_close(out.last_hidden_state, expected.last_hidden_state, 2e-5, "encoder, 3 blocks per layer")
+
+
+def test_training_uses_the_differentiable_kernel(reference_checkpoints, monkeypatch):
+    """Blocked attention is for inference; training keeps `keras.ops.dot_product_attention` (gradients)."""
+    monkeypatch.setattr(attention_tf, "blocked_attention", lambda *a, **k: pytest.fail("blocked in training"))
+    model = TFEsmModel.from_pretrained(reference_checkpoints("rotary", "EsmModel").path)
+    input_ids, attention_mask = batch_with_padding_and_masks()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(input_ids, attention_mask=attention_mask, training=True).last_hidden_state)
+    attention_weights = [v for v in model.trainable_variables if "/attention/" in v.path]
+    assert attention_weights
+    assert all(g is not None for g in tape.gradient(loss, attention_weights))

@@ -1,0 +1,92 @@
+"""Checkpoint readers: tensors read one at a time, every safetensors dtype, damaged headers named."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
+from tf_esm import TFEsmModel
+from tf_esm.weights import CheckpointError, read_state_dict
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
+          torch.int8, torch.uint8, torch.bool)
+
+
+def test_every_safetensors_dtype_reads_like_torch(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for dtype in DTYPES:
+        values = torch.randn(3, 5, generator=generator) * 50
+        tensors[f"t.{str(dtype)[6:]}"] = values.to(dtype)
+    tensors["scalar"] = torch.tensor(2.5)
+    tensors["empty"] = torch.zeros(0, 4)
+    save_file(tensors, str(tmp_path / "x.safetensors"), metadata={"format": "pt"})
+    state = read_state_dict(tmp_path / "x.safetensors")
+    assert sorted(state) == sorted(tensors)
+    for name, tensor in tensors.items():
+        expected = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        got = state[name]
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_tensors_are_read_when_looked_up(tmp_path, monkeypatch):
+    save_file({f"w{i}": torch.full((4,), float(i)) for i in range(5)}, str(tmp_path / "x.safetensors"))
+    reads = []
+    original = np.fromfile
+    monkeypatch.setattr(np, "fromfile", lambda *a, **k: reads.append(1) or original(*a, **k))
+    state = read_state_dict(tmp_path / "x.safetensors")
+    assert not reads and len(state) == 5 and "w3" in state
+    np.testing.assert_array_equal(state["w3"], np.full(4, 3.0, np.float32))
+    assert len(reads) == 1
+
+
+def test_bfloat16_checkpoint_loads_as_its_float32_values(reference_checkpoints, tmp_path):
+    """A transformers model saved in bfloat16 (as hub checkpoints often are): our float32 model computes what the
+    torch model computes with those bfloat16 weights widened to float32."""
+    ref = reference_checkpoints("rotary", "EsmModel")
+    half = type(ref.model)(ref.config).eval()
+    half.load_state_dict(ref.model.state_dict())
+    half.to(torch.bfloat16).save_pretrained(str(tmp_path))
+    widened = half.float()
+    input_ids, attention_mask = batch_with_padding_and_masks()
+    out = TFEsmModel.from_pretrained(tmp_path)(input_ids, attention_mask=attention_mask)
+    expected = torch_outputs(widened, input_ids, attention_mask)
+    assert_close(out.last_hidden_state, expected.last_hidden_state, 2e-5, "bf16 checkpoint")
+
+
+def _write_raw(path, header, data=b""):
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
+@pytest.mark.parametrize("header, data, message", [
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, r"'w': data_offsets \[0, 8\]"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, r"do not fit shape \[3\] F32"),
+    ({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, "'w' has an unsupported"),
+    ({"w": {"dtype": "F32"}}, b"", "'w' has an unsupported or malformed entry"),
+    ([1, 2], b"", "the header is not a JSON object"),
+])
+def test_damaged_safetensors_header_names_the_tensor(tmp_path, header, data, message):
+    _write_raw(tmp_path / "model.safetensors", header, data)
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file.*" + message):
+        read_state_dict(tmp_path / "model.safetensors")
+
+
+def test_header_length_past_the_end_is_named(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 10 ** 6) + b"{}")
+    with pytest.raises(CheckpointError, match="header of 1000000 bytes runs past the end"):
+        read_state_dict(tmp_path / "model.safetensors")
+
+
+def test_file_shrunk_after_opening_names_the_tensor(tmp_path):
+    save_file({"a": torch.ones(4), "b": torch.ones(1000)}, str(tmp_path / "x.safetensors"))
+    state = read_state_dict(tmp_path / "x.safetensors")
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "x.safetensors").write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=r"tensor '(a|b)' is cut short"):
+        [state[name] for name in state]
