@@ -10,6 +10,12 @@ run), peak RSS, trace counts, and the max abs difference of the mean embeddings 
     python benchmarks/bench_embed.py --write benchmarks/RESULTS.md
     KERAS_BACKEND=jax python benchmarks/bench_embed.py --device gpu --precisions float32 mixed_bfloat16 mixed_float16
 
+The legacy HF TF port (transformers<5, tf-keras) can be timed in the same run from an environment that has it:
+
+    python -m venv /tmp/legacy && /tmp/legacy/bin/pip install torch==2.13.0 \
+        && /tmp/legacy/bin/pip install tensorflow==2.21.0 tf-keras==2.21.0 transformers==4.46.3
+    python benchmarks/bench_embed.py --legacy-python /tmp/legacy/bin/python
+
 Workload: 256 sequences of the 20 standard residues, lengths lognormal (median 300, sigma 0.6) clipped to
 [30, 1000] (numpy seed 0), residues drawn with numpy seed 1; `--num-seqs N` takes the first N.
 """
@@ -215,14 +221,50 @@ def worker_keras(args):
     return result
 
 
-WORKERS = {"gemm": worker_gemm, "torch": worker_torch, "keras": worker_keras}
+def worker_legacy(args):
+    """The legacy HF TF port (transformers<5 `TFEsmModel`, tf-keras) in one tf.function, batches of 8 sorted by
+    length: the issue's "legacy HF TFEsmModel in tf.function" peer. Needs its own environment (`--legacy-python`)."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+    import transformers
+
+    imports_rss = current_rss_mb()
+    model = transformers.TFEsmModel.from_pretrained(args.checkpoint, add_pooling_layer=False, from_pt=True)
+    signature = [tf.TensorSpec((None, None), tf.int32)] * 2
+    forward = tf.function(lambda ids, mask: model(ids, attention_mask=mask).last_hidden_state,
+                          input_signature=signature)
+    sequences = workload(args.num_seqs)
+
+    def run(batches):
+        means = [None] * len(sequences)
+        for batch in batches:
+            ids = torch_tokens(sequences, batch, "cpu").numpy().astype(np.int32)
+            hidden = forward(ids, (ids != 1).astype(np.int32)).numpy()
+            for row, index in enumerate(batch):
+                means[index] = hidden[row, 1:len(sequences[index]) + 1].mean(0)
+        return means
+
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+    run(batches[:1])  # warm-up (traces the one graph)
+    start = time.perf_counter()
+    means = run(batches)
+    result = {"sorted_s": time.perf_counter() - start, "imports_rss_mb": imports_rss,
+              "versions": f"transformers {transformers.__version__}, TensorFlow {tf.__version__}"}
+    np.save(args.embeddings_out, np.stack(means))
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
 
 
-def spawn_script(script, kind, **options):
-    """Run `script --worker kind --option value ...` in a fresh process; return the JSON it wrote."""
+WORKERS = {"gemm": worker_gemm, "torch": worker_torch, "keras": worker_keras, "legacy": worker_legacy}
+
+
+def spawn_script(script, kind, python=None, **options):
+    """Run `script --worker kind --option value ...` in a fresh process (of `python`, default this interpreter);
+    return the JSON it wrote."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
-    command = [sys.executable, os.path.abspath(script), "--worker", kind, "--result-out", out]
+    command = [python or sys.executable, os.path.abspath(script), "--worker", kind, "--result-out", out]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
@@ -248,8 +290,8 @@ def best_of(runs):
     return merged
 
 
-def spawn(kind, **options):
-    return spawn_script(__file__, kind, **options)
+def spawn(kind, python=None, **options):
+    return spawn_script(__file__, kind, python=python, **options)
 
 
 def main():
@@ -264,6 +306,8 @@ def main():
                         help="rounds of (PyTorch process, tf_esm process), alternating; the best time is kept")
     parser.add_argument("--time-limit", type=float, default=None, help="seconds; skip what would start later")
     parser.add_argument("--write", help="write the markdown table to this file (rewritten after each row)")
+    parser.add_argument("--legacy-python", help="a Python with transformers<5, tf-keras and TensorFlow: also time "
+                        "the legacy HF TF port (sorted batches) in the same run, instead of quoting the issue")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
@@ -304,6 +348,11 @@ def main():
                 layers, hidden, _, ffn = SHAPES[shape]
                 rows.append(dict(shape=shape, precision=precision, torch=torch_result, keras=keras_result,
                                  diff=diff, flops=matmul_flops(lengths, layers, hidden, ffn)))
+                if args.legacy_python and args.device == "cpu" and precision == "float32":
+                    legacy_out = os.path.join(scratch, f"{shape}_legacy.npy")
+                    rows[-1]["legacy"] = spawn("legacy", python=args.legacy_python, embeddings_out=legacy_out,
+                                               **common)
+                    rows[-1]["legacy"]["diff"] = float(np.max(np.abs(np.load(torch_out) - np.load(legacy_out))))
                 print(json.dumps(rows[-1]), flush=True)
                 table = render(rows, gemm, args, sum(lengths))
                 if args.write:
@@ -364,8 +413,14 @@ def render(rows, gemm, args, residues):
             shape = row["shape"]
             scale = rate(row["torch"]["sorted_s"]) / PEERS["HF PyTorch sorted (issue)"][shape]
             warm = rate(row["keras"]["warm_s"])
+            legacy = row.get("legacy")
             cells = [f"{name} {figures[shape] * scale:,.0f} ({warm / (figures[shape] * scale):.2f}x)"
-                     for name, figures in PEERS.items() if shape in figures]
+                     for name, figures in PEERS.items()
+                     if shape in figures and not (legacy and name == "legacy TF port sorted")]
+            if legacy:
+                cells.append(f"**legacy TF port sorted, measured in this run** ({legacy['versions']}) "
+                             f"{rate(legacy['sorted_s']):,.0f} ({warm / rate(legacy['sorted_s']):.2f}x; its peak "
+                             f"RSS {legacy['peak_rss_mb']:,.0f} MB, max abs diff to HF {legacy['diff']:.1e})")
             lines.append(f"- {SHAPE_NAMES[shape]}: " + "; ".join(cells))
     return "\n".join(lines) + "\n"
 

@@ -35,15 +35,15 @@ def padding_bias(rng, batch, key_len):
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("bias_kind", ["none", "padding", "causal"])
 def test_blocks_give_the_whole_softmax(rng, bias_kind, jit_compile):
-    query, key, value = qkv(rng)
+    query, key, value = qkv(rng, query_len=149, key_len=149)
     bias = None
     if bias_kind == "padding":
-        bias = padding_bias(rng, 2, 150)
+        bias = padding_bias(rng, 2, 149)
     elif bias_kind == "causal":  # one bias row per query: it is cut into blocks with the queries
-        bias = np.where(np.tril(np.ones((150, 150), bool)), 0.0, np.finfo(np.float32).min)[None, None]
+        bias = np.where(np.tril(np.ones((149, 149), bool)), 0.0, np.finfo(np.float32).min)[None, None]
         bias = bias.astype(np.float32)
     expected = reference_attention(query, key, value, bias)
-    # 2 x 3 x 150 keys x 64 rows = 57,600 scores per block: 3 blocks, the last one partly padding.
+    # At most 57,600 / (2 x 3 x 149 keys) = 64 rows per block: 3 even blocks of 50 rows, the last with one padding row.
     function = tf.function(
         lambda q, k, v: attention_tf.blocked_attention(q, k, v, bias, block_elements=57_600),
         jit_compile=jit_compile)
@@ -78,8 +78,8 @@ def test_half_precision_inputs_match_the_keras_kernel(rng):
 
 
 def test_model_with_many_blocks_matches_transformers(reference_checkpoints, monkeypatch):
-    """A padded batch through the whole encoder with blocks of 64 query rows (the minimum): transformers' numbers."""
-    assert attention._blocked_attention(), "TensorFlow on a CPU should take the blocked path"
+    """A padded batch through the whole encoder in 3 blocks of 51 query rows per layer: transformers' numbers."""
+    assert attention.uses_blocked_attention(), "TensorFlow on a CPU should take the blocked path"
     ref = reference_checkpoints("rotary", "EsmModel")
     input_ids, attention_mask = batch_with_padding_and_masks(lengths=(150, 90, 20))
     expected = torch_outputs(ref.model, input_ids, attention_mask)

@@ -14,7 +14,8 @@ reference tensors that have no Keras variable (the tied LM decoder, constant buf
 sharded safetensors, `.bin`, fair-esm `.pt` after `tf_esm.fair_esm` renames it, our own HDF5) yields a
 `{reference name: numpy array}` mapping that goes through `load_state_dict`; every saver goes through
 `model_state_dict`. Safetensors and HDF5 files are read one tensor at a time as `load_state_dict` assigns them, so
-loading never holds a second copy of the whole checkpoint (esm2_t30_150M: peak 2.3 GB -> 1.2 GB with TensorFlow).
+loading never holds a second copy of the whole checkpoint (esm2_t30_150M `from_pretrained`, TensorFlow's 0.57 GB
+included: peak RSS 1.80 GB when the whole file was read first, 1.24 GB now).
 """
 
 from __future__ import annotations

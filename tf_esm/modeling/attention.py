@@ -11,7 +11,7 @@ from tf_esm.modeling.embeddings import apply_rotary, dense_over_tokens, normal_i
 
 
 @functools.lru_cache(maxsize=None)
-def _blocked_attention():
+def uses_blocked_attention():
     """Inference under TensorFlow on a CPU attends over blocks of query rows (`attention_tf`): less memory, and
     faster there. Elsewhere (GPU, JAX, PyTorch, training) the backend's `dot_product_attention` is used."""
     if keras.backend.backend() != "tensorflow":
@@ -119,7 +119,7 @@ class TFEsmSelfAttention(keras.layers.Layer):
             if attention_mask is not None:
                 bias = ops.where(attention_mask, ops.zeros((), query.dtype),
                                  ops.full((), masked_fill_value(query.dtype), query.dtype))
-            if not training and _blocked_attention():
+            if not training and uses_blocked_attention():
                 from tf_esm.modeling import attention_tf
 
                 context = attention_tf.blocked_attention(query, key, value, bias=bias)

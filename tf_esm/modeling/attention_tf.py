@@ -2,9 +2,9 @@
 
 The numbers are those of one softmax over the whole score tensor (each query row's softmax sees every key), but only
 one block of rows' scores exists at a time. At ESM's longest inputs (1,024 tokens, 20 heads) the whole score tensor
-is 80 MB per sequence, and three of them (scores, masked scores, probabilities) per concurrent batch dominated peak
-memory; a block of about 1M scores (4 MB) also stays in cache, which made the attention itself faster on CPU
-(1,002 tokens: 33 -> 24 ms single-threaded; measured in benchmarks/RESULTS.md's session).
+is 80 MB per sequence, and two or three of them per batch in flight dominated peak memory when embedding on CPU; a
+block of about 1M scores (4 MB) also stays in cache, so the attention itself got faster on CPU
+(`python benchmarks/bench_attention.py`, table in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -37,32 +37,44 @@ def blocked_attention(query, key, value, bias=None, block_elements=None):
     shape = tf.shape(query)
     batch, heads, query_len = shape[0], shape[1], shape[2]
     key_len = tf.shape(key)[2]
-    rows = tf.maximum(_MIN_BLOCK_ROWS, block_elements // tf.maximum(batch * heads * key_len, 1))
-    num_blocks = (query_len + rows - 1) // rows
-    # Whole blocks only (under XLA a slice past the end would be shifted back, not cut): pad the last block's
-    # query rows with zeros and drop their outputs.
-    padding = num_blocks * rows - query_len
-    query = tf.pad(query, [[0, 0], [0, 0], [0, padding], [0, 0]])
-    keys_t = tf.transpose(key, (0, 1, 3, 2))
-    per_row_bias = False
+    most_rows = tf.maximum(_MIN_BLOCK_ROWS, block_elements // tf.maximum(batch * heads * key_len, 1))
+    num_blocks = (query_len + most_rows - 1) // most_rows
+    rows = (query_len + num_blocks - 1) // tf.maximum(num_blocks, 1)  # even blocks: the last one pads < num_blocks
     if bias is not None:
         bias = tf.cast(bias, tf.float32)
-        if bias.shape.rank != 4 or bias.shape[2] != 1:  # a bias per query row (causal): cut it with the rows
-            bias = tf.broadcast_to(bias, tf.stack([tf.shape(bias)[0], tf.shape(bias)[1], query_len, key_len]))
-            bias = tf.pad(bias, [[0, 0], [0, 0], [0, padding], [0, 0]])
-            per_row_bias = True
+    per_row_bias = bias is not None and (bias.shape.rank != 4 or bias.shape[2] != 1)
 
-    def block(index, outputs):
-        start = index * rows
-        scores = tf.cast(tf.matmul(query[:, :, start:start + rows], keys_t), tf.float32)
-        if bias is not None:
-            scores = scores + (bias[:, :, start:start + rows] if per_row_bias else bias)
+    def attend(query_rows, keys_t, bias_rows):
+        scores = tf.cast(tf.matmul(query_rows, keys_t), tf.float32)
+        if bias_rows is not None:
+            scores = scores + bias_rows
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), value.dtype)
-        context = tf.matmul(probs, value)  # (batch, heads, rows, head_dim)
-        return index + 1, outputs.write(index, tf.transpose(context, (2, 0, 1, 3)))
+        return tf.matmul(probs, value)  # (batch, heads, rows, head_dim)
 
-    outputs = tf.TensorArray(value.dtype, size=num_blocks, infer_shape=False)
-    # One block at a time: running blocks in parallel would bring the whole score tensor back.
-    _, outputs = tf.while_loop(lambda index, _: index < num_blocks, block, (tf.constant(0), outputs),
-                               parallel_iterations=1)
-    return tf.transpose(outputs.concat()[:query_len], (1, 0, 2, 3))
+    def one_block():  # short inputs: no loop, no padding
+        return tf.transpose(attend(query, tf.transpose(key, (0, 1, 3, 2)), bias), (0, 2, 1, 3))
+
+    def blocks():
+        # Whole blocks only (under XLA a slice past the end would be shifted back, not cut): pad the last block's
+        # query rows with zeros and drop their outputs.
+        padding = num_blocks * rows - query_len
+        padded_query = tf.pad(query, [[0, 0], [0, 0], [0, padding], [0, 0]])
+        keys_t = tf.transpose(key, (0, 1, 3, 2))
+        row_bias = bias
+        if per_row_bias:  # a bias per query row (causal): cut it with the rows
+            row_bias = tf.broadcast_to(bias, tf.stack([tf.shape(bias)[0], tf.shape(bias)[1], query_len, key_len]))
+            row_bias = tf.pad(row_bias, [[0, 0], [0, 0], [0, padding], [0, 0]])
+
+        def block(index, outputs):
+            start = index * rows
+            block_bias = row_bias[:, :, start:start + rows] if per_row_bias else row_bias
+            context = attend(padded_query[:, :, start:start + rows], keys_t, block_bias)
+            return index + 1, outputs.write(index, tf.transpose(context, (2, 0, 1, 3)))
+
+        outputs = tf.TensorArray(value.dtype, size=num_blocks, infer_shape=False)
+        # One block at a time: running blocks in parallel would bring the whole score tensor back.
+        _, outputs = tf.while_loop(lambda index, _: index < num_blocks, block, (tf.constant(0), outputs),
+                                   parallel_iterations=1)
+        return tf.transpose(outputs.concat()[:query_len], (1, 0, 2, 3))
+
+    return tf.cond(num_blocks <= 1, one_block, blocks)
