@@ -49,7 +49,7 @@ def test_blocks_give_the_whole_softmax(rng, bias_kind, jit_compile):
         jit_compile=jit_compile)
     out = function(query, key, value).numpy()
     assert out.shape == expected.shape
-    assert_close(out, expected, 2e-6, f"blocked attention, {bias_kind} bias")
+    assert_close(out, expected, 5e-6, f"blocked attention, {bias_kind} bias")  # fp32 vs float64
 
 
 def test_one_block_and_dynamic_shapes_share_one_graph(rng):
