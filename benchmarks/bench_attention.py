@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def best_time(run, repeats):
-    run()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            run()
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return best
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_embed import best_time  # noqa: E402
 
 
 def main():
@@ -63,11 +54,11 @@ def main():
                    for _ in range(3))
         tq, tk, tv = (tf.constant(x) for x in (q, k, v))
         pq, pk, pv = (torch.from_numpy(x) for x in (q, k, v))
-        keras_s = best_time(lambda: fused(tq, tk, tv).numpy(), args.repeats)
-        blocked_s = best_time(lambda: blocked(tq, tk, tv).numpy(), args.repeats)
+        keras_s = best_time(lambda: fused(tq, tk, tv).numpy(), args.repeats, warmup=1)
+        blocked_s = best_time(lambda: blocked(tq, tk, tv).numpy(), args.repeats, warmup=1)
         with torch.inference_mode():
             torch_s = best_time(lambda: torch.nn.functional.scaled_dot_product_attention(pq, pk, pv, scale=1.0),
-                                args.repeats)
+                                args.repeats, warmup=1)
             expected = torch.nn.functional.scaled_dot_product_attention(pq, pk, pv, scale=1.0).numpy()
         diff = np.abs(np.transpose(blocked(tq, tk, tv).numpy(), (0, 2, 1, 3)) - expected).max()
         scores_mb = rows * args.heads * length * length * 4 / 2 ** 20

@@ -97,9 +97,9 @@ def current_rss_mb():
 
 
 # ------------------------------------------------------------------------------------------------------ workers
-def gemm_rate(run, size, repeats):
-    """FLOP/s of `run` (one size^3 matmul): 3 warm-up calls, then the best of 3 timings of `repeats` calls."""
-    for _ in range(3):
+def best_time(run, repeats, warmup=3):
+    """Seconds per call of `run`: `warmup` calls, then the best of 3 timings of `repeats` calls."""
+    for _ in range(warmup):
         run()
     best = float("inf")
     for _ in range(3):
@@ -107,7 +107,12 @@ def gemm_rate(run, size, repeats):
         for _ in range(repeats):
             run()
         best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * size ** 3 / best
+    return best
+
+
+def gemm_rate(run, size, repeats):
+    """FLOP/s of `run` (one size^3 matmul)."""
+    return 2 * size ** 3 / best_time(run, repeats)
 
 
 def worker_gemm(args):
