@@ -220,7 +220,8 @@ def worker_keras(args):
         seconds = time.perf_counter() - start
         result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", float("inf")))
         result[f"traces_after_{name}"] = inference.trace_count(model)
-    np.save(args.embeddings_out, np.stack([r["mean_representations"][-1] for r in results]))
+    last = model.config.num_hidden_layers  # result keys are absolute layer indices
+    np.save(args.embeddings_out, np.stack([r["mean_representations"][last] for r in results]))
     result["buckets"] = len({inference.bucket_length(len(s) + 2) for s in sequences})
     result["peak_rss_mb"] = peak_rss_mb()
     return result

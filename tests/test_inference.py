@@ -43,13 +43,14 @@ def test_matches_direct_calls_and_reference_in_input_order(rotary, rng, toks_per
         ids = encode(sequence)
         direct = model.esm(ids, output_hidden_states=True).hidden_states
         expected = torch_outputs(reference.model, ids, output_hidden_states=True).hidden_states
-        for layer, index in ((0, 0), (1, 1), (-1, 2)):
-            per_tok = result["representations"][layer]
+        assert sorted(result["representations"]) == [0, 1, 2]  # absolute indices: -1 of 2 layers is 2
+        for index in (0, 1, 2):
+            per_tok = result["representations"][index]
             assert per_tok.shape == (n, 32)
             np.testing.assert_allclose(per_tok, np.asarray(direct[index])[0, 1:n + 1], atol=1e-5)
             np.testing.assert_allclose(per_tok, expected[index][0, 1:n + 1].numpy(), atol=1e-5)
-            np.testing.assert_allclose(result["mean_representations"][layer], per_tok.mean(0), atol=1e-5)
-            np.testing.assert_allclose(result["bos_representations"][layer], np.asarray(direct[index])[0, 0],
+            np.testing.assert_allclose(result["mean_representations"][index], per_tok.mean(0), atol=1e-5)
+            np.testing.assert_allclose(result["bos_representations"][index], np.asarray(direct[index])[0, 0],
                                        atol=1e-5)
 
 
@@ -60,8 +61,8 @@ def test_truncation_keeps_the_first_residues(rotary, rng):
     assert [r["length"] for r in results] == [20, 12]
     assert [r["truncated"] for r in results] == [True, False]
     direct = model.esm(encode(sequences[0][:20]), output_hidden_states=True).hidden_states[-1]
-    np.testing.assert_allclose(results[0]["representations"][-1], np.asarray(direct)[0, 1:21], atol=1e-5)
-    np.testing.assert_allclose(results[0]["mean_representations"][-1], np.asarray(direct)[0, 1:21].mean(0),
+    np.testing.assert_allclose(results[0]["representations"][2], np.asarray(direct)[0, 1:21], atol=1e-5)
+    np.testing.assert_allclose(results[0]["mean_representations"][2], np.asarray(direct)[0, 1:21].mean(0),
                                atol=1e-5)
 
 
@@ -131,7 +132,7 @@ def test_tokenizer_vocabulary_gives_the_same_results(rotary, rng, tmp_path):
     with_tokenizer = embed_sequences(model, sequences, include=("mean",), tokenizer=tokenizer)
     default = embed_sequences(model, sequences, include=("mean",))
     for a, b in zip(with_tokenizer, default):
-        np.testing.assert_array_equal(a["mean_representations"][-1], b["mean_representations"][-1])
+        np.testing.assert_array_equal(a["mean_representations"][2], b["mean_representations"][2])
 
 
 def _stream_threads():
@@ -147,7 +148,7 @@ def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng
     sequences = random_sequences(rng, [30] * 12)
     embeddings = iter_embeddings(model, sequences, toks_per_batch=40, streams=2)
     index, first = next(embeddings)
-    assert first["mean_representations"][-1].shape == (32,)
+    assert first["mean_representations"][2].shape == (32,)
     embeddings.close()  # e.g. the CLI interrupted: queued batches are dropped, running ones finish
     assert _stream_threads() == []
 

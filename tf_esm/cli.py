@@ -236,7 +236,8 @@ def build_parser():
     embed = command("embed", "Per-residue, mean-pooled and <cls> representations and contacts for a FASTA file.",
                     _EMBED_EPILOG)
     embed.add_argument("model", metavar="MODEL", help="model directory, fair-esm .pt file or hub id")
-    embed.add_argument("fasta", metavar="FASTA", help="input FASTA file (records keyed by the header's first word)")
+    embed.add_argument("fasta", metavar="FASTA", help="input FASTA file (records keyed by the header's first word; "
+                                                      "gzip/bzip2/xz read as such; - reads standard input)")
     embed.add_argument("output", metavar="OUTPUT", help="an .h5/.hdf5 file, or a directory of .npz files")
     embed.add_argument("--repr-layers", type=int, nargs="+", default=[-1], metavar="LAYER",
                        help="layers to store: 0 is the embedding output, N the last of N layers, negative "
@@ -277,7 +278,8 @@ def build_parser():
     contacts = command("contacts", "Contact maps (.npy, and optional PNG heat maps) for a FASTA file.",
                        _CONTACTS_EPILOG)
     contacts.add_argument("model", metavar="MODEL", help="model directory, fair-esm .pt file or hub id")
-    contacts.add_argument("fasta", metavar="FASTA", help="input FASTA file")
+    contacts.add_argument("fasta", metavar="FASTA", help="input FASTA file (gzip/bzip2/xz read as such; - reads "
+                                                         "standard input)")
     contacts.add_argument("outdir", metavar="OUTDIR", help="output directory (created if needed)")
     contacts.add_argument("--png", action="store_true", help="also write a heat-map plot per record "
                                                              "(needs matplotlib)")
@@ -289,7 +291,8 @@ def build_parser():
 
     fold = command("fold", "Predict structures with ESMFold: one PDB per FASTA record and a pLDDT/pTM summary.",
                    _FOLD_EPILOG)
-    fold.add_argument("fasta", metavar="FASTA", help="input FASTA file (':' separates the chains of a complex)")
+    fold.add_argument("fasta", metavar="FASTA", help="input FASTA file (':' separates the chains of a complex; "
+                                                     "gzip/bzip2/xz read as such; - reads standard input)")
     fold.add_argument("outdir", metavar="OUTDIR", help="output directory (created if needed)")
     fold.add_argument("--model", default=DEFAULT_FOLD_MODEL, help="ESMFold model directory or hub id")
     fold.add_argument("--num-recycles", type=_non_negative_int, default=None, metavar="N",
@@ -360,29 +363,42 @@ def _configure_threads():
     configure_cpu_threads()
 
 
-def _load_model(reference, model_class=None):
-    """A model from a directory, a fair-esm .pt file or a hub id; the class named by config.json by default."""
+def _load_model(reference, model_class=None, embedding=False):
+    """A model from a directory, a fair-esm .pt file or a hub id; the class named by config.json by default.
+    `embedding`: only the encoder's outputs are used, so a base model is built without its pooler."""
     from tf_esm.weights import CheckpointError
 
     try:
-        return _load_model_unchecked(os.fspath(reference), model_class)
+        return _load_model_unchecked(os.fspath(reference), model_class, embedding)
     except CheckpointError:
         raise
     except ValueError as error:  # e.g. a configuration this model class cannot use
         raise CliError(f"cannot load MODEL {reference}: {error}") from None
 
 
-def _load_model_unchecked(reference, model_class):
-    if model_class is None:
-        from tf_esm.modeling import TFEsmForMaskedLM
+def _load_model_unchecked(reference, model_class, embedding):
+    from tf_esm.modeling import TFEsmForMaskedLM, TFEsmModel
 
+    if model_class is None:
         if reference.endswith(".pt") and os.path.isfile(reference):
             model_class = TFEsmForMaskedLM  # fair-esm checkpoints are masked language models
         else:
-            from tf_esm.export import load_pretrained_model
+            from tf_esm.configuration import EsmConfig
+            from tf_esm.export import architecture_class
 
-            return load_pretrained_model(reference)
-    return model_class.from_pretrained(reference)
+            model_class = architecture_class(EsmConfig.from_pretrained(reference))
+    kwargs = {"add_pooling_layer": False} if embedding and model_class is TFEsmModel else {}
+    return model_class.from_pretrained(reference, **kwargs)
+
+
+def _offline_message(repo_id, command):
+    """What to do when a hub id cannot be downloaded, in the command line's terms."""
+    from tf_esm.hub import offline_reason
+
+    directory = repo_id.split("/")[-1]
+    where = f"--model ./{directory}" if command == "fold" else f"./{directory} as MODEL"
+    return (f"{offline_reason(repo_id)} On a machine that is online run `hf download {repo_id} --local-dir "
+            f"{directory}` (or copy the model directory from elsewhere), then pass {where}.")
 
 
 def _load_tokenizer(reference):
@@ -448,10 +464,22 @@ def _remove_stale_partials(directory):
                 os.remove(os.path.join(directory, name))
 
 
+# Output directories this run created: a run that fails removes those still empty (see `main`).
+_created_directories = []
+
+
 def _make_output_directory(path, what):
     if os.path.exists(path) and not os.path.isdir(path):
         raise CliError(f"{what} {path} exists and is not a directory.")
-    os.makedirs(path, exist_ok=True)
+    if not os.path.isdir(path):
+        os.makedirs(path)
+        _created_directories.append(path)
+
+
+def _remove_empty_created_directories():
+    while _created_directories:
+        with contextlib.suppress(OSError):  # not empty (a record was saved) or already gone: keep it
+            os.rmdir(_created_directories.pop())
 
 
 def _warn_truncated(console, records, limit):
@@ -665,7 +693,7 @@ def run_embed(args, console):
     if hdf5:
         _require_module("h5py", "HDF5 output")
     _configure_threads()
-    model = _load_model(args.model)
+    model = _load_model(args.model, embedding=True)
     from tf_esm.inference import _resolve_layers, iter_embeddings
 
     try:
@@ -855,7 +883,7 @@ def run_contacts(args, console):
         console.info(f"all {len(records)} records already have contact maps in {args.outdir}; nothing to do.")
         return 0
     _configure_threads()
-    model = _load_model(args.model)
+    model = _load_model(args.model, embedding=True)
     _check_position_table(model, todo, args.truncation_seq_length)
     from tf_esm.inference import iter_embeddings
 
@@ -1112,6 +1140,22 @@ def main(argv=None):
     hub_level = hub_logger.level
     if not debug:
         hub_logger.setLevel(logging.ERROR)  # its retry messages; the failure is reported as one line
+    _created_directories.clear()
+    try:
+        status = _dispatch(argv, debug)
+    finally:
+        library_logger.removeHandler(handler)
+        library_logger.propagate = propagate
+        hub_logger.setLevel(hub_level)
+    if status != 0:
+        _remove_empty_created_directories()
+    _created_directories.clear()
+    return status
+
+
+def _dispatch(argv, debug):
+    """Parse `argv` and run its command; every error becomes one line on stderr and an exit status."""
+    args = None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -1122,8 +1166,8 @@ def main(argv=None):
             _import_tensorflow_quietly()
         return _COMMANDS[args.command](args, console)
     except CliError as error:
-        if debug and error.code != EXIT_USAGE:
-            traceback.print_exc()
+        if debug:
+            _print_traceback(error)
         _print_error(error)
         return error.code
     except KeyboardInterrupt:
@@ -1131,17 +1175,26 @@ def main(argv=None):
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the command line reports every failure as one line
         if debug:
-            traceback.print_exc()
+            _print_traceback(error)
+        if getattr(error, "offline_repo", None):  # a hub id while offline (tf_esm.hub.ModelNotFoundError)
+            _print_error(_offline_message(error.offline_repo, getattr(args, "command", None)))
+            return EXIT_USAGE
         if isinstance(error, _input_errors()):
             _print_error(error)
             return EXIT_USAGE
         hint = "" if debug else " (run with --debug for the traceback)"
         _print_error(f"{type(error).__name__}: {error}{hint}")
         return EXIT_FAILURE
-    finally:
-        library_logger.removeHandler(handler)
-        library_logger.propagate = propagate
-        hub_logger.setLevel(hub_level)
+
+
+def _print_traceback(error):
+    """--debug: the traceback, including the exception a CliError was raised from (`raise ... from None` hides
+    it from Python's own printing)."""
+    cause = error.__cause__ or error.__context__
+    if cause is not None and error.__suppress_context__ and error.__cause__ is None:
+        traceback.print_exception(cause)
+        print("\nwhich was reported as:\n", file=sys.stderr)
+    traceback.print_exception(error)
 
 
 def _print_error(message):

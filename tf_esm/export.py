@@ -246,15 +246,20 @@ def default_max_length(config):
     return config.max_position_embeddings - padding_idx - 1
 
 
-def load_pretrained_model(reference, model_class=None):
-    """Load a model directory or hub id with `model_class`, or the class its `config.json` architectures name."""
+def architecture_class(config):
+    """The model class `config.architectures` names (`TFEsmModel` when it names none of ours)."""
+    names = [name.removeprefix("TF") for name in (getattr(config, "architectures", None) or [])]
+    return next((ARCHITECTURES[name] for name in names if name in ARCHITECTURES), TFEsmModel)
+
+
+def load_pretrained_model(reference, model_class=None, **kwargs):
+    """Load a model directory or hub id with `model_class`, or the class its `config.json` architectures name;
+    `kwargs` go to `from_pretrained`."""
     from tf_esm.configuration import EsmConfig
 
     if model_class is None:
-        config = EsmConfig.from_pretrained(reference)
-        names = [name.removeprefix("TF") for name in (getattr(config, "architectures", None) or [])]
-        model_class = next((ARCHITECTURES[name] for name in names if name in ARCHITECTURES), TFEsmModel)
-    return model_class.from_pretrained(reference)
+        model_class = architecture_class(EsmConfig.from_pretrained(reference))
+    return model_class.from_pretrained(reference, **kwargs)
 
 
 def export_saved_model(model, path, vocab=None, max_length="auto", validate=True, overwrite=False,

@@ -270,10 +270,12 @@ def _write_hf_directory(src, directory):
     missing, _ = load_state_dict(model, state_dict, source=src)
     if missing:
         raise CheckpointError(f"{src}: missing tensors {missing}.")
+    model.save_pretrained(directory)
+    # After the model: save_pretrained only fills an empty directory. The source's own vocabulary replaces the
+    # standard one it wrote (the staging directory is renamed into place as a whole, so plain copies are safe).
     for filename in _TOKENIZER_FILES:
         if os.path.isfile(os.path.join(src, filename)):
             shutil.copyfile(os.path.join(src, filename), os.path.join(directory, filename))
-    model.save_pretrained(directory)
 
 
 def _inside(path, directory):

@@ -87,18 +87,49 @@ def parse_fasta(text, source="<string>", validate=True):
     return records
 
 
-def read_fasta(path, validate=True):
-    """Read a FASTA file into a list of FastaRecord; errors name the file, record and position."""
+# Compressed inputs are recognised by their first bytes, whatever the file is called.
+_COMPRESSION_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"))
+STDIN = "-"
+
+
+def read_input_bytes(path):
+    """The bytes of `path`, or of standard input when `path` is "-", decompressed when they are gzip, bzip2 or xz
+    data (told by their magic bytes, not the file name). Errors name the path."""
+    import importlib
+
     path = os.fspath(path)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        if path == STDIN:
+            import sys
+
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
     except OSError as error:
-        raise FastaError(f"{path}: cannot read ({error.strerror}).") from None
+        raise FastaError(f"{_display(path)}: cannot read ({error.strerror}).") from None
+    for magic, module in _COMPRESSION_MAGIC:
+        if data.startswith(magic):
+            try:
+                return importlib.import_module(module).decompress(data)
+            except (OSError, EOFError, ValueError) as error:  # each module's own error types derive from these
+                raise FastaError(f"{_display(path)}: damaged or cut-short {module} data ({error}).") from None
+    return data
+
+
+def _display(path):
+    return "<stdin>" if path == STDIN else path
+
+
+def read_fasta(path, validate=True):
+    """Read a FASTA file (plain, gzip, bzip2 or xz; "-" for standard input) into a list of FastaRecord; errors
+    name the file, record and position."""
+    path = os.fspath(path)
+    data = read_input_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise FastaError(f"{path}: not a text file (byte {error.start} is not UTF-8).") from None
+        raise FastaError(f"{_display(path)}: not a text file (byte {error.start} is not UTF-8).") from None
     if "\x00" in text:
-        raise FastaError(f"{path}: not a text file (contains NUL bytes).")
-    return parse_fasta(text, source=path, validate=validate)
+        raise FastaError(f"{_display(path)}: not a text file (contains NUL bytes).")
+    return parse_fasta(text, source=_display(path), validate=validate)

@@ -10,7 +10,15 @@ import os
 
 
 class ModelNotFoundError(OSError):
-    """A model directory, file or hub id could not be resolved to local files."""
+    """A model directory, file or hub id could not be resolved to local files.
+
+    `offline_repo` is the hub id when the cause is that the hub cannot be reached and the files are not cached
+    (callers such as the CLI then say how to pass a local copy in their own terms), else None.
+    """
+
+    def __init__(self, message, offline_repo=None):
+        super().__init__(message)
+        self.offline_repo = offline_repo
 
 
 def _looks_like_hub_id(reference):
@@ -40,6 +48,13 @@ def resolve_file(reference, filename, required=True):
     return _download(reference, filename, required)
 
 
+def offline_reason(repo_id, filename=None):
+    """The first sentence of every "cannot download while offline" message."""
+    what = f"{filename} of {repo_id!r}" if filename else repr(repo_id)
+    return (f"Could not download {what} from the Hugging Face hub: this machine is offline (or HF_HUB_OFFLINE is "
+            "set) and it is not in the local cache.")
+
+
 def _hub_reachable(timeout=3.0):
     import socket
     from urllib.parse import urlparse
@@ -62,20 +77,19 @@ def _download(repo_id, filename, required):
     except ImportError as error:  # pragma: no cover - huggingface_hub is a runtime dependency
         raise ModelNotFoundError(f"huggingface_hub is needed to download {repo_id!r}: {error}") from None
     offline_message = (
-        f"Could not download {filename} of {repo_id!r} from the Hugging Face hub: this machine is offline (or "
-        "HF_HUB_OFFLINE is set) and the file is not in the local cache. Download the model elsewhere and pass "
-        "its local directory instead, e.g. `from_pretrained('/path/to/esm2_t6_8M_UR50D')`."
+        f"{offline_reason(repo_id, filename)} Download the model elsewhere and pass its local directory instead, "
+        f"e.g. `from_pretrained('/path/to/{repo_id.split('/')[-1]}')`."
     )
     try:  # the local cache first: works offline, costs no network round trip
         return hf_hub_download(repo_id, filename, local_files_only=True)
     except (LocalEntryNotFoundError, EntryNotFoundError):
         pass
     if not _hub_reachable():  # fail in seconds instead of huggingface_hub's retries with back-off
-        raise ModelNotFoundError(offline_message)
+        raise ModelNotFoundError(offline_message, offline_repo=repo_id)
     try:
         return hf_hub_download(repo_id, filename)
     except LocalEntryNotFoundError:
-        raise ModelNotFoundError(offline_message) from None
+        raise ModelNotFoundError(offline_message, offline_repo=repo_id) from None
     except EntryNotFoundError:
         if required:
             raise ModelNotFoundError(f"Hub model {repo_id!r} has no file {filename}.") from None
@@ -85,4 +99,4 @@ def _download(repo_id, filename, required):
     except Exception as error:  # network errors come in many types (LocalEntryNotFoundError, httpx errors, ...)
         if not required and "404" in str(error):
             return None
-        raise ModelNotFoundError(f"{offline_message} ({type(error).__name__})") from None
+        raise ModelNotFoundError(f"{offline_message} ({type(error).__name__})", offline_repo=repo_id) from None

@@ -309,7 +309,8 @@ def iter_embeddings(model, sequences, repr_layers=(-1,), include=("mean",), toks
         `(index, result)`, `index` the position in `sequences`; `result` has "length" (residues used),
         "truncated", and as requested "representations" {layer: (length, hidden)}, "mean_representations"
         {layer: (hidden,)}, "bos_representations" {layer: (hidden,)}, "contacts" (length, length). Layer keys
-        are the indices as given in `repr_layers`.
+        are absolute indices, as fair-esm's `extract.py` and `tf-esm embed` key them: asking for -1 of a
+        6-layer model gives key 6. Representations exclude `<cls>` and `<eos>` (`bos` is the `<cls>` position).
     """
     include = tuple(sorted(set(include)))
     unknown = set(include) - set(INCLUDE_CHOICES)
@@ -318,7 +319,6 @@ def iter_embeddings(model, sequences, repr_layers=(-1,), include=("mean",), toks
     main_layer = getattr(model, "esm", model)
     num_layers = main_layer.config.num_hidden_layers
     layers = _resolve_layers(repr_layers, num_layers)
-    requested = {layer: _resolve_layers((layer,), num_layers)[0] for layer in repr_layers}
     table, cls_id, eos_id, pad_id = _token_table(model, tokenizer)
     runner = _runner(model)
 
@@ -371,13 +371,13 @@ def iter_embeddings(model, sequences, repr_layers=(-1,), include=("mean",), toks
             result = {"length": count, "truncated": truncated[index]}
             if "per_tok" in include:
                 result["representations"] = {
-                    key: outputs[f"per_tok_{layer}"][row, 1:count + 1].copy() for key, layer in requested.items()}
+                    layer: outputs[f"per_tok_{layer}"][row, 1:count + 1].copy() for layer in layers}
             if "mean" in include:
                 result["mean_representations"] = {
-                    key: outputs[f"mean_{layer}"][row].copy() for key, layer in requested.items()}
+                    layer: outputs[f"mean_{layer}"][row].copy() for layer in layers}
             if "bos" in include:
                 result["bos_representations"] = {
-                    key: outputs[f"bos_{layer}"][row].copy() for key, layer in requested.items()}
+                    layer: outputs[f"bos_{layer}"][row].copy() for layer in layers}
             if "contacts" in include:
                 result["contacts"] = outputs["contacts"][row, :count, :count].copy()
             yield index, result

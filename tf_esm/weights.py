@@ -158,19 +158,25 @@ def _add_base_prefix(state_dict, model_names, prefix="esm."):
     return _renamed(state_dict, lambda name: prefix + name)
 
 
+# The pooler (`esm.pooler.dense.*`, in checkpoints saved from transformers' EsmModel) when the model was built
+# without one: nothing reads it, so loading skips it without a warning.
+POOLER = re.compile(r"(^|\.)pooler\.")
+
+
 def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     """Assign a {reference name: array} dict to `model`'s variables. Returns (missing, unexpected) name lists.
 
     A tensor whose shape does not fit is always an error naming it. Missing tensors (new weights, e.g. a task
     head on a base checkpoint) and unexpected ones (e.g. an LM head when loading a base model) are warnings, or
-    errors when `strict`.
+    errors when `strict`. A pooler in the checkpoint of a model built without one is skipped silently.
     """
     variables = _model_variables(model)
     state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
+    ignored = IGNORED if any(_is((POOLER,), name) for name in variables) else IGNORED + (POOLER,)
     unexpected = []
     for name, value in state_dict.items():
         if name not in variables:
-            if not _is(IGNORED, name):
+            if not _is(ignored, name):
                 unexpected.append(name)
             continue
         variable, transpose = variables[name]
