@@ -88,6 +88,20 @@ def test_custom_vocab_file(tmp_path):
         tokenize_strings(tf.constant(strings), vocab=["<pad>", "<cls>", "<eos>", "A"])
 
 
+def test_from_pretrained_matches_the_checkpoints_own_tokenizer(tmp_path, sequences, esm_vocab_file):
+    """A hub-style directory (transformers' tokenizer saved beside the model): the same ids as transformers'."""
+    import transformers
+
+    transformers.EsmTokenizer(esm_vocab_file).save_pretrained(str(tmp_path))
+    reference = transformers.EsmTokenizer.from_pretrained(str(tmp_path))
+    layer = EsmStringTokenizer.from_pretrained(str(tmp_path), max_length=12)
+    out = layer(tf.constant(sequences))
+    expected = reference(sequences, padding=True, truncation=True, max_length=12)
+    width = out["input_ids"].shape[1]
+    np.testing.assert_array_equal(out["input_ids"].numpy(),
+                                  [ids + [reference.pad_token_id] * (width - len(ids)) for ids in expected["input_ids"]])
+
+
 def test_layer_in_functional_model_and_config_round_trip(tokenizer, sequences):
     layer = EsmStringTokenizer(max_length=20, name="tokenize")
     strings = keras.Input(shape=(), dtype="string")

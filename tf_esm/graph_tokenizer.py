@@ -230,6 +230,21 @@ class EsmStringTokenizer(keras.layers.Layer):
         self.lookup_table = self._string_to_ids.table  # an attribute, so SavedModel export tracks the resource
         self.built = True
 
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, **kwargs):
+        """The in-graph tokenizer of a checkpoint: the vocabulary and special tokens of its `vocab.txt` and
+        `tokenizer_config.json` (as `EsmTokenizer.from_pretrained` reads them), so ids match the checkpoint's own
+        tokenizer. `path_or_hub_id`: a model directory, a `vocab.txt` or a hub id; `kwargs`: constructor arguments
+        (`max_length`, `pad_to`, `ragged`, ...).
+
+        >>> tokenizer = EsmStringTokenizer.from_pretrained("facebook/esm2_t6_8M_UR50D", max_length=1024)
+        """
+        from tf_esm.tokenization import EsmTokenizer
+
+        tokenizer = EsmTokenizer.from_pretrained(path_or_hub_id)
+        special = {name: getattr(tokenizer, name) for name in ("unk_token", "cls_token", "pad_token", "eos_token")}
+        return cls(vocab=tokenizer, **{**special, **kwargs})
+
     @property
     def vocab_size(self):
         return len(self.vocab)
