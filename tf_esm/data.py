@@ -620,9 +620,17 @@ def make_dataset(records, tokenizer=None, in_graph=False, max_length=None, trunc
             element_length_func=lambda features, *rest: tf.shape(features["input_ids"])[0],
             bucket_boundaries=boundaries, bucket_batch_sizes=sizes, padding_values=padding,
             drop_remainder=drop_remainder)
+        bucket_counts = np.bincount(np.searchsorted(boundaries, token_lengths, side="right"),
+                                    minlength=len(sizes))
     else:
         rows = batch_size if batch_size is not None else max(1, token_budget // max(token_lengths))
         dataset = dataset.padded_batch(rows, padding_values=padding, drop_remainder=drop_remainder)
+        sizes, bucket_counts = [rows], [len(token_lengths)]
+    # Whatever the shuffle order, each bucket yields the same number of batches; a known count lets Keras show
+    # progress in the first epoch and spares its "input ran out of data" warning at the end of it.
+    rounding = (lambda n, size: n // size) if drop_remainder else (lambda n, size: -(-n // size))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+        sum(rounding(int(n), int(size)) for n, size in zip(bucket_counts, sizes))))
 
     if mlm:
         masking = mlm if isinstance(mlm, MlmMasking) else MlmMasking(tokenizer, seed=seed)

@@ -195,10 +195,11 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     if strict and (missing or unexpected):
         raise CheckpointError(f"{source}: missing tensors {missing}; unexpected tensors {unexpected}.")
     if missing:
-        logger.warning("Some weights of %s were not in %s and are newly initialised: %s",
-                       type(model).__name__, source, missing)
+        logger.warning("Some weights of %s were not in %s and are newly initialised: %s (expected for a new task "
+                       "head: train the model before using its outputs)", type(model).__name__, source, missing)
     if unexpected:
-        logger.warning("Some tensors of %s were not used by %s: %s", source, type(model).__name__, unexpected)
+        logger.warning("Some tensors of %s were not used by %s: %s (expected when the checkpoint's own head is "
+                       "for another task)", source, type(model).__name__, unexpected)
     return missing, unexpected
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import keras
 from keras import ops
@@ -79,6 +80,11 @@ def _tf_data_inputs(args, kwargs, *names):
     if "validation_data" in names and kwargs.get("validation_data") is not None:
         kwargs["validation_data"] = without_autotune_stall(kwargs["validation_data"])
     return tuple(args), kwargs
+
+
+def _is_tf_dataset(value):
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(value, tf.data.Dataset)
 
 
 class TFEsmPreTrainedModel(keras.Model):
@@ -291,6 +297,11 @@ class TFEsmPreTrainedModel(keras.Model):
 
     def fit(self, *args, **kwargs):
         args, kwargs = _tf_data_inputs(args, kwargs, "x", "validation_data")
+        x = args[0] if args else kwargs.get("x")
+        if len(args) < 9 and "shuffle" not in kwargs and _is_tf_dataset(x):
+            # Keras ignores `shuffle` for a tf.data input (shuffling is the dataset's job) but warns about its
+            # default, True, on every call.
+            kwargs["shuffle"] = False
         with self._keras_loop():
             return super().fit(*args, **kwargs)
 
