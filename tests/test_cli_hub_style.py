@@ -229,3 +229,24 @@ def test_offline_hub_ids_say_what_to_pass_on_the_command_line(tmp_path, capsys, 
 
     with pytest.raises(OSError, match=r"from_pretrained\('/path/to/esmfold_v1'\)"):  # Python users: Python's terms
         TFEsmForMaskedLM.from_pretrained("facebook/esmfold_v1")
+
+
+# --------------------------------------------------------------------------------------------- what a run prints
+
+
+def test_a_run_prints_one_summary_line_and_scripts_can_start_tensorflow_quietly(tmp_path, hub_mlm):
+    import subprocess
+
+    fasta = tmp_path / "proteins.fasta.gz"
+    fasta.write_bytes(gzip.compress(FASTA_TEXT.encode()))
+    command = os.path.join(os.path.dirname(sys.executable), "tf-esm")
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    run = subprocess.run([command, "embed", hub_mlm.path, str(fasta), str(tmp_path / "out.h5")], env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [f"tf-esm: embedded 3 records into {tmp_path / 'out.h5'}."]
+
+    script = ("import tf_esm; tf_esm.import_tensorflow_quietly()\n"
+              "import tensorflow as tf; print(int(tf.constant(1) + 1))\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0 and run.stdout == "2\n" and run.stderr == "", run.stderr

@@ -23,6 +23,7 @@ _PUBLIC = {
     "TFEsmForTokenClassification": "tf_esm.modeling",
     "TFEsmForProteinFolding": "tf_esm.folding",
     "embed_sequences": "tf_esm.inference",
+    "import_tensorflow_quietly": "tf_esm.startup",
 }
 
 __all__ = sorted(_PUBLIC)

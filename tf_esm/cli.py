@@ -1100,48 +1100,11 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up messages ignore TF_CPP_MIN_LOG_LEVEL."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-# Imported by `import tensorflow` (through Keras' image-gallery helpers) when installed, never used by a command
-# (--png draws through matplotlib.figure, imported when needed): about 0.8 s of every run's start-up.
-_UNUSED_AT_IMPORT = ("matplotlib", "matplotlib.pyplot")
-
-
-@contextlib.contextmanager
-def _modules_hidden(names):
-    """Make `import name` fail (ImportError, which the importer handles as "not installed") for the duration."""
-    hidden = [name for name in names if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None
-    try:
-        yield
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
-
-
 def _import_tensorflow_quietly():
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads it when it is imported
+    from tf_esm.startup import import_tensorflow_quietly
+
     try:
-        with _native_stderr_silenced(), _modules_hidden(_UNUSED_AT_IMPORT):
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+        import_tensorflow_quietly(for_command=True)
     except ImportError:
         pass  # reported, with its message, by the command that needs it
 

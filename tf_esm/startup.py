@@ -1,0 +1,65 @@
+"""Start TensorFlow without its C++ start-up lines on stderr.
+
+TensorFlow's C++ runtime prints a few informational lines when it is imported (oneDNN custom operations, no CUDA
+drivers, CPU instructions), before `TF_CPP_MIN_LOG_LEVEL` or any other setting can silence them; that variable only
+hides the later ones. The only way to drop them is to point file descriptor 2 elsewhere while TensorFlow loads,
+which is what `import_tensorflow_quietly` does (the `tf-esm` command calls it first). In a script, call it before
+anything imports TensorFlow:
+
+```python
+import tf_esm
+tf_esm.import_tensorflow_quietly()      # then import keras / tensorflow / tf_esm models as usual
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+# Imported by `import tensorflow` (through Keras' image-gallery helpers) when installed, and never used by the
+# `tf-esm` command (--png draws through matplotlib.figure, imported when needed): about 0.8 s of its start-up.
+_UNUSED_BY_THE_COMMAND = ("matplotlib", "matplotlib.pyplot")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the duration (C++ libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def modules_hidden(names):
+    """Make `import name` fail with ImportError (which importers treat as "not installed") for the duration; the
+    modules import normally afterwards."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
+def import_tensorflow_quietly(for_command=False):
+    """Import TensorFlow and Keras with stderr silenced (and `TF_CPP_MIN_LOG_LEVEL=3` unless set). A no-op once
+    TensorFlow is imported. `for_command`: also keep matplotlib out of the import (the `tf-esm` command)."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads it when it is imported
+    hidden = _UNUSED_BY_THE_COMMAND if for_command else ()
+    with native_stderr_silenced(), modules_hidden(hidden):
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
