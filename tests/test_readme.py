@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 
 import pytest
 
@@ -16,11 +17,21 @@ def python_blocks():
         return re.findall(r"```python\n(.*?)```", handle.read(), re.S)
 
 
-@pytest.mark.parametrize("index", [0, 1])
+# Blocks that need what a test cannot have: the full ESMFold checkpoint, a model directory named by the reader.
+NOT_RUN = ("facebook/esmfold_v1", "path/to/model_dir")
+RUNNABLE = [index for index, block in enumerate(python_blocks()) if not any(text in block for text in NOT_RUN)]
+
+
+def test_the_runnable_blocks_are_the_ones_expected():
+    assert len(RUNNABLE) == 4 and len(python_blocks()) == 6  # update both when README's blocks change
+
+
+@pytest.mark.parametrize("index", RUNNABLE)
 def test_readme_block_runs(index, reference_checkpoints, tmp_path, monkeypatch):
     block = python_blocks()[index]
-    assert HUB_ID in block
-    model_dir = reference_checkpoints("rotary").path
+    # A copy with a vocab.txt, as hub model directories have: the session's checkpoint is shared, never written to.
+    model_dir = str(tmp_path / "esm_tiny")
+    shutil.copytree(reference_checkpoints("rotary").path, model_dir)
     write_default_vocab(os.path.join(model_dir, "vocab.txt"))
     (tmp_path / "train.csv").write_text(
         "sequence,label\n" + "\n".join(f"{'K' * (5 + i % 7)}MA,{i % 2}" for i in range(24)))
