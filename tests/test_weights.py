@@ -1,5 +1,6 @@
 """Checkpoint readers: tensors read one at a time, every safetensors dtype, damaged headers named."""
 
+import copy
 import json
 import struct
 
@@ -49,8 +50,7 @@ def test_bfloat16_checkpoint_loads_as_its_float32_values(reference_checkpoints, 
     """A transformers model saved in bfloat16 (as hub checkpoints often are): our float32 model computes what the
     torch model computes with those bfloat16 weights widened to float32."""
     ref = reference_checkpoints("rotary", "EsmModel")
-    half = type(ref.model)(ref.config).eval()
-    half.load_state_dict(ref.model.state_dict())
+    half = copy.deepcopy(ref.model)  # a copy, config included: saving in bfloat16 records its dtype in the config
     half.to(torch.bfloat16).save_pretrained(str(tmp_path))
     widened = half.float()
     input_ids, attention_mask = batch_with_padding_and_masks()
@@ -90,3 +90,23 @@ def test_file_shrunk_after_opening_names_the_tensor(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(data[:-100])
     with pytest.raises(CheckpointError, match=r"tensor '(a|b)' is cut short"):
         [state[name] for name in state]
+
+
+def test_from_pretrained_initialises_only_the_weights_the_checkpoint_lacks(reference_checkpoints):
+    """Loading builds without random values for loaded weights (deferred initialisation); a new head still gets
+    its initializer's values: truncated normal with the config's std, zero biases."""
+    import numpy as np
+
+    from tf_esm import TFEsmForSequenceClassification
+
+    reference = reference_checkpoints("rotary", "EsmModel")
+    model = TFEsmForSequenceClassification.from_pretrained(reference.path, num_labels=3)
+    kernel = model.classifier.dense.kernel.numpy()
+    assert 0.5 * model.config.initializer_range < kernel.std() < 1.5 * model.config.initializer_range
+    assert not model.classifier.dense.bias.numpy().any()
+    np.testing.assert_array_equal(model.esm.embeddings.word_embeddings.embeddings.numpy(),
+                                  reference.model.embeddings.word_embeddings.weight.detach().numpy())
+    from keras.src.backend.common import global_state
+
+    assert not global_state.get_global_attribute("uninitialized_variables")  # nothing left waiting
+    assert all(variable.value is not None for variable in model.variables)

@@ -177,7 +177,14 @@ class TFEsmPreTrainedModel(keras.Model):
         import inspect
 
         from tf_esm.hub import resolve_file
-        from tf_esm.weights import WEIGHT_FILES, CheckpointError, load_state_dict, read_state_dict
+        from tf_esm.weights import (
+            WEIGHT_FILES,
+            CheckpointError,
+            deferred_initialization,
+            finish_initialization,
+            load_state_dict,
+            read_state_dict,
+        )
 
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
@@ -204,9 +211,13 @@ class TFEsmPreTrainedModel(keras.Model):
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
-        model = cls(config, **model_kwargs)
-        model.build()
-        load_state_dict(model, state_dict, strict=strict, source=source)
+        with deferred_initialization():  # no random values for the weights the checkpoint replaces
+            model = cls(config, **model_kwargs)
+            model.build()
+        try:
+            load_state_dict(model, state_dict, strict=strict, source=source)
+        finally:
+            finish_initialization(model)
         return model
 
     def save_pretrained(self, save_directory, format="h5", tokenizer=None, overwrite=False):
