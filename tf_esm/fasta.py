@@ -59,6 +59,8 @@ def parse_fasta(text, source="<string>", validate=True):
         if header is None:
             return
         record_id = header.split()[0] if header.split() else ""
+        if "\x00" in header:  # a binary file, or a damaged one (in a sequence, a NUL is named like any bad character)
+            raise FastaError(f"{source}, line {header_line}: a NUL character in the header.")
         if not record_id:
             raise FastaError(f"{source}, line {header_line}: a header ('>') without a record id.")
         if record_id in seen:
@@ -112,7 +114,7 @@ def read_input_bytes(path):
         if data.startswith(magic):
             try:
                 return importlib.import_module(module).decompress(data)
-            except (OSError, EOFError, ValueError) as error:  # each module's own error types derive from these
+            except Exception as error:  # noqa: BLE001 - zlib.error, lzma.LZMAError, EOFError, OSError, ...
                 raise FastaError(f"{_display(path)}: damaged or cut-short {module} data ({error}).") from None
     return data
 
@@ -130,6 +132,4 @@ def read_fasta(path, validate=True):
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise FastaError(f"{_display(path)}: not a text file (byte {error.start} is not UTF-8).") from None
-    if "\x00" in text:
-        raise FastaError(f"{_display(path)}: not a text file (contains NUL bytes).")
     return parse_fasta(text, source=_display(path), validate=validate)

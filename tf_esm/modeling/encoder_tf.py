@@ -20,8 +20,9 @@ _FUNCTIONS = weakref.WeakKeyDictionary()  # template layer -> its traced tf.func
 
 
 def applies():
-    """Whether this call is being traced into a graph (where tracing each layer would cost time)."""
-    return tf.inside_function()
+    """Whether this call is being traced into a graph (where tracing each layer would cost time), outside a
+    distribution strategy (whose replicas read mirrored variables: there the layers are called directly)."""
+    return tf.inside_function() and not tf.distribute.has_strategy()
 
 
 def _variables(layer):
