@@ -1,7 +1,6 @@
 """Tiny fair-esm `.pt` checkpoints written in the released files' layout, and fair-esm's own loader for them.
 
 Shared by tests/test_fair_esm.py (conversion parity) and tests/test_cli.py (the `tf-esm` command on `.pt` files).
-Importing this module skips the importing test (module) when torch or fair-esm is missing.
 """
 
 from __future__ import annotations
@@ -9,10 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import pytest
-
-torch = pytest.importorskip("torch")
-esm = pytest.importorskip("esm")
+import esm
+import torch
 
 ALPHABET = esm.data.Alphabet.from_architecture("ESM-1b")
 
@@ -39,6 +36,7 @@ def _fairseq_layout(state_dict):
 
 
 def write_esm2(directory, stem="esm2_t2_tiny_UR50D"):
+    torch.manual_seed(1)  # the constructor's initial weights, whatever the test order
     model = esm.model.esm2.ESM2(num_layers=2, embed_dim=32, attention_heads=4, alphabet=ALPHABET, token_dropout=True)
     _perturb(model, seed=1)
     with torch.no_grad():
@@ -57,6 +55,7 @@ def write_esm1b(directory, stem="esm1b_t2_tiny_UR50S", layer_norm_before=True, t
                 with_regression=True):
     args = argparse.Namespace(arch="roberta_large", layers=2, embed_dim=32, ffn_embed_dim=48, attention_heads=4,
                               max_positions=40, token_dropout=token_dropout, emb_layer_norm_before=layer_norm_before)
+    torch.manual_seed(2)  # the constructor's initial weights, whatever the test order
     model = _perturb(esm.model.esm1.ProteinBertModel(args, ALPHABET), seed=2)
     weights, regression = _fairseq_layout(model.state_dict())
     # fairseq's argument names, which fair-esm strips of "encoder_".

@@ -1,5 +1,8 @@
-"""Shared test setup: quiet TensorFlow, deterministic torch, and session-scoped tiny reference checkpoints."""
+"""Shared test setup: the test requirements checked, quiet TensorFlow, deterministic torch, and session-scoped
+tiny reference checkpoints."""
 
+import configparser
+import importlib.metadata
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -9,20 +12,70 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np
 import pytest
 
-try:
-    import torch
-
-    torch.set_num_threads(1)
-except ImportError:  # pragma: no cover - torch is part of the test extra
-    torch = None
-
-from tests._reference import make_reference_checkpoint  # noqa: E402
+from tests._reference import (  # noqa: E402
+    changed_shared_directories,
+    changed_shared_models,
+    make_reference_checkpoint,
+    share_directory,
+    share_model,
+)
 
 # In-process CLI runs set TensorFlow's thread pools for throughput when they are the first to start the runtime;
 # start it here with the defaults so every test sees the same threading whatever the order.
 import tensorflow  # noqa: E402
 
 tensorflow.constant(0)
+
+SETUP_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "setup.cfg")
+
+
+def read_test_requirements():
+    """The `test` extra of setup.cfg, as `packaging` requirements: the PyTorch references (transformers, fair-esm,
+    torch) and every other package the suite uses."""
+    from packaging.requirements import Requirement
+
+    parser = configparser.ConfigParser()
+    parser.read(SETUP_CFG, encoding="utf-8")
+    lines = parser["options.extras_require"]["test"].splitlines()
+    return [Requirement(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def missing_test_requirements():
+    """'name (why)' for each requirement of the `test` extra that is not installed or not at a matching version."""
+    missing = []
+    for requirement in read_test_requirements():
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(f"{requirement.name} (not installed)")
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            missing.append(f"{requirement.name} (have {version}, need {requirement.specifier})")
+    return missing
+
+
+def pytest_configure(config):
+    # The reference implementations are what the suite measures against: without one, its parity tests cannot run,
+    # and a skip would look like a pass. A missing or mismatched test requirement fails the whole session instead.
+    missing = missing_test_requirements()
+    if missing:
+        raise pytest.UsageError(
+            "tf_esm's tests need the packages of the `test` extra (the PyTorch references among them); missing: "
+            + ", ".join(missing) + '. Install them with: pip install -e ".[test]"')
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """TF_ESM_TEST_ORDER=reversed runs the tests in reverse order (after any other reordering): with
+    `-p random_order --random-order`, a check that no test depends on another having run first."""
+    order = os.environ.get("TF_ESM_TEST_ORDER", "")
+    if order == "reversed":
+        items.reverse()
+    elif order:
+        raise pytest.UsageError(f"TF_ESM_TEST_ORDER={order!r}: the only value is 'reversed'")
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +88,9 @@ def reference_checkpoints(tmp_path_factory):
         if key not in cache:
             directory = tmp_path_factory.mktemp(f"ref_{kind}_{model_class}")
             cache[key] = make_reference_checkpoint(directory, kind, model_class, **options)
+            # Shared by every test that asks for it: see shared_fixtures_unchanged.
+            share_directory(directory)
+            share_model(f"reference_checkpoints{key}", cache[key].model)
         return cache[key]
 
     return get
@@ -45,7 +101,10 @@ def esm_vocab_file(tmp_path_factory):
     """Path to a `vocab.txt` holding the standard 33-token ESM-2 vocabulary."""
     from tf_esm.tokenization import write_default_vocab
 
-    return write_default_vocab(tmp_path_factory.mktemp("esm_vocab") / "vocab.txt")
+    directory = tmp_path_factory.mktemp("esm_vocab")
+    path = write_default_vocab(directory / "vocab.txt")
+    share_directory(directory)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +121,31 @@ def hf_tokenizer(esm_vocab_file):
 
     transformers.logging.set_verbosity_error()
     return transformers.EsmTokenizer(esm_vocab_file)
+
+
+@pytest.fixture(autouse=True)
+def seeded_random_generators():
+    """Every test starts from the same random state (Python, NumPy, TensorFlow and Keras, PyTorch) whatever ran
+    before it, so that, e.g., the weights a reference module's constructor draws or a new Keras head gets do not
+    depend on the order the tests run in. (Session and module fixtures seed what they build themselves.)"""
+    import keras
+    import torch
+
+    keras.utils.set_random_seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def shared_fixtures_unchanged():
+    """Fails the test that wrote into a directory shared by session/module fixtures (e.g. a vocab.txt added to the
+    session's reference checkpoint) or changed a shared PyTorch reference model (weights, buffers, config): copy
+    them first, so that no result depends on the order the tests run in."""
+    yield
+    directories = changed_shared_directories()
+    models = changed_shared_models()
+    if directories or models:
+        pytest.fail("this test changed shared fixtures (copy them before changing them): "
+                    + "; ".join([f"{path}: {what}" for path, what in directories.items()] + models), pytrace=False)
 
 
 @pytest.fixture

@@ -66,14 +66,16 @@ def fasta(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(model, tokenizer):
-    """Per record: the model's hidden states / contacts for that sequence alone (first 30 residues)."""
+def expected(checkpoint, tokenizer):
+    """Per record: the PyTorch reference's hidden states / contacts for that sequence alone (first 30 residues)."""
     results = {}
     for record_id, sequence in RECORDS.items():
-        ids = np.asarray([tokenizer.encode(sequence[:TRUNCATION])])
-        hidden = model(ids, output_hidden_states=True).hidden_states
+        ids = torch.as_tensor([tokenizer.encode(sequence[:TRUNCATION])])
+        with torch.no_grad():
+            hidden = [state.numpy() for state in checkpoint.model(ids, output_hidden_states=True).hidden_states]
+            contacts = checkpoint.model.predict_contacts(ids, torch.ones_like(ids))[0].numpy()
         n = ids.shape[1] - 2
-        result = {"contacts": np.asarray(model.predict_contacts(ids))[0], "length": n}
+        result = {"contacts": contacts, "length": n}
         for layer in LAYERS.values():
             states = np.asarray(hidden[layer])[0]
             result[("per_tok", layer)] = states[1:n + 1]
@@ -412,13 +414,8 @@ def test_score_input_errors(tmp_path, capsys, checkpoint):
 
 
 def test_contacts_npy_and_png(tmp_path, capsys, checkpoint, fasta, expected):
-    try:
-        import matplotlib  # noqa: F401
-        png = ["--png"]
-    except ImportError:  # the .npy maps are still checked; install tf_esm[plot] to check the PNGs
-        png = []
-    outdir = tmp_path / "contacts"
-    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, *png, "--truncation-seq-length",
+    outdir = tmp_path / "contacts"  # matplotlib (for --png) is in the test extra
+    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, "--png", "--truncation-seq-length",
                          TRUNCATION)
     assert code == 0, err
     assert err.splitlines()[-1] == f"tf-esm: wrote contact maps of 4 records to {outdir}."
@@ -426,10 +423,9 @@ def test_contacts_npy_and_png(tmp_path, capsys, checkpoint, fasta, expected):
         contacts = np.load(outdir / (record_key(record_id) + ".npy"))
         assert contacts.dtype == np.float32 and contacts.shape == (record["length"],) * 2
         np.testing.assert_allclose(contacts, record["contacts"], atol=ATOL)
-        if png:
-            with open(outdir / (record_key(record_id) + ".png"), "rb") as handle:
-                assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, *png)
+        with open(outdir / (record_key(record_id) + ".png"), "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, "--png")
     assert code == 0 and "nothing to do" in err
 
 
@@ -470,7 +466,7 @@ def _read_tsv(path):
 
 
 def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
-    folding = pytest.importorskip("tf_esm.folding", reason="tf_esm.folding (ESMFold) is not available")
+    from tf_esm import folding
     model_dir = _tiny_esmfold(tmp_path / "esmfold")
     model = folding.TFEsmForProteinFolding.from_pretrained(model_dir)
     loaded = []
@@ -527,7 +523,6 @@ def test_fold_batches_by_length_budget():
 def test_fair_esm_checkpoints_match_fair_esm_itself(tmp_path, capsys, fasta):
     """`tf-esm embed` on an ESM-2 .pt and `tf-esm score` on an ESM-1v .pt against fair-esm's own model, with
     esm-extract's slicing and predict.py's masked-marginals / wt-marginals formulas."""
-    pytest.importorskip("esm")
     from tests._fair_esm_helpers import fair_esm_load, write_esm1v, write_esm2
 
     esm2_path = write_esm2(str(tmp_path))

@@ -13,9 +13,6 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("transformers")
-
 SCRIPT = textwrap.dedent('''
     import json, os, sys
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

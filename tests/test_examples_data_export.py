@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests._reference import torch_outputs
+from tests._reference import share_directory, torch_outputs
 from tf_esm.fasta import read_fasta
 from tf_esm.tokenization import EsmTokenizer, write_default_vocab
 
@@ -34,7 +34,7 @@ def checkpoint(reference_checkpoints, tmp_path_factory):
     directory = tmp_path_factory.mktemp("example_model") / "esm_tiny"
     shutil.copytree(reference.path, directory)
     write_default_vocab(directory)
-    return str(directory), reference.model
+    return str(share_directory(directory)), reference.model
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-from tests._reference import assert_close, torch_outputs
+from tests._reference import assert_close, share_directory, torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmForSequenceClassification, TFEsmForTokenClassification
 from tf_esm.data import make_dataset, read_table
 from tf_esm.tokenization import write_default_vocab
@@ -32,7 +34,7 @@ def pretrained(reference_checkpoints, tmp_path_factory):
     directory = tmp_path_factory.mktemp("example_model") / "esm_tiny"
     shutil.copytree(reference_checkpoints("rotary", "EsmForMaskedLM").path, directory)
     write_default_vocab(directory)
-    return str(directory)
+    return str(share_directory(directory))
 
 
 def accuracy_of(model, table, **columns):
@@ -59,7 +61,6 @@ def test_fine_tune_sequence_classification(pretrained, tmp_path):
 
 
 def test_fine_tune_token_classification_with_lora(pretrained, tmp_path):
-    transformers = pytest.importorskip("transformers")
     table = os.path.join(DATA, "token_classification_toy.csv")
     output = tmp_path / "token_classifier"
     summary = run_example("fine_tune_token_classification.py", "--model", pretrained, "--train", table,
@@ -81,14 +82,51 @@ def test_fine_tune_token_classification_with_lora(pretrained, tmp_path):
     assert_close(model(inputs).logits.numpy(), expected, 1e-4, "logits of the saved LoRA-merged model")
 
 
-def test_continue_pretraining_mlm(pretrained, tmp_path):
+def masked_toy_batch(tokenizer, fasta, probability=0.15, seed=0):
+    """The FASTA's proteins as one padded batch with ~15% of the residues replaced by <mask> (at least one per
+    sequence), tokenized by transformers' tokenizer; labels: the original ids there, -100 elsewhere."""
+    sequences = []
+    with open(fasta, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line.startswith(">"):
+                sequences.append("")
+            elif line and not line.startswith(";"):
+                sequences[-1] += line
+    encoded = tokenizer(sequences, padding=True, return_tensors="np")
+    input_ids, attention_mask = encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
+    rng = np.random.default_rng(seed)
+    labels = np.full_like(input_ids, -100)
+    for row, sequence in enumerate(sequences):
+        count = max(1, round(probability * len(sequence)))
+        positions = 1 + rng.choice(len(sequence), size=count, replace=False)  # residues only, after <cls>
+        labels[row, positions] = input_ids[row, positions]
+        input_ids[row, positions] = tokenizer.mask_token_id
+    return input_ids, attention_mask, labels
+
+
+def test_continue_pretraining_mlm(pretrained, reference_checkpoints, tmp_path):
     fasta = os.path.join(DATA, "mlm_toy.fasta")
     output = tmp_path / "continued"
     summary = run_example("continue_pretraining_mlm.py", "--model", pretrained, "--train", fasta,
-                          "--validation", fasta, "--output-dir", output, "--epochs", 6, "--learning-rate", 3e-3)
+                          "--validation", fasta, "--output-dir", output, "--epochs", 6, "--learning-rate", 3e-3,
+                          "--format", "safetensors")
     losses = summary["history"]["loss"]
     assert losses[-1] < 0.75 * losses[0]
     assert np.isfinite(summary["validation"]["perplexity"])
+    assert summary["validation"]["perplexity"] == pytest.approx(np.exp(summary["validation"]["loss"]), rel=1e-6)
     assert summary["validation"]["accuracy"] > 0.15  # chance: 1/20
+
+    # The saved model, read by tf_esm and by PyTorch transformers: the same logits and loss on a masked batch.
     model = TFEsmForMaskedLM.from_pretrained(output)
-    assert model.config.vocab_size == 33
+    continued = transformers.EsmForMaskedLM.from_pretrained(str(output), attn_implementation="eager").eval()
+    input_ids, attention_mask, labels = masked_toy_batch(transformers.EsmTokenizer.from_pretrained(pretrained),
+                                                         fasta)
+    expected = torch_outputs(continued, input_ids, attention_mask, labels=torch.as_tensor(labels))
+    ours = model(input_ids.astype(np.int32), attention_mask=attention_mask.astype(np.int32), labels=labels)
+    assert_close(ours.logits, expected.logits, 2e-5, "logits of the saved model")  # measured 2.6e-6
+    assert_close(ours.loss, expected.loss, 2e-6, "loss of the saved model")  # measured 2.4e-7
+    # Training learned the toy repeats: by PyTorch's count, the masked-token loss is well below the starting one.
+    initial = torch_outputs(reference_checkpoints("rotary", "EsmForMaskedLM").model, input_ids, attention_mask,
+                            labels=torch.as_tensor(labels))
+    assert float(expected.loss) < 0.75 * float(initial.loss), (float(expected.loss), float(initial.loss))

@@ -13,22 +13,22 @@ import os
 import subprocess
 import sys
 
+import esm
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-esm = pytest.importorskip("esm")
-
-from tf_esm import TFEsmForMaskedLM, TFEsmModel  # noqa: E402
-from tf_esm.configuration import ESM2_VOCAB  # noqa: E402
-from tf_esm.fair_esm import (  # noqa: E402
+from tf_esm import TFEsmForMaskedLM, TFEsmModel
+from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.fair_esm import (
     FAIR_ESM_RENAMES,
     convert_checkpoint,
     fair_esm_to_reference_name,
     read_fair_esm_checkpoint,
 )
-from tf_esm.weights import CheckpointError  # noqa: E402
-from tests._fair_esm_helpers import ALPHABET, fair_esm_load, write_esm1b, write_esm1v, write_esm2  # noqa: E402
+from tf_esm.weights import CheckpointError
+from tests._reference import share_directory
+from tests._fair_esm_helpers import ALPHABET, fair_esm_load, write_esm1b, write_esm1v, write_esm2
 
 # fp32 parity: 1e-5 relative to the tensor's scale (the logits reach ~20, where one fp32 ulp is ~2e-6).
 ATOL = 1e-5
@@ -87,6 +87,7 @@ def cases(tmp_path_factory):
         tokens, reference = fair_esm_outputs(model, alphabet)
         converted = convert_checkpoint(path, str(root / f"{kind}_tf"))
         out[kind] = (path, converted, tokens, reference)
+    share_directory(root)
     return out
 
 

@@ -2,18 +2,14 @@
 finite on awkward batches (all-padding rows, one-residue and length-1 inputs, fully masked sequences) and close to
 float32; the global dtype policy is reset after every test."""
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from tf_esm import TFEsmForMaskedLM, TFEsmForSequenceClassification  # noqa: E402
-from tf_esm.configuration import ESM2_VOCAB  # noqa: E402
-
-from tests._reference import assert_close, torch_outputs  # noqa: E402
+from tests._reference import assert_close, torch_outputs
+from tf_esm import TFEsmForMaskedLM, TFEsmForSequenceClassification
+from tf_esm.configuration import ESM2_VOCAB
 
 CLS, PAD, EOS, MASK = (ESM2_VOCAB.index(token) for token in ("<cls>", "<pad>", "<eos>", "<mask>"))
 RESIDUES = [ESM2_VOCAB.index(letter) for letter in "LAGVSERTIDPKQNFYMHWC"]

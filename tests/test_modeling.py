@@ -1,5 +1,6 @@
 """Parity of the Keras encoder family with transformers 5.x (PyTorch) on tiny random-weight checkpoints."""
 
+import copy
 import logging
 import os
 
@@ -134,11 +135,9 @@ def test_problem_type_inferred_like_transformers(reference_checkpoints, batch):
     model = TFEsmForSequenceClassification.from_pretrained(ref.path)
     assert model.config.problem_type is None
     int_labels = np.array([0, 2, 1])
-    ref.model.config.problem_type = None  # another test may have left its own inference on the shared model
-    try:
-        expected = torch_outputs(ref.model, input_ids, attention_mask, labels=torch.as_tensor(int_labels))
-    finally:
-        ref.model.config.problem_type = None  # transformers stores its inference on the shared reference model
+    assert ref.model.config.problem_type is None  # torch_outputs leaves the shared reference model as it was
+    expected = torch_outputs(ref.model, input_ids, attention_mask, labels=torch.as_tensor(int_labels))
+    assert ref.model.config.problem_type is None
     assert_close(model(input_ids, attention_mask=attention_mask, labels=int_labels).loss, expected.loss,
                  what="inferred single-label loss")
 
@@ -175,21 +174,55 @@ def test_inputs_embeds_and_position_ids(reference_checkpoints, batch):
     assert_close(out.last_hidden_state, expected, what="position_ids")
 
 
-def test_head_mask_zeroes_heads(reference_checkpoints, batch):
-    """head_mask multiplies attention probabilities per layer and head (the transformers 4.x semantics)."""
-    ref = reference_checkpoints("rotary", "EsmModel")
+def head_masked_eager_attention(head_mask, layers):
+    """transformers 4.x's head_mask semantics for 5.x's eager attention: the attention probabilities of layer `i`
+    are multiplied by `head_mask[i]` (one factor per head) before they weight the values (5.x has no head_mask).
+    `layers` maps each reference `EsmSelfAttention` module to its layer index."""
+    factors = torch.as_tensor(head_mask, dtype=torch.float32)
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probabilities = torch.softmax(scores, dim=-1) * factors[layers[module]][None, :, None, None]
+        return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), probabilities
+
+    return attention
+
+
+@pytest.mark.parametrize("kind", ["rotary", "absolute"])
+def test_head_mask_matches_the_reference_with_masked_heads(reference_checkpoints, batch, monkeypatch, kind):
+    """head_mask multiplies attention probabilities per layer and head (transformers 4.x; 5.x ignores it): checked
+    against the reference model with its eager attention doing the same."""
+    from transformers.models.esm import modeling_esm
+
+    ref = reference_checkpoints(kind, "EsmModel")
+    assert ref.model.config._attn_implementation == "eager"
     input_ids, attention_mask = batch
     model = TFEsmModel.from_pretrained(ref.path)
+    layers = {layer.attention.self: index for index, layer in enumerate(ref.model.encoder.layer)}
+    unmasked = torch_outputs(ref.model, input_ids, attention_mask, output_attentions=True)
     head_mask = np.ones((2, 4), dtype=np.float32)
-    head_mask[0, 1] = 0.0
-    out = model(input_ids, attention_mask=attention_mask, head_mask=head_mask, output_attentions=True)
-    assert np.all(out.attentions[0].numpy()[:, 1] == 0.0)
-    assert np.any(out.attentions[0].numpy()[:, 0] != 0.0)
-    # Reference: the same computation done by hand on torch, zeroing head 1's context in layer 0.
-    baseline = model(input_ids, attention_mask=attention_mask).last_hidden_state.numpy()
-    assert np.max(np.abs(out.last_hidden_state.numpy() - baseline)) > 1e-3
-    ones = model(input_ids, attention_mask=attention_mask, head_mask=np.ones(4, np.float32))
-    np.testing.assert_allclose(ones.last_hidden_state.numpy(), baseline, atol=1e-6)
+    head_mask[0, 1] = 0.0  # head 1 of layer 0 off
+    head_mask[1, 2] = 0.5  # head 2 of layer 1 halved
+    per_head = np.asarray([1.0, 0.25, 1.0, 0.0], np.float32)  # (heads,): the same for every layer
+    for mask, what in ((head_mask, "(layers, heads)"), (per_head, "(heads,)")):
+        with monkeypatch.context() as patch:
+            patch.setattr(modeling_esm, "eager_attention_forward",
+                          head_masked_eager_attention(np.broadcast_to(mask, (2, 4)), layers))
+            expected = torch_outputs(ref.model, input_ids, attention_mask, output_attentions=True)
+        assert np.max(np.abs(expected.last_hidden_state.numpy() - unmasked.last_hidden_state.numpy())) > 1e-2
+        out = model(input_ids, attention_mask=attention_mask, head_mask=mask, output_attentions=True)
+        assert_close(out.last_hidden_state, expected.last_hidden_state, what=f"last_hidden_state, {what}")
+        for index, (ours, theirs) in enumerate(zip(out.attentions, expected.attentions)):
+            assert_close(ours, theirs, what=f"attentions[{index}], {what}")
+        assert_close(model(input_ids, attention_mask=attention_mask, head_mask=mask).last_hidden_state,
+                     expected.last_hidden_state, what=f"last_hidden_state without attentions, {what}")
+    # The patched reference with an all-ones mask is the reference itself.
+    with monkeypatch.context() as patch:
+        patch.setattr(modeling_esm, "eager_attention_forward", head_masked_eager_attention(np.ones((2, 4)), layers))
+        ones = torch_outputs(ref.model, input_ids, attention_mask)
+    assert_close(ones.last_hidden_state, unmasked.last_hidden_state, atol=1e-6, what="all-ones patched reference")
 
 
 def test_dict_inputs_like_tokenizer_output(reference_checkpoints, batch):
@@ -219,6 +252,31 @@ def test_bin_and_sharded_checkpoints(reference_checkpoints, batch, tmp_path):
     assert_close(out.logits, expected, what="sharded logits")
 
 
+def test_sharded_bin_checkpoint(reference_checkpoints, batch, tmp_path):
+    """Sharded .bin (pytorch_model-0000i-of-0000n.bin + pytorch_model.bin.index.json), as transformers 4.x wrote
+    them; 5.x writes safetensors only, so huggingface_hub's writer (the one 4.x used) writes the shards here."""
+    import transformers
+    from huggingface_hub import save_torch_state_dict
+
+    ref = reference_checkpoints("absolute")
+    input_ids, attention_mask = batch
+    expected = torch_outputs(ref.model, input_ids, attention_mask).logits
+    directory = tmp_path / "sharded_bin"
+    directory.mkdir()
+    save_torch_state_dict(ref.model.state_dict(), str(directory), max_shard_size="20KB", safe_serialization=False)
+    ref.config.save_pretrained(str(directory))
+    assert "pytorch_model.bin.index.json" in os.listdir(directory)
+    assert not any(name.endswith(".safetensors") for name in os.listdir(directory))
+    shards = [name for name in os.listdir(directory) if name.startswith("pytorch_model-")]
+    assert len(shards) > 2
+    # transformers reads the same files back to the same model (so the layout is the reference's).
+    reread = transformers.EsmForMaskedLM.from_pretrained(str(directory), attn_implementation="eager").eval()
+    assert_close(torch_outputs(reread, input_ids, attention_mask).logits, expected, atol=0.0,
+                 what="transformers, sharded .bin logits")
+    out = TFEsmForMaskedLM.from_pretrained(directory, strict=True)(input_ids, attention_mask=attention_mask)
+    assert_close(out.logits, expected, what="sharded .bin logits")
+
+
 def test_transformers4_layout_per_layer_inv_freq_and_layer_norm_names(reference_checkpoints, batch, tmp_path):
     """4.x files name layer norms weight/bias, store inv_freq per layer (fp16-rounded) and the tied decoder."""
     from safetensors.torch import load_file, save_file
@@ -242,13 +300,12 @@ def test_transformers4_layout_per_layer_inv_freq_and_layer_norm_names(reference_
     inv_freq = model.esm.rotary_embeddings.inv_freq.numpy()
     np.testing.assert_array_equal(inv_freq, state["esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq"]
                                   .half().float().numpy())
-    # Same inv_freq in the reference -> same logits.
+    # Same inv_freq in the reference -> same logits (on a copy: the session's reference model is shared).
+    reference = copy.deepcopy(ref.model)
     with torch.no_grad():
-        ref.model.esm.rotary_embeddings.inv_freq.copy_(torch.as_tensor(inv_freq))
-        input_ids, attention_mask = batch
-        expected = torch_outputs(ref.model, input_ids, attention_mask).logits
-        ref.model.esm.rotary_embeddings.inv_freq.copy_(
-            state["esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq"])
+        reference.esm.rotary_embeddings.inv_freq.copy_(torch.as_tensor(inv_freq))
+    input_ids, attention_mask = batch
+    expected = torch_outputs(reference, input_ids, attention_mask).logits
     assert_close(model(input_ids, attention_mask=attention_mask).logits, expected, what="fp16 inv_freq logits")
 
 

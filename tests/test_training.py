@@ -5,24 +5,23 @@ Each task is small and learnable (e.g. K-rich vs E-rich sequences), so "it train
 accuracy beats chance; tiny random-weight checkpoints come from transformers (no downloads).
 """
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+import torch
+import transformers
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from tf_esm import (  # noqa: E402
+from tests._reference import assert_close
+from tf_esm import (
     TFEsmForMaskedLM,
     TFEsmForSequenceClassification,
     TFEsmForTokenClassification,
     TFEsmModel,
 )
-from tf_esm.configuration import ESM2_VOCAB  # noqa: E402
-from tf_esm.modeling.outputs import ModelOutput  # noqa: E402
-from tf_esm.training import is_lora_variable, merge_lora  # noqa: E402
-from tests._reference import assert_close  # noqa: E402
+from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.modeling.outputs import ModelOutput
+from tf_esm.training import is_lora_variable, merge_lora
 
 CLS, PAD, EOS = ESM2_VOCAB.index("<cls>"), ESM2_VOCAB.index("<pad>"), ESM2_VOCAB.index("<eos>")
 AMINO_ACIDS = [ESM2_VOCAB.index(letter) for letter in "LAGVSERTIDPKQNFYMHWC"]
@@ -318,8 +317,12 @@ def _torch_loss(torch_model, inputs, labels):
                   attention_mask=torch.tensor(inputs["attention_mask"]).long(), labels=torch.tensor(labels))
     if labels.dtype.kind == "i":
         kwargs["labels"] = kwargs["labels"].long()
-    with torch.no_grad():
-        return float(torch_model(**kwargs).loss)
+    problem_type = torch_model.config.problem_type
+    try:
+        with torch.no_grad():
+            return float(torch_model(**kwargs).loss)
+    finally:  # transformers stores the problem type it infers on the (shared) model's config: restore it
+        torch_model.config.problem_type = problem_type
 
 
 PARITY = {  # name: (model class, task, Keras loss whose value must agree too, or None)

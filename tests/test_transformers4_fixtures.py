@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from tests._reference import assert_close as _assert_close
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
@@ -71,6 +72,34 @@ def test_decoder_cross_attention_full_pass(decoder):
     assert len(cache) == 2 and all(len(layer) == 4 for layer in cache)
     assert_close(np.stack([[layer[0], layer[1]] for layer in cache]), ref["past_self_kv_rotated"], "self k/v")
     assert_close(np.stack([layer[3] for layer in cache]), ref["past_key_values"][:, 3], "cross values")
+    # Cross keys are stored after rotary at the encoder positions 0..S-1 (4.46 stores the raw projections, which it
+    # rotates at each step): the reference's, rotated here with its own rotary table and formula.
+    state = safetensors.numpy.load_file(os.path.join(FIXTURES, "decoder_cache", "model.safetensors"))
+    inv_freq = [state[f"encoder.layer.{index}.crossattention.self.rotary_embeddings.inv_freq"] for index in range(2)]
+    expected = np.stack([rotate(ref["past_key_values"][index, 2], inv_freq[index]) for index in range(2)])
+    assert_close(np.stack([layer[2] for layer in cache]), expected, "cross keys")
+
+
+def rotate(keys, inv_freq):
+    """Rotary at positions 0..len-1 of (batch, heads, len, head_dim) keys, with transformers' formula."""
+    import torch
+    from transformers.models.esm.modeling_esm import apply_rotary_pos_emb
+
+    keys = torch.as_tensor(keys)
+    angles = torch.outer(torch.arange(keys.shape[2], dtype=torch.float32), torch.as_tensor(inv_freq))
+    angles = torch.cat([angles, angles], dim=-1)[None]  # (1, len, head_dim)
+    _, rotated = apply_rotary_pos_emb(keys, keys, angles.cos(), angles.sin(), unsqueeze_dim=1)
+    return rotated.numpy()
+
+
+def test_rotate_reproduces_the_rotated_self_keys_of_the_fixture():
+    """`rotate` is 4.46's rotary: it turns the raw cached self keys into the fixture's rotated ones."""
+    path, ref = load("decoder_cache")
+    state = safetensors.numpy.load_file(os.path.join(path, "model.safetensors"))
+    for index in range(2):
+        inv_freq = state[f"encoder.layer.{index}.attention.self.rotary_embeddings.inv_freq"]
+        assert_close(rotate(ref["past_key_values"][index, 0], inv_freq), ref["past_self_kv_rotated"][index, 0],
+                     f"rotated self keys, layer {index}", atol=1e-6)
 
 
 def test_decoder_incremental_step_equals_full_pass(decoder):
