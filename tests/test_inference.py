@@ -176,14 +176,3 @@ def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng
     with pytest.raises(ValueError, match="streams"):
         embed_sequences(model, ["MK"], streams=0)
 
-
-def test_the_graph_traces_one_encoder_layer_and_runs_every_layer_through_it(rotary):
-    """Tracing cost: the embedding graph calls one traced layer function once per layer (its numbers are checked
-    against the reference above)."""
-    from tf_esm import inference
-
-    _, model = rotary
-    graph = inference._runner(model).function((0, 2), ("mean",), True).get_concrete_function().graph
-    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
-    assert len(calls) == model.config.num_hidden_layers
-    assert len({op.get_attr("f").name for op in calls}) == 1

@@ -122,18 +122,7 @@ class TFEsmEncoder(keras.layers.Layer):
         all_attentions = [] if output_attentions else None
         all_cross = [] if output_attentions and self.config.add_cross_attention else None
         presents = [] if use_cache else None
-        shared = None
-        if (keras.backend.backend() == "tensorflow" and not (training or output_attentions or use_cache)
-                and head_mask is None and encoder_hidden_states is None and past_key_values is None):
-            from tf_esm.modeling import encoder_tf
-
-            if encoder_tf.applies():  # tracing a graph: one layer traced, every layer run through it
-                shared = encoder_tf.run_layers(self.layer, hidden_states, attention_mask, rotary)
-        if shared is not None:
-            if output_hidden_states:
-                all_hidden.extend([hidden_states, *shared[:-1]])
-            hidden_states = shared[-1]
-        for index, layer in enumerate(self.layer if shared is None else ()):
+        for index, layer in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             hidden_states, probs, cross_probs, present = layer(
