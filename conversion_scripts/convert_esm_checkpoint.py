@@ -18,6 +18,9 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     args = parser.parse_args(argv)
 
+    from tf_esm import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from tf_esm.fair_esm import convert_checkpoint
     from tf_esm.weights import CheckpointError
 

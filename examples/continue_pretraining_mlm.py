@@ -14,6 +14,10 @@ Usage:
 
 from __future__ import annotations
 
+import tf_esm
+
+tf_esm.import_tensorflow_quietly()  # first: TensorFlow prints its C++ start-up lines when it is imported
+
 import math
 import sys
 
