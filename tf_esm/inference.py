@@ -36,9 +36,9 @@ import numpy as np
 from keras import ops
 
 from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.io.embedding_stores import INCLUDE_CHOICES
 from tf_esm.modeling.attention import uses_blocked_attention
 
-INCLUDE_CHOICES = ("mean", "per_tok", "bos", "contacts")
 
 # Padded lengths (special tokens included) for backends that compile one program per input shape (XLA, JAX):
 # multiples of 16 up to 128, then about 12% apart, so a run compiles a handful of programs and padding stays small.
