@@ -192,6 +192,11 @@ def require_module(module, purpose, code=EXIT_FAILURE):
         raise CliError(f"{purpose} needs {module}, which is not installed: pip install {module}", code=code) from None
 
 
+def skipped_note(skipped):
+    """The end of a run's summary line: how many records an earlier run had already done."""
+    return f" ({skipped} already there, skipped)" if skipped else ""
+
+
 def interrupted(what, where):
     """The error a Ctrl-C / SIGTERM ends a resumable run with."""
     return CliError(f"interrupted; {what} are saved in {where}. Run the same command again to finish.",

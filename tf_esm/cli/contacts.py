@@ -7,7 +7,8 @@ import os
 from tf_esm.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted, load_model,
-    make_output_directory, positive_int, read_records, require_module, sigterm_as_interrupt, warn_truncated)
+    make_output_directory, positive_int, read_records, require_module, sigterm_as_interrupt, skipped_note,
+    warn_truncated)
 from tf_esm.io.embedding_stores import record_key
 
 NAME = "contacts"
@@ -97,6 +98,5 @@ def run(args, console):
         raise interrupted("finished records", args.outdir) from None
     finally:
         bar.close()
-    note = f" ({skipped} already there, skipped)" if skipped else ""
-    console.info(f"wrote contact maps of {len(todo)} records to {args.outdir}{note}.")
+    console.info(f"wrote contact maps of {len(todo)} records to {args.outdir}{skipped_note(skipped)}.")
     return 0

@@ -7,7 +7,7 @@ import os
 from tf_esm.cli.common import (
     CliError, add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted,
     load_model, make_output_directory, non_negative_float, positive_int, read_records, require_module,
-    sigterm_as_interrupt, warn_truncated)
+    sigterm_as_interrupt, skipped_note, warn_truncated)
 from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, Hdf5Store, NpzStore
 
 NAME = "embed"
@@ -121,6 +121,5 @@ def run(args, console):
         store.discard()
         raise
     bar.close()
-    note = f" ({skipped} already there, skipped)" if skipped else ""
-    console.info(f"embedded {len(todo)} records into {args.output}{note}.")
+    console.info(f"embedded {len(todo)} records into {args.output}{skipped_note(skipped)}.")
     return 0

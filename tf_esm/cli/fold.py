@@ -7,7 +7,7 @@ import os
 from tf_esm.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     EXIT_FAILURE, CliError, add_fasta_argument, interrupted, load_model, make_output_directory, non_negative_int,
-    positive_int, sigterm_as_interrupt)
+    positive_int, sigterm_as_interrupt, skipped_note)
 from tf_esm.io.embedding_stores import record_key
 
 NAME = "fold"
@@ -163,6 +163,5 @@ def run(args, console):
         raise interrupted("finished structures", args.outdir) from None
     finally:
         bar.close()
-    note = f" ({skipped} already there, skipped)" if skipped else ""
-    console.info(f"folded {len(todo)} records into {args.outdir}{note}; summary in {summary_path}.")
+    console.info(f"folded {len(todo)} records into {args.outdir}{skipped_note(skipped)}; summary in {summary_path}.")
     return 0
