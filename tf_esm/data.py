@@ -42,9 +42,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import tensorflow as tf
 
+from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.fasta import FastaError, clean_sequence, read_fasta
+from tf_esm.modeling.dataset_tf import without_autotune_stall
+from tf_esm.tokenization import resolve_tokenizer  # noqa: F401  (tf_esm.data.resolve_tokenizer, its older home)
 
-IGNORE_INDEX = -100
 TRUNCATION_POLICIES = ("error", "warn")
 TASKS = ("sequence", "token")
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -366,20 +368,6 @@ def apply_length_policy(records, max_length=None, truncation="error"):
 # ---------------------------------------------------------------------------------------------------- tokenizing
 
 
-def resolve_tokenizer(tokenizer=None):
-    """An `EsmTokenizer` from an instance, a model directory / vocab file / hub id, or `None` (ESM-2 vocabulary)."""
-    from tf_esm.tokenization import EsmTokenizer, write_default_vocab
-
-    if isinstance(tokenizer, EsmTokenizer):
-        return tokenizer
-    if tokenizer is None:
-        with tempfile.TemporaryDirectory() as directory:  # the tokenizer reads its vocabulary in __init__
-            return EsmTokenizer(write_default_vocab(directory))
-    if isinstance(tokenizer, (str, os.PathLike)):
-        return EsmTokenizer.from_pretrained(tokenizer)
-    raise TypeError(f"tokenizer must be an EsmTokenizer, a model directory or None, got {type(tokenizer).__name__}.")
-
-
 def _check_vocabulary(records, tokenizer):
     """Each residue must be one vocabulary token, or token labels would not line up with the ids."""
     vocab = set(tokenizer.get_vocab())
@@ -638,23 +626,6 @@ def make_dataset(records, tokenizer=None, in_graph=False, max_length=None, trunc
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return without_autotune_stall(dataset)
-
-
-def without_autotune_stall(dataset):
-    """`dataset` with tf.data's autotuning off, unless its options already say either way.
-
-    With autotuning on, deleting an iterator that was read from inside long-running steps blocks for many
-    seconds with the CPU idle (TensorFlow 2.21: ~15 s after eight 3-second steps; the autotune thread sleeps
-    out its current period). Keras makes a new iterator every epoch (and for each validation pass), so CPU
-    fine-tuning with multi-second steps stalls at every epoch boundary. Model steps, not the input pipeline,
-    bound ESM training, so nothing is lost by turning autotuning off. The `fit`/`evaluate`/`predict` of tf_esm
-    models apply this to `tf.data.Dataset` inputs (including `validation_data`).
-    """
-    if not isinstance(dataset, tf.data.Dataset) or dataset.options().autotune.enabled is not None:
-        return dataset
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.with_options(options)
 
 
 def _dense(value):

@@ -47,24 +47,21 @@ from tf_esm.atomic import atomic_directory, check_target, write_text_atomic
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.graph_tokenizer import EsmStringTokenizer, token_alternation
 from tf_esm.modeling import (
-    TFEsmForMaskedLM,
     TFEsmForSequenceClassification,
     TFEsmForTokenClassification,
     TFEsmModel,
+)
+from tf_esm.pipelines.auto import (  # noqa: F401  (ARCHITECTURES, architecture_class: their older home is here)
+    ARCHITECTURES,
+    MODEL_CLASSES,
+    architecture_class,
+    load_pretrained_model,
 )
 from tf_esm.tokenization import WHITESPACE_RUN_PATTERN
 
 STRINGS_SIGNATURE = "serving_default"
 _TRAILING_STOP_PATTERN = r"\*(?:" + WHITESPACE_RUN_PATTERN + ")?$"
 TOKEN_IDS_SIGNATURE = "token_ids"
-# Architectures named in an HF `config.json` -> the class `export_pretrained` builds.
-ARCHITECTURES = {
-    "EsmModel": TFEsmModel,
-    "EsmForMaskedLM": TFEsmForMaskedLM,
-    "EsmForSequenceClassification": TFEsmForSequenceClassification,
-    "EsmForTokenClassification": TFEsmForTokenClassification,
-}
-_MODEL_CLASSES = tuple(ARCHITECTURES.values())
 
 
 # --------------------------------------------------------------------------------------------- pooling (keras.ops)
@@ -111,8 +108,8 @@ class EsmServingModule(tf.Module):
 
     def __init__(self, model, vocab=None, max_length=None, validate=True):
         super().__init__(name="esm_serving")
-        if not isinstance(model, _MODEL_CLASSES):
-            raise TypeError(f"Expected one of {[cls.__name__ for cls in _MODEL_CLASSES]}, got {type(model).__name__}.")
+        if not isinstance(model, MODEL_CLASSES):
+            raise TypeError(f"Expected one of {[cls.__name__ for cls in MODEL_CLASSES]}, got {type(model).__name__}.")
         if not model.built:
             model.build()
         config = model.config
@@ -239,27 +236,8 @@ class EsmServingModule(tf.Module):
 
 
 def default_max_length(config):
-    """The longest input the model's position table allows (absolute positions), else `None` (rotary)."""
-    if config.position_embedding_type != "absolute":
-        return None
-    padding_idx = config.pad_token_id if config.pad_token_id is not None else 1
-    return config.max_position_embeddings - padding_idx - 1
-
-
-def architecture_class(config):
-    """The model class `config.architectures` names (`TFEsmModel` when it names none of ours)."""
-    names = [name.removeprefix("TF") for name in (getattr(config, "architectures", None) or [])]
-    return next((ARCHITECTURES[name] for name in names if name in ARCHITECTURES), TFEsmModel)
-
-
-def load_pretrained_model(reference, model_class=None, **kwargs):
-    """Load a model directory or hub id with `model_class`, or the class its `config.json` architectures name;
-    `kwargs` go to `from_pretrained`."""
-    from tf_esm.configuration import EsmConfig
-
-    if model_class is None:
-        model_class = architecture_class(EsmConfig.from_pretrained(reference))
-    return model_class.from_pretrained(reference, **kwargs)
+    """`config.default_max_length()` (the name examples and older code import from here)."""
+    return config.default_max_length()
 
 
 def export_saved_model(model, path, vocab=None, max_length="auto", validate=True, overwrite=False,
@@ -295,7 +273,7 @@ def export_saved_model(model, path, vocab=None, max_length="auto", validate=True
     elif model_class is not None:
         raise ValueError("model_class applies only when `model` is a directory or hub id.")
     if max_length == "auto":
-        max_length = default_max_length(model.config)
+        max_length = model.config.default_max_length()
     module = EsmServingModule(model, vocab=vocab, max_length=max_length, validate=validate)
 
     with atomic_directory(path, overwrite=overwrite) as staging:

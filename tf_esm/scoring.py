@@ -111,7 +111,7 @@ def apply_mutant(sequence, substitutions):
 
 
 def _tokenizer(tokenizer):
-    from tf_esm.data import resolve_tokenizer
+    from tf_esm.tokenization import resolve_tokenizer
 
     return resolve_tokenizer(tokenizer)
 
@@ -127,9 +127,7 @@ def _encode(tokenizer, sequence):
 
 
 def _check_length(model, num_tokens):
-    from tf_esm.export import default_max_length
-
-    limit = default_max_length(model.config)
+    limit = model.config.default_max_length()
     if limit is not None and num_tokens > limit:
         raise MutationError(
             f"the sequence has {num_tokens - 2} residues, but this model's absolute position table holds at most "

@@ -129,16 +129,10 @@ def load_model(reference, model_class=None, embedding=False):
 
 
 def _load_model_unchecked(reference, model_class, embedding):
-    from tf_esm.modeling import TFEsmForMaskedLM, TFEsmModel
+    from tf_esm.modeling import TFEsmModel
+    from tf_esm.pipelines.auto import reference_class
 
-    if model_class is None:
-        if reference.endswith(".pt") and os.path.isfile(reference):
-            model_class = TFEsmForMaskedLM  # fair-esm checkpoints are masked language models
-        else:
-            from tf_esm.configuration import EsmConfig
-            from tf_esm.export import architecture_class
-
-            model_class = architecture_class(EsmConfig.from_pretrained(reference))
+    model_class = model_class or reference_class(reference)
     kwargs = {"add_pooling_layer": False} if embedding and model_class is TFEsmModel else {}
     return model_class.from_pretrained(reference, **kwargs)
 
@@ -170,9 +164,7 @@ def warn_truncated(console, records, limit):
 
 def check_position_table(model, records, truncation):
     """Absolute-position models (ESM-1b, ESM-1v) cannot embed more residues than their position table holds."""
-    from tf_esm.export import default_max_length
-
-    limit = default_max_length(model.config)
+    limit = model.config.default_max_length()
     if limit is None:
         return
     residues = limit - 2  # <cls> and <eos> take two positions

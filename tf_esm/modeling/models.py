@@ -67,10 +67,10 @@ def _set_keras_mask(tensor, mask):
 
 
 def _tf_data_inputs(args, kwargs, *names):
-    """`tf.data` inputs of fit/evaluate/predict passed through `tf_esm.data.without_autotune_stall`."""
+    """`tf.data` inputs of fit/evaluate/predict passed through `without_autotune_stall` (dataset_tf.py)."""
     if keras.backend.backend() != "tensorflow":
         return args, kwargs
-    from tf_esm.data import without_autotune_stall
+    from tf_esm.modeling.dataset_tf import without_autotune_stall
 
     args, kwargs = list(args), dict(kwargs)
     if args:
@@ -176,38 +176,12 @@ class TFEsmPreTrainedModel(keras.Model):
         """
         import inspect
 
-        from tf_esm.hub import resolve_file
-        from tf_esm.weights import (
-            WEIGHT_FILES,
-            CheckpointError,
-            deferred_initialization,
-            finish_initialization,
-            load_state_dict,
-            read_state_dict,
-        )
+        from tf_esm.io.checkpoints import read_checkpoint
+        from tf_esm.weights import deferred_initialization, finish_initialization, load_state_dict
 
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
-        reference = os.fspath(path_or_hub_id)
-        if reference.endswith(".pt") and os.path.isfile(reference):
-            # A fair-esm checkpoint carries its own architecture arguments.
-            from tf_esm.fair_esm import read_fair_esm_checkpoint
-
-            checkpoint_config, state_dict = read_fair_esm_checkpoint(reference)
-            config, source = config or checkpoint_config, reference
-        else:
-            weights_path = None
-            if os.path.isfile(reference):
-                weights_path, reference = reference, os.path.dirname(reference) or "."
-            if config is None:
-                config = EsmConfig.from_pretrained(reference)
-            for filename in WEIGHT_FILES if weights_path is None else ():
-                weights_path = resolve_file(reference, filename, required=False)
-                if weights_path is not None:
-                    break
-            if weights_path is None:
-                raise CheckpointError(f"{reference}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
-            state_dict, source = read_state_dict(weights_path), weights_path
+        config, state_dict, source = read_checkpoint(path_or_hub_id, config)
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
