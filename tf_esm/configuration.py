@@ -10,7 +10,7 @@ import copy
 import json
 import os
 
-from tf_esm.atomic import write_text_atomic
+from tf_esm.io.atomic import write_text_atomic
 
 CONFIG_NAME = "config.json"
 # The label value the losses skip (torch's CrossEntropyLoss default): special tokens, padding, unmasked positions.
@@ -263,7 +263,7 @@ class EsmConfig(_Config):
     @classmethod
     def from_pretrained(cls, path_or_hub_id, **overrides):
         """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online)."""
-        from tf_esm.hub import resolve_file
+        from tf_esm.io.hub import resolve_file
 
         path = resolve_file(path_or_hub_id, CONFIG_NAME)
         config = cls.from_json_file(path)

@@ -103,14 +103,14 @@ class LogHandler(logging.Handler):
 
 
 def read_records(path):
-    from tf_esm.fasta import read_fasta
+    from tf_esm.io.fasta import read_fasta
 
     return read_fasta(path)
 
 
 def configure_threads():
     """Throughput threading for the batch-embedding commands (see `tf_esm.inference.configure_cpu_threads`)."""
-    from tf_esm.inference import configure_cpu_threads
+    from tf_esm.pipelines.inference import configure_cpu_threads
 
     configure_cpu_threads()
 
@@ -118,7 +118,7 @@ def configure_threads():
 def load_model(reference, model_class=None, embedding=False):
     """A model from a directory, a fair-esm .pt file or a hub id; the class named by config.json by default.
     `embedding`: only the encoder's outputs are used, so a base model is built without its pooler."""
-    from tf_esm.weights import CheckpointError
+    from tf_esm.io.weights import CheckpointError
 
     try:
         return _load_model_unchecked(os.fspath(reference), model_class, embedding)

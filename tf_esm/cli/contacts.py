@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tf_esm.atomic import remove_stale_partials, write_atomic
+from tf_esm.io.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted, load_model,
     make_output_directory, positive_int, read_records, require_module, sigterm_as_interrupt, skipped_note,
@@ -77,7 +77,7 @@ def run(args, console):
     configure_threads()
     model = load_model(args.model, embedding=True)
     check_position_table(model, todo, args.truncation_seq_length)
-    from tf_esm.inference import iter_embeddings
+    from tf_esm.pipelines.inference import iter_embeddings
 
     warn_truncated(console, todo, args.truncation_seq_length)
     bar = console.progress(len(todo), "seq",

@@ -60,11 +60,11 @@ def build_parser():
 
 def _input_errors():
     """Exception types that mean a wrong input (exit 2): files, sequences, mutants, models, outputs."""
-    from tf_esm.fasta import FastaError
-    from tf_esm.hub import ModelNotFoundError
+    from tf_esm.io.fasta import FastaError
+    from tf_esm.io.hub import ModelNotFoundError
     from tf_esm.io.embedding_stores import EmbeddingStoreError
-    from tf_esm.scoring import MutationError
-    from tf_esm.weights import CheckpointError
+    from tf_esm.pipelines.scoring import MutationError
+    from tf_esm.io.weights import CheckpointError
 
     return (FastaError, MutationError, ModelNotFoundError, CheckpointError, EmbeddingStoreError, FileExistsError,
             FileNotFoundError)
@@ -72,7 +72,7 @@ def _input_errors():
 
 def _offline_message(repo_id, command):
     """What to do when a hub id cannot be downloaded, in the command line's terms."""
-    from tf_esm.hub import offline_reason
+    from tf_esm.io.hub import offline_reason
 
     directory = repo_id.split("/")[-1]
     where = f"--model ./{directory}" if command == "fold" else f"./{directory} as MODEL"

@@ -77,7 +77,7 @@ def run(args, console):
         require_module("h5py", "HDF5 output")
     configure_threads()
     model = load_model(args.model, embedding=True)
-    from tf_esm.inference import _resolve_layers, iter_embeddings
+    from tf_esm.pipelines.inference import _resolve_layers, iter_embeddings
 
     try:
         layers = _resolve_layers(args.repr_layers, model.config.num_hidden_layers)

@@ -42,7 +42,7 @@ def _max_length(value):
 
 def run(args, console):
     try:
-        from tf_esm.export import export_saved_model
+        from tf_esm.pipelines.export import export_saved_model
     except ImportError as error:
         raise CliError(f"'export' needs tf_esm.export, which cannot be imported here: {error}",
                        code=EXIT_FAILURE) from None

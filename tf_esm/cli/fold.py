@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tf_esm.atomic import remove_stale_partials, write_atomic
+from tf_esm.io.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     EXIT_FAILURE, CliError, add_fasta_argument, interrupted, load_model, make_output_directory, non_negative_int,
     positive_int, sigterm_as_interrupt, skipped_note)
@@ -48,7 +48,7 @@ def add_arguments(parser):
 
 def _fold_records(path):
     """FASTA records whose chains (split at ':') each follow the sequence policy of tf_esm.fasta."""
-    from tf_esm.fasta import clean_sequence, read_fasta
+    from tf_esm.io.fasta import clean_sequence, read_fasta
 
     records = []
     for record in read_fasta(path, validate=False):

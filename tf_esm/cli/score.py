@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tf_esm.atomic import write_atomic
+from tf_esm.io.atomic import write_atomic
 from tf_esm.cli.common import CliError, load_model, positive_int
 
 NAME = "score"
@@ -64,7 +64,7 @@ def _model_name(reference):
 
 def _load_tokenizer(reference):
     """The model's own vocabulary when it has a vocab.txt, else None (the standard ESM vocabulary)."""
-    from tf_esm.hub import resolve_file
+    from tf_esm.io.hub import resolve_file
     from tf_esm.tokenization import VOCAB_FILE_NAME, EsmTokenizer
 
     if os.path.isfile(reference):
@@ -96,8 +96,8 @@ def _read_mutations_csv(path, column):
 
 
 def run(args, console):
-    from tf_esm.fasta import clean_sequence
-    from tf_esm.scoring import MutationError, count_forward_passes, parse_mutant, score_mutants
+    from tf_esm.io.fasta import clean_sequence
+    from tf_esm.pipelines.scoring import MutationError, count_forward_passes, parse_mutant, score_mutants
 
     sequence = clean_sequence(args.sequence, name="--sequence")
     if args.output and os.path.exists(args.output) and os.path.samefile(args.output, args.mutations):

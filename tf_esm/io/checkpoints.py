@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from tf_esm.configuration import EsmConfig
-from tf_esm.hub import resolve_file
-from tf_esm.weights import WEIGHT_FILES, CheckpointError, read_state_dict
+from tf_esm.io.hub import resolve_file
+from tf_esm.io.weights import WEIGHT_FILES, CheckpointError, read_state_dict
 
 
 def read_checkpoint(reference, config=None):

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 
-from tf_esm.atomic import PARTIAL_SUFFIX, remove_stale_partials, replace_durably, write_atomic
+from tf_esm.io.atomic import PARTIAL_SUFFIX, remove_stale_partials, replace_durably, write_atomic
 
 # What an embedding run can store per record (`tf-esm embed --include`, `tf_esm.inference.iter_embeddings`).
 INCLUDE_CHOICES = ("mean", "per_tok", "bos", "contacts")

@@ -177,7 +177,7 @@ class TFEsmPreTrainedModel(keras.Model):
         import inspect
 
         from tf_esm.io.checkpoints import read_checkpoint
-        from tf_esm.weights import deferred_initialization, finish_initialization, load_state_dict
+        from tf_esm.io.weights import deferred_initialization, finish_initialization, load_state_dict
 
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
@@ -204,9 +204,9 @@ class TFEsmPreTrainedModel(keras.Model):
         """
         import tempfile
 
-        from tf_esm.atomic import StagedFiles, check_target, write_text_atomic
+        from tf_esm.io.atomic import StagedFiles, check_target, write_text_atomic
         from tf_esm.configuration import CONFIG_NAME, ESM2_VOCAB
-        from tf_esm.weights import (
+        from tf_esm.io.weights import (
             H5_WEIGHTS_NAME,
             SAFE_WEIGHTS_NAME,
             model_state_dict,
@@ -250,19 +250,19 @@ class TFEsmPreTrainedModel(keras.Model):
         """Keras LoRA adapters of rank `rank` on the attention projections `targets` (any of query/key/value)
         of every layer; the rest of the encoder is frozen unless `freeze_encoder=False`, the head stays
         trainable. See `tf_esm.training.enable_lora`."""
-        from tf_esm.training import enable_lora
+        from tf_esm.modeling.lora import enable_lora
 
         return enable_lora(self, rank, lora_alpha=lora_alpha, targets=targets, freeze_encoder=freeze_encoder)
 
     def save_lora_weights(self, path):
         """Save only the LoRA adapters and the task head (a safetensors file). See `tf_esm.training`."""
-        from tf_esm.training import save_lora_weights
+        from tf_esm.modeling.lora import save_lora_weights
 
         return save_lora_weights(self, path)
 
     def load_lora_weights(self, path):
         """Load adapters written by `save_lora_weights`, enabling LoRA with the saved rank if needed."""
-        from tf_esm.training import load_lora_weights
+        from tf_esm.modeling.lora import load_lora_weights
 
         return load_lora_weights(self, path)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 
-from tf_esm.atomic import atomic_directory
+from tf_esm.io.atomic import atomic_directory
 from tf_esm.configuration import EsmConfig
 from tf_esm.io.fair_esm import REGRESSION_NAMES, has_regression_weights, read_fair_esm_checkpoint, regression_path
 from tf_esm.modeling.models import TFEsmForMaskedLM
 from tf_esm.pipelines.auto import state_dict_class
-from tf_esm.weights import CheckpointError, load_state_dict, read_state_dict
+from tf_esm.io.weights import CheckpointError, load_state_dict, read_state_dict
 
 
 # Tokenizer files of an HF directory, carried over unchanged.
