@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from tf_esm.configuration import ESM2_VOCAB, EsmConfig
-from tf_esm.io.weights import CheckpointError, load_state_dict, torch_load_safely
+from tf_esm.io.weights import CheckpointError, torch_load_safely
 
 logger = logging.getLogger("tf_esm")
 
