@@ -67,21 +67,22 @@ import os, sys, time
 start = float(sys.argv[4])
 marks = [("interpreter start", time.time())]
 checkpoint, fasta, output = sys.argv[1:4]
-from tf_esm import cli
-cli._import_tensorflow_quietly()
+from tf_esm.cli import common, dispatch
+from tf_esm.io.embedding_stores import Hdf5Store
+dispatch.import_tensorflow_quietly()
 import keras, tf_esm.modeling, tf_esm.inference
 marks.append(("imports (TensorFlow, Keras, tf_esm)", time.time()))
-records = cli._read_records(fasta)
+records = common.read_records(fasta)
 marks.append(("read FASTA", time.time()))
-cli._configure_threads()
-model = cli._load_model(checkpoint, embedding=True)
+common.configure_threads()
+model = common.load_model(checkpoint, embedding=True)
 marks.append(("build model + load weights", time.time()))
 results = tf_esm.inference.iter_embeddings(model, [r.sequence for r in records], include=("mean",))
 first = [next(results)]
 marks.append(("first results (trace + first batches)", time.time()))
 rest = list(results)
 marks.append(("rest of the embedding", time.time()))
-store = cli._Hdf5Store(output, {"model": checkpoint}, True, 300.0)
+store = Hdf5Store(output, {"model": checkpoint}, True, 300.0)
 for index, result in first + rest:
     store.add(records[index].id, len(records[index].sequence), result)
 store.commit()

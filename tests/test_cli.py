@@ -25,6 +25,7 @@ from tf_esm.cli import main, record_key
 from tf_esm.progress import ProgressBar
 
 TF_ESM = os.path.join(os.path.dirname(sys.executable), "tf-esm")
+SLOW_TF_ESM = os.path.join(os.path.dirname(__file__), "_slow_tf_esm.py")  # tf-esm pausing after each record
 RECORDS = {
     "alpha": "MKTAYIAKQRQISFVKSH",
     "beta": "GSHMLEDPVAAL",
@@ -215,11 +216,10 @@ def test_sigkill_never_leaves_a_corrupt_output(tmp_path, capsys, checkpoint, exp
     fasta = _write_fasta(tmp_path / "many.fasta", records)
     output = tmp_path / "out.h5"
     options = ["--include", "mean", "--repr-layers", "0", "-1", "--truncation-seq-length", TRUNCATION]
-    process = subprocess.Popen(
-        [TF_ESM, "embed", checkpoint.path, fasta, str(output), *map(str, options), "--checkpoint-interval", "0",
-         "--toks-per-batch", "32"],
+    process = subprocess.Popen(  # tf-esm pausing one second after each stored record
+        [sys.executable, SLOW_TF_ESM, "1.0", "embed", checkpoint.path, fasta, str(output), *map(str, options),
+         "--checkpoint-interval", "0", "--toks-per-batch", "32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TF_ESM_TEST_RECORD_DELAY="1.0"),  # one second after each stored record
     )
     try:
         deadline = time.monotonic() + 180
@@ -509,7 +509,7 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
 
 
 def test_fold_batches_by_length_budget():
-    from tf_esm.cli import _fold_batches
+    from tf_esm.cli.fold import _fold_batches
 
     lengths = [5, 9, 3, 12, 2]
     assert _fold_batches(lengths, 12) == [[3], [1], [0, 2, 4]]  # longest first, at least one per batch

@@ -174,7 +174,7 @@ def test_compressed_fasta_and_standard_input(tmp_path, capsys, monkeypatch, hub_
                                                             torch.ones_like(torch.as_tensor(ids)))[0].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "contacts" / "beta.npy"), reference_contacts, atol=ATOL)
 
-    from tf_esm.cli import _fold_records  # fold reads FASTA the same way (its model is tested in test_cli.py)
+    from tf_esm.cli.fold import _fold_records  # fold reads FASTA the same way (its model is tested in test_cli.py)
 
     monkeypatch.setattr(sys, "stdin", _Stdin(bz2.compress(b">c\nGSH:WCY\n")))
     assert _fold_records("-") == [("c", "GSH:WCY")]

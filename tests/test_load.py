@@ -26,8 +26,8 @@ NUM_SEQUENCES = 1000
 BATCH = 50
 SAVED_MODEL_GROWTH_MB = 25
 CLI_GROWTH_MB = 60
-TF_ESM = os.path.join(os.path.dirname(sys.executable), "tf-esm")
-# A short sleep per record (the CLI's test hook) makes the embedding phase's time proportional to records done,
+SLOW_TF_ESM = os.path.join(os.path.dirname(__file__), "_slow_tf_esm.py")
+# A short sleep per record (patched in by tests/_slow_tf_esm.py) makes the embedding phase's time proportional to records done,
 # so its two halves in time are its two halves in records.
 RECORD_DELAY_S = 0.002
 
@@ -88,11 +88,10 @@ def test_cli_embed_memory_is_flat(reference_checkpoints, tmp_path):
     fasta.write_text("".join(f">seq{index}\n{sequence}\n" for index, sequence in enumerate(sequences)))
     output = tmp_path / "embeddings.h5"
     partial = tmp_path / ".embeddings.h5.partial"  # created when the model is loaded and embedding starts
-    env = dict(os.environ, TF_ESM_TEST_RECORD_DELAY=str(RECORD_DELAY_S))
     samples, embedding_from, peak = [], None, None
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen([TF_ESM, "embed", reference_checkpoints("rotary").path, str(fasta), str(output)],
-                                   stderr=stderr, env=env)
+        process = subprocess.Popen([sys.executable, SLOW_TF_ESM, str(RECORD_DELAY_S), "embed",
+                                    reference_checkpoints("rotary").path, str(fasta), str(output)], stderr=stderr)
         try:
             while process.poll() is None:
                 now, rss = time.monotonic(), _status_mb(process.pid, "VmRSS")

@@ -22,7 +22,7 @@ _PUBLIC = {
     "TFEsmForSequenceClassification": "tf_esm.modeling",
     "TFEsmForTokenClassification": "tf_esm.modeling",
     "TFEsmForProteinFolding": "tf_esm.folding",
-    "embed_sequences": "tf_esm.inference",
+    "embed_sequences": "tf_esm.pipelines.inference",
     "import_tensorflow_quietly": "tf_esm.startup",
 }
 

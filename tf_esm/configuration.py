@@ -10,9 +10,11 @@ import copy
 import json
 import os
 
-from tf_esm.atomic import write_text_atomic  # noqa: F401  (re-exported: used across tf_esm)
+from tf_esm.io.atomic import write_text_atomic
 
 CONFIG_NAME = "config.json"
+# The label value the losses skip (torch's CrossEntropyLoss default): special tokens, padding, unmasked positions.
+IGNORE_INDEX = -100
 
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query", "rotary")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -211,6 +213,13 @@ class EsmConfig(_Config):
     def head_dim(self):
         return self.hidden_size // self.num_attention_heads
 
+    def default_max_length(self):
+        """The longest input (tokens) the position table allows for absolute positions, else `None` (rotary)."""
+        if self.position_embedding_type != "absolute":
+            return None
+        padding_idx = self.pad_token_id if self.pad_token_id is not None else 1
+        return self.max_position_embeddings - padding_idx - 1
+
     def validate(self):
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
@@ -254,7 +263,7 @@ class EsmConfig(_Config):
     @classmethod
     def from_pretrained(cls, path_or_hub_id, **overrides):
         """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online)."""
-        from tf_esm.hub import resolve_file
+        from tf_esm.io.hub import resolve_file
 
         path = resolve_file(path_or_hub_id, CONFIG_NAME)
         config = cls.from_json_file(path)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 
-from tf_esm.configuration import ESM2_VOCAB, write_text_atomic
+from tf_esm.io.atomic import write_text_atomic
+from tf_esm.configuration import ESM2_VOCAB
 
 VOCAB_FILE_NAME = "vocab.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -157,7 +158,7 @@ class EsmTokenizer:
         >>> EsmTokenizer.from_pretrained(directory).mask_token_id
         32
         """
-        from tf_esm.hub import resolve_file
+        from tf_esm.io.hub import resolve_file
 
         reference = os.fspath(path_or_hub_id)
         vocab_file = resolve_file(reference, VOCAB_FILE_NAME)
@@ -463,6 +464,20 @@ class EsmTokenizer:
     def __repr__(self):
         return (f"EsmTokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
                 f"vocab_file={self.vocab_file!r})")
+
+
+def resolve_tokenizer(tokenizer=None):
+    """An `EsmTokenizer` from an instance, a model directory / vocab file / hub id, or `None` (ESM-2 vocabulary)."""
+    import tempfile
+
+    if isinstance(tokenizer, EsmTokenizer):
+        return tokenizer
+    if tokenizer is None:
+        with tempfile.TemporaryDirectory() as directory:  # the tokenizer reads its vocabulary in __init__
+            return EsmTokenizer(write_default_vocab(directory))
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return EsmTokenizer.from_pretrained(tokenizer)
+    raise TypeError(f"tokenizer must be an EsmTokenizer, a model directory or None, got {type(tokenizer).__name__}.")
 
 
 def _build_backend(token_to_id, special_tokens, unk_token):

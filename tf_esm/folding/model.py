@@ -26,7 +26,7 @@ from tf_esm.folding.primitives import LayerNorm
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
 from tf_esm.modeling.encoder import TFEsmMainLayer
-from tf_esm.modeling.models import TFEsmPreTrainedModel
+from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
 
 DEFAULT_CHAIN_LINKER = "G" * 25
@@ -162,7 +162,7 @@ def encode_sequence(sequence, residue_index_offset=DEFAULT_RESIDUE_INDEX_OFFSET,
 
 
 @keras.saving.register_keras_serializable(package="tf_esm")
-class TFEsmForProteinFolding(TFEsmPreTrainedModel):
+class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     """ESMFold: predicts 3D structure and confidence from a protein sequence.
 
     An ESM-2 stem (run without gradient; in float16 when `esmfold_config.fp16_esm` and a GPU is present) gives

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-IGNORE_INDEX = -100
+from tf_esm.configuration import IGNORE_INDEX
 
 
 def masked_sparse_cross_entropy(labels, logits):

@@ -3,24 +3,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-
 import keras
 from keras import ops
 
-from tf_esm.configuration import EsmConfig
 from tf_esm.modeling.embeddings import normal_initializer
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmLMHead
 from tf_esm.modeling.losses import (
-    IGNORE_INDEX,
     masked_sparse_cross_entropy,
     resolve_problem_type,
     sequence_classification_loss,
 )
 from tf_esm.modeling.outputs import TFMaskedLMOutput, TFSequenceClassifierOutput, TFTokenClassifierOutput
+from tf_esm.modeling.pretrained import EsmPretrainedIO
+from tf_esm.modeling.task import EsmKerasTask
 
 # Inputs that may also arrive packed in a dict as the first argument (as `model(tokenizer(...))`).
 _INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "head_mask", "inputs_embeds", "labels",
@@ -40,55 +36,9 @@ def _unpack_inputs(input_ids, kwargs):
     return input_ids, kwargs
 
 
-def _labels_of(x, y):
-    """Training targets: the dataset's `y`, else `inputs["labels"]` (both styles HF's TF models accepted)."""
-    if y is not None:
-        return y
-    if isinstance(x, dict):
-        return x.get("labels")
-    return None
-
-
-# Two Keras conventions the built-in training path must follow; Keras exposes no public function for either.
-def _scale_for_replicas(loss):
-    # Keras divides each replica's loss by the replica count (and undoes it for the logged value); the built-in
-    # loss must follow the same convention or tf.distribute would sum, not average, the replicas' gradients.
-    from keras.src.losses.loss import scale_loss_for_distribution
-
-    return scale_loss_for_distribution(loss)
-
-
-def _set_keras_mask(tensor, mask):
-    # A tensor's Keras mask is what Keras losses (a mean over unmasked entries) and all compiled metrics
-    # (`metrics=` ignores sample weights) honour, as for padded time steps.
-    from keras.src.backend.common.masking import set_keras_mask
-
-    set_keras_mask(tensor, mask)
-
-
-def _tf_data_inputs(args, kwargs, *names):
-    """`tf.data` inputs of fit/evaluate/predict passed through `tf_esm.data.without_autotune_stall`."""
-    if keras.backend.backend() != "tensorflow":
-        return args, kwargs
-    from tf_esm.data import without_autotune_stall
-
-    args, kwargs = list(args), dict(kwargs)
-    if args:
-        args[0] = without_autotune_stall(args[0])
-    elif "x" in kwargs:
-        kwargs["x"] = without_autotune_stall(kwargs["x"])
-    if "validation_data" in names and kwargs.get("validation_data") is not None:
-        kwargs["validation_data"] = without_autotune_stall(kwargs["validation_data"])
-    return tuple(args), kwargs
-
-
-def _is_tf_dataset(value):
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(value, tf.data.Dataset)
-
-
-class TFEsmPreTrainedModel(keras.Model):
-    """Base class: configuration handling, building, `from_pretrained`, `save_pretrained` and Keras training.
+class TFEsmPreTrainedModel(EsmPretrainedIO, EsmKerasTask, keras.Model):
+    """Base class of the encoder models: pretrained I/O (`EsmPretrainedIO`: configuration, building,
+    `from_pretrained`, `save_pretrained`) and Keras training (`EsmKerasTask`: losses, the training adapter, LoRA).
 
     Calling the model (`model(inputs)`) returns named outputs (`.logits`, `.loss` when `labels` are given, ...).
     Inside `fit`, `evaluate`, `predict` and the `*_on_batch` methods, `call` returns what Keras losses, metrics
@@ -122,264 +72,11 @@ class TFEsmPreTrainedModel(keras.Model):
     ```
     """
 
-    config_class = EsmConfig
-    base_model_prefix = "esm"
-    # Whether labels are per token, with -100 marking positions to ignore.
-    _token_level_labels = False
-
-    def __init__(self, config, **kwargs):
-        if isinstance(config, dict):
-            config = EsmConfig.from_dict(config)
-        super().__init__(**kwargs)
-        self.config = config
-        self._keras_loop_depth = 0
-
-    def __call__(self, *args, **kwargs):
-        # A tokenizer's BatchEncoding (a dict subclass) is not a structure Keras accepts as a positional input.
-        if args and isinstance(args[0], dict) and type(args[0]) is not dict:
-            args = (dict(args[0]),) + args[1:]
-        return super().__call__(*args, **kwargs)
-
-    def build(self, input_shape=None):
-        for layer in self._sublayers():
-            layer.build(None)
-        self.built = True
-
-    def _sublayers(self):
-        return [self.esm]
-
-    def get_config(self):
-        return {"config": self.config.to_dict(), "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(EsmConfig.from_dict(config.pop("config")), **config)
-
-    # ---------------------------------------------------------------------------------------------- checkpoints
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id, config=None, strict=False, **kwargs):
-        """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
-
-        Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
-        directories written by `save_pretrained`, fair-esm `.pt` files, and hub ids such as
-        `facebook/esm2_t6_8M_UR50D` (downloaded when online). Task heads absent from the checkpoint are newly
-        initialised (a warning lists them); tensors the model does not use are ignored (a warning lists them).
-        A tensor with the wrong shape is an error that names it.
-
-        Args:
-            path_or_hub_id: Directory, weight file inside a directory, fair-esm `.pt` file, or hub id.
-            config: An `EsmConfig` to use instead of the checkpoint's own.
-            strict: Raise instead of warning on missing or unexpected tensors.
-            **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
-                keyword overrides a config attribute (e.g. `num_labels=3`).
-        """
-        import inspect
-
-        from tf_esm.hub import resolve_file
-        from tf_esm.weights import (
-            WEIGHT_FILES,
-            CheckpointError,
-            deferred_initialization,
-            finish_initialization,
-            load_state_dict,
-            read_state_dict,
-        )
-
-        constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
-        model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
-        reference = os.fspath(path_or_hub_id)
-        if reference.endswith(".pt") and os.path.isfile(reference):
-            # A fair-esm checkpoint carries its own architecture arguments.
-            from tf_esm.fair_esm import read_fair_esm_checkpoint
-
-            checkpoint_config, state_dict = read_fair_esm_checkpoint(reference)
-            config, source = config or checkpoint_config, reference
-        else:
-            weights_path = None
-            if os.path.isfile(reference):
-                weights_path, reference = reference, os.path.dirname(reference) or "."
-            if config is None:
-                config = EsmConfig.from_pretrained(reference)
-            for filename in WEIGHT_FILES if weights_path is None else ():
-                weights_path = resolve_file(reference, filename, required=False)
-                if weights_path is not None:
-                    break
-            if weights_path is None:
-                raise CheckpointError(f"{reference}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
-            state_dict, source = read_state_dict(weights_path), weights_path
-        for name, value in kwargs.items():
-            setattr(config, name, value)
-        config.validate()
-        with deferred_initialization():  # no random values for the weights the checkpoint replaces
-            model = cls(config, **model_kwargs)
-            model.build()
-        try:
-            load_state_dict(model, state_dict, strict=strict, source=source)
-        finally:
-            finish_initialization(model)
-        return model
-
-    def save_pretrained(self, save_directory, format="h5", tokenizer=None, overwrite=False):
-        """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors`, which PyTorch
-        transformers loads too) and the vocabulary (the tokenizer's files, or the standard ESM `vocab.txt`).
-
-        Every file is written under a temporary name and all are renamed into place at the end, so an
-        interrupted save leaves the directory as it was. A non-empty `save_directory` is only written into with
-        `overwrite=True` (which replaces these files and leaves any others alone).
-        """
-        import tempfile
-
-        from tf_esm.atomic import StagedFiles, check_target, write_text_atomic
-        from tf_esm.configuration import CONFIG_NAME, ESM2_VOCAB
-        from tf_esm.weights import (
-            H5_WEIGHTS_NAME,
-            SAFE_WEIGHTS_NAME,
-            model_state_dict,
-            save_weights_h5,
-            save_weights_safetensors,
-        )
-
-        if format not in ("h5", "safetensors"):
-            raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
-        if not self.built:
-            self.build()
-        if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers(include_self=False)):
-            raise ValueError(
-                "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
-                "checkpoint with tf_esm.training.merge_lora(model).save_pretrained(directory)."
-            )
-        check_target(save_directory, overwrite)
-        with StagedFiles(save_directory) as staged:
-            write_text_atomic(staged.path(CONFIG_NAME), self.config.to_json_string())
-            if format == "h5":
-                save_weights_h5(self, staged.path(H5_WEIGHTS_NAME))
-            else:
-                save_weights_safetensors(model_state_dict(self), staged.path(SAFE_WEIGHTS_NAME))
-            if tokenizer is not None:
-                with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=save_directory) as tokenizer_dir:
-                    tokenizer.save_pretrained(tokenizer_dir)
-                    for name in os.listdir(tokenizer_dir):
-                        os.replace(os.path.join(tokenizer_dir, name), staged.path(name))
-            elif self.config.vocab_size == len(ESM2_VOCAB):
-                vocab = self.config.vocab_list or ESM2_VOCAB
-                write_text_atomic(staged.path("vocab.txt"), "\n".join(vocab) + "\n")
-
     def predict_contacts(self, input_ids, attention_mask=None):
         """Contact probabilities (batch, L, L) between residues, as the reference's `predict_contacts`."""
         if not self.built:
             self.build()
         return self.esm.predict_contacts(input_ids, attention_mask=attention_mask)
-
-    # ----------------------------------------------------------------------------------------------------- LoRA
-    def enable_lora(self, rank, lora_alpha=None, targets=("query", "value"), freeze_encoder=True):
-        """Keras LoRA adapters of rank `rank` on the attention projections `targets` (any of query/key/value)
-        of every layer; the rest of the encoder is frozen unless `freeze_encoder=False`, the head stays
-        trainable. See `tf_esm.training.enable_lora`."""
-        from tf_esm.training import enable_lora
-
-        return enable_lora(self, rank, lora_alpha=lora_alpha, targets=targets, freeze_encoder=freeze_encoder)
-
-    def save_lora_weights(self, path):
-        """Save only the LoRA adapters and the task head (a safetensors file). See `tf_esm.training`."""
-        from tf_esm.training import save_lora_weights
-
-        return save_lora_weights(self, path)
-
-    def load_lora_weights(self, path):
-        """Load adapters written by `save_lora_weights`, enabling LoRA with the saved rank if needed."""
-        from tf_esm.training import load_lora_weights
-
-        return load_lora_weights(self, path)
-
-    # ------------------------------------------------------------------------------------------- Keras training
-    @property
-    def _in_keras_loop(self):
-        """True while fit/evaluate/predict run: `call` then returns the plain tensors Keras works on."""
-        return self._keras_loop_depth > 0
-
-    @contextlib.contextmanager
-    def _keras_loop(self):
-        self._keras_loop_depth += 1
-        try:
-            yield
-        finally:
-            self._keras_loop_depth -= 1
-
-    def fit(self, *args, **kwargs):
-        args, kwargs = _tf_data_inputs(args, kwargs, "x", "validation_data")
-        x = args[0] if args else kwargs.get("x")
-        if len(args) < 9 and "shuffle" not in kwargs and _is_tf_dataset(x):
-            # Keras ignores `shuffle` for a tf.data input (shuffling is the dataset's job) but warns about its
-            # default, True, on every call.
-            kwargs["shuffle"] = False
-        with self._keras_loop():
-            return super().fit(*args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        args, kwargs = _tf_data_inputs(args, kwargs, "x")
-        with self._keras_loop():
-            return super().evaluate(*args, **kwargs)
-
-    def predict(self, *args, **kwargs):
-        args, kwargs = _tf_data_inputs(args, kwargs, "x")
-        with self._keras_loop():
-            return super().predict(*args, **kwargs)
-
-    def train_on_batch(self, *args, **kwargs):
-        with self._keras_loop():
-            return super().train_on_batch(*args, **kwargs)
-
-    def test_on_batch(self, *args, **kwargs):
-        with self._keras_loop():
-            return super().test_on_batch(*args, **kwargs)
-
-    def predict_on_batch(self, *args, **kwargs):
-        with self._keras_loop():
-            return super().predict_on_batch(*args, **kwargs)
-
-    def hf_compute_loss(self, labels, logits):
-        """The built-in loss, as the PyTorch reference computes it from `labels` and `logits`."""
-        raise ValueError(
-            f"{type(self).__name__} has no built-in loss: compile it with a loss, e.g. "
-            "model.compile(optimizer, loss=...)."
-        )
-
-    def _keras_targets(self, x, y, y_pred):
-        """Labels for compiled losses and metrics. Token-level labels of -100 become 0 and are masked out
-        through the logits' Keras mask, so Keras losses average over the other tokens (as torch's
-        CrossEntropyLoss(ignore_index=-100) does) and metrics skip them."""
-        labels = _labels_of(x, y)
-        if labels is None or not self._token_level_labels:
-            return labels
-        keep = ops.not_equal(labels, IGNORE_INDEX)
-        _set_keras_mask(y_pred, keep)
-        return ops.where(keep, labels, ops.zeros_like(labels))
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The compiled Keras loss on the logits if `compile` was given one, else the built-in loss."""
-        if self._compile_loss is not None:
-            labels = self._keras_targets(x, y, y_pred)
-            return super().compute_loss(x, labels, y_pred, sample_weight, training=training)
-        labels = _labels_of(x, y)
-        if labels is None:
-            raise ValueError(
-                f"{type(self).__name__} was compiled without a loss, so it trains on its built-in loss, which "
-                "needs labels: give the dataset (inputs, labels) pairs or put them in the inputs as "
-                "inputs['labels'] (or compile with loss=...)."
-            )
-        if sample_weight is not None:
-            raise ValueError(
-                "sample_weight is not supported by the built-in loss; compile with a Keras loss to weight samples."
-            )
-        loss = _scale_for_replicas(self.hf_compute_loss(labels, y_pred))
-        for extra in self.losses:  # e.g. regularisers
-            loss = loss + self._aggregate_additional_loss(extra)
-        return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        labels = self._keras_targets(x, y, y_pred)
-        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="tf_esm")

@@ -1,0 +1,34 @@
+"""`tf-esm convert`: a fair-esm .pt checkpoint or an HF directory into a tf_esm model directory."""
+
+from __future__ import annotations
+
+from tf_esm.cli.common import CliError
+
+NAME = "convert"
+HELP = "Convert a fair-esm .pt checkpoint or an HF directory into a tf_esm directory."
+EPILOG = """\
+SRC is a fair-esm checkpoint (esm2_t6_8M_UR50D.pt, ...; its -contact-regression.pt is read from beside it) or an
+HF model directory. DST receives config.json, tf_esm_model.h5 and vocab.txt; it is written to a temporary
+directory and renamed, so a failed conversion leaves DST as it was.
+
+examples:
+  tf-esm convert esm2_t6_8M_UR50D.pt esm2_t6_8M_tf
+  tf-esm convert ./esm1v_hf ./esm1v_tf --overwrite
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument("src", metavar="SRC", help="fair-esm .pt file or HF model directory")
+    parser.add_argument("dst", metavar="DST", help="output directory (must not exist or be empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+
+
+def run(args, console):
+    from tf_esm.fair_esm import convert_checkpoint
+
+    try:
+        convert_checkpoint(args.src, args.dst, overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise CliError(str(error).replace("overwrite=True (--overwrite)", "--overwrite")) from None
+    console.info(f"converted {args.src} into {args.dst}.")
+    return 0

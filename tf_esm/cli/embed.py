@@ -1,0 +1,125 @@
+"""`tf-esm embed`: representations and contact maps of a FASTA file into HDF5 or a directory of .npz files."""
+
+from __future__ import annotations
+
+import os
+
+from tf_esm.cli.common import (
+    CliError, add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted,
+    load_model, make_output_directory, non_negative_float, positive_int, read_records, require_module,
+    sigterm_as_interrupt, skipped_note, warn_truncated)
+from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, Hdf5Store, NpzStore
+
+NAME = "embed"
+HELP = "Per-residue, mean-pooled and <cls> representations and contacts for a FASTA file."
+EPILOG = """\
+output formats (chosen by OUTPUT's name):
+  *.h5 / *.hdf5  one HDF5 file. A group per record named by its FASTA id ('%' and '/' written %25 and %2F),
+                 with attributes id, length (residues embedded), sequence_length and truncated, and datasets
+                 mean/<layer> (H,), per_tok/<layer> (length, H), bos/<layer> (H,) and contacts (length, length);
+                 each dataset has attributes layer and length. The root attribute tf_esm_embed holds the run's
+                 settings (JSON).
+  anything else  a directory with one <id>.npz per record holding arrays mean_<layer>, per_tok_<layer>,
+                 bos_<layer>, contacts, id, length, sequence_length and truncated, plus tf_esm_embed.json
+                 with the settings.
+  <layer> is the non-negative layer number (with 6 layers, --repr-layers -1 is stored as 6; 0 is the
+  embedding output). Representations are float32 and exclude <cls>/<eos>; bos is the <cls> position.
+
+resuming and crash safety:
+  Records already in OUTPUT are skipped, so re-running the same command after an interruption finishes the
+  job (other options must match the first run's, else it is an error; --overwrite starts over). OUTPUT is never
+  left half-written: the HDF5 file is built in a hidden copy (.NAME.partial next to it, holding the old records
+  plus the new ones) that replaces OUTPUT by an atomic rename every --checkpoint-interval seconds and at the end,
+  so a killed run loses at most that interval's work; each .npz is written to a hidden temporary file and renamed.
+  Ctrl-C / SIGTERM save the finished records before exiting. Do not run two commands on the same OUTPUT at once.
+  For very large per-residue outputs prefer the directory format (each HDF5 checkpoint copies the file once).
+
+examples:
+  tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta embeddings.h5 --repr-layers -1 --include mean per_tok
+  tf-esm embed esm2_t33_650M_UR50D.pt proteins.fasta embeddings/ --repr-layers 0 32 33 --include mean bos
+  tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta contacts.h5 --include contacts --toks-per-batch 2048
+
+  import h5py; f = h5py.File("embeddings.h5"); f["P12345"]["mean/6"][()]      # read back in Python
+"""
+
+
+def add_arguments(parser):
+    add_model_argument(parser)
+    add_fasta_argument(parser, "input FASTA file (records keyed by the header's first word; gzip/bzip2/xz read as "
+                               "such; - reads standard input)")
+    parser.add_argument("output", metavar="OUTPUT", help="an .h5/.hdf5 file, or a directory of .npz files")
+    parser.add_argument("--repr-layers", type=int, nargs="+", default=[-1], metavar="LAYER",
+                        help="layers to store: 0 is the embedding output, N the last of N layers, negative "
+                             "counts from the end (-1 = last)")
+    parser.add_argument("--include", nargs="+", choices=INCLUDE_CHOICES, default=["mean"], metavar="KIND",
+                        help="what to store: mean (average over residues), per_tok (every residue), bos (the "
+                             "<cls> token) and/or contacts (predicted contact map); choices: "
+                             + ", ".join(INCLUDE_CHOICES))
+    parser.add_argument("--toks-per-batch", type=positive_int, default=4096, metavar="N",
+                        help="token budget of one batch (rows x padded length); lower it if memory runs out")
+    parser.add_argument("--truncation-seq-length", type=positive_int, default=1022, metavar="N",
+                        help="embed only the first N residues of longer sequences (a warning names each one)")
+    parser.add_argument("--checkpoint-interval", type=non_negative_float, default=300.0, metavar="SECONDS",
+                        help="HDF5 output: replace OUTPUT with the records finished so far this often")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute every record instead of resuming (an existing HDF5 file is replaced at "
+                             "the first checkpoint; in a directory each record's file is replaced)")
+
+
+def _model_identity(reference):
+    return os.path.abspath(reference) if os.path.exists(reference) else reference
+
+
+def run(args, console):
+    records = read_records(args.fasta)
+    hdf5 = args.output.lower().endswith(HDF5_SUFFIXES)
+    if hdf5:
+        require_module("h5py", "HDF5 output")
+    configure_threads()
+    model = load_model(args.model, embedding=True)
+    from tf_esm.pipelines.inference import _resolve_layers, iter_embeddings
+
+    try:
+        layers = _resolve_layers(args.repr_layers, model.config.num_hidden_layers)
+    except ValueError:
+        n = model.config.num_hidden_layers
+        raise CliError(f"--repr-layers {' '.join(map(str, args.repr_layers))}: this model has layers 0..{n} "
+                       f"(or -{n + 1}..-1).") from None
+    include = sorted(set(args.include))
+    settings = {"model": _model_identity(args.model), "repr_layers": list(layers) if include != ["contacts"] else [],
+                "include": include, "truncation_seq_length": args.truncation_seq_length,
+                "num_layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size}
+    check_position_table(model, records, args.truncation_seq_length)
+    if hdf5:
+        store = Hdf5Store(args.output, settings, args.overwrite, args.checkpoint_interval)
+    else:
+        make_output_directory(args.output, "OUTPUT")
+        store = NpzStore(args.output, settings, args.overwrite)
+    todo = [record for record in records if record.id not in store.done]
+    skipped = len(records) - len(todo)
+    if not todo:
+        store.discard()
+        console.info(f"all {len(records)} records are already in {args.output}; nothing to do.")
+        return 0
+    warn_truncated(console, todo, args.truncation_seq_length)
+    residues = sum(min(len(record.sequence), args.truncation_seq_length) for record in todo)
+    bar = console.progress(len(todo), "seq", total_work=residues)
+    try:
+        with sigterm_as_interrupt():
+            for index, result in iter_embeddings(model, [record.sequence for record in todo], repr_layers=layers,
+                                                 include=include, toks_per_batch=args.toks_per_batch,
+                                                 truncation_seq_length=args.truncation_seq_length):
+                store.add(todo[index].id, len(todo[index].sequence), result)
+                bar.update(1, work=result["length"])
+            store.commit()
+    except KeyboardInterrupt:
+        bar.close()
+        store.commit()
+        raise interrupted(f"{store.saved} records", args.output) from None
+    except BaseException:
+        bar.close()
+        store.discard()
+        raise
+    bar.close()
+    console.info(f"embedded {len(todo)} records into {args.output}{skipped_note(skipped)}.")
+    return 0

@@ -1,0 +1,167 @@
+"""`tf-esm fold`: ESMFold structures (one PDB per FASTA record) and a pLDDT/pTM summary table."""
+
+from __future__ import annotations
+
+import os
+
+from tf_esm.io.atomic import remove_stale_partials, write_atomic
+from tf_esm.cli.common import (
+    EXIT_FAILURE, CliError, add_fasta_argument, interrupted, load_model, make_output_directory, non_negative_int,
+    positive_int, sigterm_as_interrupt, skipped_note)
+from tf_esm.io.embedding_stores import record_key
+
+NAME = "fold"
+HELP = "Predict structures with ESMFold: one PDB per FASTA record and a pLDDT/pTM summary."
+DEFAULT_FOLD_MODEL = "facebook/esmfold_v1"
+SUMMARY_FILE = "summary.tsv"
+EPILOG = """\
+output:
+  OUTDIR/<id>.pdb  the structure (B-factors: per-atom pLDDT as the model outputs it, 0-1);
+  OUTDIR/summary.tsv  columns id, length (residues), mean_plddt (0-100, averaged over the atoms present, as
+  esm-fold reports it) and ptm, one row per record folded so far (in FASTA order). pTM is each record's own
+  (the reference computes one pTM over a whole padded batch; here batching does not change the numbers).
+  A record may hold several chains separated by ':' (folded as a complex with a poly-G linker, as ESMFold).
+  Records whose PDB exists are skipped (re-running resumes); --overwrite refolds them.
+
+examples:
+  tf-esm fold proteins.fasta structures/
+  tf-esm fold proteins.fasta structures/ --model ./esmfold_v1 --num-recycles 4 --chunk-size 64 \\
+      --max-tokens-per-batch 512
+"""
+
+
+def add_arguments(parser):
+    add_fasta_argument(parser, "input FASTA file (':' separates the chains of a complex; gzip/bzip2/xz read as "
+                               "such; - reads standard input)")
+    parser.add_argument("outdir", metavar="OUTDIR", help="output directory (created if needed)")
+    parser.add_argument("--model", default=DEFAULT_FOLD_MODEL, help="ESMFold model directory or hub id")
+    parser.add_argument("--num-recycles", type=non_negative_int, default=None, metavar="N",
+                        help="trunk recycling iterations (default: the model's max_recycles, 4 for esmfold_v1)")
+    parser.add_argument("--chunk-size", type=positive_int, default=None, metavar="N",
+                        help="evaluate the pair stack's axial attention in chunks of N rows: less memory for long "
+                             "proteins, same result (try 128, 64, 32)")
+    parser.add_argument("--max-tokens-per-batch", type=positive_int, default=1024, metavar="N",
+                        help="fold several short sequences together up to N positions (residues plus linkers) "
+                             "per batch")
+    parser.add_argument("--overwrite", action="store_true", help="refold records whose PDB exists")
+
+
+def _fold_records(path):
+    """FASTA records whose chains (split at ':') each follow the sequence policy of tf_esm.fasta."""
+    from tf_esm.io.fasta import clean_sequence, read_fasta
+
+    records = []
+    for record in read_fasta(path, validate=False):
+        chains = "".join(record.sequence.split()).split(":")
+        cleaned = [clean_sequence(chain, name=f"{path}, record {record.id!r}"
+                                  + (f", chain {number}" if len(chains) > 1 else ""))
+                   for number, chain in enumerate(chains, start=1)]
+        records.append((record.id, ":".join(cleaned)))
+    return records
+
+
+def _fold_batches(lengths, max_tokens):
+    """Indices grouped longest first, several per batch while their lengths sum to at most `max_tokens`
+    (at least one per batch), as esm-fold batches."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current, tokens = [], [], 0
+    for index in order:
+        if current and tokens + lengths[index] > max_tokens:
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(index)
+        tokens += lengths[index]
+    if current:
+        batches.append(current)
+    return batches
+
+
+def fold_summary(output, lengths):
+    """(mean pLDDT, pTM) of each row of a `TFEsmForProteinFolding.infer` output whose rows hold `lengths` positions
+    (linkers included).
+
+    Mean pLDDT is on 0-100, averaged over the atoms present, as esm-fold reports it. The model's own `ptm` is one
+    number for the whole padded batch (as in the reference); here each row's pTM comes from its own unpadded
+    aligned-error logits, which is the value the model gives when that sequence is folded alone.
+    """
+    import numpy as np
+
+    from tf_esm.folding.heads import compute_tm
+
+    plddt = np.asarray(output["plddt"], dtype=np.float64)
+    exists = np.asarray(output["atom37_atom_exists"], dtype=np.float64)
+    mean_plddt = 100.0 * (plddt * exists).sum(axis=(1, 2)) / exists.sum(axis=(1, 2))
+    ptm_logits = np.asarray(output["ptm_logits"])
+    ptm = [float(np.asarray(compute_tm(ptm_logits[row:row + 1, :n, :n]))) for row, n in enumerate(lengths)]
+    return [(float(m), p) for m, p in zip(mean_plddt, ptm)]
+
+
+def _read_summary(path):
+    rows = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        for line in lines[1:]:
+            fields = line.split("\t")
+            if len(fields) == 4:
+                rows[fields[0]] = fields
+    return rows
+
+
+def run(args, console):
+    records = _fold_records(args.fasta)
+    try:
+        from tf_esm.folding import InvalidSequenceError, TFEsmForProteinFolding
+        from tf_esm.folding.model import encode_sequence
+    except ImportError as error:
+        raise CliError(f"'fold' needs tf_esm.folding (ESMFold), which cannot be imported here: {error}",
+                       code=EXIT_FAILURE) from None
+    positions = {}  # encoded length (chains plus linkers) of each record
+    for record_id, sequence in records:
+        try:
+            positions[record_id] = len(encode_sequence(sequence)[0])
+        except InvalidSequenceError as error:
+            raise CliError(f"{args.fasta}, record {record_id!r}: {error}") from None
+    make_output_directory(args.outdir, "OUTDIR")
+    remove_stale_partials(args.outdir)
+    summary_path = os.path.join(args.outdir, SUMMARY_FILE)
+    summary = {} if args.overwrite else _read_summary(summary_path)
+
+    def pdb_path(record_id):
+        return os.path.join(args.outdir, record_key(record_id) + ".pdb")
+
+    todo = [r for r in records if args.overwrite or not os.path.exists(pdb_path(r[0]))]
+    skipped = len(records) - len(todo)
+    if not todo:
+        console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")
+        return 0
+    model = load_model(args.model, TFEsmForProteinFolding)
+
+    def write_summary():
+        lines = ["id\tlength\tmean_plddt\tptm"]
+        lines += ["\t".join(summary[record_id]) for record_id, _ in records if record_id in summary]
+        write_atomic(summary_path, lambda handle: handle.write(("\n".join(lines) + "\n").encode("utf-8")))
+
+    bar = console.progress(len(todo), "seq", total_work=sum(len(s.replace(":", "")) for _, s in todo))
+    try:
+        with sigterm_as_interrupt():
+            lengths = [positions[record_id] for record_id, _ in todo]
+            for batch in _fold_batches(lengths, args.max_tokens_per_batch):
+                sequences = [todo[i][1] for i in batch]
+                output = model.infer(sequences, num_recycles=args.num_recycles, chunk_size=args.chunk_size)
+                pdbs = model.output_to_pdb(output)
+                scores = fold_summary(output, [lengths[i] for i in batch])
+                for i, pdb, (mean_plddt, ptm) in zip(batch, pdbs, scores, strict=True):
+                    record_id, sequence = todo[i]
+                    write_atomic(pdb_path(record_id), lambda handle: handle.write(pdb.encode("utf-8")))
+                    residues = len(sequence.replace(":", ""))
+                    summary[record_id] = [record_id, str(residues), f"{mean_plddt:.2f}", f"{ptm:.4f}"]
+                write_summary()
+                bar.update(len(batch), work=sum(len(s.replace(":", "")) for s in sequences))
+    except KeyboardInterrupt:
+        write_summary()
+        raise interrupted("finished structures", args.outdir) from None
+    finally:
+        bar.close()
+    console.info(f"folded {len(todo)} records into {args.outdir}{skipped_note(skipped)}; summary in {summary_path}.")
+    return 0

@@ -1,0 +1,4 @@
+"""Files in and out, below the models: checkpoints, FASTA, the hub, crash-safe writers and embedding stores.
+
+Nothing here imports a model class; the models and everything above them read and write through this layer.
+"""

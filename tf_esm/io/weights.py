@@ -1,0 +1,477 @@
+"""Checkpoint files <-> Keras variables, through ONE name-mapping table.
+
+Every Keras layer in tf_esm is named after the PyTorch reference module it reproduces, so a Keras variable path
+such as `tf_esm_for_masked_lm/esm/encoder/layer.0/attention/self/query/kernel` translates to the reference name
+`esm.encoder.layer.0.attention.self.query.weight` by a fixed rule:
+
+* drop the top-level model name, join the rest with '.';
+* rename the leaf by `LEAF_RULES` (Keras `kernel` is the transposed torch `weight`, `embeddings`/`gamma`/`beta`
+  are `weight`/`weight`/`bias`); any other leaf is a raw parameter with the reference's own name and layout.
+
+`REFERENCE_ALIASES` lists how each file format's names are brought to those reference names (transformers 5.x
+`gamma`/`beta` layer norms, the per-layer rotary `inv_freq` buffers of 4.x checkpoints, ...), and `IGNORED` the
+reference tensors that have no Keras variable (the tied LM decoder, constant buffers). Every loader (safetensors,
+sharded safetensors, `.bin`, fair-esm `.pt` after `tf_esm.fair_esm` renames it, our own HDF5) yields a
+`{reference name: numpy array}` mapping that goes through `load_state_dict`; every saver goes through
+`model_state_dict`. Safetensors and HDF5 files are read one tensor at a time as `load_state_dict` assigns them, so
+loading never holds a second copy of the whole checkpoint (esm2_t30_150M `from_pretrained`, TensorFlow's 0.57 GB
+included: peak RSS 1.80 GB when the whole file was read first, 1.24 GB now).
+"""
+
+from __future__ import annotations
+
+import collections
+import collections.abc
+import contextlib
+import json
+import logging
+import os
+import re
+import struct
+
+import numpy as np
+
+logger = logging.getLogger("tf_esm")
+
+# Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
+LEAF_RULES = {
+    "kernel": ("weight", True),
+    "embeddings": ("weight", False),
+    "gamma": ("weight", False),
+    "beta": ("bias", False),
+}
+
+# (pattern on a checkpoint name, replacement): applied in order to bring every format to reference names.
+REFERENCE_ALIASES = (
+    # transformers 5.x writes some layer norms as gamma/beta.
+    (re.compile(r"\.gamma$"), ".weight"),
+    (re.compile(r"\.beta$"), ".bias"),
+    # One rotary table for the model: 4.x stores a copy per layer, 5.x one wildcard key.
+    (re.compile(r"^(.*?)encoder\.layer\.(?:\d+|\*)\.attention\.self\.rotary_embeddings\.inv_freq$"),
+     r"\1rotary_embeddings.inv_freq"),
+)
+
+# Reference tensors with no Keras variable: tied to another tensor, or constant buffers we recompute.
+IGNORED = (
+    re.compile(r"(^|\.)lm_head\.decoder\.weight$"),
+    re.compile(r"(^|\.)embeddings\.position_ids$"),
+    # transformers 4.x builds an (unused) absolute table for rotary / relative models too.
+    re.compile(r"(^|\.)embeddings\.position_embeddings\.weight$"),
+    re.compile(r"(^|\.)af2_to_esm$"),
+    # Cross-attention reuses the model's one rotary table (4.x stored a copy per cross-attention layer).
+    re.compile(r"crossattention\.self\.rotary_embeddings\.inv_freq$"),
+)
+
+# Keras variables a checkpoint may lack without a warning (their defaults are exact).
+OPTIONAL = (re.compile(r"rotary_embeddings\.inv_freq$"),)
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+H5_WEIGHTS_NAME = "tf_esm_model.h5"
+# Looked for in this order inside a model directory.
+WEIGHT_FILES = (H5_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME,
+                TORCH_WEIGHTS_INDEX_NAME)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
+
+
+def reference_name(variable_path):
+    """Keras variable path -> (reference name, transpose?)."""
+    parts = variable_path.split("/")[1:]  # drop the top-level model name
+    if not parts:
+        raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
+    leaf, transpose = LEAF_RULES.get(parts[-1], (parts[-1], False))
+    return ".".join(parts[:-1] + [leaf]), transpose
+
+
+class LazyTensors(collections.abc.Mapping):
+    """A read-only {name: numpy array} mapping whose arrays are read from the file when looked up.
+
+    Args:
+        names: the tensor names, in file order.
+        read: `read(name) -> numpy array`.
+    """
+
+    def __init__(self, names, read):
+        self._names = list(dict.fromkeys(names))
+        self._known = set(self._names)
+        self._read = read
+
+    def __getitem__(self, name):
+        if name not in self._known:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __contains__(self, name):
+        return name in self._known
+
+
+def _renamed(state_dict, rename):
+    """`state_dict` under new names (`rename(old) -> new`), without reading any tensor; the first tensor wins
+    when several names collapse to one (identical copies)."""
+    sources = {}
+    for name in state_dict:
+        sources.setdefault(rename(name), name)
+    return LazyTensors(sources, lambda name: state_dict[sources[name]])
+
+
+def normalize_reference_names(state_dict):
+    """Apply REFERENCE_ALIASES (names only: tensors are read when looked up)."""
+    def rename(name):
+        for pattern, replacement in REFERENCE_ALIASES:
+            name = pattern.sub(replacement, name)
+        return name
+
+    return _renamed(state_dict, rename)
+
+
+def _is(patterns, name):
+    return any(p.search(name) for p in patterns)
+
+
+def _model_variables(model):
+    """{reference name: (keras variable, transpose?)} over the model's trainable and non-trainable weights."""
+    table = {}
+    for variable in model.weights:
+        name, transpose = reference_name(variable.path)
+        if name in table and table[name][0] is not variable:
+            raise CheckpointError(f"Two Keras variables map to {name!r}: {table[name][0].path} and {variable.path}.")
+        table[name] = (variable, transpose)
+    return table
+
+
+def _add_base_prefix(state_dict, model_names, prefix="esm."):
+    """Base-model checkpoints (EsmModel) have no 'esm.' prefix; our models always do."""
+    if any(k.startswith(prefix) for k in state_dict):
+        return state_dict
+    if not any(k.startswith(prefix) for k in model_names):
+        return state_dict
+    return _renamed(state_dict, lambda name: prefix + name)
+
+
+# ------------------------------------------------------------------------------------- deferred initialisation
+# Building a model to load into without computing random initial values for the weights the checkpoint replaces.
+# Creating a Keras variable runs its initializer (a truncated normal for every ESM projection), which loading then
+# overwrites: that was most of the time to build a model to load into (esm2_t6_8M: ~0.6 s of 0.7 s). Inside
+# `deferred_initialization` (a `keras.StatelessScope`) Keras defers each variable's initialisation; `assign_weight`
+# gives a deferred variable the checkpoint value as its first value, and `finish_initialization` runs the real
+# initializer only for the weights the checkpoint lacks (a new task head). The numbers are those of build-then-
+# assign. This relies on how Keras 3 defers initialisation (`Variable._initialize_with_initializer`, the
+# `uninitialized_variables` registry); without that registry the model is built as usual.
+
+
+def _keras_global_state():
+    from keras.src.backend.common import global_state
+
+    return global_state
+
+
+@contextlib.contextmanager
+def deferred_initialization():
+    """Variables created in the block get their first value from `assign_weight` or `finish_initialization`."""
+    import keras
+
+    try:
+        _keras_global_state()
+    except ImportError:  # another Keras layout: build as usual
+        yield
+        return
+    with keras.StatelessScope(initialize_variables=False):
+        yield
+
+
+def _is_deferred(variable):
+    return getattr(variable, "_value", 0) is None and getattr(variable, "_initializer", None) is not None
+
+
+def assign_weight(variable, value):
+    """`variable.assign(value)`, or `value` as the first value of a variable whose initialisation was deferred."""
+    if _is_deferred(variable):
+        variable._initialize_with_initializer(lambda shape, dtype: value)
+        variable._initializer = None
+    else:
+        variable.assign(value)
+
+
+def finish_initialization(model):
+    """Initialise the variables of `model` that were given no value, with their own initializers."""
+    try:
+        global_state = _keras_global_state()
+    except ImportError:
+        return
+    pending = global_state.get_global_attribute("uninitialized_variables") or []
+    ours = {id(variable) for variable in model.variables}
+    for variable in pending:
+        if id(variable) in ours and _is_deferred(variable):
+            variable._deferred_initialize()
+    global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+
+
+# The pooler (`esm.pooler.dense.*`, in checkpoints saved from transformers' EsmModel) when the model was built
+# without one: nothing reads it, so loading skips it without a warning.
+POOLER = re.compile(r"(^|\.)pooler\.")
+
+
+def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
+    """Assign a {reference name: array} dict to `model`'s variables. Returns (missing, unexpected) name lists.
+
+    A tensor whose shape does not fit is always an error naming it. Missing tensors (new weights, e.g. a task
+    head on a base checkpoint) and unexpected ones (e.g. an LM head when loading a base model) are warnings, or
+    errors when `strict`. A pooler in the checkpoint of a model built without one is skipped silently.
+    """
+    variables = _model_variables(model)
+    state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
+    ignored = IGNORED if any(_is((POOLER,), name) for name in variables) else IGNORED + (POOLER,)
+    unexpected = []
+    for name, value in state_dict.items():
+        if name not in variables:
+            if not _is(ignored, name):
+                unexpected.append(name)
+            continue
+        variable, transpose = variables[name]
+        value = np.asarray(value)
+        if transpose and value.ndim == 2:
+            value = value.T
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(np.asarray(state_dict[name]).shape)}, but the model's "
+                f"variable {variable.path} needs {tuple(variable.shape)}"
+                + (" (transposed)" if transpose else "") + "."
+            )
+        assign_weight(variable, value.astype(variable.dtype, copy=False))
+    missing = sorted(n for n in variables if n not in state_dict and not _is(OPTIONAL, n))
+    unexpected.sort()
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{source}: missing tensors {missing}; unexpected tensors {unexpected}.")
+    if missing:
+        logger.warning("Some weights of %s were not in %s and are newly initialised: %s (expected for a new task "
+                       "head: train the model before using its outputs)", type(model).__name__, source, missing)
+    if unexpected:
+        logger.warning("Some tensors of %s were not used by %s: %s (expected when the checkpoint's own head is "
+                       "for another task)", source, type(model).__name__, unexpected)
+    return missing, unexpected
+
+
+def model_state_dict(model):
+    """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back)."""
+    out = {}
+    for name, (variable, transpose) in _model_variables(model).items():
+        value = np.asarray(variable.numpy())
+        out[name] = value.T if transpose and value.ndim == 2 else value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------- readers
+
+# safetensors dtype -> numpy dtype it is read as (bfloat16: its bit pattern, widened to float32 after reading).
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors(path):
+    """A lazy {name: array} view of a safetensors file.
+
+    The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}} and
+    the raw data. Tensors are read with plain file reads, not a memory map: mapped file pages would count towards
+    the process's resident memory until the whole checkpoint had been read.
+    """
+    def unreadable(reason):
+        return CheckpointError(f"{path}: not a readable safetensors file ({reason}).")
+
+    try:
+        file_size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise unreadable("shorter than its 8-byte header length")
+            (header_size,) = struct.unpack("<Q", prefix)
+            if 8 + header_size > file_size:
+                raise unreadable(f"header of {header_size} bytes runs past the end of the file")
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise unreadable(error) from None
+    if not isinstance(header, dict):
+        raise unreadable("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, entry in header.items():
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            shape = tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise unreadable(f"tensor {name!r} has an unsupported or malformed entry {entry!r}") from None
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * dtype.itemsize or begin < 0 or 8 + header_size + end > file_size:
+            raise unreadable(f"tensor {name!r}: data_offsets {[begin, end]} do not fit shape {list(shape)} "
+                             f"{entry['dtype']} or the file's {file_size} bytes")
+        tensors[name] = (8 + header_size + begin, dtype, shape, count, entry["dtype"] == "BF16")
+
+    def read(name):
+        offset, dtype, shape, count, bfloat16 = tensors[name]
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = np.fromfile(handle, dtype=dtype, count=count)
+        if data.size != count:
+            raise CheckpointError(f"{path}: tensor {name!r} is cut short ({data.size} of {count} values).")
+        if bfloat16:
+            data = (data.astype(np.uint32) << 16).view(np.float32)
+        return data.reshape(shape)
+
+    return LazyTensors(tensors, read)
+
+
+def _import_torch(path):
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading this file needs PyTorch. Install it with `pip install torch==2.13.0` "
+            "(CPU build) or `pip install tf_esm[torch]`, or convert the checkpoint to safetensors."
+        ) from None
+    return torch
+
+
+def torch_load_safely(path, allowed_globals=()):
+    """torch.load with weights_only=True: a pickle that needs arbitrary code is refused, never executed."""
+    torch = _import_torch(path)
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for unsafe content, RuntimeError/EOFError for corruption
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, __import__("pickle").UnpicklingError) or "weights_only" in str(error):
+            raise CheckpointError(
+                f"{path}: refused to load. The pickle needs code outside the tensor allow-list ({message}). "
+                "Only load checkpoints you trust, and prefer safetensors."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({message}).") from None
+
+
+def _torch_to_numpy(state_dict, path):
+    out = {}
+    for name, value in state_dict.items():
+        if not hasattr(value, "detach"):
+            continue
+        tensor = value.detach()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        out[name] = tensor.cpu().numpy()
+    if not out:
+        raise CheckpointError(f"{path}: holds no tensors.")
+    return out
+
+
+def _read_torch_bin(path):
+    data = torch_load_safely(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(data).__name__}.")
+    return _torch_to_numpy(data, path)
+
+
+def _read_index(path, reader):
+    with open(path, encoding="utf-8") as handle:
+        try:
+            weight_map = json.load(handle)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise CheckpointError(f"{path}: not a valid shard index ({error}).") from None
+    directory = os.path.dirname(path)
+    shards = []
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(directory, shard)
+        if not os.path.isfile(shard_path):
+            raise CheckpointError(f"{path}: shard {shard} is missing.")
+        shards.append(reader(shard_path))
+    return collections.ChainMap(*reversed(shards))  # lazy shards stay lazy; a later shard wins, as before
+
+
+def _read_h5(path):
+    """A lazy {name: array} view of a tf_esm HDF5 weight file (the file is opened per tensor read)."""
+    import h5py
+
+    def open_weights(handle):
+        if "weights" not in handle:
+            raise CheckpointError(f"{path}: not a tf_esm weight file (no 'weights' group).")
+        return handle["weights"]
+
+    try:
+        with h5py.File(path, "r") as handle:
+            datasets = []
+            open_weights(handle).visititems(
+                lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    except OSError as error:
+        raise CheckpointError(f"{path}: not a readable HDF5 file ({error}).") from None
+    locations = {name.replace("/", "."): name for name in datasets}
+
+    def read(name):
+        try:
+            with h5py.File(path, "r") as handle:
+                return open_weights(handle)[locations[name]][()]
+        except OSError as error:
+            raise CheckpointError(f"{path}: tensor {name!r} is not readable ({error}).") from None
+
+    return LazyTensors(locations, read)
+
+
+def read_state_dict(path):
+    """A checkpoint file (or the weights in a model directory) as a {reference name: numpy array} mapping.
+
+    Safetensors and HDF5 tensors are read when looked up (`dict(read_state_dict(path))` reads them all)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for filename in WEIGHT_FILES:
+            candidate = os.path.join(path, filename)
+            if os.path.isfile(candidate):
+                return read_state_dict(candidate)
+        raise CheckpointError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file.")
+    if path.endswith(".safetensors.index.json"):
+        return _read_index(path, _read_safetensors)
+    if path.endswith(".bin.index.json"):
+        return _read_index(path, _read_torch_bin)
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if path.endswith((".h5", ".hdf5")):
+        return _read_h5(path)
+    if path.endswith((".bin", ".pt", ".pth")):
+        return _read_torch_bin(path)
+    raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .bin, .pt or .h5).")
+
+
+def save_weights_h5(model, path):
+    """Write the model's weights (reference names and layout) to an HDF5 file, atomically."""
+    import h5py
+
+    from tf_esm.io.atomic import atomic_path
+
+    state = model_state_dict(model)
+    with atomic_path(path, suffix=".h5") as tmp_path:
+        with h5py.File(tmp_path, "w") as handle:
+            handle.attrs["format"] = "tf_esm"
+            handle.attrs["format_version"] = 1
+            group = handle.create_group("weights")
+            for name, value in sorted(state.items()):
+                group.create_dataset(name.replace(".", "/"), data=value)
+
+
+def save_weights_safetensors(state, path):
+    """Write a {reference name: array} dict as safetensors (loadable by PyTorch transformers), atomically."""
+    from safetensors.numpy import save_file
+
+    from tf_esm.io.atomic import atomic_path
+
+    with atomic_path(path, suffix=".safetensors") as tmp_path:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp_path, metadata={"format": "pt"})

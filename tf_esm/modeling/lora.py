@@ -1,0 +1,204 @@
+"""LoRA fine-tuning of ESM models with Keras' built-in low-rank adapters.
+
+Keras' `Dense.enable_lora(rank)` freezes a layer's kernel and adds two trainable float32 matrices `lora_kernel_a`
+(in, rank) and `lora_kernel_b` (rank, out), the layer then computing `x @ (kernel + alpha / rank * a @ b)`. These
+helpers put adapters on the attention projections of every layer, freeze the rest of the encoder (the task head
+stays trainable), save and reload just the adapter, and fold it back into plain kernels for `save_pretrained`.
+
+The model methods `enable_lora`, `save_lora_weights` and `load_lora_weights` call these functions.
+
+Examples:
+
+```python
+>>> import keras
+>>> from tf_esm import TFEsmForSequenceClassification
+>>> model = TFEsmForSequenceClassification.from_pretrained("facebook/esm2_t6_8M_UR50D", num_labels=2)
+>>> model.enable_lora(rank=4)                        # query and value projections; encoder frozen
+>>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+>>> model.fit(train_dataset, epochs=3)
+>>> model.save_lora_weights("adapter.safetensors")   # the adapters and the head, a few KB
+>>> fresh = TFEsmForSequenceClassification.from_pretrained("facebook/esm2_t6_8M_UR50D", num_labels=2)
+>>> fresh.load_lora_weights("adapter.safetensors")   # enables LoRA with the saved rank, then loads
+>>> from tf_esm.training import merge_lora
+>>> merge_lora(fresh).save_pretrained("merged", format="safetensors")  # plain; PyTorch transformers loads it
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+LORA_TARGETS = ("query", "key", "value")
+DEFAULT_LORA_TARGETS = ("query", "value")  # as keras-hub and PEFT default for BERT-style attention
+LORA_FORMAT = "tf_esm-lora"
+_LORA_LEAVES = ("lora_kernel_a", "lora_kernel_b")
+
+
+def _encoder_of(model):
+    esm = getattr(model, "esm", model)
+    if not hasattr(esm, "encoder"):
+        raise TypeError(f"{type(model).__name__} is not an ESM model (no `esm.encoder`).")
+    return esm
+
+
+def attention_projections(model, targets=DEFAULT_LORA_TARGETS):
+    """The `query`/`key`/`value` Dense layers named in `targets`, for every self-attention layer of `model`."""
+    targets = tuple(targets)
+    unknown = [name for name in targets if name not in LORA_TARGETS]
+    if unknown or not targets:
+        raise ValueError(f"LoRA targets must be a non-empty subset of {list(LORA_TARGETS)}; got {list(targets)}.")
+    esm = _encoder_of(model)
+    return [getattr(layer.attention.self_attention, name) for layer in esm.encoder.layer for name in targets]
+
+
+def _relative_path(variable):
+    """A variable's path without the top-level model name (which differs between instances)."""
+    return variable.path.split("/", 1)[1]
+
+
+def is_lora_variable(variable):
+    return variable.path.rsplit("/", 1)[-1] in _LORA_LEAVES
+
+
+def lora_enabled_layers(model):
+    """The Dense layers of `model` that carry LoRA adapters."""
+    return [layer for layer in model._flatten_layers(include_self=False) if getattr(layer, "lora_enabled", False)]
+
+
+def enable_lora(model, rank, lora_alpha=None, targets=DEFAULT_LORA_TARGETS, freeze_encoder=True):
+    """Add rank-`rank` LoRA adapters to the attention projections `targets` of every encoder layer.
+
+    Args:
+        model: a tf_esm model (built, or buildable with `model.build()`).
+        rank: the adapters' rank (a positive integer).
+        lora_alpha: scale numerator; the update is `lora_alpha / rank * a @ b` (default `rank`, scale 1).
+        targets: which projections get adapters, a subset of `("query", "key", "value")`.
+        freeze_encoder: make every other encoder variable (embeddings, layer norms, feed-forward, attention
+            biases) non-trainable, so only the adapters and the task head train.
+
+    Returns:
+        The list of Dense layers that received adapters.
+    """
+    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}.")
+    if not model.built:
+        model.build()
+    layers = attention_projections(model, targets)
+    already = [layer.path for layer in layers if layer.lora_enabled]
+    if already:
+        raise ValueError(f"LoRA is already enabled on {already}; it can be enabled once per layer.")
+    for layer in layers:
+        layer.enable_lora(int(rank), lora_alpha=lora_alpha)
+    if freeze_encoder:
+        for variable in _encoder_of(model).weights:
+            if not is_lora_variable(variable):
+                variable.trainable = False
+    return layers
+
+
+def _lora_settings(layers):
+    ranks = {(layer.lora_rank, layer.lora_alpha) for layer in layers}
+    if len(ranks) != 1:
+        raise ValueError(f"The LoRA layers have different (rank, alpha) settings {sorted(ranks)}; "
+                         "save_lora_weights supports one setting per model.")
+    rank, alpha = ranks.pop()
+    targets = [name for name in LORA_TARGETS if name in {layer.name for layer in layers}]
+    return {"rank": int(rank), "alpha": alpha, "targets": targets}
+
+
+def _kernel_of(layer):
+    # The frozen base kernel itself (`layer.kernel` would return it with the adapter already added).
+    return next(variable for variable in layer.weights if variable.path.rsplit("/", 1)[-1] == "kernel")
+
+
+def _adapter_variables(model):
+    """{relative path: variable}: every LoRA matrix, and the task head's variables (outside `esm`)."""
+    esm_ids = {id(variable) for variable in _encoder_of(model).weights}
+    chosen = {}
+    for variable in model.weights:
+        if is_lora_variable(variable) or id(variable) not in esm_ids:
+            chosen[_relative_path(variable)] = variable
+    return chosen
+
+
+def save_lora_weights(model, path):
+    """Write the LoRA matrices and the task head (everything not in the frozen encoder) to a safetensors file.
+
+    The file records the rank, alpha and targets, so `load_lora_weights` can re-create the adapters on a freshly
+    loaded base model.
+    """
+    from safetensors.numpy import save_file
+
+    layers = lora_enabled_layers(model)
+    if not layers:
+        raise ValueError("This model has no LoRA adapters to save: call model.enable_lora(rank) first.")
+    settings = _lora_settings(layers)
+    tensors = {name: np.ascontiguousarray(np.asarray(variable.numpy()))
+               for name, variable in _adapter_variables(model).items()}
+    metadata = {"format": LORA_FORMAT, "settings": json.dumps(settings), "model_class": type(model).__name__}
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def load_lora_weights(model, path):
+    """Load an adapter written by `save_lora_weights`, enabling LoRA (with the saved settings) when needed.
+
+    Every adapter tensor must match a model variable of the same shape and vice versa; a mismatch is an error
+    naming the tensors.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such LoRA adapter file.")
+    with safe_open(path, framework="np") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != LORA_FORMAT:
+            raise ValueError(f"{path}: not a tf_esm LoRA adapter (metadata format {metadata.get('format')!r}, "
+                             f"expected {LORA_FORMAT!r}).")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    settings = json.loads(metadata["settings"])
+    if not model.built:
+        model.build()
+    if not lora_enabled_layers(model):
+        enable_lora(model, settings["rank"], lora_alpha=settings["alpha"], targets=settings["targets"])
+    variables = _adapter_variables(model)
+    missing = sorted(set(variables) - set(tensors))
+    unexpected = sorted(set(tensors) - set(variables))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this model: missing tensors {missing}; unexpected tensors "
+                         f"{unexpected} (saved from a {metadata.get('model_class')} with LoRA settings {settings}).")
+    for name, variable in variables.items():
+        value = tensors[name]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(value.shape)}, but the model's variable "
+                             f"needs {tuple(variable.shape)} (was the adapter saved with another rank?).")
+        variable.assign(value.astype(variable.dtype, copy=False))
+    return model
+
+
+def merge_lora(model):
+    """A new model of the same class without adapters, whose kernels are `kernel + alpha / rank * a @ b`.
+
+    Use it to `save_pretrained` (or export) a LoRA-tuned model as a plain checkpoint.
+    """
+    merged = type(model).from_config(model.get_config())
+    merged.build()
+    source = {_relative_path(variable): variable for variable in model.weights}
+    lora_kernels = {}
+    for layer in lora_enabled_layers(model):
+        kernel = _kernel_of(layer)
+        update = np.asarray(layer.lora_kernel_a.numpy()) @ np.asarray(layer.lora_kernel_b.numpy())
+        lora_kernels[_relative_path(kernel)] = (np.asarray(kernel.numpy(), dtype=np.float32)
+                                                + (layer.lora_alpha / layer.lora_rank) * update)
+    for variable in merged.weights:
+        name = _relative_path(variable)
+        value = lora_kernels[name] if name in lora_kernels else np.asarray(source[name].numpy())
+        variable.assign(value.astype(variable.dtype, copy=False))
+    return merged

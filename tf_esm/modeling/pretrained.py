@@ -1,0 +1,127 @@
+"""Pretrained-model I/O shared by every tf_esm model (the encoders and ESMFold): the configuration, building,
+`from_pretrained` / `save_pretrained` and `get_config`. Training machinery is `task.py`, for the encoder models."""
+
+from __future__ import annotations
+
+import os
+
+from tf_esm.configuration import EsmConfig
+
+
+class EsmPretrainedIO:
+    """Mixin (before `keras.Model` in the bases): a model built from one `EsmConfig` that loads any checkpoint
+    `tf_esm.io.checkpoints.read_checkpoint` reads and saves an HF-style directory."""
+
+    config_class = EsmConfig
+    base_model_prefix = "esm"
+
+    def __init__(self, config, **kwargs):
+        if isinstance(config, dict):
+            config = EsmConfig.from_dict(config)
+        super().__init__(**kwargs)
+        self.config = config
+
+    def __call__(self, *args, **kwargs):
+        # A tokenizer's BatchEncoding (a dict subclass) is not a structure Keras accepts as a positional input.
+        if args and isinstance(args[0], dict) and type(args[0]) is not dict:
+            args = (dict(args[0]),) + args[1:]
+        return super().__call__(*args, **kwargs)
+
+    def build(self, input_shape=None):
+        for layer in self._sublayers():
+            layer.build(None)
+        self.built = True
+
+    def _sublayers(self):
+        return [self.esm]
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(EsmConfig.from_dict(config.pop("config")), **config)
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, config=None, strict=False, **kwargs):
+        """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
+
+        Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
+        directories written by `save_pretrained`, fair-esm `.pt` files, and hub ids such as
+        `facebook/esm2_t6_8M_UR50D` (downloaded when online). Task heads absent from the checkpoint are newly
+        initialised (a warning lists them); tensors the model does not use are ignored (a warning lists them).
+        A tensor with the wrong shape is an error that names it.
+
+        Args:
+            path_or_hub_id: Directory, weight file inside a directory, fair-esm `.pt` file, or hub id.
+            config: An `EsmConfig` to use instead of the checkpoint's own.
+            strict: Raise instead of warning on missing or unexpected tensors.
+            **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
+                keyword overrides a config attribute (e.g. `num_labels=3`).
+        """
+        import inspect
+
+        from tf_esm.io.checkpoints import read_checkpoint
+        from tf_esm.io.weights import deferred_initialization, finish_initialization, load_state_dict
+
+        constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
+        model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
+        config, state_dict, source = read_checkpoint(path_or_hub_id, config)
+        for name, value in kwargs.items():
+            setattr(config, name, value)
+        config.validate()
+        with deferred_initialization():  # no random values for the weights the checkpoint replaces
+            model = cls(config, **model_kwargs)
+            model.build()
+        try:
+            load_state_dict(model, state_dict, strict=strict, source=source)
+        finally:
+            finish_initialization(model)
+        return model
+
+    def save_pretrained(self, save_directory, format="h5", tokenizer=None, overwrite=False):
+        """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors`, which PyTorch
+        transformers loads too) and the vocabulary (the tokenizer's files, or the standard ESM `vocab.txt`).
+
+        Every file is written under a temporary name and all are renamed into place at the end, so an
+        interrupted save leaves the directory as it was. A non-empty `save_directory` is only written into with
+        `overwrite=True` (which replaces these files and leaves any others alone).
+        """
+        import tempfile
+
+        from tf_esm.io.atomic import StagedFiles, check_target, write_text_atomic
+        from tf_esm.configuration import CONFIG_NAME, ESM2_VOCAB
+        from tf_esm.io.weights import (
+            H5_WEIGHTS_NAME,
+            SAFE_WEIGHTS_NAME,
+            model_state_dict,
+            save_weights_h5,
+            save_weights_safetensors,
+        )
+
+        if format not in ("h5", "safetensors"):
+            raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
+        if not self.built:
+            self.build()
+        if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers(include_self=False)):
+            raise ValueError(
+                "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
+                "checkpoint with tf_esm.training.merge_lora(model).save_pretrained(directory)."
+            )
+        check_target(save_directory, overwrite)
+        with StagedFiles(save_directory) as staged:
+            write_text_atomic(staged.path(CONFIG_NAME), self.config.to_json_string())
+            if format == "h5":
+                save_weights_h5(self, staged.path(H5_WEIGHTS_NAME))
+            else:
+                save_weights_safetensors(model_state_dict(self), staged.path(SAFE_WEIGHTS_NAME))
+            if tokenizer is not None:
+                with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=save_directory) as tokenizer_dir:
+                    tokenizer.save_pretrained(tokenizer_dir)
+                    for name in os.listdir(tokenizer_dir):
+                        os.replace(os.path.join(tokenizer_dir, name), staged.path(name))
+            elif self.config.vocab_size == len(ESM2_VOCAB):
+                vocab = self.config.vocab_list or ESM2_VOCAB
+                write_text_atomic(staged.path("vocab.txt"), "\n".join(vocab) + "\n")

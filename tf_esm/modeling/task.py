@@ -1,0 +1,178 @@
+"""Keras training for the four encoder task models: the built-in losses, the adapter that lets `fit`, `evaluate`
+and `predict` work on plain tensors, and LoRA. ESMFold does not inherit it: it has no loss and is not trained here."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import keras
+from keras import ops
+
+from tf_esm.configuration import IGNORE_INDEX
+
+
+def _labels_of(x, y):
+    """Training targets: the dataset's `y`, else `inputs["labels"]` (both styles HF's TF models accepted)."""
+    if y is not None:
+        return y
+    if isinstance(x, dict):
+        return x.get("labels")
+    return None
+
+
+# Two Keras conventions the built-in training path must follow; Keras exposes no public function for either.
+def _scale_for_replicas(loss):
+    # Keras divides each replica's loss by the replica count (and undoes it for the logged value); the built-in
+    # loss must follow the same convention or tf.distribute would sum, not average, the replicas' gradients.
+    from keras.src.losses.loss import scale_loss_for_distribution
+
+    return scale_loss_for_distribution(loss)
+
+
+def _set_keras_mask(tensor, mask):
+    # A tensor's Keras mask is what Keras losses (a mean over unmasked entries) and all compiled metrics
+    # (`metrics=` ignores sample weights) honour, as for padded time steps.
+    from keras.src.backend.common.masking import set_keras_mask
+
+    set_keras_mask(tensor, mask)
+
+
+def _tf_data_inputs(args, kwargs, *names):
+    """`tf.data` inputs of fit/evaluate/predict passed through `without_autotune_stall` (dataset_tf.py)."""
+    if keras.backend.backend() != "tensorflow":
+        return args, kwargs
+    from tf_esm.modeling.dataset_tf import without_autotune_stall
+
+    args, kwargs = list(args), dict(kwargs)
+    if args:
+        args[0] = without_autotune_stall(args[0])
+    elif "x" in kwargs:
+        kwargs["x"] = without_autotune_stall(kwargs["x"])
+    if "validation_data" in names and kwargs.get("validation_data") is not None:
+        kwargs["validation_data"] = without_autotune_stall(kwargs["validation_data"])
+    return tuple(args), kwargs
+
+
+def _is_tf_dataset(value):
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(value, tf.data.Dataset)
+
+
+class EsmKerasTask:
+    """Mixin (before `keras.Model` in the bases) for models trained with Keras; see `TFEsmPreTrainedModel`."""
+
+    # Whether labels are per token, with -100 marking positions to ignore.
+    _token_level_labels = False
+    # How many fit/evaluate/predict calls are running on this model (they may nest, e.g. validation in fit).
+    _keras_loop_depth = 0
+
+    # ----------------------------------------------------------------------------------------------------- LoRA
+    def enable_lora(self, rank, lora_alpha=None, targets=("query", "value"), freeze_encoder=True):
+        """Keras LoRA adapters of rank `rank` on the attention projections `targets` (any of query/key/value)
+        of every layer; the rest of the encoder is frozen unless `freeze_encoder=False`, the head stays
+        trainable. See `tf_esm.training.enable_lora`."""
+        from tf_esm.modeling.lora import enable_lora
+
+        return enable_lora(self, rank, lora_alpha=lora_alpha, targets=targets, freeze_encoder=freeze_encoder)
+
+    def save_lora_weights(self, path):
+        """Save only the LoRA adapters and the task head (a safetensors file). See `tf_esm.training`."""
+        from tf_esm.modeling.lora import save_lora_weights
+
+        return save_lora_weights(self, path)
+
+    def load_lora_weights(self, path):
+        """Load adapters written by `save_lora_weights`, enabling LoRA with the saved rank if needed."""
+        from tf_esm.modeling.lora import load_lora_weights
+
+        return load_lora_weights(self, path)
+
+    # ------------------------------------------------------------------------------------------- Keras training
+    @property
+    def _in_keras_loop(self):
+        """True while fit/evaluate/predict run: `call` then returns the plain tensors Keras works on."""
+        return self._keras_loop_depth > 0
+
+    @contextlib.contextmanager
+    def _keras_loop(self):
+        self._keras_loop_depth += 1
+        try:
+            yield
+        finally:
+            self._keras_loop_depth -= 1
+
+    def fit(self, *args, **kwargs):
+        args, kwargs = _tf_data_inputs(args, kwargs, "x", "validation_data")
+        x = args[0] if args else kwargs.get("x")
+        if len(args) < 9 and "shuffle" not in kwargs and _is_tf_dataset(x):
+            # Keras ignores `shuffle` for a tf.data input (shuffling is the dataset's job) but warns about its
+            # default, True, on every call.
+            kwargs["shuffle"] = False
+        with self._keras_loop():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        args, kwargs = _tf_data_inputs(args, kwargs, "x")
+        with self._keras_loop():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        args, kwargs = _tf_data_inputs(args, kwargs, "x")
+        with self._keras_loop():
+            return super().predict(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().test_on_batch(*args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        with self._keras_loop():
+            return super().predict_on_batch(*args, **kwargs)
+
+    def hf_compute_loss(self, labels, logits):
+        """The built-in loss, as the PyTorch reference computes it from `labels` and `logits`."""
+        raise ValueError(
+            f"{type(self).__name__} has no built-in loss: compile it with a loss, e.g. "
+            "model.compile(optimizer, loss=...)."
+        )
+
+    def _keras_targets(self, x, y, y_pred):
+        """Labels for compiled losses and metrics. Token-level labels of -100 become 0 and are masked out
+        through the logits' Keras mask, so Keras losses average over the other tokens (as torch's
+        CrossEntropyLoss(ignore_index=-100) does) and metrics skip them."""
+        labels = _labels_of(x, y)
+        if labels is None or not self._token_level_labels:
+            return labels
+        keep = ops.not_equal(labels, IGNORE_INDEX)
+        _set_keras_mask(y_pred, keep)
+        return ops.where(keep, labels, ops.zeros_like(labels))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled Keras loss on the logits if `compile` was given one, else the built-in loss."""
+        if self._compile_loss is not None:
+            labels = self._keras_targets(x, y, y_pred)
+            return super().compute_loss(x, labels, y_pred, sample_weight, training=training)
+        labels = _labels_of(x, y)
+        if labels is None:
+            raise ValueError(
+                f"{type(self).__name__} was compiled without a loss, so it trains on its built-in loss, which "
+                "needs labels: give the dataset (inputs, labels) pairs or put them in the inputs as "
+                "inputs['labels'] (or compile with loss=...)."
+            )
+        if sample_weight is not None:
+            raise ValueError(
+                "sample_weight is not supported by the built-in loss; compile with a Keras loss to weight samples."
+            )
+        loss = _scale_for_replicas(self.hf_compute_loss(labels, y_pred))
+        for extra in self.losses:  # e.g. regularisers
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels = self._keras_targets(x, y, y_pred)
+        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)

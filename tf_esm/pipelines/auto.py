@@ -1,0 +1,57 @@
+"""Which model class a checkpoint means, in one place (as transformers' Auto classes): used by conversion, export
+and the `tf-esm` command."""
+
+from __future__ import annotations
+
+import os
+
+from tf_esm.configuration import EsmConfig
+from tf_esm.modeling.models import (
+    TFEsmForMaskedLM,
+    TFEsmForSequenceClassification,
+    TFEsmForTokenClassification,
+    TFEsmModel,
+)
+
+# Architectures named in an HF `config.json` -> the class that loads them.
+ARCHITECTURES = {
+    "EsmModel": TFEsmModel,
+    "EsmForMaskedLM": TFEsmForMaskedLM,
+    "EsmForSequenceClassification": TFEsmForSequenceClassification,
+    "EsmForTokenClassification": TFEsmForTokenClassification,
+}
+MODEL_CLASSES = tuple(ARCHITECTURES.values())
+
+
+def architecture_class(config):
+    """The model class `config.architectures` names (`TFEsmModel` when it names none of ours)."""
+    names = [name.removeprefix("TF") for name in (getattr(config, "architectures", None) or [])]
+    return next((ARCHITECTURES[name] for name in names if name in ARCHITECTURES), TFEsmModel)
+
+
+def state_dict_class(state_dict):
+    """The model class whose heads a reference-named state dict holds (for directories without `architectures`)."""
+    names = set(state_dict)
+    if any(n.startswith("lm_head.") for n in names):
+        return TFEsmForMaskedLM
+    if any(n.startswith("classifier.out_proj.") for n in names):
+        return TFEsmForSequenceClassification
+    if any(n.startswith("classifier.") for n in names):
+        return TFEsmForTokenClassification
+    return TFEsmModel
+
+
+def reference_class(reference):
+    """The class for a model directory, hub id or fair-esm `.pt` file (fair-esm checkpoints are masked LMs)."""
+    reference = os.fspath(reference)
+    if reference.endswith(".pt") and os.path.isfile(reference):
+        return TFEsmForMaskedLM
+    return architecture_class(EsmConfig.from_pretrained(reference))
+
+
+def load_pretrained_model(reference, model_class=None, **kwargs):
+    """Load a model directory, hub id or fair-esm `.pt` file with `model_class`, or the class `reference_class`
+    chooses; `kwargs` go to `from_pretrained`."""
+    if model_class is None:
+        model_class = reference_class(reference)
+    return model_class.from_pretrained(reference, **kwargs)
