@@ -14,8 +14,8 @@ reference tensors that have no Keras variable (the tied LM decoder, constant buf
 sharded safetensors, `.bin`, fair-esm `.pt` after `tf_esm.fair_esm` renames it, our own HDF5) yields a
 `{reference name: numpy array}` mapping that goes through `load_state_dict`; every saver goes through
 `model_state_dict`. Safetensors and HDF5 files are read one tensor at a time as `load_state_dict` assigns them, so
-loading never holds a second copy of the whole checkpoint (esm2_t30_150M `from_pretrained`, TensorFlow's 0.57 GB
-included: peak RSS 1.80 GB when the whole file was read first, 1.24 GB now).
+loading never holds a second copy of the whole checkpoint (peak memory of `from_pretrained` before and after:
+benchmarks/RESULTS.md, "Where tf_esm's memory goes").
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _add_base_prefix(state_dict, model_names, prefix="esm."):
 # ------------------------------------------------------------------------------------- deferred initialisation
 # Building a model to load into without computing random initial values for the weights the checkpoint replaces.
 # Creating a Keras variable runs its initializer (a truncated normal for every ESM projection), which loading then
-# overwrites: that was most of the time to build a model to load into (esm2_t6_8M: ~0.6 s of 0.7 s). Inside
+# overwrites: that was most of the time to build a model to load into (benchmarks/RESULTS.md). Inside
 # `deferred_initialization` (a `keras.StatelessScope`) Keras defers each variable's initialisation; `assign_weight`
 # gives a deferred variable the checkpoint value as its first value, and `finish_initialization` runs the real
 # initializer only for the weights the checkpoint lacks (a new task head). The numbers are those of build-then-

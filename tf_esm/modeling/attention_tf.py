@@ -1,10 +1,9 @@
 """TensorFlow-only: attention over blocks of query rows, for inference on a CPU.
 
 The numbers are those of one softmax over the whole score tensor (each query row's softmax sees every key), but only
-one block of rows' scores exists at a time. At ESM's longest inputs (1,024 tokens, 20 heads) the whole score tensor
-is 80 MB per sequence, and two or three of them per batch in flight dominated peak memory when embedding on CPU; a
-block of about 1M scores (4 MB) also stays in cache, so the attention itself got faster on CPU
-(`python benchmarks/bench_attention.py`, table in benchmarks/RESULTS.md).
+one block of rows' scores exists at a time. At ESM's longest inputs the whole score tensor of every sequence in
+flight dominated peak memory when embedding on CPU; a block of about 1M scores also stays in cache, so the attention
+itself got faster on CPU (`python benchmarks/bench_attention.py`; figures in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ def without_autotune_stall(dataset):
     """`dataset` with tf.data's autotuning off, unless its options already say either way.
 
     With autotuning on, deleting an iterator that was read from inside long-running steps blocks for many
-    seconds with the CPU idle (TensorFlow 2.21: ~15 s after eight 3-second steps; the autotune thread sleeps
-    out its current period). Keras makes a new iterator every epoch (and for each validation pass), so CPU
+    seconds with the CPU idle (TensorFlow 2.21; the autotune thread sleeps out its current period; measured in
+    benchmarks/RESULTS.md, "Training steps"). Keras makes a new iterator every epoch (and for each validation pass), so CPU
     fine-tuning with multi-second steps stalls at every epoch boundary. Model steps, not the input pipeline,
     bound ESM training, so nothing is lost by turning autotuning off. The `fit`/`evaluate`/`predict` of tf_esm
     models apply this to `tf.data.Dataset` inputs (including `validation_data`).

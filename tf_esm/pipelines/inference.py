@@ -46,8 +46,8 @@ _BUCKET_LENGTHS = None
 # TensorFlow without XLA runs one shape-polymorphic graph; batches there are padded to a multiple of this only.
 _ALIGNMENT = 8
 # On a CPU, forward passes of about this many tokens (rows x padded length) run fastest: the activations and
-# attention scores of one pass stay in cache. One stream at a time on all cores: 1024 (15-35% faster than 4096 at
-# every ESM-2 size up to 150M); one stream per core: 512 (t6 +11%, t30 +6% over 1024; t12 even).
+# attention scores of one pass stay in cache. One stream at a time on all cores: 1024; one stream per core: 512
+# (measured at every ESM-2 size up to 150M; figures in benchmarks/RESULTS.md, "Pass sizes and threads").
 # `toks_per_batch` still caps the pass size; this only splits batches further.
 _CPU_PASS_TOKENS = 1024
 _CPU_STREAM_PASS_TOKENS = 512
@@ -89,7 +89,7 @@ class _Runner:
         self.per_shape = keras.backend.backend() != "tensorflow" or _JIT
         self.on_cpu = _on_cpu()
         # With attention in blocks (TensorFlow on CPU) masking costs next to nothing: one graph serves batches with
-        # and without padding (a second, mask-free graph measured no faster and held ~140 MB more at t30).
+        # and without padding (a second, mask-free graph measured no faster and held more memory: RESULTS.md).
         self.always_masked = uses_blocked_attention() and not self.per_shape
 
     def default_streams(self):
@@ -213,8 +213,8 @@ def cpu_count():
 
 def configure_cpu_threads(intra_op=1, inter_op=None):
     """TensorFlow thread pools for throughput on a CPU: by default each op runs on one thread and as many ops run
-    at once as there are cores, which is what `iter_embeddings`' one-batch-per-core streams want (2 cores: t6
-    +33%, t12 +8%, t30 +17% over one batch at a time on all cores). A single forward pass then uses one core, so
+    at once as there are cores, which is what `iter_embeddings`' one-batch-per-core streams want (faster at every
+    ESM-2 size measured: benchmarks/RESULTS.md). A single forward pass then uses one core, so
     for latency-bound use (one model call at a time) pass `intra_op=None` (all cores) instead.
 
     Call it before TensorFlow runs anything; returns whether the setting took effect (False once the runtime has
