@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -456,8 +457,10 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         return function
 
     # ------------------------------------------------------------------------------------------------ inference
-    def infer(self, sequences, position_ids=None, residue_index_offset=DEFAULT_RESIDUE_INDEX_OFFSET,
-              chain_linker=DEFAULT_CHAIN_LINKER, num_recycles=None, chunk_size=None, compiled=None):
+    def infer(self, sequences: str | Sequence[str], position_ids=None,
+              residue_index_offset: int = DEFAULT_RESIDUE_INDEX_OFFSET, chain_linker: str = DEFAULT_CHAIN_LINKER,
+              num_recycles: int | None = None, chunk_size: int | None = None,
+              compiled: bool | None = None) -> dict[str, np.ndarray]:
         """Fold one sequence or a list (padded into one batch). Returns numpy outputs.
 
         Sequences use upper-case one-letter codes (unknown letters fold as X). A sequence with chains separated
@@ -513,12 +516,12 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         return output_to_pdb({key: ops.convert_to_numpy(value) if not isinstance(value, np.ndarray) else value
                               for key, value in output.items()})
 
-    def infer_pdb(self, sequence, *args, **kwargs):
+    def infer_pdb(self, sequence: str, *args, **kwargs) -> str:
         """Fold one sequence and return its PDB text."""
         if not isinstance(sequence, str):
             raise TypeError("infer_pdb takes one sequence string; use infer_pdbs for a list.")
         return self.output_to_pdb(self.infer(sequence, *args, **kwargs))[0]
 
-    def infer_pdbs(self, sequences, *args, **kwargs):
+    def infer_pdbs(self, sequences: Sequence[str], *args, **kwargs) -> list[str]:
         """Fold a list of sequences and return their PDB texts."""
         return self.output_to_pdb(self.infer(list(sequences), *args, **kwargs))

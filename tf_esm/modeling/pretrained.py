@@ -45,7 +45,8 @@ class EsmPretrainedIO:
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     @classmethod
-    def from_pretrained(cls, path_or_hub_id, config=None, strict=False, **kwargs):
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, config: EsmConfig | None = None,
+                        strict: bool = False, **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
 
         Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
@@ -81,7 +82,8 @@ class EsmPretrainedIO:
             finish_initialization(model)
         return model
 
-    def save_pretrained(self, save_directory, format="h5", tokenizer=None, overwrite=False):
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "h5", tokenizer=None,
+                        overwrite: bool = False) -> None:
         """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors`, which PyTorch
         transformers loads too) and the vocabulary (the tokenizer's files, or the standard ESM `vocab.txt`).
 

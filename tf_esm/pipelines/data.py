@@ -31,6 +31,9 @@ Examples:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -204,9 +207,11 @@ def padding_stats(dataset):
             "padding_fraction": 1.0 - real / cells if cells else 0.0}
 
 
-def make_dataset(records, tokenizer=None, in_graph=False, max_length=None, truncation="error", batch_size=None,
-                 token_budget=None, bucket_boundaries="auto", num_buckets=16, shuffle=False, seed=None, mlm=None,
-                 return_index=False, drop_remainder=False, prefetch=True):
+def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = False, max_length: int | None = None,
+                 truncation: str = "error", batch_size: int | None = None, token_budget: int | None = None,
+                 bucket_boundaries: str | Sequence[int] | None = "auto", num_buckets: int = 16,
+                 shuffle: bool = False, seed: int | None = None, mlm=None, return_index: bool = False,
+                 drop_remainder: bool = False, prefetch: bool = True) -> tf.data.Dataset:
     """Turn `SequenceRecords` into a batched `tf.data.Dataset` ready for `model.fit` / `model.predict`.
 
     Args:
@@ -321,19 +326,22 @@ def _dense(value):
 # -------------------------------------------------------------------------------------------------- convenience
 
 
-def fasta_dataset(path, **kwargs):
+def fasta_dataset(path: str | os.PathLike, **kwargs) -> tf.data.Dataset:
     """`make_dataset(read_fasta_records(path), **kwargs)`: unlabelled batches (for embedding or with `mlm=True`)."""
     return make_dataset(read_fasta_records(path), **kwargs)
 
 
-def table_dataset(path, sequence_column="sequence", label_column="label", id_column=None, task="sequence",
-                  label_names=None, delimiter=None, **kwargs):
+def table_dataset(path: str | os.PathLike, sequence_column: str = "sequence", label_column: str | None = "label",
+                  id_column: str | None = None, task: str = "sequence", label_names: Sequence[str] | None = None,
+                  delimiter: str | None = None, **kwargs) -> tf.data.Dataset:
     """`make_dataset(read_table(path, ...), **kwargs)`: labelled batches from a CSV/TSV file."""
     records = read_table(path, sequence_column=sequence_column, label_column=label_column, id_column=id_column,
                          task=task, label_names=label_names, delimiter=delimiter)
     return make_dataset(records, **kwargs)
 
 
-def sequences_dataset(sequences, labels=None, ids=None, task=None, label_names=None, **kwargs):
+def sequences_dataset(sequences: Sequence[str], labels=None, ids: Sequence[str] | None = None,
+                      task: str | None = None, label_names: Sequence[str] | None = None,
+                      **kwargs) -> tf.data.Dataset:
     """`make_dataset(records_from_lists(...), **kwargs)`: batches from Python lists."""
     return make_dataset(records_from_lists(sequences, labels, ids=ids, task=task, label_names=label_names), **kwargs)

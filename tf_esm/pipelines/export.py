@@ -240,8 +240,8 @@ def default_max_length(config):
     return config.default_max_length()
 
 
-def export_saved_model(model, path, vocab=None, max_length="auto", validate=True, overwrite=False,
-                       model_class=None):
+def export_saved_model(model, path: str | os.PathLike, vocab=None, max_length: int | str | None = "auto",
+                       validate: bool = True, overwrite: bool = False, model_class: type | None = None) -> str:
     """Write `model` as a SavedModel with the `serving_default` (strings) and `token_ids` signatures.
 
     The SavedModel is written into a temporary directory next to `path` and renamed into place, so `path` never

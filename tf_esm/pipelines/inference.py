@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -286,8 +288,11 @@ def _plan_batches(token_lengths, toks_per_batch, padded_length, pad_single_rows=
     return batches
 
 
-def iter_embeddings(model, sequences, repr_layers=(-1,), include=("mean",), toks_per_batch=4096,
-                    truncation_seq_length=1022, tokenizer=None, progress_callback=None, streams=None):
+def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] = (-1,),
+                    include: Sequence[str] = ("mean",), toks_per_batch: int = 4096,
+                    truncation_seq_length: int | None = 1022, tokenizer=None,
+                    progress_callback: Callable[[int, int], None] | None = None,
+                    streams: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(index, result)` for every sequence (in an order of the batching's choosing).
 
     Args:
@@ -421,7 +426,7 @@ def iter_embeddings(model, sequences, repr_layers=(-1,), include=("mean",), toks
         pool.shutdown(wait=True)
 
 
-def embed_sequences(model, sequences, **kwargs):
+def embed_sequences(model, sequences: Sequence[str], **kwargs) -> list[dict[str, Any]]:
     """`iter_embeddings` collected into a list in input order (same keyword arguments)."""
     results = [None] * len(sequences)
     for index, result in iter_embeddings(model, sequences, **kwargs):
