@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Union
+
 import keras
 from keras import ops
 
@@ -14,9 +16,19 @@ from tf_esm.modeling.losses import (
     resolve_problem_type,
     sequence_classification_loss,
 )
-from tf_esm.modeling.outputs import TFMaskedLMOutput, TFSequenceClassifierOutput, TFTokenClassifierOutput
+from tf_esm.modeling.outputs import (
+    TFBaseModelOutputWithPoolingAndCrossAttentions,
+    TFMaskedLMOutput,
+    TFSequenceClassifierOutput,
+    TFTokenClassifierOutput,
+)
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.task import EsmKerasTask
+
+# Anything `keras.ops.convert_to_tensor` accepts: a backend tensor, a NumPy array, nested Python lists.
+TensorLike = Any
+# `input_ids` may also be the whole input dict (`model(tokenizer(...))`).
+ModelInputs = Union[TensorLike, Mapping[str, TensorLike]]
 
 # Inputs that may also arrive packed in a dict as the first argument (as `model(tokenizer(...))`).
 _INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "head_mask", "inputs_embeds", "labels",
@@ -105,9 +117,12 @@ class TFEsmModel(TFEsmPreTrainedModel):
         base["add_pooling_layer"] = self.add_pooling_layer
         return base
 
-    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
-             output_attentions=False, output_hidden_states=False, training=False):
+    def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
+             position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
+             inputs_embeds: TensorLike | None = None, encoder_hidden_states: TensorLike | None = None,
+             encoder_attention_mask: TensorLike | None = None, past_key_values: Any = None,
+             use_cache: bool | None = None, output_attentions: bool = False, output_hidden_states: bool = False,
+             training: bool = False) -> TFBaseModelOutputWithPoolingAndCrossAttentions | dict[str, TensorLike]:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
@@ -140,9 +155,12 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
         """Mean cross-entropy over positions whose label is not -100."""
         return masked_sparse_cross_entropy(labels, logits)
 
-    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=False,
-             output_hidden_states=False, training=False):
+    def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
+             position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
+             inputs_embeds: TensorLike | None = None, encoder_hidden_states: TensorLike | None = None,
+             encoder_attention_mask: TensorLike | None = None, labels: TensorLike | None = None,
+             output_attentions: bool = False, output_hidden_states: bool = False,
+             training: bool = False) -> TFMaskedLMOutput | TensorLike:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
@@ -182,8 +200,11 @@ class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
         problem_type = resolve_problem_type(self.config, labels)
         return sequence_classification_loss(problem_type, labels, logits, self.num_labels)
 
-    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             labels=None, output_attentions=False, output_hidden_states=False, training=False):
+    def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
+             position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
+             inputs_embeds: TensorLike | None = None, labels: TensorLike | None = None,
+             output_attentions: bool = False, output_hidden_states: bool = False,
+             training: bool = False) -> TFSequenceClassifierOutput | TensorLike:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, labels=labels))
@@ -221,8 +242,11 @@ class TFEsmForTokenClassification(TFEsmPreTrainedModel):
         """Mean cross-entropy over tokens whose label is not -100."""
         return masked_sparse_cross_entropy(labels, logits)
 
-    def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             labels=None, output_attentions=False, output_hidden_states=False, training=False):
+    def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
+             position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
+             inputs_embeds: TensorLike | None = None, labels: TensorLike | None = None,
+             output_attentions: bool = False, output_hidden_states: bool = False,
+             training: bool = False) -> TFTokenClassifierOutput | TensorLike:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, labels=labels))
