@@ -485,11 +485,13 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     code, _, err = _main(capsys, "fold", fasta, together, *options)  # both records in one padded batch
     assert code == 0, err
+    assert re.search(r"folded 2 records into .* in \d+:\d\d \(\d+\.\d\d s per protein\)", err), err
     assert loaded == [model_dir, model_dir]
 
     rows = _read_tsv(alone / "summary.tsv")
-    assert rows[0] == ["id", "length", "mean_plddt", "ptm"]
+    assert rows[0] == ["id", "length", "mean_plddt", "ptm", "seconds"]
     assert [row[:2] for row in rows[1:]] == [["one", "20"], ["two/b", "6"]]  # FASTA order, residues only
+    assert all(float(row[4]) > 0 for row in rows[1:])
     for row, batched_row in zip(rows[1:], _read_tsv(together / "summary.tsv")[1:]):
         output = model.infer([records[row[0]]], num_recycles=0, chunk_size=4)  # the Python API, one sequence
         with open(alone / (record_key(row[0]) + ".pdb")) as handle:
@@ -619,6 +621,8 @@ def test_progress_bar_draws_only_on_a_terminal():
         bar.update(3, work=80)
         bar.close()
     assert pipe.getvalue() == ""
-    assert "[########################] 4/4 seq" in terminal.getvalue()
-    assert "res/s" in terminal.getvalue() and "ETA 0:00" in terminal.getvalue()
-    assert terminal.getvalue().endswith("\n")
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())  # without colours and cursor moves
+    final = drawn.rstrip("\n").split("\r")[-1]
+    assert final.startswith("\u2501" * 24) and " 4/4 seq " in final, final  # a full bar, the count
+    assert "res/s" in final and final.endswith("ETA 0:00"), final
+    assert drawn.endswith("\n")

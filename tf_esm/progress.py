@@ -1,4 +1,8 @@
-"""A small terminal progress bar (count, rate, ETA) that stays silent when its stream is not a terminal.
+"""The command line's progress bar (count, rate, ETA), drawn with `rich` and silent when its stream is not a terminal.
+
+`rich` comes with Keras, so this costs no dependency. The wrapper only fixes what the subcommands show: items done
+out of the total, the rate of a finer work measure (residues predict run time better than sequence counts), and the
+ETA from that rate.
 
 Examples:
 
@@ -14,10 +18,6 @@ Examples:
 from __future__ import annotations
 
 import sys
-import time
-
-_BAR_WIDTH = 24
-_REDRAW_SECONDS = 0.1
 
 
 def format_duration(seconds):
@@ -28,16 +28,46 @@ def format_duration(seconds):
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-class ProgressBar:
-    """`[#####.....] 40/100 seq  1.2k res/s  ETA 0:52` on one self-overwriting line of `stream`.
+def _human(value):
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= threshold:
+            return f"{value / threshold:.1f}{suffix}"
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
-    The ETA comes from the `work` rate (e.g. residues, which predict run time better than sequence counts) when a
-    `total_work` is given, else from the item rate.
+
+def _columns(unit, work_unit):
+    from rich.progress import BarColumn, ProgressColumn
+    from rich.text import Text
+
+    class Count(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.fields['items']}/{task.fields['total_items']} {unit}")
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("--" if speed is None else f"{_human(speed)} {work_unit}/s")
+
+    class Remaining(ProgressColumn):
+        max_refresh = 0.5  # a steadier ETA than rich's per-frame estimate
+
+        def render(self, task):
+            if task.finished:
+                return Text("ETA 0:00")
+            remaining = task.time_remaining
+            return Text("ETA --:--" if remaining is None else f"ETA {format_duration(remaining)}")
+
+    return (BarColumn(bar_width=24), Count(), Rate(), Remaining())
+
+
+class ProgressBar:
+    """`━━━━━━━━━━╸━━━━━━━━━ 40/100 seq  1.2k res/s  ETA 0:52` on one self-overwriting line of `stream`.
 
     Args:
         total: number of items (e.g. sequences) to process.
         unit: the items' unit shown after the count.
-        total_work: optional total of a finer work measure (e.g. residues) used for the rate and ETA.
+        total_work: optional total of a finer work measure (e.g. residues) used for the rate and ETA; without it
+            the items are the work.
         work_unit: the work measure's unit (shown in the rate).
         stream: where to draw (default `sys.stderr`).
         enabled: draw or not; `None` draws only when `stream` is a terminal.
@@ -50,54 +80,37 @@ class ProgressBar:
             enabled = bool(isatty and isatty())
         self.enabled = enabled
         self.total, self.unit = int(total), unit
-        self.total_work, self.work_unit = total_work, work_unit
+        self.total_work = total_work
+        self._count_work = total_work is not None
         self.done = self.work_done = 0
-        self._start = time.monotonic()
-        self._last_draw = 0.0
-        self._drawn = False
+        self._progress = self._task = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            console = Console(file=self.stream, force_terminal=True, highlight=False)
+            self._progress = Progress(*_columns(unit, work_unit if self._count_work else unit), console=console,
+                                      transient=False, refresh_per_second=10)
+            self._task = self._progress.add_task("", total=total_work if self._count_work else self.total,
+                                                 items=0, total_items=self.total)
+            self._progress.start()
 
     def update(self, items=1, work=0):
-        """Add `items` finished items and `work` units of work, and redraw (at most 10 times a second)."""
+        """Add `items` finished items and `work` units of work."""
         self.done += items
         self.work_done += work
-        now = time.monotonic()
-        if self.enabled and (now - self._last_draw >= _REDRAW_SECONDS or self.done >= self.total):
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now):
-        elapsed = max(now - self._start, 1e-9)
-        fraction = self.done / self.total if self.total else 1.0
-        filled = int(round(_BAR_WIDTH * min(fraction, 1.0)))
-        parts = [f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {self.done}/{self.total} {self.unit}"]
-        if self.total_work:
-            parts.append(f"{_human(self.work_done / elapsed)} {self.work_unit}/s")
-            remaining = (self.total_work - self.work_done) / (self.work_done / elapsed) if self.work_done else None
-        else:
-            parts.append(f"{_human(self.done / elapsed)} {self.unit}/s")
-            remaining = (self.total - self.done) / (self.done / elapsed) if self.done else None
-        parts.append(f"ETA {format_duration(remaining)}" if remaining is not None else "ETA --:--")
-        self.stream.write("\r" + "  ".join(parts) + "\x1b[K")
-        self.stream.flush()
-        self._drawn = True
+        if self._progress is not None:
+            self._progress.update(self._task, advance=work if self._count_work else items, items=self.done)
 
     def close(self):
-        """Finish the line (if anything was drawn)."""
-        if self._drawn:
-            self._draw(time.monotonic())
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        """Draw the final state and finish the line (if anything was drawn)."""
+        if self._progress is not None:
+            self._progress.refresh()
+            self._progress.stop()
+            self._progress = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
         self.close()
-
-
-def _human(value):
-    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= threshold:
-            return f"{value / threshold:.1f}{suffix}"
-    return f"{value:.1f}" if value < 10 else f"{value:.0f}"

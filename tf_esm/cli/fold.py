@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 from tf_esm.io.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     EXIT_FAILURE, CliError, add_fasta_argument, interrupted, load_model, make_output_directory, non_negative_int,
     positive_int, sigterm_as_interrupt, skipped_note)
 from tf_esm.io.embedding_stores import record_key
+from tf_esm.progress import format_duration
 
 NAME = "fold"
 HELP = "Predict structures with ESMFold: one PDB per FASTA record and a pLDDT/pTM summary."
@@ -18,8 +20,12 @@ EPILOG = """\
 output:
   OUTDIR/<id>.pdb  the structure (B-factors: per-atom pLDDT as the model outputs it, 0-1);
   OUTDIR/summary.tsv  columns id, length (residues), mean_plddt (0-100, averaged over the atoms present, as
-  esm-fold reports it) and ptm, one row per record folded so far (in FASTA order). pTM is each record's own
-  (the reference computes one pTM over a whole padded batch; here batching does not change the numbers).
+  esm-fold reports it), ptm and seconds, one row per record folded so far (in FASTA order). pTM is each
+  record's own (the reference computes one pTM over a whole padded batch; here batching does not change the
+  numbers). seconds: the wall time of the record's batch, shared among its records by length; the first batch
+  at a new length bucket includes compiling the model for it.
+  Records are folded longest first, so each length bucket is compiled once and reused; the progress bar shows
+  residues/s and the ETA, and the last line the time per protein.
   A record may hold several chains separated by ':' (folded as a complex with a poly-G linker, as ESMFold).
   Records whose PDB exists are skipped (re-running resumes); --overwrite refolds them.
 
@@ -103,7 +109,7 @@ def _read_summary(path):
             lines = handle.read().splitlines()
         for line in lines[1:]:
             fields = line.split("\t")
-            if len(fields) == 4:
+            if len(fields) in (4, 5):  # earlier versions wrote no seconds column
                 rows[fields[0]] = fields
     return rows
 
@@ -138,24 +144,31 @@ def run(args, console):
     model = load_model(args.model, TFEsmForProteinFolding)
 
     def write_summary():
-        lines = ["id\tlength\tmean_plddt\tptm"]
+        lines = ["id\tlength\tmean_plddt\tptm\tseconds"]
         lines += ["\t".join(summary[record_id]) for record_id, _ in records if record_id in summary]
         write_atomic(summary_path, lambda handle: handle.write(("\n".join(lines) + "\n").encode("utf-8")))
 
+    folding_seconds = 0.0
     bar = console.progress(len(todo), "seq", total_work=sum(len(s.replace(":", "")) for _, s in todo))
     try:
         with sigterm_as_interrupt():
             lengths = [positions[record_id] for record_id, _ in todo]
             for batch in _fold_batches(lengths, args.max_tokens_per_batch):
                 sequences = [todo[i][1] for i in batch]
+                started = time.perf_counter()
                 output = model.infer(sequences, num_recycles=args.num_recycles, chunk_size=args.chunk_size)
                 pdbs = model.output_to_pdb(output)
                 scores = fold_summary(output, [lengths[i] for i in batch])
+                seconds = time.perf_counter() - started
+                folding_seconds += seconds
+                batch_positions = sum(lengths[i] for i in batch)
                 for i, pdb, (mean_plddt, ptm) in zip(batch, pdbs, scores, strict=True):
                     record_id, sequence = todo[i]
                     write_atomic(pdb_path(record_id), lambda handle: handle.write(pdb.encode("utf-8")))
                     residues = len(sequence.replace(":", ""))
-                    summary[record_id] = [record_id, str(residues), f"{mean_plddt:.2f}", f"{ptm:.4f}"]
+                    share = seconds * lengths[i] / batch_positions
+                    summary[record_id] = [record_id, str(residues), f"{mean_plddt:.2f}", f"{ptm:.4f}",
+                                          f"{share:.3f}"]
                 write_summary()
                 bar.update(len(batch), work=sum(len(s.replace(":", "")) for s in sequences))
     except KeyboardInterrupt:
@@ -163,5 +176,7 @@ def run(args, console):
         raise interrupted("finished structures", args.outdir) from None
     finally:
         bar.close()
-    console.info(f"folded {len(todo)} records into {args.outdir}{skipped_note(skipped)}; summary in {summary_path}.")
+    console.info(f"folded {len(todo)} records into {args.outdir} in {format_duration(folding_seconds)} "
+                 f"({folding_seconds / len(todo):.2f} s per protein){skipped_note(skipped)}; summary in "
+                 f"{summary_path}.")
     return 0
