@@ -10,10 +10,13 @@ figure; the ratio uses it); tf_esm's warm-up (trace + graph optimisation + first
     python benchmarks/bench_fold.py                                   # lengths 64 and 256
     python benchmarks/bench_fold.py --lengths 384 --chunk-sizes none 32 --frameworks tf_esm --repeats 1
     python benchmarks/bench_fold.py --eager                           # also tf_esm's op-by-op eager path
+    python benchmarks/bench_fold.py --size full --lengths 64 256 --repeats 1              # the real model's size
+    python benchmarks/bench_fold.py --size full --lengths 384 --chunk-sizes 64 --stem bfloat16
 
 The checkpoint (`--size tiny`): stem 2 layers x 32, trunk 2 blocks (sequence 32, pair 16), structure module 2
 blocks, 2 recycling passes (the HF default `num_recycles=None`), every weight perturbed so nothing is a no-op.
-`--size small` doubles the trunk widths (pair 32) for the memory comparison. Sequences: the 20 standard residues,
+`--size small` doubles the trunk widths (pair 32) for the memory comparison. `--size full` is esmfold_v1's
+architecture (3.5B parameters; benchmarks/full_esmfold.py: built once into `--cache`, one process per framework). Sequences: the 20 standard residues,
 numpy seed 0, batch of one.
 """
 
@@ -152,13 +155,29 @@ def main():
                         choices=["torch", "tf_esm", "tf_esm_eager"])
     parser.add_argument("--eager", action="store_true", help="also time tf_esm's eager path")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--size", choices=sorted(SIZES) + ["full"], default="tiny")
+    parser.add_argument("--cache", default=None, help="--size full: where the checkpoint is built once")
+    parser.add_argument("--stem", default="fp32", help="--size full: the stem's precision: fp32; fp16 (HF's "
+                        "fp16_esm default; tf_esm then runs its stem in float16), or a tf_esm esm_dtype "
+                        "(bfloat16, ...) with HF in fp16")
+    parser.add_argument("--full-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--positions", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.full_worker or args.size == "full":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import full_esmfold
+
+        if args.full_worker:
+            steps = [tuple(step) for step in json.loads(args.steps)]
+            return full_esmfold.worker(args.full_worker, args.checkpoint, steps, args.repeats, args.stem)
+        args.cache = args.cache or full_esmfold.DEFAULT_CACHE
+        args.frameworks = [name for name in args.frameworks if name != "tf_esm_eager"]
+        return full_esmfold.run(args, os.path.abspath(__file__))
     if args.worker:
         args.framework = args.worker
         return worker(args)

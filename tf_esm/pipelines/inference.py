@@ -158,7 +158,9 @@ class _Runner:
             import tensorflow as tf
 
             signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.int32)]
-            return tf.function(forward, input_signature=signature, jit_compile=_JIT)
+            # No AutoGraph: `forward` has only Python control flow over Python values (the tensor-dependent
+            # loops are explicit tf.while_loop / tf.cond), so converting its source would only slow the trace.
+            return tf.function(forward, input_signature=signature, jit_compile=_JIT, autograph=False)
         if backend == "jax":
             import jax
 

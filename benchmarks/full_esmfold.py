@@ -1,0 +1,222 @@
+"""Full-size ESMFold (ESM-2 3B stem + 48-block trunk, 3.5B parameters): tf_esm vs HF PyTorch, load to last fold.
+
+Run through `python benchmarks/bench_fold.py --size full` (options there). The random-weight checkpoint is built
+once into `--cache` (default `~/.cache/tf_esm_bench/esmfold_full`, 14.1 GB of float32 safetensors in 2 GB shards,
+with transformers' `model.safetensors.index.json`): the parameter names and shapes come from transformers'
+`EsmForProteinFolding` built on the `meta` device, so building never holds the model in memory. Weights are drawn
+as an initialiser would (normal, std 0.02 for matrices; ones plus noise for norm scales; small biases), which keeps
+the activations finite; the numbers of a random model mean nothing, its speed and memory are the real model's.
+
+Each framework runs in its own process, which loads the checkpoint once (timed) and then folds every (length,
+chunk size) in turn: a first fold (trace / page-in at a new length), then `--repeats` warm folds. Peak RSS is
+measured per step (the kernel's high-water mark is reset before each step through /proc/self/clear_refs), so the
+table shows each length's own peak; "time to first structure" is load + the first fold at the first length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "tf_esm_bench", "esmfold_full")
+SHARD_BYTES = 2 * 10**9
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def full_config(fp16_esm=False):
+    """transformers' `EsmConfig` of facebook/esmfold_v1 (its defaults for the trunk and structure module)."""
+    import transformers
+
+    from tf_esm.configuration import ESM2_VOCAB
+
+    return transformers.EsmConfig(
+        vocab_size=33, hidden_size=2560, num_hidden_layers=36, num_attention_heads=40, intermediate_size=10240,
+        max_position_embeddings=1026, pad_token_id=1, mask_token_id=32, position_embedding_type="rotary",
+        token_dropout=True, emb_layer_norm_before=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-5, is_folding_model=True, vocab_list=list(ESM2_VOCAB),
+        esmfold_config=dict(fp16_esm=fp16_esm))
+
+
+def _random_value(name, shape, rng):
+    if len(shape) >= 2:
+        return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    if name.endswith("weight"):  # norm scales
+        return (1.0 + 0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+
+
+def build_full_checkpoint(directory):
+    """Write the random-weight full checkpoint shard by shard (peak memory: one shard). Idempotent."""
+    import torch
+    import transformers
+    from safetensors.numpy import save_file
+
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        return directory
+    os.makedirs(directory, exist_ok=True)
+    config = full_config()
+    with torch.device("meta"):
+        model = transformers.EsmForProteinFolding(config)
+    parameters = dict(model.named_parameters())
+    buffers = {
+        "af2_to_esm": model._af2_to_esm_from_vocab_list(config.vocab_list).numpy(),
+    }
+    head_dim = config.hidden_size // config.num_attention_heads
+    buffers["esm.rotary_embeddings.inv_freq"] = (
+        1.0 / 10000 ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)).astype(np.float32)
+    names = list(model.state_dict())
+    unknown = [name for name in names if name not in parameters and name not in buffers]
+    if unknown:
+        raise SystemExit(f"buffers this builder does not know how to fill: {unknown}")
+    rng = np.random.default_rng(0)
+    weight_map, shard, shard_bytes, total, files = {}, {}, 0, 0, []
+
+    def flush():
+        nonlocal shard, shard_bytes
+        if shard:
+            file_name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, os.path.join(directory, file_name + ".partial"), metadata={"format": "pt"})
+            os.replace(os.path.join(directory, file_name + ".partial"), os.path.join(directory, file_name))
+            files.append(file_name)
+            for name in shard:
+                weight_map[name] = file_name
+            shard, shard_bytes = {}, 0
+
+    for name in names:
+        value = buffers[name] if name in buffers else _random_value(name, tuple(parameters[name].shape), rng)
+        if shard_bytes + value.nbytes > SHARD_BYTES:
+            flush()
+        shard[name] = np.ascontiguousarray(value)
+        shard_bytes += value.nbytes
+        total += value.nbytes
+    flush()
+    # transformers names shards model-0000i-of-0000n; the index is what readers follow, so plain numbering is fine.
+    config.save_pretrained(directory)
+    with open(index_path + ".partial", "w") as handle:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, handle)
+    os.replace(index_path + ".partial", index_path)
+    return directory
+
+
+def sequence(length):
+    return "".join(np.random.default_rng(0).choice(list(RESIDUES), size=length))
+
+
+def _status_bytes(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def _reset_peak():
+    """Start the kernel's RSS high-water mark (VmHWM) afresh from the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(framework, checkpoint, steps, repeats, stem):
+    """One process: load, then for each (length, chunk) a first fold and `repeats` warm folds. JSON lines out."""
+    start = time.perf_counter()
+    if framework == "torch":
+        import torch
+        import transformers
+
+        torch.set_grad_enabled(False)
+        config = transformers.EsmConfig.from_pretrained(checkpoint)
+        config.esmfold_config.fp16_esm = stem != "fp32"  # HF's half stem is float16
+        model = transformers.EsmForProteinFolding.from_pretrained(checkpoint, config=config).eval()
+
+        def fold(text, chunk):
+            model.trunk.set_chunk_size(chunk)
+            return model.infer(text)["positions"].float().numpy()
+    else:
+        from tf_esm.folding import TFEsmForProteinFolding
+
+        kwargs = {} if stem == "fp32" else {"esm_dtype": "float16" if stem == "fp16" else stem}
+        model = TFEsmForProteinFolding.from_pretrained(checkpoint, **kwargs)
+
+        def fold(text, chunk):
+            return np.asarray(model.infer(text, chunk_size=chunk)["positions"])
+    load_s = time.perf_counter() - start
+    print(json.dumps(dict(event="load", framework=framework, load_s=load_s, rss=_status_bytes("VmRSS"),
+                          peak_rss=_status_bytes("VmHWM"))), flush=True)
+    for length, chunk in steps:
+        text = sequence(length)
+        _reset_peak()
+        start = time.perf_counter()
+        positions = fold(text, chunk)
+        first_s = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            positions = fold(text, chunk)
+            times.append(time.perf_counter() - start)
+        print(json.dumps(dict(event="fold", framework=framework, length=length, chunk=chunk, first_s=first_s,
+                              warm_s=min(times) if times else None, peak_rss=_status_bytes("VmHWM"),
+                              positions=np.asarray(positions)[-1].tolist(),
+                              traces=getattr(model, "inference_trace_count", None))), flush=True)
+
+
+def run(args, script):
+    checkpoint = build_full_checkpoint(args.cache)
+    steps = [(length, None if chunk == "none" else int(chunk))
+             for length in args.lengths for chunk in args.chunk_sizes]
+    results = {}
+    for framework in args.frameworks:
+        command = [sys.executable, script, "--full-worker", framework, "--checkpoint", checkpoint,
+                   "--repeats", str(args.repeats), "--stem", args.stem,
+                   "--steps", json.dumps(steps)]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+        if completed.returncode != 0:
+            sys.stderr.write(completed.stderr[-4000:])
+            print(f"{framework} worker exited {completed.returncode} after {len(lines)} results", file=sys.stderr)
+        results[framework] = lines
+    render(results, args)
+
+
+def render(results, args):
+    gib = 2 ** 30
+    print(f"\nFull ESMFold (3.5B parameters, stem {args.stem}), batch 1, {args.repeats} warm fold(s) per step, "
+          f"{os.cpu_count()} CPUs\n")
+    torch_lines = {(r["length"], r["chunk"]): r for r in results.get("torch", []) if r["event"] == "fold"}
+    print("| framework | load (s) | time to first structure (s) | vs torch |")
+    print("|---|---|---|---|")
+    first_structure = {}
+    for framework, lines in results.items():
+        load = next((r for r in lines if r["event"] == "load"), None)
+        folds = [r for r in lines if r["event"] == "fold"]
+        if load is None or not folds:
+            print(f"| {framework} | failed | | |")
+            continue
+        first_structure[framework] = load["load_s"] + folds[0]["first_s"]
+        ratio = (f"{first_structure[framework] / first_structure['torch']:.2f}x"
+                 if "torch" in first_structure else "-")
+        print(f"| {framework} | {load['load_s']:.1f} | {first_structure[framework]:.1f} | {ratio} |")
+    print("\n| L | chunk | framework | first fold (s) | warm fold (s) | warm vs torch | peak RSS (GiB) | "
+          "peak vs torch | max \\|dpos\\| vs torch (A) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for framework, lines in results.items():
+        for r in (r for r in lines if r["event"] == "fold"):
+            reference = torch_lines.get((r["length"], r["chunk"]))
+            warm = "-" if r["warm_s"] is None else f"{r['warm_s']:.1f}"
+            ratio = peak_ratio = diff = "-"
+            if reference is not None and framework != "torch":
+                if r["warm_s"] and reference["warm_s"]:
+                    ratio = f"{r['warm_s'] / reference['warm_s']:.2f}x"
+                peak_ratio = f"{r['peak_rss'] / reference['peak_rss']:.2f}x"
+                diff = f"{np.max(np.abs(np.asarray(r['positions']) - np.asarray(reference['positions']))):.1e}"
+            print(f"| {r['length']} | {r['chunk'] or 'none'} | {framework} | {r['first_s']:.1f} | {warm} | {ratio} "
+                  f"| {r['peak_rss'] / gib:.1f} | {peak_ratio} | {diff} |")
