@@ -222,6 +222,21 @@ def finish_initialization(model):
 POOLER = re.compile(r"(^|\.)pooler\.")
 
 
+def _as_variable_value(value, dtype, transpose):
+    """`value` (numpy) as a backend tensor of `dtype`, transposed if asked.
+
+    The backend converts the contiguous array (one copy) and transposes it with its own blocked, multi-threaded
+    kernel: a NumPy transpose of a large matrix walks memory with a stride and was most of the loading time of the
+    full-size ESMFold (benchmarks/RESULTS.md, "Loading").
+    """
+    from keras import ops
+
+    if value.dtype != np.dtype(dtype):
+        value = value.astype(dtype)
+    tensor = ops.convert_to_tensor(value)
+    return ops.transpose(tensor) if transpose else tensor
+
+
 def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     """Assign a {reference name: array} dict to `model`'s variables. Returns (missing, unexpected) name lists.
 
@@ -240,15 +255,15 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
             continue
         variable, transpose = variables[name]
         value = np.asarray(value)
-        if transpose and value.ndim == 2:
-            value = value.T
-        if tuple(value.shape) != tuple(variable.shape):
+        transpose = transpose and value.ndim == 2
+        shape = value.shape[::-1] if transpose else value.shape
+        if tuple(shape) != tuple(variable.shape):
             raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(np.asarray(state_dict[name]).shape)}, but the model's "
+                f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
                 f"variable {variable.path} needs {tuple(variable.shape)}"
                 + (" (transposed)" if transpose else "") + "."
             )
-        assign_weight(variable, value.astype(variable.dtype, copy=False))
+        assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
     missing = sorted(n for n in variables if n not in state_dict and not _is(OPTIONAL, n))
     unexpected.sort()
     if strict and (missing or unexpected):
