@@ -170,12 +170,24 @@ def _run_beam(args, pipeline_args, console):
     settings = {"model": _model_identity(args.model), "repr_layers": list(layers) if include != ["contacts"] else [],
                 "include": include, "truncation_seq_length": args.truncation_seq_length,
                 "num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size}
+    import logging
+
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    if not getattr(args, "debug", False) and not any(arg.startswith("--default_sdk_harness_log_level")
+                                                     for arg in pipeline_args):
+        # Beam's workers log every bundle at INFO; keep their warnings and errors.
+        beam_logger.setLevel(logging.WARNING)
+        pipeline_args = ["--default_sdk_harness_log_level=WARNING", *pipeline_args]
     console.info(f"running the Beam pipeline on {args.runner} ...")
-    summary = beam.embed_files(args.model, [args.fasta], args.output, repr_layers=layers, include=include,
-                               toks_per_batch=args.toks_per_batch,
-                               truncation_seq_length=args.truncation_seq_length,
-                               pipeline_args=["--runner", args.runner, *pipeline_args], overwrite=args.overwrite,
-                               settings=settings)
+    try:
+        summary = beam.embed_files(args.model, [args.fasta], args.output, repr_layers=layers, include=include,
+                                   toks_per_batch=args.toks_per_batch,
+                                   truncation_seq_length=args.truncation_seq_length,
+                                   pipeline_args=["--runner", args.runner, *pipeline_args],
+                                   overwrite=args.overwrite, settings=settings)
+    finally:
+        beam_logger.setLevel(level)
     records = "?" if summary["records"] is None else summary["records"]
     console.info(f"embedded {records} records from {summary['files']} files into {len(summary['shards'])} Parquet "
                  f"shards in {args.output}.")
