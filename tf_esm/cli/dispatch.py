@@ -120,12 +120,26 @@ def main(argv=None):
     return status
 
 
+def _parse(argv):
+    """`embed ... -- BEAM OPTIONS`: what follows the first `--` is kept as `args.pipeline_args` (Apache Beam's
+    options, for `embed --runner`); for every other command `--` keeps argparse's meaning."""
+    parser = build_parser()
+    if "--" in argv:
+        cut = argv.index("--")
+        # The top-level options take no values, so the first word that is not an option is the command.
+        if next((word for word in argv[:cut] if not word.startswith("-")), None) == "embed":
+            args = parser.parse_args(argv[:cut])
+            args.pipeline_args = argv[cut + 1:]
+            return args
+    return parser.parse_args(argv)
+
+
 def _dispatch(argv, debug):
     """Parse `argv` and run its command; every error becomes one line on stderr and an exit status."""
     args = None
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = _parse(argv)
         except SystemExit as exit_request:  # --help / --version
             return int(exit_request.code or 0)
         console = Console(getattr(args, "quiet", False))

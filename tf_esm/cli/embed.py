@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tf_esm.cli.common import (
-    CliError, add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted,
+    EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted,
     load_model, make_output_directory, non_negative_float, positive_int, read_records, require_module,
     sigterm_as_interrupt, skipped_note, warn_truncated)
 from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, Hdf5Store, NpzStore
@@ -34,6 +34,15 @@ resuming and crash safety:
   Ctrl-C / SIGTERM save the finished records before exiting. Do not run two commands on the same OUTPUT at once.
   For very large per-residue outputs prefer the directory format (each HDF5 checkpoint copies the file once).
 
+many files, many workers (Apache Beam; pip install tf_esm[beam]):
+  With --runner, FASTA is a file pattern (quote it: 'shards/*.fasta'; gs:// and other Beam file systems work),
+  OUTPUT a directory of Parquet shards part-NNNNN.parquet (columns id, length, sequence_length, truncated,
+  mean_<layer>, bos_<layer>, per_tok_<layer>, contacts), and everything after `--` goes to Beam's
+  PipelineOptions. Each file is read whole (records are never split), batches follow --toks-per-batch, each
+  worker process loads the model once. A Beam run does not resume: OUTPUT must hold no shards (or --overwrite).
+  tf-esm embed esm2_dir 'shards/*.fasta' out/ --runner DirectRunner -- --direct_num_workers=2 \
+      --direct_running_mode=multi_processing
+
 examples:
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta embeddings.h5 --repr-layers -1 --include mean per_tok
   tf-esm embed esm2_t33_650M_UR50D.pt proteins.fasta embeddings/ --repr-layers 0 32 33 --include mean bos
@@ -61,9 +70,15 @@ def add_arguments(parser):
                         help="embed only the first N residues of longer sequences (a warning names each one)")
     parser.add_argument("--checkpoint-interval", type=non_negative_float, default=300.0, metavar="SECONDS",
                         help="HDF5 output: replace OUTPUT with the records finished so far this often")
+    parser.add_argument("--runner", choices=BEAM_RUNNERS, metavar="RUNNER",
+                        help="run as an Apache Beam pipeline on RUNNER (" + ", ".join(BEAM_RUNNERS) + "): FASTA "
+                             "is a file pattern, OUTPUT a directory of Parquet shards; Beam options go after --")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute every record instead of resuming (an existing HDF5 file is replaced at "
                              "the first checkpoint; in a directory each record's file is replaced)")
+
+
+BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
 
 def _model_identity(reference):
@@ -71,6 +86,12 @@ def _model_identity(reference):
 
 
 def run(args, console):
+    pipeline_args = getattr(args, "pipeline_args", None) or []
+    if args.runner:
+        return _run_beam(args, pipeline_args, console)
+    if pipeline_args:
+        raise CliError(f"options after -- ({' '.join(pipeline_args)}) are Apache Beam pipeline options: pass "
+                       "--runner too.")
     records = read_records(args.fasta)
     hdf5 = args.output.lower().endswith(HDF5_SUFFIXES)
     if hdf5:
@@ -122,4 +143,52 @@ def run(args, console):
         raise
     bar.close()
     console.info(f"embedded {len(todo)} records into {args.output}{skipped_note(skipped)}.")
+    return 0
+
+
+def _run_beam(args, pipeline_args, console):
+    """`--runner`: the Beam pipeline of tf_esm/pipelines/beam.py."""
+    if args.output.lower().endswith(HDF5_SUFFIXES):
+        raise CliError(f"OUTPUT {args.output}: with --runner, OUTPUT is a directory of Parquet shards, not HDF5.")
+    try:
+        from tf_esm.pipelines import beam
+    except ImportError as error:
+        raise CliError(f"--runner needs Apache Beam: {error}", code=EXIT_FAILURE) from None
+    if any(arg == "--runner" or arg.startswith("--runner=") for arg in pipeline_args):
+        raise CliError("pass the runner once, as --runner before --, not among the Beam options after it.")
+    configure_threads()
+    include = sorted(set(args.include))
+    config = beam.model_config(args.model)
+    from tf_esm.pipelines.inference import _resolve_layers
+
+    try:
+        layers = _resolve_layers(args.repr_layers, config.num_hidden_layers)
+    except ValueError:
+        n = config.num_hidden_layers
+        raise CliError(f"--repr-layers {' '.join(map(str, args.repr_layers))}: this model has layers 0..{n} "
+                       f"(or -{n + 1}..-1).") from None
+    settings = {"model": _model_identity(args.model), "repr_layers": list(layers) if include != ["contacts"] else [],
+                "include": include, "truncation_seq_length": args.truncation_seq_length,
+                "num_layers": config.num_hidden_layers, "hidden_size": config.hidden_size}
+    import logging
+
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    if not getattr(args, "debug", False) and not any(arg.startswith("--default_sdk_harness_log_level")
+                                                     for arg in pipeline_args):
+        # Beam's workers log every bundle at INFO; keep their warnings and errors.
+        beam_logger.setLevel(logging.WARNING)
+        pipeline_args = ["--default_sdk_harness_log_level=WARNING", *pipeline_args]
+    console.info(f"running the Beam pipeline on {args.runner} ...")
+    try:
+        summary = beam.embed_files(args.model, [args.fasta], args.output, repr_layers=layers, include=include,
+                                   toks_per_batch=args.toks_per_batch,
+                                   truncation_seq_length=args.truncation_seq_length,
+                                   pipeline_args=["--runner", args.runner, *pipeline_args],
+                                   overwrite=args.overwrite, settings=settings)
+    finally:
+        beam_logger.setLevel(level)
+    records = "?" if summary["records"] is None else summary["records"]
+    console.info(f"embedded {records} records from {summary['files']} files into {len(summary['shards'])} Parquet "
+                 f"shards in {args.output}.")
     return 0

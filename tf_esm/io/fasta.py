@@ -97,8 +97,6 @@ STDIN = "-"
 def read_input_bytes(path):
     """The bytes of `path`, or of standard input when `path` is "-", decompressed when they are gzip, bzip2 or xz
     data (told by their magic bytes, not the file name). Errors name the path."""
-    import importlib
-
     path = os.fspath(path)
     try:
         if path == STDIN:
@@ -110,12 +108,20 @@ def read_input_bytes(path):
                 data = handle.read()
     except OSError as error:
         raise FastaError(f"{_display(path)}: cannot read ({error.strerror}).") from None
+    return decompress_input(data, _display(path))
+
+
+def decompress_input(data, source):
+    """`data` decompressed when it is gzip, bzip2 or xz data (told by its magic bytes), else as it is; errors name
+    `source`."""
+    import importlib
+
     for magic, module in _COMPRESSION_MAGIC:
         if data.startswith(magic):
             try:
                 return importlib.import_module(module).decompress(data)
             except Exception as error:  # noqa: BLE001 - zlib.error, lzma.LZMAError, EOFError, OSError, ...
-                raise FastaError(f"{_display(path)}: damaged or cut-short {module} data ({error}).") from None
+                raise FastaError(f"{source}: damaged or cut-short {module} data ({error}).") from None
     return data
 
 
@@ -127,9 +133,16 @@ def read_fasta(path, validate=True):
     """Read a FASTA file (plain, gzip, bzip2 or xz; "-" for standard input) into a list of FastaRecord; errors
     name the file, record and position."""
     path = os.fspath(path)
-    data = read_input_bytes(path)
+    return parse_fasta_bytes(read_input_bytes(path), _display(path), validate=validate, decompress=False)
+
+
+def parse_fasta_bytes(data, source, validate=True, decompress=True):
+    """`read_fasta` on a file's bytes already read (e.g. by Apache Beam's file reading): decompressed as
+    `read_input_bytes` does, decoded as UTF-8 and parsed; errors name `source`."""
+    if decompress:
+        data = decompress_input(data, source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise FastaError(f"{_display(path)}: not a text file (byte {error.start} is not UTF-8).") from None
-    return parse_fasta(text, source=_display(path), validate=validate)
+        raise FastaError(f"{source}: not a text file (byte {error.start} is not UTF-8).") from None
+    return parse_fasta(text, source=source, validate=validate)

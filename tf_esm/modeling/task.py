@@ -112,6 +112,35 @@ class EsmKerasTask:
         with self._keras_loop():
             return super().fit(*args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TensorFlow trainer averages the first batch across replicas to learn its shapes, which fails for
+        # nested batches under MultiWorkerMirroredStrategy with several workers: see distribute_tf.py.
+        if iterator is not None and data_batch is None and keras.backend.backend() == "tensorflow":
+            from tf_esm.modeling.distribute_tf import is_multi_worker, local_build_batch
+
+            strategy = getattr(self, "_distribute_strategy", None)
+            if strategy is not None and is_multi_worker(strategy):
+                return super()._maybe_symbolic_build(data_batch=local_build_batch(strategy, iterator))
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return self._multi_worker_step_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._multi_worker_step_logs(super().test_step(data))
+
+    def _multi_worker_step_logs(self, logs):
+        # Keras averages each step's logs across workers with a reduction along axis 0, which scalars lack: see
+        # distribute_tf.py.
+        if keras.backend.backend() != "tensorflow":
+            return logs
+        from tf_esm.modeling.distribute_tf import is_multi_worker, logs_for_multi_worker_reduce
+
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None or not is_multi_worker(strategy):
+            return logs
+        return logs_for_multi_worker_reduce(logs)
+
     def evaluate(self, *args, **kwargs):
         args, kwargs = _tf_data_inputs(args, kwargs, "x")
         with self._keras_loop():

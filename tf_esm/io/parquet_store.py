@@ -1,0 +1,311 @@
+"""The Parquet layout of `tf-esm embed`: one schema, one row conversion, and the sharded writer that uses them.
+
+Any writer of embedding Parquet files (the `tf-esm embed` store below, an Apache Beam pipeline through
+`beam.io.WriteToParquet`) builds its schema with `embedding_schema` and its rows with `result_to_row`, so
+every producer writes the same columns and `tf_esm.io.read_embeddings` reads them all. The names here are a
+public interface: keep them stable.
+
+Columns (names usable in SQL as they are):
+  id               string       the FASTA id
+  length           int32        residues embedded (after truncation)
+  sequence_length  int32        residues in the record
+  truncated        bool         length < sequence_length
+  mean_<layer>     fixed_size_list<float32>[D]                 mean over residues
+  bos_<layer>      fixed_size_list<float32>[D]                 the <cls> position
+  per_tok_<layer>  list<fixed_size_list<float32>[D]>           one D-vector per residue (length of them)
+  contacts         list<float32>                               length*length contact map, row-major
+<layer> is the absolute hidden-state index (0 = embedding output, N = last of N layers). The schema's metadata
+key `tf_esm_embed` holds the run's settings as JSON (what a resumed run must match).
+
+No TensorFlow here: pyarrow and numpy only, imported when first used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+
+from tf_esm.io.atomic import PARTIAL_SUFFIX, fsync_file, remove_stale_partials, replace_durably
+from tf_esm.io.embedding_stores import EmbeddingStoreError, check_settings
+
+KINDS = ("mean", "per_tok", "bos", "contacts")
+SETTINGS_KEY = "tf_esm_embed"
+ROW_COLUMNS = ("id", "length", "sequence_length", "truncated")
+SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+# Where a result of `tf_esm.pipelines.inference.iter_embeddings` keeps each kind ({layer: array}).
+RESULT_FIELDS = {"mean": "mean_representations", "per_tok": "representations", "bos": "bos_representations"}
+
+
+def column_name(kind, layer=None):
+    """The column of one kind and layer: `mean_6`, `per_tok_0`, `bos_33`, `contacts` (no layer)."""
+    if kind == "contacts":
+        return "contacts"
+    if kind not in RESULT_FIELDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
+    return f"{kind}_{int(layer)}"
+
+
+def parse_column_name(name):
+    """(kind, layer) of an embedding column, ('contacts', None), or None for the row columns (id, length, ...)."""
+    if name == "contacts":
+        return "contacts", None
+    for kind in ("per_tok", "mean", "bos"):
+        match = re.fullmatch(rf"{kind}_(\d+)", name)
+        if match:
+            return kind, int(match.group(1))
+    return None
+
+
+def embedding_schema(include, layers, dim, settings=None):
+    """The `pyarrow.Schema` of an embedding table.
+
+    Args:
+        include: kinds stored, any of "mean", "per_tok", "bos", "contacts".
+        layers: absolute layer indices stored for mean/per_tok/bos (ignored when only contacts are stored).
+        dim: the model's hidden size D (the fixed list size of every vector).
+        settings: optional dict saved as JSON under the schema metadata key `tf_esm_embed`.
+    """
+    import pyarrow as pa
+
+    unknown = sorted(set(include) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown include entries {unknown}; choose from {list(KINDS)}")
+    vector = pa.list_(pa.float32(), int(dim))
+    fields = [pa.field("id", pa.string(), nullable=False), pa.field("length", pa.int32(), nullable=False),
+              pa.field("sequence_length", pa.int32(), nullable=False),
+              pa.field("truncated", pa.bool_(), nullable=False)]
+    for kind in ("mean", "bos", "per_tok"):
+        if kind in include:
+            for layer in sorted({int(layer) for layer in layers}):
+                fields.append(pa.field(column_name(kind, layer),
+                                       pa.list_(vector) if kind == "per_tok" else vector, nullable=False))
+    if "contacts" in include:
+        fields.append(pa.field("contacts", pa.list_(pa.float32()), nullable=False))
+    metadata = None if settings is None else {SETTINGS_KEY: json.dumps(settings, sort_keys=True)}
+    return pa.schema(fields, metadata=metadata)
+
+
+def schema_settings(schema):
+    """The settings dict stored in a schema's metadata, or None."""
+    stored = (schema.metadata or {}).get(SETTINGS_KEY.encode())
+    return None if stored is None else json.loads(stored)
+
+
+def result_to_row(result, record_id, sequence_length, schema):
+    """One `iter_embeddings` result as a dict with exactly `schema`'s columns (what `WriteToParquet` takes).
+
+    Vectors stay numpy float32 arrays (a per-token value is a list of per-residue vectors, as pyarrow converts
+    a list column element by element). A missing layer or a wrong size is an error naming the record.
+    """
+    import numpy as np
+
+    length = int(result["length"])
+    row = {"id": str(record_id), "length": length, "sequence_length": int(sequence_length),
+           "truncated": bool(result["truncated"])}
+    for field in schema:
+        parsed = parse_column_name(field.name)
+        if parsed is None:
+            continue
+        kind, layer = parsed
+        if kind == "contacts":
+            value = np.asarray(result.get("contacts"), dtype=np.float32)
+            if value.shape != (length, length):
+                raise ValueError(f"record {record_id!r}: contacts has shape {value.shape}, expected "
+                                 f"({length}, {length})")
+            row["contacts"] = value.reshape(-1)
+            continue
+        arrays = result.get(RESULT_FIELDS[kind], {})
+        if layer not in arrays:
+            raise ValueError(f"record {record_id!r}: no {kind} representation of layer {layer} (has "
+                             f"{sorted(arrays)})")
+        dim = (field.type.value_type if kind == "per_tok" else field.type).list_size
+        value = np.asarray(arrays[layer], dtype=np.float32)
+        expected = (length, dim) if kind == "per_tok" else (dim,)
+        if value.shape != expected:
+            raise ValueError(f"record {record_id!r}: {field.name} has shape {value.shape}, expected {expected}")
+        row[field.name] = list(value) if kind == "per_tok" else value
+    return row
+
+
+def rows_to_table(rows, schema):
+    """Rows of `result_to_row` as one `pyarrow.Table`, built column by column from stacked numpy arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns = []
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        parsed = parse_column_name(field.name)
+        if parsed is None:
+            columns.append(pa.array(values, type=field.type))
+            continue
+        kind = parsed[0]
+        if kind in ("mean", "bos"):
+            flat = np.stack(values).reshape(-1) if values else np.zeros(0, np.float32)
+            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
+            continue
+        counts = [len(value) for value in values]
+        offsets = np.zeros(len(values) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        if kind == "contacts":
+            flat = pa.array(np.concatenate(values) if values else np.zeros(0, np.float32))
+        else:
+            dim = field.type.value_type.list_size
+            flat = np.concatenate([np.reshape(value, (-1, dim)) for value in values]) if values else \
+                np.zeros((0, dim), np.float32)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim)
+        columns.append(pa.ListArray.from_arrays(pa.array(offsets), flat))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def shard_name(number):
+    return f"part-{number:05d}.parquet"
+
+
+def shard_paths(directory):
+    """The complete shards of a directory (`part-NNNNN.parquet`), in order; hidden temporary files excluded."""
+    names = [name for name in os.listdir(directory) if SHARD_PATTERN.match(name)]
+    return [os.path.join(directory, name) for name in sorted(names, key=lambda n: int(SHARD_PATTERN.match(n)[1]))]
+
+
+ParquetStoreError = EmbeddingStoreError  # an output that cannot be resumed or written: an input error
+
+class ParquetStore:
+    """`tf-esm embed` into Parquet: a directory of shards, or one `.parquet` file.
+
+    Directory: rows are buffered and written as a new shard `part-NNNNN.parquet` (temporary file, fsync, rename)
+    when the buffer holds `shard_bytes` of arrays, every `checkpoint_interval` seconds, and at `commit()`; a
+    killed run loses at most the buffered rows, and a rerun skips the ids of every complete shard.
+    One file: the shards go to a hidden sibling directory `.NAME.parts/`, and `commit()` merges the old file and
+    those shards into NAME (temporary file, fsync, rename) and removes the directory; after a kill the next run
+    finds both and carries on.
+    """
+
+    def __init__(self, path, settings, overwrite, checkpoint_interval, include, layers, dim,
+                 shard_bytes=64 << 20, single_file=None):
+        import pyarrow.parquet as pq
+
+        self.pq = pq
+        self.path = os.path.abspath(path)
+        if single_file is None:
+            single_file = path.lower().endswith(".parquet") and not os.path.isdir(path)
+        self.single_file = single_file
+        self.schema = embedding_schema(include, layers, dim, settings)
+        self.settings = settings
+        self.checkpoint_interval = checkpoint_interval
+        self.shard_bytes = shard_bytes
+        parent, name = os.path.split(self.path)
+        if self.single_file:
+            if os.path.isdir(self.path):
+                raise ParquetStoreError(f"OUTPUT {path} is a directory; a .parquet OUTPUT must be a file.")
+            self.directory = os.path.join(parent, f".{name}.parts")
+        else:
+            if os.path.exists(self.path) and not os.path.isdir(self.path):
+                raise ParquetStoreError(f"OUTPUT {path} exists and is not a directory.")
+            self.directory = self.path
+        os.makedirs(self.directory, exist_ok=True)
+        remove_stale_partials(self.directory)
+        self.done = set()
+        if overwrite:
+            for shard in shard_paths(self.directory):
+                os.remove(shard)
+            self.keep_file = False
+        else:
+            self._check_existing(path)
+            self.keep_file = self.single_file and os.path.exists(self.path)
+        shards = shard_paths(self.directory)
+        self.next_shard = int(SHARD_PATTERN.match(os.path.basename(shards[-1]))[1]) + 1 if shards else 0
+        self.rows = []
+        self.buffered = 0
+        self.saved = len(self.done)
+        self.last_flush = time.monotonic()
+
+    def _sources(self):
+        return ([self.path] if self.single_file and os.path.exists(self.path) else []) + shard_paths(self.directory)
+
+    def _check_existing(self, path):
+        sources = self._sources()
+        if not self.single_file:
+            foreign = [name for name in os.listdir(self.directory)
+                       if not SHARD_PATTERN.match(name) and not name.startswith(".")]
+            if foreign:
+                raise ParquetStoreError(f"OUTPUT directory {path} holds files other than part-NNNNN.parquet shards "
+                                        f"({foreign[0]!r}); choose another OUTPUT or pass --overwrite.")
+        for source in sources:
+            try:
+                schema = self.pq.read_schema(source)
+            except Exception:  # pyarrow raises several kinds for a damaged or foreign file
+                raise ParquetStoreError(f"{source} is not a readable Parquet file; choose another OUTPUT or pass "
+                                        "--overwrite.") from None
+            stored = schema_settings(schema)
+            if stored is None:
+                raise ParquetStoreError(f"OUTPUT {source} exists but was not written by 'tf-esm embed'; choose "
+                                        "another OUTPUT or pass --overwrite.")
+            check_settings(path, stored, self.settings)
+            self.done.update(self.pq.read_table(source, columns=["id"]).column("id").to_pylist())
+
+    def add(self, record_id, sequence_length, result):
+        row = result_to_row(result, record_id, sequence_length, self.schema)
+        self.rows.append(row)
+        self.buffered += sum(value.nbytes for value in _arrays(row))
+        if self.buffered >= self.shard_bytes or time.monotonic() - self.last_flush >= self.checkpoint_interval:
+            self.flush()
+
+    def flush(self):
+        """Write the buffered rows as the next complete shard."""
+        if self.rows:
+            target = os.path.join(self.directory, shard_name(self.next_shard))
+            temporary = os.path.join(self.directory, f".{os.path.basename(target)}{PARTIAL_SUFFIX}")
+            self.pq.write_table(rows_to_table(self.rows, self.schema), temporary,
+                                row_group_size=max(1, len(self.rows)))
+            replace_durably(temporary, target)
+            _fsync_directory(self.directory)
+            self.next_shard += 1
+            self.saved += len(self.rows)
+            self.rows, self.buffered = [], 0
+        self.last_flush = time.monotonic()
+
+    def commit(self, reopen=False):
+        """Save every row added so far; for a single-file OUTPUT, merge the shards into it."""
+        self.flush()
+        if not self.single_file or reopen:
+            return
+        sources = ([self.path] if self.keep_file else []) + shard_paths(self.directory)
+        if not sources:
+            return
+        temporary = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}{PARTIAL_SUFFIX}")
+        with self.pq.ParquetWriter(temporary, self.schema) as writer:
+            for source in sources:
+                handle = self.pq.ParquetFile(source)
+                for group in range(handle.num_row_groups):
+                    writer.write_table(handle.read_row_group(group).replace_schema_metadata(self.schema.metadata))
+        replace_durably(temporary, self.path)
+        self.keep_file = True
+        for shard in shard_paths(self.directory):
+            os.remove(shard)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.directory)
+
+    def discard(self):
+        """Drop the buffered rows (complete shards stay: a rerun resumes from them)."""
+        self.rows, self.buffered = [], 0
+        if self.single_file:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.directory)
+
+
+def _arrays(row):
+    for value in row.values():
+        if isinstance(value, list):
+            yield from value
+        elif hasattr(value, "nbytes"):
+            yield value
+
+
+def _fsync_directory(directory):
+    """Make a rename in `directory` durable (the new name reaches the disk)."""
+    with contextlib.suppress(OSError):
+        fsync_file(directory)
