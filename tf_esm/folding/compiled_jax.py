@@ -18,7 +18,7 @@ _TRACE = threading.local()
 
 
 # On a CPU, XLA's LLVM backend at optimisation level 1 instead of its default compiles the folding program in
-# about 2/3 of the time, and the program measured no slower (benchmarks/RESULTS.md).
+# about 2/3 of the CPU time, and the program measured no slower on the tiny test model (benchmarks/RESULTS.md).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
@@ -75,8 +75,8 @@ def inference_function(model, bucket, chunk_size):
         if len(cache.get("values", ())) != len(flat) or any(a is not b for a, b in zip(cache["values"], flat)):
             cache["values"] = flat
             # Stacked by numpy: eager jnp ops would compile a small program per weight shape.
-            cache["stacked"] = [[jax.device_put(np.stack([np.asarray(v) for v in values])) for values in zip(*per_stack)]
-                                for per_stack in current]
+            cache["stacked"] = [[jax.device_put(np.stack([np.asarray(v) for v in values]))
+                                 for values in zip(*per_stack)] for per_stack in current]
         return [v.value for v in plain], cache["stacked"]
 
     def run(*inputs):

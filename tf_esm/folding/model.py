@@ -224,9 +224,10 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     (`compiled_jax.py`), once per batch size too, and returns numpy arrays. The outputs equal the eager ones (to
     ~1e-5 Angstrom), pTM included: it is computed, as in the reference, over the batch's own padded length, not
     the bucket's. `inference_trace_count` counts the traces (compilations); `compiled_inference = False` restores
-    op-by-op eager execution; under JAX `inference_compiler_options` are XLA's compile options (None:
-    optimisation level 1 on a CPU, for compile time); under TensorFlow `inference_jit_compile = True` compiles the graphs with XLA
-    (measured on CPU: faster at 64 residues, slower at 256, and recompiled per batch size, so off by default).
+    op-by-op eager execution; under JAX `inference_compiler_options` are XLA's compile options (None: LLVM
+    optimisation level 1 on a CPU, for compile time); under TensorFlow `inference_jit_compile = True` compiles the
+    graphs with XLA (measured on CPU: faster at 64 residues, slower at 256, and recompiled per batch size, so off
+    by default).
     Inside the program `chunk_size` runs the pair operations in a sequential loop, so it still bounds their
     memory.
 
