@@ -222,7 +222,7 @@ def worker_keras(args):
         result[f"traces_after_{name}"] = inference.trace_count(model)
     last = model.config.num_hidden_layers  # result keys are absolute layer indices
     np.save(args.embeddings_out, np.stack([r["mean_representations"][last] for r in results]))
-    result["buckets"] = len({inference.bucket_length(len(s) + 2) for s in sequences})
+    result["buckets"] = len({inference.bucket_length(len(s) + 2, inference.TOKEN_LENGTH_BUCKETS) for s in sequences})
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 

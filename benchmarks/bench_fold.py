@@ -12,6 +12,7 @@ figure; the ratio uses it); tf_esm's warm-up (trace + graph optimisation + first
     python benchmarks/bench_fold.py --eager                           # also tf_esm's op-by-op eager path
     python benchmarks/bench_fold.py --size full --lengths 64 256 --repeats 1              # the real model's size
     python benchmarks/bench_fold.py --size full --lengths 384 --chunk-sizes 64 --stem bfloat16
+    python benchmarks/bench_fold.py --backend jax --lengths 40 64     # tf_esm under KERAS_BACKEND=jax (jax.jit)
 
 The checkpoint (`--size tiny`): stem 2 layers x 32, trunk 2 blocks (sequence 32, pair 16), structure module 2
 blocks, 2 recycling passes (the HF default `num_recycles=None`), every weight perturbed so nothing is a no-op.
@@ -107,7 +108,7 @@ def worker(args):
         from tf_esm.folding import TFEsmForProteinFolding
 
         model = TFEsmForProteinFolding.from_pretrained(args.checkpoint)
-        model.compiled_inference = args.framework == "tf_esm"
+        model.compiled_inference = args.framework in ("tf_esm", "tf_esm_jax")
 
         def fold():
             return model.infer(text, chunk_size=chunk_size)["positions"]
@@ -134,7 +135,9 @@ def run_worker(checkpoint, framework, length, chunk_size, repeats, directory):
     command = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--checkpoint", checkpoint,
                "--length", str(length), "--chunk-size", str(chunk_size), "--repeats", str(repeats),
                "--positions", positions]
-    completed = subprocess.run(command, capture_output=True, text=True)
+    # Keras picks its backend at import: each worker process sets its own.
+    environment = dict(os.environ, KERAS_BACKEND="jax" if framework.endswith("_jax") else "tensorflow")
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-4000:])
         raise SystemExit(f"worker failed: {' '.join(command)}")
@@ -152,7 +155,9 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--chunk-sizes", nargs="+", default=["none"], help="'none' or integers")
     parser.add_argument("--frameworks", nargs="+", default=["torch", "tf_esm"],
-                        choices=["torch", "tf_esm", "tf_esm_eager"])
+                        choices=["torch", "tf_esm", "tf_esm_eager", "tf_esm_jax", "tf_esm_eager_jax"])
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow",
+                        help="Keras backend of the tf_esm workers (jax: the jax.jit path)")
     parser.add_argument("--eager", action="store_true", help="also time tf_esm's eager path")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", choices=sorted(SIZES) + ["full"], default="tiny")
@@ -183,6 +188,8 @@ def main():
         return worker(args)
 
     frameworks = list(args.frameworks) + (["tf_esm_eager"] if args.eager else [])
+    if args.backend == "jax":
+        frameworks = [name + "_jax" if name in ("tf_esm", "tf_esm_eager") else name for name in frameworks]
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = os.path.join(directory, "esmfold")
         make_checkpoint(checkpoint, args.size)
@@ -193,7 +200,7 @@ def main():
                            for name in frameworks}
                 rows.append((length, chunk_size, results))
     print(f"\nESMFold `infer`, checkpoint '{args.size}', batch 1, {args.repeats} folds after a warm-up, "
-          f"{os.cpu_count()} CPUs\n")
+          f"{os.cpu_count()} CPUs, tf_esm on Keras backend {args.backend}\n")
     print("| L | chunk | framework | fold best (s) | fold median (s) | best vs torch | first call (s) | traces "
           "| peak RSS (MiB) | fold RSS (MiB) | max \\|dpos\\| vs torch (A) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

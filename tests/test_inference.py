@@ -6,6 +6,7 @@ import pytest
 from tests._reference import torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.inference import bucket_length, embed_sequences, iter_embeddings, trace_count
+from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWC"
 
@@ -105,11 +106,11 @@ def test_graphs_are_reused_across_lengths_and_calls(reference_checkpoints, rng):
     seen = dict(iter_embeddings(model, sequences, toks_per_batch=512,
                                 progress_callback=lambda *done: progress.append(done)))
     assert sorted(seen) == list(range(30))
-    buckets = {bucket_length(int(length) + 2) for length in lengths}
+    buckets = {bucket_length(int(length) + 2, TOKEN_LENGTH_BUCKETS) for length in lengths}
     assert 0 < trace_count(model) <= len(buckets)
     assert progress[-1] == (30, int(lengths.sum()))
     embed_sequences(model, random_sequences(rng, rng.integers(1, 200, size=30)), toks_per_batch=512)
-    assert trace_count(model) <= len({bucket_length(n) for n in range(3, 202)})
+    assert trace_count(model) <= len({bucket_length(n, TOKEN_LENGTH_BUCKETS) for n in range(3, 202)})
     before = trace_count(model)
     embed_sequences(model, sequences, toks_per_batch=512)  # shapes seen before: nothing new is compiled
     assert trace_count(model) == before

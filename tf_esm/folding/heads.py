@@ -79,18 +79,22 @@ def compute_predicted_aligned_error(logits, max_bin=ALIGNED_ERROR_MAX_BIN, num_b
     }
 
 
-def compute_tm(logits, residue_weights=None, max_bin=ALIGNED_ERROR_MAX_BIN, num_bins=DISTOGRAM_BINS, eps=1e-8):
+def compute_tm(logits, residue_weights=None, max_bin=ALIGNED_ERROR_MAX_BIN, num_bins=DISTOGRAM_BINS, eps=1e-8,
+               num_residues=None):
     """Predicted TM-score from [*, L, L, bins] aligned-error logits: the best alignment over all residues
     (and, like the reference, over the whole batch), as one number.
 
     Args:
         residue_weights: [L] weights of the residues (default: all ones, i.e. padding included).
+        num_residues: The length that sets the TM-score's distance scale d0 (default L; may be a tensor). With
+            residue weights zero beyond it, the score equals that of the logits cropped to `num_residues`.
     """
     length = ops.shape(logits)[-2]
     if residue_weights is None:
         residue_weights = ops.ones((length,), dtype="float32")
     centers = _aligned_error_bin_centers(max_bin, num_bins)
-    clipped = ops.maximum(ops.cast(length, "float32"), 19.0)  # d0 is defined for at least 19 residues
+    scale_length = length if num_residues is None else num_residues
+    clipped = ops.maximum(ops.cast(scale_length, "float32"), 19.0)  # d0 is defined for at least 19 residues
     d0 = 1.24 * ops.power(clipped - 15.0, 1.0 / 3) - 1.8
     tm_per_bin = 1.0 / (1.0 + centers**2 / d0**2)
     predicted_tm = ops.sum(ops.softmax(logits, axis=-1) * tm_per_bin, axis=-1)  # [*, L, L]

@@ -26,6 +26,7 @@ from tf_esm.folding.pdb import output_to_pdb
 from tf_esm.folding.primitives import LayerNorm
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
+from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
@@ -33,20 +34,14 @@ from tf_esm.modeling.outputs import ModelOutput
 DEFAULT_CHAIN_LINKER = "G" * 25
 DEFAULT_RESIDUE_INDEX_OFFSET = 512
 # Lengths the compiled inference path pads to (longer inputs: the next multiple of the last step, 512), so a
-# handful of graphs serve all lengths; padding costs at most ~1.5x in length.
-DEFAULT_LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+# handful of compiled programs serve all lengths; padding costs at most ~1.5x in length.
+DEFAULT_LENGTH_BUCKETS = FOLD_LENGTH_BUCKETS
 
-# Outputs with two residue axes (cropped on both back to the unpadded length).
-_PAIR_OUTPUTS = ("s_z", "distogram_logits", "ptm_logits")
-
-
-def bucket_length(length, buckets=DEFAULT_LENGTH_BUCKETS):
-    """The smallest bucket >= `length`; beyond the last bucket, the next multiple of the last bucket step."""
-    for bucket in buckets:
-        if length <= bucket:
-            return bucket
-    step = buckets[-1] - buckets[-2] if len(buckets) > 1 else buckets[-1]
-    return buckets[-1] + -(-(length - buckets[-1]) // step) * step
+# How outputs are cropped back to the unpadded length: two residue axes (1 and 2), the residue axis after the
+# structure-module-block axis (2), none (scalars); every other output has its residue axis at 1.
+_PAIR_OUTPUTS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs", "predicted_aligned_error")
+_PER_BLOCK_OUTPUTS = BLOCK_OUTPUTS + ("lddt_head",)
+_SCALAR_OUTPUTS = ("ptm", "max_predicted_aligned_error")
 
 
 @dataclass(repr=False, eq=False)
@@ -104,26 +99,54 @@ class _SequentialMLP(keras.layers.Layer):
         return x
 
 
-def _crop_residues(key, value, length):
-    """Crop an output's residue axes (third for per-structure-block outputs, else second) to `length`."""
-    if key in BLOCK_OUTPUTS or key == "lddt_head":
-        return value[:, :, :length]
-    if key in _PAIR_OUTPUTS:
-        return value[:, :length, :length]
-    return value[:, :length]
+def crop_outputs(outputs, length):
+    """Outputs (a dict of tensors or arrays, all computed at a padded length) cropped to `length` residues."""
+    cropped = {}
+    for key, value in outputs.items():
+        if key in _SCALAR_OUTPUTS:
+            cropped[key] = value
+        elif key in _PER_BLOCK_OUTPUTS:
+            cropped[key] = value[:, :, :length]
+        elif key in _PAIR_OUTPUTS:
+            cropped[key] = value[:, :length, :length]
+        else:
+            cropped[key] = value[:, :length]
+    return cropped
 
 
 def _pad_residues(array, length):
     return np.pad(array, ((0, 0), (0, length - array.shape[1])))
 
 
-def _gpu_available():
-    try:
-        import tensorflow as tf
+def _compiled_backend():
+    """The module of the compiled inference path for the running Keras backend, or None (eager only)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from tf_esm.folding import compiled_tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
-    except Exception:  # pragma: no cover - non-TensorFlow backends
-        return False
+        return compiled_tf
+    if backend == "jax":
+        from tf_esm.folding import compiled_jax
+
+        return compiled_jax
+    return None
+
+
+def _gpu_available():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from tf_esm.folding import compiled_tf
+
+        return compiled_tf.gpu_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 @contextlib.contextmanager
@@ -190,17 +213,23 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
             length without it. Those positions are hidden from every residue and the outputs are cropped to
             `unpadded_length`, so they equal the outputs of the unpadded inputs.
         compiled: (`__call__` only) Run through the compiled inference path: None (default) means
-            `self.compiled_inference`. Used only for eager, non-training calls with the TensorFlow backend.
+            `self.compiled_inference`. Used only for eager, non-training calls with the TensorFlow or JAX backend.
 
-    Compiled inference: eager, non-training calls (and so `infer`, `infer_pdb`, `infer_pdbs`) run a
-    `tf.function` of `call` on inputs padded to a length bucket (`length_buckets`, `bucket_length`), with
-    `unpadded_length` set; a graph is traced once per (bucket, chunk size) and then reused, whatever the batch
-    size and number of recycles (recycling and the structure-module blocks run as loop ops). The outputs equal
-    the eager ones (to ~1e-5 Angstrom), pTM included: it is computed, as in the reference, over the batch's
-    own padded length, not the bucket's. `inference_trace_count` counts the traces; `compiled_inference = False`
-    restores op-by-op eager execution; `inference_jit_compile = True` compiles the graphs with XLA (measured on
-    CPU: faster at 64 residues, slower at 256, and recompiled per batch size, so off by default). Inside the
-    graph `chunk_size` runs the pair operations in a sequential loop, so it still bounds their memory.
+    Compiled inference: eager, non-training calls (and so `infer`, `infer_pdb`, `infer_pdbs`) run a compiled
+    forward pass on inputs padded to a length bucket (`length_buckets`, `bucket_length`), with the padding hidden
+    as `unpadded_length` hides it; the outputs are cropped back. The program is built once per (bucket, chunk
+    size) and reused whatever the length within the bucket and the number of recycles (recycling and the
+    structure-module blocks run as loop ops). TensorFlow traces a `tf.function` (`compiled_tf.py`) that also
+    serves every batch size; JAX jit-compiles the stateless forward pass with the weights as arguments
+    (`compiled_jax.py`), once per batch size too, and returns numpy arrays. The outputs equal the eager ones (to
+    ~1e-5 Angstrom), pTM included: it is computed, as in the reference, over the batch's own padded length, not
+    the bucket's. `inference_trace_count` counts the traces (compilations); `compiled_inference = False` restores
+    op-by-op eager execution; under JAX `inference_compiler_options` are XLA's compile options (None: LLVM
+    optimisation level 1 on a CPU, for compile time); under TensorFlow `inference_jit_compile = True` compiles the
+    graphs with XLA (measured on CPU: faster at 64 residues, slower at 256, and recompiled per batch size, so off
+    by default).
+    Inside the program `chunk_size` runs the pair operations in a sequential loop, so it still bounds their
+    memory.
 
     Examples:
 
@@ -250,6 +279,7 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         self.compiled_inference = True
         self.length_buckets = DEFAULT_LENGTH_BUCKETS
         self.inference_jit_compile = False
+        self.inference_compiler_options = None  # JAX: XLA compile options (None: compiled_jax's defaults)
         self._inference_functions = {}
         self.inference_trace_count = 0
 
@@ -279,6 +309,11 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         config = super().get_config()
         config["esm_dtype"] = self.esm_dtype
         return config
+
+    def repeated_layer_stacks(self):
+        """Stacks of layers of one structure applied in turn (the trunk blocks): a compiled program may loop
+        over their stacked weights instead of holding a copy of the layer per weight set."""
+        return [self.trunk.blocks]
 
     def set_chunk_size(self, chunk_size):
         """Row chunk of the trunk's pair operations (None: unchunked). Lowers peak memory for long proteins."""
@@ -318,11 +353,23 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     # ------------------------------------------------------------------------------------------------ forward
     def call(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None, num_recycles=None,
              chunk_size=None, unpadded_length=None, training=False):
+        aa = ops.convert_to_tensor(input_ids)
+        if len(aa.shape) != 2:
+            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(aa.shape)}.")
+        out = self.padded_outputs(aa, attention_mask, position_ids, masking_pattern, num_recycles=num_recycles,
+                                  chunk_size=chunk_size, unpadded_length=unpadded_length, training=training)
+        if unpadded_length is not None:
+            out = crop_outputs(out, unpadded_length)
+        return TFEsmForProteinFoldingOutput(**out)
+
+    def padded_outputs(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None,
+                       num_recycles=None, chunk_size=None, unpadded_length=None, training=False):
+        """`call`'s outputs as a dict, not yet cropped to `unpadded_length` (everything but pTM is per residue
+        or per pair, so cropping is slicing; pTM is computed over the first `unpadded_length` residues here).
+        The JAX compiled path crops outside the program, where shapes need not be static."""
         config = self.config
         fold = config.esmfold_config
         aa = ops.cast(ops.convert_to_tensor(input_ids), "int32")
-        if len(aa.shape) != 2:
-            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(aa.shape)}.")
         batch, length = ops.shape(aa)[0], ops.shape(aa)[1]
         if attention_mask is None:
             attention_mask = ops.ones_like(aa)
@@ -364,10 +411,6 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         out["lm_logits"] = self.lm_head(out["s_s"])
         out["lddt_head"] = self.lddt_head(out["states"])
         out["ptm_logits"] = self.ptm_head(out["s_z"])
-        if unpadded_length is not None:
-            out = {key: _crop_residues(key, value, unpadded_length) for key, value in out.items()}
-            aa, attention_mask, position_ids = (value[:, :unpadded_length]
-                                                for value in (aa, attention_mask, position_ids))
         out["aatype"] = aa
         out.update(make_atom14_masks(aa))
         residue_mask = ops.cast(attention_mask, "float32")[..., None]
@@ -375,9 +418,13 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         out["atom37_atom_exists"] = out["atom37_atom_exists"] * residue_mask
         out["residue_index"] = position_ids
         out["plddt"] = categorical_lddt(out["lddt_head"][-1])
-        out["ptm"] = compute_tm(out["ptm_logits"])
+        if length_mask is None:
+            out["ptm"] = compute_tm(out["ptm_logits"])
+        else:  # as over the cropped logits: the appended residues weigh nothing, d0 counts the unpadded length
+            out["ptm"] = compute_tm(out["ptm_logits"], residue_weights=ops.cast(length_mask, "float32"),
+                                    num_residues=unpadded_length)
         out.update(compute_predicted_aligned_error(out["ptm_logits"]))
-        return TFEsmForProteinFoldingOutput(**out)
+        return out
 
     # ------------------------------------------------------------------------------------------------ compiled
     def __call__(self, *args, compiled=None, **kwargs):
@@ -389,11 +436,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
 
     def _compilable_arguments(self, args, kwargs):
         """The bound `call` arguments if this call can take the compiled path, else None."""
-        if keras.backend.backend() != "tensorflow":
-            return None
-        import tensorflow as tf
-
-        if not tf.executing_eagerly():
+        backend = _compiled_backend()
+        if backend is None:
             return None
         try:
             arguments = inspect.signature(self.call).bind(*args, **kwargs).arguments
@@ -402,9 +446,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         if arguments.pop("training", False) or arguments.get("unpadded_length") is not None:
             return None
         arguments.pop("unpadded_length", None)
-        for value in arguments.values():
-            if isinstance(value, keras.KerasTensor) or (tf.is_tensor(value) and not hasattr(value, "numpy")):
-                return None
+        if not backend.can_compile(list(arguments.values())):
+            return None
         if np.ndim(arguments["input_ids"]) != 2:
             return None
         return arguments
@@ -430,29 +473,24 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
 
         bucket = bucket_length(length, self.length_buckets)
         residx = np.concatenate([residx, residx[:, -1:] + 1 + np.arange(bucket - length, dtype=np.int32)], axis=1)
-        inputs = (_pad_residues(aa, bucket), _pad_residues(mask, bucket), residx, _pad_residues(masking, bucket))
-        function = self._inference_function(bucket, chunk_size)
-        return TFEsmForProteinFoldingOutput(**function(*inputs, np.int32(passes - 1), np.int32(length)))
+        inputs = (_pad_residues(aa, bucket), _pad_residues(mask, bucket), residx, _pad_residues(masking, bucket),
+                  np.int32(passes - 1), np.int32(length))
+        outputs = self._inference_function(bucket, chunk_size)(*inputs)
+        if keras.backend.backend() == "jax":  # the program returns bucket-length outputs: crop them here
+            outputs = crop_outputs({key: np.asarray(value) for key, value in outputs.items()}, length)
+        return TFEsmForProteinFoldingOutput(**outputs)
 
     def _inference_function(self, bucket, chunk_size):
-        """The `tf.function` for one (length bucket, chunk size), traced on first use."""
-        key = (bucket, chunk_size, bool(self.inference_jit_compile))
+        """The compiled forward pass for one (length bucket, chunk size), traced on first use."""
+        jit_compile = bool(self.inference_jit_compile) and keras.backend.backend() == "tensorflow"
+        key = (bucket, chunk_size, jit_compile)
         function = self._inference_functions.get(key)
         if function is None:
-            import tensorflow as tf
-
-            def forward(input_ids, attention_mask, position_ids, masking_pattern, num_recycles, unpadded_length):
-                self.inference_trace_count += 1  # runs only while tracing
-                output = keras.Model.__call__(self, input_ids, attention_mask=attention_mask,
-                                              position_ids=position_ids, masking_pattern=masking_pattern,
-                                              num_recycles=num_recycles, chunk_size=chunk_size,
-                                              unpadded_length=unpadded_length)
-                return dict(output.items())
-
-            residues = tf.TensorSpec((None, bucket), tf.int32)
-            scalar = tf.TensorSpec((), tf.int32)
-            function = tf.function(forward, input_signature=(residues,) * 4 + (scalar, scalar),
-                                   jit_compile=bool(self.inference_jit_compile))
+            backend = _compiled_backend()
+            if jit_compile:
+                function = backend.inference_function(self, bucket, chunk_size, jit_compile=True)
+            else:
+                function = backend.inference_function(self, bucket, chunk_size)
             self._inference_functions[key] = function
         return function
 

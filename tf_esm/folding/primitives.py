@@ -7,7 +7,9 @@ onto them with the generic name rule of `tf_esm.weights`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import keras
 from keras import ops
@@ -87,13 +89,46 @@ def absent_position_bias(length_mask, dtype="float32"):
     return (ops.cast(length_mask, dtype) - 1.0) * 1e12
 
 
+_COMPILING = threading.local()
+
+
+@contextlib.contextmanager
+def compiling():
+    """Marks code traced into one compiled program by a backend without graph-mode state of its own to ask
+    (`jax.jit`): inside, `in_compiled_graph()` is True, so loops become loop ops instead of being unrolled."""
+    previous = getattr(_COMPILING, "active", False)
+    _COMPILING.active = True
+    try:
+        yield
+    finally:
+        _COMPILING.active = previous
+
+
 def in_compiled_graph():
-    """True while a TensorFlow graph is being traced (`tf.function`), where Python loops are unrolled."""
+    """True while tracing one compiled program: a TensorFlow graph (`tf.function`) or code inside `compiling()`
+    (the JAX inference path). There Python loops would be unrolled, so the folding model uses loop ops instead."""
+    if getattr(_COMPILING, "active", False):
+        return True
     if keras.backend.backend() != "tensorflow":
         return False
-    import tensorflow as tf
+    from tf_esm.folding import compiled_tf
 
-    return not tf.executing_eagerly()
+    return compiled_tf.in_graph()
+
+
+def apply_layers(layers, step, carry):
+    """`carry = step(layer, carry)` for each of `layers` in turn.
+
+    Inside a JAX compiled program (`compiling()`), layers of one structure run as one loop over their stacked
+    weights (`compiled_jax.scan_layers`): XLA then compiles the layer once, not once per layer, which is most of
+    the compile time of a deep stack. Elsewhere (eager, TensorFlow graphs) a Python loop."""
+    if getattr(_COMPILING, "active", False) and keras.backend.backend() == "jax" and len(layers) > 1:
+        from tf_esm.folding import compiled_jax
+
+        return compiled_jax.scan_layers(layers, step, carry)
+    for layer in layers:
+        carry = step(layer, carry)
+    return carry
 
 
 def chunked(fn, inputs, chunk_size, axis=1):
@@ -101,9 +136,9 @@ def chunked(fn, inputs, chunk_size, axis=1):
 
     `fn` must treat slices along `axis` independently; then the result equals `fn(*inputs)` while the peak
     memory of the intermediate tensors is bounded by the chunk. `chunk_size=None` (or a chunk that covers the
-    whole axis) evaluates in one piece. Eagerly the chunks run in a Python loop; inside a compiled TensorFlow
-    graph they run in a loop op with one chunk in flight, so the graph holds `fn` once and the axis may have a
-    length unknown when tracing.
+    whole axis) evaluates in one piece. Eagerly the chunks run in a Python loop; inside a compiled program
+    (`in_compiled_graph`) they run in a loop op with one chunk in flight, so the program holds `fn` once and,
+    under TensorFlow, the axis may have a length unknown when tracing.
 
     Args:
         fn: Callable taking the tensors of `inputs`; returns one tensor.
@@ -156,12 +191,15 @@ def _chunk_loop(fn, inputs, is_sliced, chunk_size, axis, static_length):
         pieces = iter(pieces)
         return fn(*[next(pieces) if sliced else t for t, sliced in zip(inputs, is_sliced)])
 
-    import tensorflow as tf
-
-    # keras.ops.map would allow ten chunks in flight (and ops.scan needs outputs shaped like its carry); one at
-    # a time is what bounds the memory. The output has the dtype of the first sliced input.
+    # One chunk at a time bounds the memory. Under JAX, keras.ops.map is such a loop (lax.map); TensorFlow's
+    # keeps ten in flight, hence the loop op of compiled_tf. The output has the dtype of the first sliced input.
     pieces = [split(t) for t, sliced in zip(inputs, is_sliced) if sliced]
-    outputs = tf.map_fn(step, pieces, fn_output_signature=reference.dtype, parallel_iterations=1)
+    if keras.backend.backend() == "tensorflow":
+        from tf_esm.folding import compiled_tf
+
+        outputs = compiled_tf.map_sequential(step, pieces, reference.dtype)
+    else:
+        outputs = ops.map(step, pieces)
     outputs = ops.moveaxis(outputs, 0, axis)
     shape = ops.shape(outputs)
     outputs = ops.reshape(outputs, tuple(shape[:axis]) + (num_chunks * chunk_size,) + tuple(shape[axis + 2:]))

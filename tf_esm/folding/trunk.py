@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from tf_esm.configuration import TrunkConfig
-from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, chunked, in_compiled_graph
+from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, apply_layers, chunked, in_compiled_graph
 from tf_esm.folding.structure_module import StructureModule
 from tf_esm.folding.triangular_attention import TriangleAttention
 from tf_esm.folding.triangular_multiplicative_update import TriangleMultiplicativeUpdate
@@ -363,9 +363,11 @@ class FoldingTrunk(ConfiguredLayer):
             recycle_z = recycle_z + self.recycle_disto(recycle_bins)
             s_s = seq_feats + recycle_s
             s_z = pair_feats + recycle_z + relative_positions
-            for block in self.blocks:
-                s_s, s_z = block(s_s, s_z, residue_mask=residue_mask, chunk_size=chunk_size,
-                                 length_mask=length_mask, training=training and last)
+            s_s, s_z = apply_layers(
+                self.blocks,
+                lambda block, states: block(*states, residue_mask=residue_mask, chunk_size=chunk_size,
+                                            length_mask=length_mask, training=training and last),
+                (s_s, s_z))
             structure = self.structure_module(self.trunk2sm_s(s_s), self.trunk2sm_z(s_z), true_aa,
                                               residue_mask=mask_float, length_mask=length_mask,
                                               training=training and last)

@@ -28,7 +28,6 @@ Examples:
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -40,11 +39,9 @@ from keras import ops
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.io.embedding_stores import INCLUDE_CHOICES
 from tf_esm.modeling.attention import uses_blocked_attention
+from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS, bucket_length
 
 
-# Padded lengths (special tokens included) for backends that compile one program per input shape (XLA, JAX):
-# multiples of 16 up to 128, then about 12% apart, so a run compiles a handful of programs and padding stays small.
-_BUCKET_LENGTHS = None
 # TensorFlow without XLA runs one shape-polymorphic graph; batches there are padded to a multiple of this only.
 _ALIGNMENT = 8
 # On a CPU, forward passes of about this many tokens (rows x padded length) run fastest: the activations and
@@ -55,25 +52,6 @@ _CPU_PASS_TOKENS = 1024
 _CPU_STREAM_PASS_TOKENS = 512
 # Compile the TensorFlow graph with XLA. Off: on CPU, XLA's dot emitter is ~3x slower than the oneDNN kernels.
 _JIT = False
-
-
-def bucket_lengths(limit=1 << 15):
-    """The padded lengths batches are rounded up to: 16, 32, ..., 128, then about 12% apart (multiples of 16)."""
-    global _BUCKET_LENGTHS
-    if _BUCKET_LENGTHS is None or _BUCKET_LENGTHS[-1] < limit:
-        lengths = list(range(16, 129, 16))
-        while lengths[-1] < limit:
-            lengths.append(int(math.ceil(lengths[-1] * 1.125 / 16.0)) * 16)
-        _BUCKET_LENGTHS = lengths
-    return _BUCKET_LENGTHS
-
-
-def bucket_length(length):
-    """The smallest bucket length that holds `length` tokens."""
-    for candidate in bucket_lengths(length):
-        if candidate >= length:
-            return candidate
-    raise AssertionError("unreachable")
 
 
 class _Runner:
@@ -107,7 +85,7 @@ class _Runner:
 
     def padded_length(self, tokens):
         if self.per_shape:
-            return bucket_length(tokens)
+            return bucket_length(tokens, TOKEN_LENGTH_BUCKETS)
         return -(-tokens // _ALIGNMENT) * _ALIGNMENT
 
     def padded_rows(self, rows, max_rows):
