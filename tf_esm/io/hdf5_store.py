@@ -193,8 +193,7 @@ class Hdf5Store:
         self.journal = os.path.join(directory, f".{name}.journal")
         self.settings, self.checkpoint_interval = settings, checkpoint_interval
         self.names, self.dim = array_names(include, layers), int(dim)
-        os.makedirs(self.journal, exist_ok=True)
-        for entry in os.listdir(self.journal):
+        for entry in os.listdir(self.journal) if os.path.isdir(self.journal) else []:
             if entry.endswith(PARTIAL_SUFFIX) or overwrite:
                 os.remove(os.path.join(self.journal, entry))
         self.keep_output = os.path.exists(self.path) and not overwrite
@@ -211,6 +210,8 @@ class Hdf5Store:
         self.last_checkpoint = time.monotonic()
 
     def _segments(self):
+        if not os.path.isdir(self.journal):
+            return []
         return sorted(os.path.join(self.journal, entry) for entry in os.listdir(self.journal)
                       if entry.startswith("seg-") and entry.endswith(".h5"))
 
@@ -232,6 +233,7 @@ class Hdf5Store:
             return
         block = block_from_rows(self.rows, self.names, self.dim)
         if self.segment is None:
+            os.makedirs(self.journal, exist_ok=True)
             self.segment_path = os.path.join(self.journal, f"seg-{self.next_segment:05d}.h5")
             partial = os.path.join(self.journal, f".seg-{self.next_segment:05d}.h5{PARTIAL_SUFFIX}")
             handle = self.h5py.File(partial, "w")

@@ -192,8 +192,8 @@ def write_options(schema):
 class ParquetStore:
     """`tf-esm embed` into Parquet: a directory of shards, or one `.parquet` file.
 
-    Directory: rows go into an open shard under a hidden temporary name, in row groups of up to
-    `row_group_bytes`; every `checkpoint_interval` seconds (and at `shard_bytes`, and at `commit()`) the shard
+    Directory: rows go into an open shard under a hidden temporary name, in row groups of `row_group_bytes` of
+    Arrow data (small by Parquet's standards: the writer's memory grows with them); every `checkpoint_interval` seconds (and at `shard_bytes`, and at `commit()`) the shard
     is closed, fsynced and renamed `part-NNNNN.parquet`. A kill loses at most the open shard; a rerun skips the
     ids of every complete shard. One file: the shards go to a hidden sibling directory `.NAME.parts/`, and
     `commit()` writes the old file's row groups and those shards into a new NAME (temporary file, fsync,
@@ -201,7 +201,7 @@ class ParquetStore:
     """
 
     def __init__(self, path, settings, overwrite, checkpoint_interval, include, layers, dim,
-                 row_group_bytes=64 << 20, shard_bytes=1 << 30, single_file=None):
+                 row_group_bytes=4 << 20, shard_bytes=1 << 30, single_file=None):
         import pyarrow.parquet as pq
 
         self.pq = pq
@@ -294,6 +294,7 @@ class ParquetStore:
         self.shard_rows += table.num_rows
         self.shard_written += self.batch_bytes
         self.batches, self.batch_bytes = [], 0
+        pa.default_memory_pool().release_unused()  # else the encoder's buffers stay with the allocator
         if self.shard_written >= self.shard_bytes:
             self._close_shard()
 
