@@ -330,3 +330,32 @@ def test_store_errors(tmp_path):
     (tmp_path / "shards" / "notes.txt").write_text("mine")
     with pytest.raises(EmbeddingStoreError, match="holds files other than part-NNNNN.parquet shards"):
         ParquetStore(str(tmp_path / "shards"), {}, False, 1.0, ["mean"], [2], 8)
+
+
+@pytest.mark.parametrize("kind", ["h5", "parquet"])
+def test_a_kill_between_merge_and_cleanup_adds_no_duplicates(tmp_path, monkeypatch, kind):
+    """OUTPUT replaced by the merged file, then killed before the journal (shards) went: the next run must see
+    those segments as merged, not merge them a second time."""
+    import tf_esm.io.hdf5_store
+    import tf_esm.io.parquet_store
+
+    path = str(tmp_path / ("out.h5" if kind == "h5" else "out.parquet"))
+    store_class = Hdf5Store if kind == "h5" else ParquetStore
+    results = dict(_synthetic_results(30, dim=8))
+    first = store_class(path, {"model": "m"}, False, 1e9, ["mean"], [2], 8)
+    for record_id in list(results)[:20]:
+        first.add(record_id, 20, results[record_id])
+    monkeypatch.setattr(tf_esm.io.hdf5_store.shutil, "rmtree", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tf_esm.io.parquet_store.os, "remove", lambda *args: None)
+    first.commit()  # merged, but the journal / shards stay as a kill would leave them
+    monkeypatch.undo()
+    assert [entry for entry in os.listdir(tmp_path) if entry.startswith(".")]
+    second = store_class(path, {"model": "m"}, False, 1e9, ["mean"], [2], 8)
+    assert second.done == set(list(results)[:20])
+    for record_id in list(results)[20:]:
+        second.add(record_id, 20, results[record_id])
+    second.commit()
+    ids, means = read_embeddings(path)
+    assert ids == list(results)
+    np.testing.assert_array_equal(means, np.stack([r["mean_representations"][2] for r in results.values()]))
+    assert os.listdir(tmp_path) == [os.path.basename(path)]

@@ -17,7 +17,8 @@ and does not support variable-length strings). So OUTPUT is never open for writi
 directory next to it, `.NAME.journal/`, as segment files in the same layout: a segment is written under a
 hidden temporary name and renamed (after fsync) when it closes, every `checkpoint_interval` seconds. `commit()`
 writes OUTPUT's old rows plus every segment into a new file, fsyncs it, renames it onto OUTPUT and removes the
-journal. A kill leaves OUTPUT as it was plus complete segments; the next run counts both as done and merges them.
+journal. A kill leaves OUTPUT as it was plus complete segments; the next run counts both as done and merges them
+(a segment whose ids OUTPUT already holds was merged by a run killed before it removed the journal: deleted).
 """
 
 from __future__ import annotations
@@ -201,7 +202,11 @@ class Hdf5Store:
         for source in self._sources():
             with open_columnar(h5py, source) as handle:
                 check_settings(path, json.loads(handle.attrs[SETTINGS_ATTRIBUTE]), settings)
-                self.done.update(handle["ids"].asstr()[()])
+                ids = handle["ids"].asstr()[()]
+            if source != self.path and self.done.intersection(ids):
+                os.remove(source)  # merged into OUTPUT by a run killed before it removed the journal
+                continue
+            self.done.update(ids)
         segments = self._segments()
         self.next_segment = int(segments[-1][-8:-3]) + 1 if segments else 0
         self.saved = len(self.done)

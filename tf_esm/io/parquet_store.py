@@ -261,7 +261,11 @@ class ParquetStore:
                 raise ParquetStoreError(f"OUTPUT {source} exists but was not written by 'tf-esm embed'; choose "
                                         "another OUTPUT or pass --overwrite.")
             check_settings(path, stored, self.settings)
-            self.done.update(self.pq.read_table(source, columns=["id"]).column("id").to_pylist())
+            ids = self.pq.read_table(source, columns=["id"]).column("id").to_pylist()
+            if self.single_file and source != self.path and self.done.intersection(ids):
+                os.remove(source)  # merged into the file by a run killed before it removed the shard
+                continue
+            self.done.update(ids)
 
     def add(self, record_id, sequence_length, result):
         self.rows.append(result_to_row(result, record_id, sequence_length, self.schema))
