@@ -114,11 +114,12 @@ def run_process(command, env):
 def read_means(path, kind):
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        if kind == "hf":
+    if kind == "hf":
+        with h5py.File(path, "r") as handle:
             return dict(zip((name.decode() for name in handle["ids"][()]), handle["mean"][()]))
-        layer = max(int(name) for name in handle[next(iter(handle.keys()))]["mean"])
-        return {group.attrs["id"]: group[f"mean/{layer}"][()] for group in handle.values()}
+    from tf_esm.io import read_embeddings
+
+    return dict(zip(*read_embeddings(path, "mean", -1)))
 
 
 def main():
