@@ -68,7 +68,7 @@ start = float(sys.argv[4])
 marks = [("interpreter start", time.time())]
 checkpoint, fasta, output = sys.argv[1:4]
 from tf_esm.cli import common, dispatch
-from tf_esm.io.embedding_stores import Hdf5Store
+from tf_esm.io.hdf5_store import Hdf5Store
 dispatch.import_tensorflow_quietly()
 import keras, tf_esm.modeling, tf_esm.inference
 marks.append(("imports (TensorFlow, Keras, tf_esm)", time.time()))
@@ -82,7 +82,8 @@ first = [next(results)]
 marks.append(("first results (trace + first batches)", time.time()))
 rest = list(results)
 marks.append(("rest of the embedding", time.time()))
-store = Hdf5Store(output, {"model": checkpoint}, True, 300.0)
+store = Hdf5Store(output, {"model": checkpoint}, True, 300.0, ["mean"], [model.config.num_hidden_layers],
+                  model.config.hidden_size)
 for index, result in first + rest:
     store.add(records[index].id, len(records[index].sequence), result)
 store.commit()
@@ -113,11 +114,12 @@ def run_process(command, env):
 def read_means(path, kind):
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        if kind == "hf":
+    if kind == "hf":
+        with h5py.File(path, "r") as handle:
             return dict(zip((name.decode() for name in handle["ids"][()]), handle["mean"][()]))
-        layer = max(int(name) for name in handle[next(iter(handle.keys()))]["mean"])
-        return {group.attrs["id"]: group[f"mean/{layer}"][()] for group in handle.values()}
+    from tf_esm.io import read_embeddings
+
+    return dict(zip(*read_embeddings(path, "mean", -1)))
 
 
 def main():

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tests._reference import assert_close, share_directory, torch_outputs
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.cli import main, record_key
+from tf_esm.cli import main
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.data import SequenceTooLongError, read_fasta_records, sequences_dataset
 from tf_esm.export import EsmServingModule, default_max_length, export_saved_model
@@ -219,11 +219,12 @@ def check_cli(case, capsys, tmp_path, rotary, rotary_model, request, **_):
         return
     used = case.validated[:CLI_TRUNCATION]
     with h5py.File(request.getfixturevalue("cli_ok_output"), "r") as handle:
-        group = handle[record_key(f"case_{case.name}")]
-        assert group.attrs["length"] == len(used)
-        assert group.attrs["sequence_length"] == len(case.validated)
-        assert bool(group.attrs["truncated"]) == (len(case.validated) > CLI_TRUNCATION)
-        np.testing.assert_allclose(group[f"mean/{FINAL_LAYER}"][()], _mean_embedding(rotary_model, used), atol=2e-5)
+        row = list(handle["ids"].asstr()[()]).index(f"case_{case.name}")
+        assert handle["lengths"][row] == len(used)
+        assert handle["sequence_lengths"][row] == len(case.validated)
+        assert bool(handle["truncated"][row]) == (len(case.validated) > CLI_TRUNCATION)
+        np.testing.assert_allclose(handle[f"mean/{FINAL_LAYER}"][row], _mean_embedding(rotary_model, used),
+                                   atol=2e-5)
 
 
 def check_saved_model(case, rotary_serving, **_):
@@ -330,10 +331,11 @@ def test_cli_truncation_within_the_position_table(tmp_path, capsys, absolute, ab
     code, lines = _embed(capsys, absolute.path, fasta, tmp_path / "out.h5", *option)
     assert code == 0, lines
     with h5py.File(tmp_path / "out.h5", "r") as handle:
+        ids = list(handle["ids"].asstr()[()])
         for name, count in used.items():
-            assert handle[name].attrs["length"] == count
+            assert handle["lengths"][ids.index(name)] == count
             expected = _mean_embedding(absolute_model, records[name][:count])
-            np.testing.assert_allclose(handle[name][f"mean/{FINAL_LAYER}"][()], expected, atol=2e-5)
+            np.testing.assert_allclose(handle[f"mean/{FINAL_LAYER}"][ids.index(name)], expected, atol=2e-5)
 
 
 def test_saved_model_length_limit_in_both_signatures(absolute_serving, absolute):

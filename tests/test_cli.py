@@ -22,6 +22,7 @@ import torch
 from tests._tiny_mlm_fixtures import checkpoint, model, tokenizer  # noqa: F401 (pytest fixtures)
 from tf_esm import TFEsmForMaskedLM
 from tf_esm.cli import main, record_key
+from tf_esm.io import read_embeddings
 from tf_esm.progress import ProgressBar
 
 TF_ESM = os.path.join(os.path.dirname(sys.executable), "tf-esm")
@@ -86,16 +87,34 @@ def expected(checkpoint, tokenizer):
     return results
 
 
-def _check_h5_record(group, expected_record, kinds):
-    assert group.attrs["length"] == expected_record["length"]
+def _h5_records(path):
+    """Per record id, its row of a columnar `tf-esm embed` .h5 as a dict: length, sequence_length, truncated and
+    the arrays by dataset name ("mean/2", "per_tok/0", "contacts"), read through `tf_esm.io.read_embeddings`."""
+    with h5py.File(path, "r") as handle:
+        ids = list(handle["ids"].asstr()[()])
+        records = {record_id: {"length": int(length), "sequence_length": int(full), "truncated": bool(cut)}
+                   for record_id, length, full, cut in zip(ids, handle["lengths"][()],
+                                                           handle["sequence_lengths"][()], handle["truncated"][()])}
+        names = [f"{kind}/{layer}" for kind in ("mean", "bos", "per_tok") if kind in handle for layer in handle[kind]]
+        names += ["contacts"] if "contacts" in handle else []
+    for name in names:
+        kind, _, layer = name.partition("/")
+        read_ids, values = read_embeddings(path, kind, int(layer) if layer else -1)
+        assert read_ids == ids
+        for record_id, value in zip(read_ids, values):
+            records[record_id][name] = value
+    return records
+
+
+def _check_h5_record(record, expected_record, kinds):
+    assert record["length"] == expected_record["length"]
     for kind in kinds:
         if kind == "contacts":
-            np.testing.assert_allclose(group["contacts"][()], expected_record["contacts"], atol=ATOL)
+            np.testing.assert_allclose(record["contacts"], expected_record["contacts"], atol=ATOL)
             continue
         for layer in LAYERS.values():
-            dataset = group[f"{kind}/{layer}"]
-            assert dataset.attrs["layer"] == layer and dataset.dtype == np.float32
-            np.testing.assert_allclose(dataset[()], expected_record[(kind, layer)], atol=ATOL)
+            assert record[f"{kind}/{layer}"].dtype == np.float32
+            np.testing.assert_allclose(record[f"{kind}/{layer}"], expected_record[(kind, layer)], atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------------- embed
@@ -111,20 +130,17 @@ def test_embed_hdf5_with_the_console_script(tmp_path, checkpoint, fasta, expecte
         f"tf-esm: embedded 4 records into {output}.",
     ]  # no progress bar in a pipe
     assert sorted(os.listdir(tmp_path)) == ["embeddings.h5"]  # no temporary file left
-    with h5py.File(output, "r") as handle:
-        assert sorted(handle) == sorted(record_key(record_id) for record_id in RECORDS)
-        assert "gamma%2F2" in handle
-        for record_id, record in expected.items():
-            group = handle[record_key(record_id)]
-            assert group.attrs["id"] == record_id
-            assert bool(group.attrs["truncated"]) == (record_id == "long")
-            assert group.attrs["sequence_length"] == len(RECORDS[record_id])
-            _check_h5_record(group, record, ("mean", "per_tok", "bos", "contacts"))
-        # Anchored to the PyTorch reference too: the last layer's mean of one record.
-        ids = np.asarray([tokenizer.encode(RECORDS["alpha"])])
-        with torch.no_grad():
-            reference = checkpoint.model(torch.as_tensor(ids), output_hidden_states=True).hidden_states[-1]
-        np.testing.assert_allclose(handle["alpha/mean/2"][()], reference[0, 1:-1].mean(0).numpy(), atol=1e-4)
+    stored = _h5_records(output)
+    assert sorted(stored) == sorted(RECORDS)
+    for record_id, record in expected.items():
+        assert stored[record_id]["truncated"] == (record_id == "long")
+        assert stored[record_id]["sequence_length"] == len(RECORDS[record_id])
+        _check_h5_record(stored[record_id], record, ("mean", "per_tok", "bos", "contacts"))
+    # Anchored to the PyTorch reference too: the last layer's mean of one record.
+    ids = np.asarray([tokenizer.encode(RECORDS["alpha"])])
+    with torch.no_grad():
+        reference = checkpoint.model(torch.as_tensor(ids), output_hidden_states=True).hidden_states[-1]
+    np.testing.assert_allclose(stored["alpha"]["mean/2"], reference[0, 1:-1].mean(0).numpy(), atol=1e-4)
 
 
 def test_embed_npz_directory(tmp_path, capsys, checkpoint, fasta, expected):
@@ -148,17 +164,16 @@ def test_resume_skips_finished_records_and_keeps_their_data(tmp_path, capsys, ch
     options = ["--repr-layers", "0", "-1", "--include", "mean", "per_tok", "--truncation-seq-length", TRUNCATION]
     code, _, err = _main(capsys, "embed", checkpoint.path, first, output, *options)
     assert code == 0 and err.splitlines()[-1] == f"tf-esm: embedded 2 records into {output}."
-    with h5py.File(output, "r") as handle:
-        before = {key: handle[f"alpha/{key}"][()] for key in ("mean/0", "mean/2", "per_tok/2")}
+    before = {key: _h5_records(output)["alpha"][key] for key in ("mean/0", "mean/2", "per_tok/2")}
 
     code, _, err = _main(capsys, "embed", checkpoint.path, full, output, *options)
     assert code == 0
     assert err.splitlines()[-1] == f"tf-esm: embedded 2 records into {output} (2 already there, skipped)."
-    with h5py.File(output, "r") as handle:
-        for key, value in before.items():
-            np.testing.assert_array_equal(handle[f"alpha/{key}"][()], value)  # untouched, bit for bit
-        for record_id, record in expected.items():
-            _check_h5_record(handle[record_key(record_id)], record, ("mean", "per_tok"))
+    stored = _h5_records(output)
+    for key, value in before.items():
+        np.testing.assert_array_equal(stored["alpha"][key], value)  # untouched, bit for bit
+    for record_id, record in expected.items():
+        _check_h5_record(stored[record_id], record, ("mean", "per_tok"))
 
     code, _, err = _main(capsys, "embed", checkpoint.path, full, output, *options)
     assert code == 0 and err == f"tf-esm: all 4 records are already in {output}; nothing to do.\n"
@@ -191,10 +206,10 @@ def test_interrupt_saves_finished_records_and_a_failure_leaves_no_output(tmp_pat
     assert code == 130
     assert err.splitlines()[-1] == (f"tf-esm: error: interrupted; 2 records are saved in {output}. Run the same "
                                     "command again to finish.")
-    with h5py.File(output, "r") as handle:
-        assert len(handle) == 2
-        for key in handle:
-            _check_h5_record(handle[key], expected[handle[key].attrs["id"]], ("mean",))
+    stored = _h5_records(output)
+    assert len(stored) == 2
+    for record_id, record in stored.items():
+        _check_h5_record(record, expected[record_id], ("mean",))
 
     monkeypatch.setattr(tf_esm.inference, "iter_embeddings", real)
     code, _, err = _main(capsys, "embed", checkpoint.path, fasta, output, *options)
@@ -212,38 +227,49 @@ def test_interrupt_saves_finished_records_and_a_failure_leaves_no_output(tmp_pat
 
 
 def test_sigkill_never_leaves_a_corrupt_output(tmp_path, capsys, checkpoint, expected):
+    """SIGKILL of the real command mid-run: OUTPUT is not there yet (never half-written), the journal holds only
+    complete segments, and the same command again merges them and finishes."""
     records = {f"{record_id}_{copy}": sequence for copy in range(2) for record_id, sequence in RECORDS.items()}
     fasta = _write_fasta(tmp_path / "many.fasta", records)
     output = tmp_path / "out.h5"
+    journal = tmp_path / ".out.h5.journal"
     options = ["--include", "mean", "--repr-layers", "0", "-1", "--truncation-seq-length", TRUNCATION]
     process = subprocess.Popen(  # tf-esm pausing one second after each stored record
         [sys.executable, SLOW_TF_ESM, "1.0", "embed", checkpoint.path, fasta, str(output), *map(str, options),
          "--checkpoint-interval", "0", "--toks-per-batch", "32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+
+    def segments():
+        return sorted(name for name in os.listdir(journal) if name.startswith("seg-")) if journal.exists() else []
+
     try:
         deadline = time.monotonic() + 180
-        while not output.exists() and process.poll() is None and time.monotonic() < deadline:
+        while not segments() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert output.exists(), "the run never reached its first checkpoint"
+        assert segments(), "the run never reached its first checkpoint"
         time.sleep(0.3)  # land somewhere inside the next record
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    with h5py.File(output, "r") as handle:  # a complete, readable file with only complete records
-        saved = {handle[key].attrs["id"] for key in handle}
-        assert 1 <= len(saved) < len(records)
-        for key in handle:
-            _check_h5_record(handle[key], expected[handle[key].attrs["id"].rsplit("_", 1)[0]], ("mean",))
+    assert not output.exists()
+    saved = {}
+    for name in segments():  # complete, readable files with only complete records
+        saved.update(_h5_records(journal / name))
+    assert 1 <= len(saved) < len(records)
+    for record_id, record in saved.items():
+        _check_h5_record(record, expected[record_id.rsplit("_", 1)[0]], ("mean",))
 
     code, _, err = _main(capsys, "embed", checkpoint.path, fasta, output, *options)
     assert code == 0
     assert err.endswith(f"(already there, skipped).\n".replace("(", f"({len(saved)} "))
-    with h5py.File(output, "r") as handle:
-        assert {handle[key].attrs["id"] for key in handle} == set(records)
-    assert sorted(os.listdir(tmp_path)) == ["many.fasta", "out.h5"]  # the killed run's temporary copy is gone
+    stored = _h5_records(output)
+    assert set(stored) == set(records)
+    for record_id, record in stored.items():
+        _check_h5_record(record, expected[record_id.rsplit("_", 1)[0]], ("mean",))
+    assert sorted(os.listdir(tmp_path)) == ["many.fasta", "out.h5"]  # the journal is gone
 
 
 # ---------------------------------------------------------------------------------------------- embed errors
@@ -534,19 +560,19 @@ def test_fair_esm_checkpoints_match_fair_esm_itself(tmp_path, capsys, fasta):
     assert code == 0, err
     reference, alphabet = fair_esm_load(esm2_path)
     convert = alphabet.get_batch_converter(truncation_seq_length=TRUNCATION)
-    with h5py.File(output, "r") as handle:
-        for record_id, sequence in RECORDS.items():
-            _, _, tokens = convert([(record_id, sequence)])
-            with torch.no_grad():
-                out = reference(tokens, repr_layers=[0, 2], return_contacts=True)
-            n = min(len(sequence), TRUNCATION)
-            group = handle[record_key(record_id)]
-            for layer in (0, 2):
-                states = out["representations"][layer][0].numpy()
-                np.testing.assert_allclose(group[f"per_tok/{layer}"][()], states[1:n + 1], atol=1e-4)
-                np.testing.assert_allclose(group[f"mean/{layer}"][()], states[1:n + 1].mean(0), atol=1e-4)
-                np.testing.assert_allclose(group[f"bos/{layer}"][()], states[0], atol=1e-4)
-            np.testing.assert_allclose(group["contacts"][()], out["contacts"][0].numpy(), atol=1e-4)
+    stored = _h5_records(output)
+    for record_id, sequence in RECORDS.items():
+        _, _, tokens = convert([(record_id, sequence)])
+        with torch.no_grad():
+            out = reference(tokens, repr_layers=[0, 2], return_contacts=True)
+        n = min(len(sequence), TRUNCATION)
+        group = stored[record_id]
+        for layer in (0, 2):
+            states = out["representations"][layer][0].numpy()
+            np.testing.assert_allclose(group[f"per_tok/{layer}"], states[1:n + 1], atol=1e-4)
+            np.testing.assert_allclose(group[f"mean/{layer}"], states[1:n + 1].mean(0), atol=1e-4)
+            np.testing.assert_allclose(group[f"bos/{layer}"], states[0], atol=1e-4)
+        np.testing.assert_allclose(group["contacts"], out["contacts"][0].numpy(), atol=1e-4)
 
     esm1v_path = write_esm1v(str(tmp_path))
     reference, alphabet = fair_esm_load(esm1v_path)

@@ -24,8 +24,9 @@ import transformers
 
 from tests._reference import make_reference_checkpoint, torch_outputs
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.cli import main, record_key
+from tf_esm.cli import main
 from tf_esm.fasta import FastaError, read_fasta
+from tf_esm.io import read_embeddings
 from tf_esm.tokenization import EsmTokenizer, write_default_vocab
 
 RECORDS = {"alpha": "MKTAYIAKQRQISFVKSH", "beta": "GSHMLEDPVAAL", "gamma/2": "WCYNQ"}
@@ -74,9 +75,10 @@ def _reference_means(reference_model, tokenizer):
 
 
 def _check_means(path, expected, layer=2):
-    with h5py.File(path, "r") as handle:
-        for record_id, mean in expected.items():
-            np.testing.assert_allclose(handle[record_key(record_id)][f"mean/{layer}"][()], mean, atol=ATOL)
+    ids, means = read_embeddings(path, "mean", layer)
+    assert sorted(ids) == sorted(expected)
+    for record_id, mean in zip(ids, means):
+        np.testing.assert_allclose(mean, expected[record_id], atol=ATOL)
 
 
 # ------------------------------------------------------------------------------------------------------ convert

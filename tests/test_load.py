@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.cli import record_key
 from tf_esm.export import export_saved_model
 
 NUM_SEQUENCES = 1000
@@ -87,16 +86,17 @@ def test_cli_embed_memory_is_flat(reference_checkpoints, tmp_path):
     fasta = tmp_path / "proteins.fasta"
     fasta.write_text("".join(f">seq{index}\n{sequence}\n" for index, sequence in enumerate(sequences)))
     output = tmp_path / "embeddings.h5"
-    partial = tmp_path / ".embeddings.h5.partial"  # created when the model is loaded and embedding starts
+    started = tmp_path / "first_record"  # created by tests/_slow_tf_esm.py when the first record is stored
     samples, embedding_from, peak = [], None, None
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen([sys.executable, SLOW_TF_ESM, str(RECORD_DELAY_S), "embed",
-                                    reference_checkpoints("rotary").path, str(fasta), str(output)], stderr=stderr)
+                                    reference_checkpoints("rotary").path, str(fasta), str(output)], stderr=stderr,
+                                   env=dict(os.environ, TF_ESM_TEST_FIRST_RECORD=str(started)))
         try:
             while process.poll() is None:
                 now, rss = time.monotonic(), _status_mb(process.pid, "VmRSS")
                 peak = _status_mb(process.pid, "VmHWM") or peak
-                if embedding_from is None and partial.exists():
+                if embedding_from is None and started.exists():
                     embedding_from = now
                 if rss is not None:
                     samples.append((now, rss))
@@ -107,9 +107,10 @@ def test_cli_embed_memory_is_flat(reference_checkpoints, tmp_path):
                 process.wait()
     assert process.returncode == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
     with h5py.File(output, "r") as handle:
-        assert len(handle) == NUM_SEQUENCES
+        ids = list(handle["ids"].asstr()[()])
+        assert len(ids) == NUM_SEQUENCES
         for index in (0, 499, 999):
-            assert handle[record_key(f"seq{index}")].attrs["length"] == len(sequences[index])
+            assert handle["lengths"][ids.index(f"seq{index}")] == len(sequences[index])
 
     assert embedding_from is not None and samples
     embedding = [(when, rss) for when, rss in samples if when >= embedding_from]

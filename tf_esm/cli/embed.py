@@ -1,4 +1,4 @@
-"""`tf-esm embed`: representations and contact maps of a FASTA file into HDF5 or a directory of .npz files."""
+"""`tf-esm embed`: representations and contact maps of a FASTA file into HDF5, Parquet or .npz files."""
 
 from __future__ import annotations
 
@@ -8,17 +8,24 @@ from tf_esm.cli.common import (
     EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted,
     load_model, make_output_directory, non_negative_float, positive_int, read_records, require_module,
     sigterm_as_interrupt, skipped_note, warn_truncated)
-from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, Hdf5Store, NpzStore
+from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, PARQUET_SUFFIX, NpzStore
 
 NAME = "embed"
 HELP = "Per-residue, mean-pooled and <cls> representations and contacts for a FASTA file."
 EPILOG = """\
-output formats (chosen by OUTPUT's name):
-  *.h5 / *.hdf5  one HDF5 file. A group per record named by its FASTA id ('%' and '/' written %25 and %2F),
-                 with attributes id, length (residues embedded), sequence_length and truncated, and datasets
-                 mean/<layer> (H,), per_tok/<layer> (length, H), bos/<layer> (H,) and contacts (length, length);
-                 each dataset has attributes layer and length. The root attribute tf_esm_embed holds the run's
-                 settings (JSON).
+output formats (chosen by OUTPUT's name, or --format):
+  *.h5 / *.hdf5  one HDF5 file, columnar (N records, D = hidden size):
+                   ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool
+                   mean/<layer>, bos/<layer>  (N, D) float32
+                   per_tok/<layer> (sum of lengths, D) float32 with per_tok_offsets (N+1,): record i is rows
+                     per_tok_offsets[i]:per_tok_offsets[i+1]
+                   contacts (sum of length**2,) float32 with contacts_offsets (N+1,): record i is that slice
+                     reshaped (length, length)
+                 root attributes tf_esm_embed (the run's settings, JSON) and tf_esm_layout.
+  *.parquet      one Parquet file; a directory with --format parquet: shards part-00000.parquet, ...
+                 columns id, length, sequence_length, truncated, mean_<layer> and bos_<layer>
+                 (fixed_size_list<float32>[D]), per_tok_<layer> (list of them), contacts (list<float32>,
+                 length*length row-major); the settings are in the schema metadata key tf_esm_embed.
   anything else  a directory with one <id>.npz per record holding arrays mean_<layer>, per_tok_<layer>,
                  bos_<layer>, contacts, id, length, sequence_length and truncated, plus tf_esm_embed.json
                  with the settings.
@@ -28,11 +35,14 @@ output formats (chosen by OUTPUT's name):
 resuming and crash safety:
   Records already in OUTPUT are skipped, so re-running the same command after an interruption finishes the
   job (other options must match the first run's, else it is an error; --overwrite starts over). OUTPUT is never
-  left half-written: the HDF5 file is built in a hidden copy (.NAME.partial next to it, holding the old records
-  plus the new ones) that replaces OUTPUT by an atomic rename every --checkpoint-interval seconds and at the end,
-  so a killed run loses at most that interval's work; each .npz is written to a hidden temporary file and renamed.
-  Ctrl-C / SIGTERM save the finished records before exiting. Do not run two commands on the same OUTPUT at once.
-  For very large per-residue outputs prefer the directory format (each HDF5 checkpoint copies the file once).
+  left half-written. HDF5: new records go to segment files in a hidden journal (.NAME.journal/ next to it),
+  each closed durably every --checkpoint-interval seconds; at the end (and on Ctrl-C / SIGTERM) OUTPUT's old
+  records and the journal are written to a new file that replaces OUTPUT by an atomic rename. A killed run
+  leaves OUTPUT as it was plus the journal, which the next run counts as done and merges. Parquet: a shard is
+  written (temporary file, rename) every --checkpoint-interval seconds or 64 MiB; a .parquet file is rebuilt
+  from itself and its shards (.NAME.parts/) at the end. Each .npz is written to a temporary file and renamed.
+  An .h5 written by an older tf-esm (one group per record) cannot be resumed; read_embeddings reads it.
+  Do not run two commands on the same OUTPUT at once.
 
 many files, many workers (Apache Beam; pip install tf_esm[beam]):
   With --runner, FASTA is a file pattern (quote it: 'shards/*.fasta'; gs:// and other Beam file systems work),
@@ -46,9 +56,10 @@ many files, many workers (Apache Beam; pip install tf_esm[beam]):
 examples:
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta embeddings.h5 --repr-layers -1 --include mean per_tok
   tf-esm embed esm2_t33_650M_UR50D.pt proteins.fasta embeddings/ --repr-layers 0 32 33 --include mean bos
+  tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta shards/ --format parquet
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta contacts.h5 --include contacts --toks-per-batch 2048
 
-  import h5py; f = h5py.File("embeddings.h5"); f["P12345"]["mean/6"][()]      # read back in Python
+  from tf_esm.io import read_embeddings; ids, means = read_embeddings("embeddings.h5")   # (N, D), last layer
 """
 
 
@@ -56,7 +67,11 @@ def add_arguments(parser):
     add_model_argument(parser)
     add_fasta_argument(parser, "input FASTA file (records keyed by the header's first word; gzip/bzip2/xz read as "
                                "such; - reads standard input)")
-    parser.add_argument("output", metavar="OUTPUT", help="an .h5/.hdf5 file, or a directory of .npz files")
+    parser.add_argument("output", metavar="OUTPUT",
+                        help="an .h5/.hdf5 file, a .parquet file, or a directory (of .npz files, or of Parquet "
+                             "shards with --format parquet)")
+    parser.add_argument("--format", choices=("auto", "hdf5", "parquet", "npz"), default="auto",
+                        help="output format; auto (default) goes by OUTPUT's name: .h5/.hdf5, .parquet, else npz")
     parser.add_argument("--repr-layers", type=int, nargs="+", default=[-1], metavar="LAYER",
                         help="layers to store: 0 is the embedding output, N the last of N layers, negative "
                              "counts from the end (-1 = last)")
@@ -69,13 +84,13 @@ def add_arguments(parser):
     parser.add_argument("--truncation-seq-length", type=positive_int, default=1022, metavar="N",
                         help="embed only the first N residues of longer sequences (a warning names each one)")
     parser.add_argument("--checkpoint-interval", type=non_negative_float, default=300.0, metavar="SECONDS",
-                        help="HDF5 output: replace OUTPUT with the records finished so far this often")
+                        help="HDF5 and Parquet output: make the records finished so far durable this often")
     parser.add_argument("--runner", choices=BEAM_RUNNERS, metavar="RUNNER",
                         help="run as an Apache Beam pipeline on RUNNER (" + ", ".join(BEAM_RUNNERS) + "): FASTA "
                              "is a file pattern, OUTPUT a directory of Parquet shards; Beam options go after --")
     parser.add_argument("--overwrite", action="store_true",
-                        help="recompute every record instead of resuming (an existing HDF5 file is replaced at "
-                             "the first checkpoint; in a directory each record's file is replaced)")
+                        help="recompute every record instead of resuming (an existing HDF5 or Parquet file is "
+                             "replaced at the end; in a directory each record's file or shard is replaced)")
 
 
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
@@ -83,6 +98,26 @@ BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", 
 
 def _model_identity(reference):
     return os.path.abspath(reference) if os.path.exists(reference) else reference
+
+
+def _output_format(args):
+    if args.format != "auto":
+        return args.format
+    name = args.output.lower()
+    return "hdf5" if name.endswith(HDF5_SUFFIXES) else "parquet" if name.endswith(PARQUET_SUFFIX) else "npz"
+
+
+def _open_store(args, output_format, settings, include, layers, dim):
+    if output_format == "hdf5":
+        from tf_esm.io.hdf5_store import Hdf5Store
+
+        return Hdf5Store(args.output, settings, args.overwrite, args.checkpoint_interval, include, layers, dim)
+    if output_format == "parquet":
+        from tf_esm.io.parquet_store import ParquetStore
+
+        return ParquetStore(args.output, settings, args.overwrite, args.checkpoint_interval, include, layers, dim)
+    make_output_directory(args.output, "OUTPUT")
+    return NpzStore(args.output, settings, args.overwrite)
 
 
 def run(args, console):
@@ -93,9 +128,11 @@ def run(args, console):
         raise CliError(f"options after -- ({' '.join(pipeline_args)}) are Apache Beam pipeline options: pass "
                        "--runner too.")
     records = read_records(args.fasta)
-    hdf5 = args.output.lower().endswith(HDF5_SUFFIXES)
-    if hdf5:
+    output_format = _output_format(args)
+    if output_format == "hdf5":
         require_module("h5py", "HDF5 output")
+    if output_format == "parquet":
+        require_module("pyarrow", "Parquet output")
     configure_threads()
     model = load_model(args.model, embedding=True)
     from tf_esm.pipelines.inference import _resolve_layers, iter_embeddings
@@ -111,11 +148,8 @@ def run(args, console):
                 "include": include, "truncation_seq_length": args.truncation_seq_length,
                 "num_layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size}
     check_position_table(model, records, args.truncation_seq_length)
-    if hdf5:
-        store = Hdf5Store(args.output, settings, args.overwrite, args.checkpoint_interval)
-    else:
-        make_output_directory(args.output, "OUTPUT")
-        store = NpzStore(args.output, settings, args.overwrite)
+    store = _open_store(args, output_format, settings, include, settings["repr_layers"],
+                        model.config.hidden_size)
     todo = [record for record in records if record.id not in store.done]
     skipped = len(records) - len(todo)
     if not todo:

@@ -2,3 +2,7 @@
 
 Nothing here imports a model class; the models and everything above them read and write through this layer.
 """
+
+from tf_esm.io.embedding_reader import read_embeddings
+
+__all__ = ["read_embeddings"]

@@ -34,6 +34,7 @@ from tf_esm.io.embedding_stores import EmbeddingStoreError, check_settings
 KINDS = ("mean", "per_tok", "bos", "contacts")
 SETTINGS_KEY = "tf_esm_embed"
 ROW_COLUMNS = ("id", "length", "sequence_length", "truncated")
+BLOCK_ROWS = 1024  # rows buffered as Python dicts before they become one compact Arrow batch
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 # Where a result of `tf_esm.pipelines.inference.iter_embeddings` keeps each kind ({layer: array}).
 RESULT_FIELDS = {"mean": "mean_representations", "per_tok": "representations", "bos": "bos_representations"}
@@ -173,19 +174,34 @@ def shard_paths(directory):
 
 ParquetStoreError = EmbeddingStoreError  # an output that cannot be resumed or written: an input error
 
+def write_options(schema):
+    """ParquetWriter options for an embedding table: zstd, no dictionaries, BYTE_STREAM_SPLIT on the float32
+    values (their bytes grouped by significance, which is what makes float activations compress at all)."""
+    import pyarrow as pa
+
+    floats = []
+    for field in schema:
+        path, kind = field.name, field.type
+        while pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+            path, kind = path + ".list.element", kind.value_type
+        if pa.types.is_floating(kind):
+            floats.append(path)
+    return {"compression": "zstd", "use_dictionary": False, "use_byte_stream_split": floats}
+
+
 class ParquetStore:
     """`tf-esm embed` into Parquet: a directory of shards, or one `.parquet` file.
 
-    Directory: rows are buffered and written as a new shard `part-NNNNN.parquet` (temporary file, fsync, rename)
-    when the buffer holds `shard_bytes` of arrays, every `checkpoint_interval` seconds, and at `commit()`; a
-    killed run loses at most the buffered rows, and a rerun skips the ids of every complete shard.
-    One file: the shards go to a hidden sibling directory `.NAME.parts/`, and `commit()` merges the old file and
-    those shards into NAME (temporary file, fsync, rename) and removes the directory; after a kill the next run
-    finds both and carries on.
+    Directory: rows go into an open shard under a hidden temporary name, in row groups of `row_group_bytes` of
+    Arrow data (small by Parquet's standards: the writer's memory grows with them); every `checkpoint_interval` seconds (and at `shard_bytes`, and at `commit()`) the shard
+    is closed, fsynced and renamed `part-NNNNN.parquet`. A kill loses at most the open shard; a rerun skips the
+    ids of every complete shard. One file: the shards go to a hidden sibling directory `.NAME.parts/`, and
+    `commit()` writes the old file's row groups and those shards into a new NAME (temporary file, fsync,
+    rename) and removes the directory; after a kill the next run finds both and carries on.
     """
 
     def __init__(self, path, settings, overwrite, checkpoint_interval, include, layers, dim,
-                 shard_bytes=64 << 20, single_file=None):
+                 row_group_bytes=4 << 20, shard_bytes=1 << 30, single_file=None):
         import pyarrow.parquet as pq
 
         self.pq = pq
@@ -194,9 +210,10 @@ class ParquetStore:
             single_file = path.lower().endswith(".parquet") and not os.path.isdir(path)
         self.single_file = single_file
         self.schema = embedding_schema(include, layers, dim, settings)
+        self.options = write_options(self.schema)
         self.settings = settings
         self.checkpoint_interval = checkpoint_interval
-        self.shard_bytes = shard_bytes
+        self.row_group_bytes, self.shard_bytes = row_group_bytes, shard_bytes
         parent, name = os.path.split(self.path)
         if self.single_file:
             if os.path.isdir(self.path):
@@ -218,23 +235,22 @@ class ParquetStore:
             self.keep_file = self.single_file and os.path.exists(self.path)
         shards = shard_paths(self.directory)
         self.next_shard = int(SHARD_PATTERN.match(os.path.basename(shards[-1]))[1]) + 1 if shards else 0
-        self.rows = []
-        self.buffered = 0
+        self.rows, self.batches, self.batch_bytes = [], [], 0
+        self.writer = self.shard_rows = self.shard_written = None
         self.saved = len(self.done)
-        self.last_flush = time.monotonic()
+        self.last_checkpoint = time.monotonic()
 
     def _sources(self):
         return ([self.path] if self.single_file and os.path.exists(self.path) else []) + shard_paths(self.directory)
 
     def _check_existing(self, path):
-        sources = self._sources()
         if not self.single_file:
             foreign = [name for name in os.listdir(self.directory)
                        if not SHARD_PATTERN.match(name) and not name.startswith(".")]
             if foreign:
                 raise ParquetStoreError(f"OUTPUT directory {path} holds files other than part-NNNNN.parquet shards "
                                         f"({foreign[0]!r}); choose another OUTPUT or pass --overwrite.")
-        for source in sources:
+        for source in self._sources():
             try:
                 schema = self.pq.read_schema(source)
             except Exception:  # pyarrow raises several kinds for a damaged or foreign file
@@ -245,64 +261,105 @@ class ParquetStore:
                 raise ParquetStoreError(f"OUTPUT {source} exists but was not written by 'tf-esm embed'; choose "
                                         "another OUTPUT or pass --overwrite.")
             check_settings(path, stored, self.settings)
-            self.done.update(self.pq.read_table(source, columns=["id"]).column("id").to_pylist())
+            ids = self.pq.read_table(source, columns=["id"]).column("id").to_pylist()
+            if self.single_file and source != self.path and self.done.intersection(ids):
+                os.remove(source)  # merged into the file by a run killed before it removed the shard
+                continue
+            self.done.update(ids)
 
     def add(self, record_id, sequence_length, result):
-        row = result_to_row(result, record_id, sequence_length, self.schema)
-        self.rows.append(row)
-        self.buffered += sum(value.nbytes for value in _arrays(row))
-        if self.buffered >= self.shard_bytes or time.monotonic() - self.last_flush >= self.checkpoint_interval:
-            self.flush()
+        self.rows.append(result_to_row(result, record_id, sequence_length, self.schema))
+        if len(self.rows) >= BLOCK_ROWS:
+            self._convert()
+        if time.monotonic() - self.last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
 
-    def flush(self):
-        """Write the buffered rows as the next complete shard."""
+    def _convert(self):
+        """Buffered row dicts into one Arrow batch (compact); a full row group goes to the open shard."""
         if self.rows:
-            target = os.path.join(self.directory, shard_name(self.next_shard))
-            temporary = os.path.join(self.directory, f".{os.path.basename(target)}{PARTIAL_SUFFIX}")
-            self.pq.write_table(rows_to_table(self.rows, self.schema), temporary,
-                                row_group_size=max(1, len(self.rows)))
-            replace_durably(temporary, target)
-            _fsync_directory(self.directory)
-            self.next_shard += 1
-            self.saved += len(self.rows)
-            self.rows, self.buffered = [], 0
-        self.last_flush = time.monotonic()
+            batch = rows_to_table(self.rows, self.schema)
+            self.rows = []
+            self.batches.append(batch)
+            self.batch_bytes += batch.nbytes
+        if self.batch_bytes >= self.row_group_bytes:
+            self._write_row_group()
+
+    def _write_row_group(self):
+        if not self.batches:
+            return
+        import pyarrow as pa
+
+        if self.writer is None:
+            self.shard_rows = 0
+            self.shard_written = 0
+            self.writer = self.pq.ParquetWriter(self._partial(), self.schema, **self.options)
+        table = pa.concat_tables(self.batches)
+        self.writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self.shard_rows += table.num_rows
+        self.shard_written += self.batch_bytes
+        self.batches, self.batch_bytes = [], 0
+        pa.default_memory_pool().release_unused()  # else the encoder's buffers stay with the allocator
+        if self.shard_written >= self.shard_bytes:
+            self._close_shard()
+
+    def _partial(self):
+        return os.path.join(self.directory, f".{shard_name(self.next_shard)}{PARTIAL_SUFFIX}")
+
+    def _close_shard(self):
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        replace_durably(self._partial(), os.path.join(self.directory, shard_name(self.next_shard)))
+        _fsync_directory(self.directory)
+        self.next_shard += 1
+        self.saved += self.shard_rows
+
+    def checkpoint(self):
+        """Close the open shard with every row added so far: they are durable."""
+        self._convert()
+        self._write_row_group()
+        self._close_shard()
+        self.last_checkpoint = time.monotonic()
 
     def commit(self, reopen=False):
         """Save every row added so far; for a single-file OUTPUT, merge the shards into it."""
-        self.flush()
+        self.checkpoint()
         if not self.single_file or reopen:
             return
         sources = ([self.path] if self.keep_file else []) + shard_paths(self.directory)
-        if not sources:
-            return
-        temporary = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}{PARTIAL_SUFFIX}")
-        with self.pq.ParquetWriter(temporary, self.schema) as writer:
-            for source in sources:
-                handle = self.pq.ParquetFile(source)
-                for group in range(handle.num_row_groups):
-                    writer.write_table(handle.read_row_group(group).replace_schema_metadata(self.schema.metadata))
-        replace_durably(temporary, self.path)
-        self.keep_file = True
-        for shard in shard_paths(self.directory):
-            os.remove(shard)
+        if sources and shard_paths(self.directory):
+            temporary = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}{PARTIAL_SUFFIX}")
+            try:
+                with self.pq.ParquetWriter(temporary, self.schema, **self.options) as writer:
+                    for source in sources:
+                        handle = self.pq.ParquetFile(source)
+                        for group in range(handle.num_row_groups):
+                            table = handle.read_row_group(group).replace_schema_metadata(self.schema.metadata)
+                            writer.write_table(table, row_group_size=max(1, table.num_rows))
+                replace_durably(temporary, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(temporary)
+                raise
+            self.keep_file = True
+            for shard in shard_paths(self.directory):
+                os.remove(shard)
         with contextlib.suppress(OSError):
             os.rmdir(self.directory)
 
     def discard(self):
-        """Drop the buffered rows (complete shards stay: a rerun resumes from them)."""
-        self.rows, self.buffered = [], 0
+        """After a failure: drop the rows not yet in a complete shard (complete shards stay for a rerun)."""
+        self.rows, self.batches, self.batch_bytes = [], [], 0
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+            with contextlib.suppress(OSError):
+                os.remove(self._partial())
         if self.single_file:
             with contextlib.suppress(OSError):
                 os.rmdir(self.directory)
-
-
-def _arrays(row):
-    for value in row.values():
-        if isinstance(value, list):
-            yield from value
-        elif hasattr(value, "nbytes"):
-            yield value
 
 
 def _fsync_directory(directory):
