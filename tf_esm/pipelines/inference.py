@@ -129,6 +129,7 @@ class _Runner:
 
         def forward(input_ids, lengths):
             self.trace_count += 1  # Python side effect: runs once per trace / compilation
+            input_ids, lengths = ops.convert_to_tensor(input_ids), ops.convert_to_tensor(lengths)
             positions = ops.arange(ops.shape(input_ids)[1], dtype="int32")[None, :]
             attention_mask = ops.cast(positions <= lengths[:, None] + 1, "int32")
             outputs = main_layer(input_ids, attention_mask=attention_mask if padded else None,
@@ -368,7 +369,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
         return runner.function(layers, include, padded), input_ids, lengths
 
     def run(function, input_ids, lengths):
-        return {name: np.asarray(value) for name, value in function(input_ids, lengths).items()}
+        return {name: ops.convert_to_numpy(value) for name, value in function(input_ids, lengths).items()}
 
     def results(batch, outputs):
         for row, index in enumerate(batch):
