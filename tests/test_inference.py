@@ -154,6 +154,18 @@ def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(refere
     assert trace_count(model) == before  # new sequences of the same lengths: nothing new is compiled
 
 
+def test_a_model_never_called_before_embeds(reference_checkpoints):
+    """A freshly constructed model builds its variables before the forward pass is compiled (under JAX, variables
+    created inside the traced function leaked tracers)."""
+    from tf_esm.configuration import EsmConfig
+
+    config = EsmConfig.from_dict(reference_checkpoints("rotary").config.to_dict())
+    model = TFEsmModel(config, add_pooling_layer=False)
+    result = embed_sequences(model, ["MKTAYIAK"], include=("per_tok",))[0]
+    direct = model.esm(encode("MKTAYIAK"), output_hidden_states=True).hidden_states[-1]
+    np.testing.assert_allclose(result["representations"][2], np.asarray(direct)[0, 1:-1], atol=1e-5)
+
+
 def test_rejects_bad_arguments(rotary):
     _, model = rotary
     with pytest.raises(ValueError, match="repr_layers"):

@@ -85,6 +85,9 @@ class _Runner:
     """
 
     def __init__(self, main_layer):
+        if not main_layer.built:
+            # Variables must exist before compiling: under JAX, ones created inside the traced function leak tracers.
+            main_layer.build(None)
         self.main_layer = main_layer
         self.functions = {}
         self.trace_count = 0
