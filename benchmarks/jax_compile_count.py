@@ -1,7 +1,12 @@
 #!/usr/bin/env python
-"""`KERAS_BACKEND=jax python benchmarks/jax_compile_count.py [N]`: compile count of embed_sequences under JAX on a realistic length mix (tiny random model; the count does not
-depend on the model size)."""
-import sys, time
+"""How many programs `embed_sequences` compiles under JAX for a realistic length mix, and how many a second call
+with new sequences adds. A tiny random model: the count depends on the lengths and the batch budget, not the size.
+
+    KERAS_BACKEND=jax python benchmarks/jax_compile_count.py [NUM_SEQUENCES]
+"""
+import sys
+import time
+
 import numpy as np
 from tf_esm import TFEsmModel
 from tf_esm.configuration import EsmConfig
