@@ -20,11 +20,30 @@ from tests._reference import (  # noqa: E402
     share_model,
 )
 
-# In-process CLI runs set TensorFlow's thread pools for throughput when they are the first to start the runtime;
-# start it here with the defaults so every test sees the same threading whatever the order.
-import tensorflow  # noqa: E402
+import keras  # noqa: E402  (reads KERAS_BACKEND)
 
-tensorflow.constant(0)
+BACKEND = keras.backend.backend()
+
+# The test modules that run under every Keras backend: CI runs them a second time with KERAS_BACKEND=jax (the
+# README's test command). Under a backend other than TensorFlow the other modules are not collected (they test
+# TensorFlow programs: tf.data, SavedModel, the string tokenizer, distribution strategies, ...), and tests in these
+# modules that need TensorFlow are marked `tensorflow_only` and skipped with their reason.
+EVERY_BACKEND_MODULES = (
+    "test_configuration.py",
+    "test_fair_esm.py",
+    "test_inference.py",
+    "test_modeling.py",
+    "test_tokenization.py",
+    "test_transformers4_fixtures.py",
+    "test_weights.py",
+)
+
+if BACKEND == "tensorflow":
+    # In-process CLI runs set TensorFlow's thread pools for throughput when they are the first to start the runtime;
+    # start it here with the defaults so every test sees the same threading whatever the order.
+    import tensorflow  # noqa: E402
+
+    tensorflow.constant(0)
 
 SETUP_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "setup.cfg")
 
@@ -67,10 +86,25 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_ignore_collect(collection_path, config):
+    """Under JAX or PyTorch only EVERY_BACKEND_MODULES are collected (the others import TensorFlow-only modules)."""
+    if BACKEND == "tensorflow" or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return collection_path.name not in EVERY_BACKEND_MODULES
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """TF_ESM_TEST_ORDER=reversed runs the tests in reverse order (after any other reordering): with
+    """Under a backend other than TensorFlow, tests marked `tensorflow_only(reason)` are skipped with the reason.
+
+    TF_ESM_TEST_ORDER=reversed runs the tests in reverse order (after any other reordering): with
     `-p random_order --random-order`, a check that no test depends on another having run first."""
+    if BACKEND != "tensorflow":
+        for item in items:
+            marker = item.get_closest_marker("tensorflow_only")
+            if marker is not None:
+                reason = marker.args[0] if marker.args else "a TensorFlow program"
+                item.add_marker(pytest.mark.skip(reason=f"TensorFlow only ({reason}); KERAS_BACKEND={BACKEND}"))
     order = os.environ.get("TF_ESM_TEST_ORDER", "")
     if order == "reversed":
         items.reverse()
@@ -156,7 +190,12 @@ def rng():
 def pytest_terminal_summary(terminalreporter):
     from tests._reference import PARITY_REPORT
 
+    if BACKEND != "tensorflow":
+        terminalreporter.section(f"KERAS_BACKEND={BACKEND}")
+        terminalreporter.write_line(f"ran the modules that run under every backend ({', '.join(EVERY_BACKEND_MODULES)});"
+                                    " the others test TensorFlow programs and need KERAS_BACKEND=tensorflow.")
+
     if PARITY_REPORT:
-        terminalreporter.section("parity: max abs difference vs the PyTorch reference")
+        terminalreporter.section(f"parity: max abs difference vs the PyTorch reference (KERAS_BACKEND={BACKEND})")
         for key in sorted(PARITY_REPORT):
             terminalreporter.write_line(f"{PARITY_REPORT[key]:10.3g}  {key}")

@@ -1,11 +1,13 @@
 """Batched embedding extraction (`tf_esm.inference`) gives the numbers of a direct per-sequence model call."""
 
+import collections
+
 import numpy as np
 import pytest
 
 from tests._reference import torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
-from tf_esm.inference import bucket_length, embed_sequences, iter_embeddings, trace_count
+from tf_esm.inference import bucket_length, embed_sequences, iter_embeddings, trace_count, traced_shapes
 from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWC"
@@ -114,6 +116,55 @@ def test_graphs_are_reused_across_lengths_and_calls(reference_checkpoints, rng):
     before = trace_count(model)
     embed_sequences(model, sequences, toks_per_batch=512)  # shapes seen before: nothing new is compiled
     assert trace_count(model) == before
+
+
+def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(reference_checkpoints, rng):
+    """Under TensorFlow one shape-polymorphic graph serves every batch. Under JAX each input shape is a program
+    compiled once: batches are padded to bucket lengths and to power-of-two row counts (or the budget's rows), so
+    the programs are bounded by buckets x row counts whatever the number of batches."""
+    import keras
+
+    from tf_esm.inference import _runner
+
+    reference = reference_checkpoints("rotary", model_class="EsmModel")
+    model = TFEsmModel.from_pretrained(reference.path)
+    lengths = rng.integers(1, 60, size=60)
+    sequences = random_sequences(rng, lengths)
+    batches = []
+    results = embed_sequences(model, sequences, toks_per_batch=128, include=("mean",),
+                              progress_callback=lambda *done: batches.append(done))
+    for index in (0, 59):
+        direct = model.esm(encode(sequences[index]), output_hidden_states=True).hidden_states[-1]
+        np.testing.assert_allclose(results[index]["mean_representations"][2], np.asarray(direct)[0, 1:-1].mean(0),
+                                   atol=1e-5)
+    shapes = traced_shapes(model)
+    assert len(shapes) == trace_count(model) and len(batches) >= 10
+    if keras.backend.backend() == "tensorflow":
+        assert shapes == [(None, None)]
+        return
+    runner = _runner(model)
+    used_buckets = {bucket_length(int(n) + 2, TOKEN_LENGTH_BUCKETS) for n in lengths}
+    bound = sum(len(runner.row_counts(length, 128)) for length in used_buckets)
+    for rows, length in shapes:
+        assert length in TOKEN_LENGTH_BUCKETS and rows in runner.row_counts(length, 128), (rows, length)
+    # A shape is compiled once per variant (batches with padding are masked, batches without are not).
+    assert max(collections.Counter(shapes).values()) <= 2
+    assert len(shapes) <= 2 * bound and len(shapes) < len(batches), (shapes, len(batches))
+    before = len(shapes)
+    embed_sequences(model, random_sequences(rng, rng.permutation(lengths)), toks_per_batch=128, include=("mean",))
+    assert trace_count(model) == before  # new sequences of the same lengths: nothing new is compiled
+
+
+def test_a_model_never_called_before_embeds(reference_checkpoints):
+    """A freshly constructed model builds its variables before the forward pass is compiled (under JAX, variables
+    created inside the traced function leaked tracers)."""
+    from tf_esm.configuration import EsmConfig
+
+    config = EsmConfig.from_dict(reference_checkpoints("rotary").config.to_dict())
+    model = TFEsmModel(config, add_pooling_layer=False)
+    result = embed_sequences(model, ["MKTAYIAK"], include=("per_tok",))[0]
+    direct = model.esm(encode("MKTAYIAK"), output_hidden_states=True).hidden_states[-1]
+    np.testing.assert_allclose(result["representations"][2], np.asarray(direct)[0, 1:-1], atol=1e-5)
 
 
 def test_rejects_bad_arguments(rotary):

@@ -124,15 +124,22 @@ def test_tensor_outputs(tokenizer, reference):
     np.testing.assert_array_equal(numpy_out.input_ids, reference(batch, padding=True, return_tensors="np")["input_ids"])
     single = tokenizer("MK", return_tensors="np")
     assert single.input_ids.shape == (1, 4) and single["attention_mask"].tolist() == [[1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="padding"):
+        tokenizer(batch, return_tensors="np")
+    with pytest.raises(AttributeError):
+        numpy_out.no_such_field
+
+
+@pytest.mark.tensorflow_only("return_tensors='tf' makes TensorFlow tensors")
+def test_tensorflow_tensor_outputs(tokenizer):
+    batch = ["MKTAYIAK", "GV", ""]
     tf_out = tokenizer(batch, padding="max_length", max_length=12, return_tensors="tf")
     assert tf_out.input_ids.dtype.name == "int32" and tf_out.input_ids.shape == (3, 12)
     expected = tokenizer(batch, padding="max_length", max_length=12)
     np.testing.assert_array_equal(tf_out.input_ids.numpy(), expected["input_ids"])
     np.testing.assert_array_equal(tf_out.attention_mask.numpy(), expected["attention_mask"])
     with pytest.raises(ValueError, match="padding"):
-        tokenizer(batch, return_tensors="np")
-    with pytest.raises(AttributeError):
-        numpy_out.no_such_field
+        tokenizer(batch, return_tensors="tf")
 
 
 def test_decode_round_trip(tokenizer, reference):

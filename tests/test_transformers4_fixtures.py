@@ -46,7 +46,7 @@ def test_relative_positions_matter():
     for layer in model.esm.encoder.layer:
         table = layer.attention.self_attention.distance_embedding.embeddings
         table.assign(np.zeros(table.shape, np.float32))
-    out = model(ref["input_ids"], attention_mask=ref["attention_mask"]).logits.numpy()
+    out = np.asarray(model(ref["input_ids"], attention_mask=ref["attention_mask"]).logits)
     assert np.max(np.abs(out - ref["logits"])) > 1e-2
 
 
@@ -115,5 +115,5 @@ def test_decoder_incremental_step_equals_full_pass(decoder):
     assert_close(step.last_hidden_state, ref["step_last_hidden_state"], "step")
     # ...and equals our own full pass at that position.
     full = model(ref["input_ids"][:, :prefix + 1], attention_mask=ref["attention_mask"][:, :prefix + 1], **common)
-    np.testing.assert_allclose(step.last_hidden_state.numpy()[:, 0], full.last_hidden_state.numpy()[:, prefix],
+    np.testing.assert_allclose(np.asarray(step.last_hidden_state)[:, 0], np.asarray(full.last_hidden_state)[:, prefix],
                                atol=ATOL)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 
 import keras
-import tensorflow as tf
+
+from tf_esm.backend import require_tensorflow
+
+tf = require_tensorflow("tf_esm.graph_tokenizer (EsmStringTokenizer, tokenizing tf.string tensors)")
 
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.tokenization import WHITESPACE_RUN_PATTERN, load_vocab_file

@@ -54,12 +54,15 @@ def modules_hidden(names):
 
 
 def import_tensorflow_quietly(for_command=False):
-    """Import TensorFlow and Keras with stderr silenced (and `TF_CPP_MIN_LOG_LEVEL=3` unless set). A no-op once
-    TensorFlow is imported. `for_command`: also keep matplotlib out of the import (the `tf-esm` command)."""
+    """Import Keras, and TensorFlow when it is Keras' backend, with stderr silenced (and `TF_CPP_MIN_LOG_LEVEL=3`
+    unless set). Under KERAS_BACKEND=jax or torch TensorFlow is not imported at all. A no-op once TensorFlow is
+    imported. `for_command`: also keep matplotlib out of the import (the `tf-esm` command)."""
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads it when it is imported
     hidden = _UNUSED_BY_THE_COMMAND if for_command else ()
     with native_stderr_silenced(), modules_hidden(hidden):
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import keras  # under the TensorFlow backend this imports TensorFlow
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow  # noqa: F401

@@ -528,7 +528,9 @@ def _as_tensor(rows, return_tensors, key):
         array = np.asarray(rows, dtype=np.int64).reshape(len(rows), len(rows[0]) if rows else 0)
     if return_tensors == "np":
         return array
-    import tensorflow as tf
+    from tf_esm.backend import require_tensorflow
+
+    tf = require_tensorflow("return_tensors='tf'", instead="Use return_tensors='np' (every backend takes NumPy).")
 
     return tf.constant(array, dtype=tf.int32)
 

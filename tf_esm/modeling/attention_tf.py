@@ -8,7 +8,9 @@ itself got faster on CPU (`python benchmarks/bench_attention.py`; figures in ben
 
 from __future__ import annotations
 
-import tensorflow as tf
+from tf_esm.backend import require_tensorflow
+
+tf = require_tensorflow("tf_esm.modeling.attention_tf (blocked CPU attention)")
 
 # Scores (batch x heads x rows x keys) per block; the block has at least _MIN_BLOCK_ROWS query rows.
 SCORE_BLOCK_ELEMENTS = 1 << 20

@@ -6,7 +6,9 @@ Kept apart from the backend-neutral models, as `attention_tf.py` is; the models 
 
 from __future__ import annotations
 
-import tensorflow as tf
+from tf_esm.backend import require_tensorflow
+
+tf = require_tensorflow("tf_esm.modeling.dataset_tf (tf.data inputs of fit)")
 
 
 def without_autotune_stall(dataset):

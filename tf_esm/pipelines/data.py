@@ -35,7 +35,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
+
+from tf_esm.backend import require_tensorflow
+
+tf = require_tensorflow("tf_esm.data (tf.data pipelines)")
 
 from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.io.fasta import FastaError

@@ -40,8 +40,11 @@ from __future__ import annotations
 
 import os
 
-import tensorflow as tf
 from keras import ops
+
+from tf_esm.backend import require_tensorflow
+
+tf = require_tensorflow("tf_esm.export (SavedModel export)")
 
 from tf_esm.io.atomic import atomic_directory, check_target, write_text_atomic
 from tf_esm.configuration import ESM2_VOCAB

@@ -63,9 +63,13 @@ class _Runner:
     """
 
     def __init__(self, main_layer):
+        if not main_layer.built:
+            # Variables must exist before compiling: under JAX, ones created inside the traced function leak tracers.
+            main_layer.build(None)
         self.main_layer = main_layer
         self.functions = {}
         self.trace_count = 0
+        self.traced_shapes = []  # (rows, length) of each trace; (None, None) for a shape-polymorphic graph
         self.per_shape = keras.backend.backend() != "tensorflow" or _JIT
         self.on_cpu = _on_cpu()
         # With attention in blocks (TensorFlow on CPU) masking costs next to nothing: one graph serves batches with
@@ -93,6 +97,12 @@ class _Runner:
             return rows
         return min(max_rows, 1 << (rows - 1).bit_length())
 
+    def row_counts(self, length, batch_tokens):
+        """Every row count a batch of `length` padded tokens can have: powers of two up to the budget's rows,
+        and the budget's rows (so under JAX at most len(row_counts) programs per bucket length and variant)."""
+        max_rows = max(1, batch_tokens // length)
+        return sorted({self.padded_rows(rows, max_rows) for rows in range(1, max_rows + 1)})
+
     def function(self, layers, include, padded):
         """The forward pass; `padded=False` is the variant for batches with no padding at all (no masking)."""
         padded = padded or self.always_masked
@@ -107,6 +117,8 @@ class _Runner:
 
         def forward(input_ids, lengths):
             self.trace_count += 1  # Python side effect: runs once per trace / compilation
+            self.traced_shapes.append(tuple(input_ids.shape))
+            input_ids, lengths = ops.convert_to_tensor(input_ids), ops.convert_to_tensor(lengths)
             positions = ops.arange(ops.shape(input_ids)[1], dtype="int32")[None, :]
             attention_mask = ops.cast(positions <= lengths[:, None] + 1, "int32")
             outputs = main_layer(input_ids, attention_mask=attention_mask if padded else None,
@@ -181,6 +193,14 @@ def trace_count(model):
     """How many graphs (programs, under JAX/XLA) `iter_embeddings` has traced for `model` so far."""
     main_layer = getattr(model, "esm", model)
     return _RUNNERS[main_layer].trace_count if main_layer in _RUNNERS else 0
+
+
+def traced_shapes(model):
+    """The input shapes (rows, padded length) `iter_embeddings` has traced for `model`, one per trace, in order.
+    Under TensorFlow a trace serves every shape and is listed as (None, None); under JAX each is one compiled
+    program, and the shapes are bucket lengths x `row_counts` (see `_Runner.row_counts`)."""
+    main_layer = getattr(model, "esm", model)
+    return list(_RUNNERS[main_layer].traced_shapes) if main_layer in _RUNNERS else []
 
 
 def cpu_count():
@@ -348,7 +368,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
         return runner.function(layers, include, padded), input_ids, lengths
 
     def run(function, input_ids, lengths):
-        return {name: np.asarray(value) for name, value in function(input_ids, lengths).items()}
+        return {name: ops.convert_to_numpy(value) for name, value in function(input_ids, lengths).items()}
 
     def results(batch, outputs):
         for row, index in enumerate(batch):

@@ -1,0 +1,43 @@
+"""Which Keras backend runs the models, and the fence around the parts that only TensorFlow can run.
+
+The models, tokenizer, checkpoint readers and batch embedding are written in `keras.ops` and run under any Keras 3
+backend (KERAS_BACKEND=tensorflow, jax or torch); under JAX or PyTorch they import no TensorFlow. A few features are
+TensorFlow programs by nature — `tf.data` pipelines (`tf_esm.data`), the in-graph string tokenizer
+(`tf_esm.graph_tokenizer`), SavedModel export (`tf_esm.export`) and the blocked CPU attention — and their modules call
+`require_tensorflow` first, so that using one elsewhere fails with one sentence saying what to do rather than a
+`ModuleNotFoundError` or a type error from deep inside another backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class TensorFlowRequiredError(ImportError):
+    """A TensorFlow-only feature was used under another Keras backend, or without TensorFlow installed."""
+
+
+def keras_backend():
+    """The Keras backend in use ("tensorflow", "jax", "torch", ...), read without importing TensorFlow."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def require_tensorflow(feature, instead="The models, tokenizer, checkpoints and embed_sequences work under every "
+                                      "backend."):
+    """Return the `tensorflow` module, or raise `TensorFlowRequiredError` naming `feature` when the Keras backend is
+    not TensorFlow (its tensors and graphs would not mix with the models') or TensorFlow is not installed.
+    `instead`: what to use under another backend (the end of the message)."""
+    backend = keras_backend()
+    if backend != "tensorflow":
+        raise TensorFlowRequiredError(
+            f"{feature} needs TensorFlow (KERAS_BACKEND=tensorflow); you are on {backend} "
+            f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', backend)}). {instead}")
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise TensorFlowRequiredError(
+            f"{feature} needs TensorFlow, which cannot be imported here ({error}); pip install tensorflow, "
+            "or choose another backend with KERAS_BACKEND=jax for the models alone.") from error
+    return tf
