@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
 from tests._fair_esm_helpers import fair_esm_load, write_esm2
 from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
+from tf_esm.io import read_embeddings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLE", "W", "MKVLAAGIVGLLLAQPAMAAEKTHVQSSANPL"]
@@ -150,10 +150,13 @@ def test_jax_without_tensorflow_matches_the_references_and_the_tensorflow_path(r
 
     # `tf-esm embed` under JAX wrote what embed_sequences computes.
     assert int(outputs["cli_status"]) == 0
-    with h5py.File(args["h5"], "r") as store:
-        for i in range(len(SEQUENCES)):
-            np.testing.assert_allclose(store[f"p{i}"]["mean/2"][()], outputs[f"embed_{i}_mean"], atol=1e-6)
-            np.testing.assert_allclose(store[f"p{i}"]["per_tok/2"][()], outputs[f"embed_{i}_per_tok"], atol=1e-6)
+    ids, means = read_embeddings(args["h5"], "mean", 2)
+    per_tok_ids, per_tok = read_embeddings(args["h5"], "per_tok", 2)
+    assert sorted(ids) == [f"p{i}" for i in range(len(SEQUENCES))] and per_tok_ids == ids
+    for row, record_id in enumerate(ids):
+        i = int(record_id[1:])
+        np.testing.assert_allclose(means[row], outputs[f"embed_{i}_mean"], atol=1e-6)
+        np.testing.assert_allclose(per_tok[row], outputs[f"embed_{i}_per_tok"], atol=1e-6)
 
     # TensorFlow-only features say so.
     assert sorted(messages) == sorted(TF_ONLY_MODULES + ("return_tensors='tf'",))
