@@ -351,8 +351,9 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         return ops.stop_gradient(esm_s), None if esm_z is None else ops.stop_gradient(esm_z)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def call(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None, num_recycles=None,
-             chunk_size=None, unpadded_length=None, training=False):
+    def call(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None,
+             masking_pattern: Any = None, num_recycles: int | None = None, chunk_size: int | None = None,
+             unpadded_length: Any = None, training: bool = False) -> TFEsmForProteinFoldingOutput:
         aa = ops.convert_to_tensor(input_ids)
         if len(aa.shape) != 2:
             raise ValueError(f"input_ids must have shape (batch, length); got {tuple(aa.shape)}.")
