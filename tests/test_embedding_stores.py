@@ -26,7 +26,7 @@ from tf_esm.io import read_embeddings
 from tf_esm.io.embedding_reader import EmbeddingReadError
 from tf_esm.io.embedding_stores import EmbeddingStoreError
 from tf_esm.io.hdf5_store import LAYOUT, Hdf5Store
-from tf_esm.io.parquet_store import ParquetStore, embedding_schema, result_to_row, rows_to_table
+from tf_esm.io.parquet_store import ParquetStore, embedding_schema, result_to_row, rows_to_table, shard_paths
 from tf_esm.pipelines.inference import embed_sequences
 
 RECORDS = {"alpha": "MKTAYIAKQRQISFVKSH", "beta": "GSHMLEDPVAAL", "gamma/2": "WCYNQ",
@@ -261,7 +261,9 @@ def test_sigkill_at_random_moments_leaves_valid_resumable_output(tmp_path, kind,
             kills += 1
         _, err = process.communicate()
         assert process.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
-        if os.path.exists(path):
+        # OUTPUT exists once records are durable: the .h5 or .parquet file, or the first shard of the directory
+        # (which the run creates at its start: a kill before the first shard leaves it without one).
+        if os.path.isfile(path) or (os.path.isdir(path) and shard_paths(path)):
             _synthetic_check(path)
     assert kills >= 3, "the writer finished too fast for the kills to land"
     finish = subprocess.run(command, env=env, capture_output=True, timeout=300)
