@@ -188,3 +188,17 @@ def test_require_tensorflow_names_the_feature_and_the_backend(monkeypatch):
     with pytest.raises(TensorFlowRequiredError, match=r"SavedModel export needs TensorFlow .*you are on jax"):
         require_tensorflow("SavedModel export")
     assert issubclass(TensorFlowRequiredError, ImportError)  # `except ImportError` treats it as not available
+
+
+def test_a_missing_backend_package_is_one_sentence_saying_what_to_install(tmp_path):
+    """KERAS_BACKEND=jax without jax installed: the command says which package and how to install it."""
+    script = ("import sys; sys.modules['jax'] = None\n"  # as if jax were not installed
+              "from tf_esm.cli import main\n"
+              f"sys.exit(main(['embed', 'model_dir', {str(tmp_path / 'in.fasta')!r}, 'out.h5']))")
+    (tmp_path / "in.fasta").write_text(">a\nMKT\n")
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO)
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("tf-esm")]
+    assert completed.returncode == 1, completed.stderr[-2000:]
+    assert lines == ['tf-esm: error: KERAS_BACKEND=jax needs the jax package, which is not installed: '
+                     'pip install "tf_esm[jax]" (or unset KERAS_BACKEND to run on TensorFlow).'], completed.stderr

@@ -17,6 +17,29 @@ class TensorFlowRequiredError(ImportError):
     """A TensorFlow-only feature was used under another Keras backend, or without TensorFlow installed."""
 
 
+# What to install for each Keras backend's own package.
+_BACKEND_INSTALL = {"jax": 'pip install "tf_esm[jax]"', "torch": "pip install torch==2.13.0",
+                    "tensorflow": "pip install tensorflow"}
+
+
+def check_keras_importable():
+    """Import Keras, turning a missing backend package (KERAS_BACKEND=jax without jax, ...) into one sentence.
+
+    Raises `ImportError` naming the backend, the missing package and what to install."""
+    try:
+        import keras  # noqa: F401
+    except ImportError as error:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        missing = getattr(error, "name", None) or ""
+        if missing.split(".")[0] in _BACKEND_INSTALL:
+            package = missing.split(".")[0]
+            raise ImportError(
+                f"KERAS_BACKEND={backend} needs the {package} package, which is not installed: "
+                f"{_BACKEND_INSTALL[package]}"
+                + (" (or unset KERAS_BACKEND to run on TensorFlow)." if backend != "tensorflow" else ".")) from error
+        raise
+
+
 def keras_backend():
     """The Keras backend in use ("tensorflow", "jax", "torch", ...), read without importing TensorFlow."""
     import keras

@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 
+from tf_esm.backend import check_keras_importable
 from tf_esm.cli import contacts, convert, embed, export, fold, score
 from tf_esm.cli.common import (
     EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, PROG, CliError, Console, Formatter, LogHandler, Parser, add_common,
@@ -143,6 +144,10 @@ def _dispatch(argv, debug):
         except SystemExit as exit_request:  # --help / --version
             return int(exit_request.code or 0)
         console = Console(getattr(args, "quiet", False))
+        try:
+            check_keras_importable()
+        except ImportError as error:
+            raise CliError(str(error), code=EXIT_FAILURE) from error
         if not debug:
             import_tensorflow_quietly()
         commands = {module.NAME: module.run for module in SUBCOMMANDS}
