@@ -420,10 +420,10 @@ def render(rows, gemm, args, residues):
     rate = lambda seconds: residues / seconds  # noqa: E731
     command = (f"python benchmarks/bench_embed.py --shapes {' '.join(dict.fromkeys(r['shape'] for r in rows))} "
                f"--num-seqs {args.num_seqs} --toks-per-batch {args.toks_per_batch} --repeats {args.repeats}")
-    if gpu:
-        command += " --device gpu"
     if args.precisions != ["float32"]:
         command += f" --precisions {' '.join(args.precisions)}"
+    if gpu:
+        command += " --device gpu"
         machine = (f"{gemm['gpu']}; matmul rates measured in this run (8192^3, PyTorch): fp32 "
                    f"{gemm['gemm_by_dtype']['float32'] / 1e12:.0f}, bf16 {gemm['gemm_bf16_flops'] / 1e12:.0f}, "
                    f"fp16 {gemm['gemm_by_dtype']['float16'] / 1e12:.0f} TFLOP/s; MFU of fp32 rows against the "
