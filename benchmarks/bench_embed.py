@@ -135,7 +135,13 @@ def worker_gemm(args):
 
     ta, tb = tf.constant(a.numpy()), tf.constant(b.numpy())
     rates["tensorflow"] = rate(lambda: tf.matmul(ta, tb).numpy(), size, 10)
-    return {"gemm_flops": max(rates.values()), "gemm_by_framework": rates}
+    # bfloat16 (AMX / AVX512_BF16 where the CPU has them): the peak bfloat16 rows' MFU is taken against.
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    ta16, tb16 = tf.cast(ta, tf.bfloat16), tf.cast(tb, tf.bfloat16)
+    bf16 = {"torch": rate(lambda: a16 @ b16, size, 10), "tensorflow": rate(lambda: tf.matmul(ta16, tb16).numpy(),
+                                                                             size, 10)}
+    return {"gemm_flops": max(rates.values()), "gemm_by_framework": rates, "gemm_bf16_flops": max(bf16.values()),
+            "gemm_bf16_by_framework": bf16}
 
 
 def torch_tokens(sequences, batch, device):
@@ -163,8 +169,8 @@ def worker_torch(args):
     device = "cuda" if args.device == "gpu" else "cpu"
     model = transformers.EsmModel.from_pretrained(args.checkpoint, add_pooling_layer=False).eval().to(device)
     autocast = contextlib.nullcontext()
-    if args.precision != "float32":  # the counterpart of a Keras mixed policy: fp32 weights, half-precision ops
-        dtype = torch.bfloat16 if args.precision == "mixed_bfloat16" else torch.float16
+    if args.precision != "float32":  # the counterpart of Keras mixed policies and of bfloat16 storage: autocast
+        dtype = torch.float16 if args.precision == "mixed_float16" else torch.bfloat16
         autocast = torch.autocast(device, dtype=dtype)
     sequences = workload(args.num_seqs)
 
@@ -200,7 +206,7 @@ def worker_keras(args):
     """tf_esm's default path, `embed_sequences`, under the Keras backend of the environment (TensorFlow here)."""
     import keras
 
-    if args.precision != "float32":
+    if args.precision.startswith("mixed_"):
         keras.mixed_precision.set_global_policy(args.precision)
     elif keras.backend.backend() == "jax":
         import jax
@@ -210,7 +216,8 @@ def worker_keras(args):
 
     imports_rss = current_rss_mb()
     inference.configure_cpu_threads()
-    model = TFEsmModel.from_pretrained(args.checkpoint, add_pooling_layer=False)
+    dtype = "bfloat16" if args.precision == "bfloat16" else "float32"  # bfloat16: weights stored in bfloat16
+    model = TFEsmModel.from_pretrained(args.checkpoint, add_pooling_layer=False, dtype=dtype)
     sequences = workload(args.num_seqs)
     result = {"backend": keras.backend.backend(), "imports_rss_mb": imports_rss}
     passes = ["cold"] + ["warm"] * args.repeats  # cold: includes tracing/compiling
@@ -307,7 +314,9 @@ def main():
     parser.add_argument("--toks-per-batch", type=int, default=4096)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--precisions", nargs="+", default=["float32"],
-                        choices=("float32", "mixed_bfloat16", "mixed_float16"))
+                        choices=("float32", "bfloat16", "mixed_bfloat16", "mixed_float16"),
+                        help="bfloat16: tf_esm with weights stored in bfloat16 (from_pretrained(dtype=...)); "
+                        "mixed_*: Keras mixed policies (float32 weights). PyTorch runs under autocast for all three")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of (PyTorch process, tf_esm process), alternating; the best time is kept")
     parser.add_argument("--time-limit", type=float, default=None, help="seconds; skip what would start later")
@@ -354,6 +363,11 @@ def main():
                 layers, hidden, _, ffn = SHAPES[shape]
                 rows.append(dict(shape=shape, precision=precision, torch=torch_result, keras=keras_result,
                                  diff=diff, flops=matmul_flops(lengths, layers, hidden, ffn)))
+                if precision != "float32" and "float32" in args.precisions:  # accuracy against each one's fp32
+                    rows[-1]["vs_float32"] = {
+                        framework: agreement(np.load(os.path.join(scratch, f"{shape}_float32_{k}.npy")),
+                                             np.load(out))
+                        for framework, k, out in (("tf_esm", "k", keras_out), ("torch", "t", torch_out))}
                 if args.legacy_python and args.device == "cpu" and precision == "float32":
                     legacy_out = os.path.join(scratch, f"{shape}_legacy.npy")
                     rows[-1]["legacy"] = spawn("legacy", python=args.legacy_python, embeddings_out=legacy_out,
@@ -367,6 +381,38 @@ def main():
     print(table)
 
 
+def agreement(reference, means):
+    """Max abs difference and cosine similarity (lowest and mean over sequences) of mean embeddings."""
+    cosine = np.sum(reference * means, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(means, axis=1))
+    return {"max_abs_diff": float(np.max(np.abs(reference - means))), "cosine_min": float(np.min(cosine)),
+            "cosine_mean": float(np.mean(cosine))}
+
+
+def render_precision(rows, rate):
+    """Reduced-precision rows against float32: speed-ups and the mean embeddings' agreement with float32."""
+    fp32 = {row["shape"]: row for row in rows if row["precision"] == "float32"}
+    reduced = [row for row in rows if row["precision"] != "float32" and row["shape"] in fp32 and "vs_float32" in row]
+    if not reduced:
+        return []
+    lines = ["", "Reduced precision against float32 (same run; HF under `torch.autocast`, sorted batches; cosine "
+             "similarity of each sequence's mean embedding to the same framework's float32 one, lowest / mean "
+             "over sequences):", "",
+             "| shape | precision | tf_esm fp32 res/s | tf_esm res/s | / own fp32 | HF fp32 sorted res/s "
+             "| HF autocast sorted res/s | / HF autocast | tf_esm cosine min / mean | tf_esm max abs diff "
+             "| HF autocast cosine min / mean | HF max abs diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in reduced:
+        base = fp32[row["shape"]]
+        own, hf = rate(base["keras"]["warm_s"]), rate(base["torch"]["sorted_s"])
+        warm, hf_low = rate(row["keras"]["warm_s"]), rate(row["torch"]["sorted_s"])
+        k, t = row["vs_float32"]["tf_esm"], row["vs_float32"]["torch"]
+        lines.append(
+            f"| {SHAPE_NAMES[row['shape']]} | {row['precision']} | {own:,.0f} | {warm:,.0f} | {warm / own:.2f}x | "
+            f"{hf:,.0f} | {hf_low:,.0f} | {warm / hf_low:.2f}x | {k['cosine_min']:.5f} / {k['cosine_mean']:.5f} | "
+            f"{k['max_abs_diff']:.1e} | {t['cosine_min']:.5f} / {t['cosine_mean']:.5f} | {t['max_abs_diff']:.1e} |")
+    return lines
+
+
 def render(rows, gemm, args, residues):
     import platform
 
@@ -374,8 +420,10 @@ def render(rows, gemm, args, residues):
     rate = lambda seconds: residues / seconds  # noqa: E731
     command = (f"python benchmarks/bench_embed.py --shapes {' '.join(dict.fromkeys(r['shape'] for r in rows))} "
                f"--num-seqs {args.num_seqs} --toks-per-batch {args.toks_per_batch} --repeats {args.repeats}")
+    if args.precisions != ["float32"]:
+        command += f" --precisions {' '.join(args.precisions)}"
     if gpu:
-        command += f" --device gpu --precisions {' '.join(args.precisions)}"
+        command += " --device gpu"
         machine = (f"{gemm['gpu']}; matmul rates measured in this run (8192^3, PyTorch): fp32 "
                    f"{gemm['gemm_by_dtype']['float32'] / 1e12:.0f}, bf16 {gemm['gemm_bf16_flops'] / 1e12:.0f}, "
                    f"fp16 {gemm['gemm_by_dtype']['float16'] / 1e12:.0f} TFLOP/s; MFU of fp32 rows against the "
@@ -385,7 +433,9 @@ def render(rows, gemm, args, residues):
         machine = (f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs; fp32 GEMM (2048^3) "
                    f"measured in this run at the start ({gemm['gemm_flops'] / 1e9:.0f} GFLOP/s, best of "
                    f"PyTorch/TensorFlow) and again after each tf_esm timing ({min(around or [0]) / 1e9:.0f}-"
-                   f"{max(around or [0]) / 1e9:.0f} GFLOP/s, own process); MFU uses the highest of them")
+                   f"{max(around or [0]) / 1e9:.0f} GFLOP/s, own process); MFU uses the highest of them; "
+                   f"bf16 GEMM at the start {gemm.get('gemm_bf16_flops', 0) / 1e9:.0f} GFLOP/s (MFU of the "
+                   f"reduced-precision rows)")
     backend = rows[0]["keras"]["backend"] if rows else "?"
     lines = [
         f"### Embedding throughput, {'GPU' if gpu else 'CPU'}: {args.num_seqs} sequences, {residues} residues",
@@ -412,6 +462,7 @@ def render(rows, gemm, args, residues):
             f"{k['traces_after_warm']} ({k['buckets']}) | {t['peak_rss_mb']:,.0f} / {k['peak_rss_mb']:,.0f} | "
             f"{t.get('imports_rss_mb') or 0:,.0f} / {k.get('imports_rss_mb') or 0:,.0f} | {row['diff']:.1e} |"
         )
+    lines += render_precision(rows, rate)
     if not gpu:
         lines += ["", "Peers (issue figures, sorted batching, res/s), scaled to this machine by HF sorted here / HF "
                   "sorted in the issue, and tf_esm's ratio to each:", ""]

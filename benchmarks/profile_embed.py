@@ -1,6 +1,7 @@
 """Where tf_esm's embedding time goes: TensorFlow profiler trace of `embed_sequences`, summed per op type.
 
     python benchmarks/profile_embed.py --shape t12 --num-seqs 24
+    python benchmarks/profile_embed.py --shape t30 --num-seqs 8 --dtype bfloat16
 
 Prints each op type's share of the op time on the CPU threads (oneDNN matmuls, softmax, erf, ...) and the
 matmul FLOP rate the trace implies. Uses the workload and random-weight checkpoints of `bench_embed.py`.
@@ -51,6 +52,8 @@ def main():
     parser.add_argument("--shape", default="t12", choices=list(bench_embed.SHAPES))
     parser.add_argument("--num-seqs", type=int, default=24)
     parser.add_argument("--toks-per-batch", type=int, default=4096)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the model's precision (`from_pretrained(dtype=...)`)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -61,7 +64,7 @@ def main():
     sequences = bench_embed.workload(args.num_seqs)
     with tempfile.TemporaryDirectory() as scratch:
         bench_embed.build_checkpoint(args.shape, scratch)
-        model = TFEsmModel.from_pretrained(scratch)
+        model = TFEsmModel.from_pretrained(scratch, dtype=args.dtype)
         inference.embed_sequences(model, sequences, toks_per_batch=args.toks_per_batch)  # trace + warm up
         logdir = os.path.join(scratch, "profile")
         tf.profiler.experimental.start(logdir)

@@ -50,7 +50,12 @@ def result_arrays(result):
         yield "contacts", (None, np.asarray(result["contacts"], dtype=np.float32))
 
 
+# Settings added after outputs were first written: what a file without them was computed with.
+SETTING_DEFAULTS = {"precision": "float32"}
+
+
 def check_settings(path, stored, settings):
+    stored = {**SETTING_DEFAULTS, **stored}
     different = [f"{key}: {stored.get(key)!r} then, {value!r} now" for key, value in settings.items()
                  if stored.get(key) != value]
     if different:

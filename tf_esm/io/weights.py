@@ -231,9 +231,12 @@ def _as_variable_value(value, dtype, transpose):
     """
     from keras import ops
 
-    if value.dtype != np.dtype(dtype):
-        value = value.astype(dtype)
-    tensor = ops.convert_to_tensor(value)
+    if dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
+        tensor = ops.cast(ops.convert_to_tensor(value.astype(np.float32, copy=False)), dtype)
+    else:
+        if value.dtype != np.dtype(dtype):
+            value = value.astype(dtype)
+        tensor = ops.convert_to_tensor(value)
     return ops.transpose(tensor) if transpose else tensor
 
 

@@ -84,6 +84,8 @@ class TFEsmPreTrainedModel(EsmPretrainedIO, EsmKerasTask, keras.Model):
     ```
     """
 
+    supported_dtypes = ("float32", "bfloat16")
+
     def predict_contacts(self, input_ids, attention_mask=None):
         """Contact probabilities (batch, L, L) between residues, as the reference's `predict_contacts`."""
         if not self.built:

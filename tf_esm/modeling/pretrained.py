@@ -14,6 +14,8 @@ class EsmPretrainedIO:
 
     config_class = EsmConfig
     base_model_prefix = "esm"
+    # Precisions `from_pretrained(dtype=...)` builds this class in (`tf_esm.modeling.precision`).
+    supported_dtypes = ("float32",)
 
     def __init__(self, config, **kwargs):
         if isinstance(config, dict):
@@ -46,7 +48,7 @@ class EsmPretrainedIO:
     # ---------------------------------------------------------------------------------------------- checkpoints
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, config: EsmConfig | None = None,
-                        strict: bool = False, **kwargs):
+                        strict: bool = False, dtype: str = "float32", **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
 
         Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
@@ -59,6 +61,9 @@ class EsmPretrainedIO:
             path_or_hub_id: Directory, weight file inside a directory, fair-esm `.pt` file, or hub id.
             config: An `EsmConfig` to use instead of the checkpoint's own.
             strict: Raise instead of warning on missing or unexpected tensors.
+            dtype: "float32" (default), or "bfloat16" for inference: every weight is stored in bfloat16 (rounded
+                once, here) and matmuls run in bfloat16, with layer norms and softmax in float32
+                (`tf_esm.modeling.precision`). Warns on a CPU without bfloat16 instructions (slower there).
             **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
                 keyword overrides a config attribute (e.g. `num_labels=3`).
         """
@@ -66,6 +71,11 @@ class EsmPretrainedIO:
 
         from tf_esm.io.checkpoints import read_checkpoint
         from tf_esm.io.weights import deferred_initialization, finish_initialization, load_state_dict
+        from tf_esm.modeling.precision import building_in, check_precision, warn_if_slow
+
+        dtype = check_precision(dtype)
+        if dtype not in cls.supported_dtypes:
+            raise ValueError(f"{cls.__name__} supports dtype {', '.join(cls.supported_dtypes)}; got {dtype!r}.")
 
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
@@ -73,13 +83,15 @@ class EsmPretrainedIO:
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
-        with deferred_initialization():  # no random values for the weights the checkpoint replaces
+        # No random values for the weights the checkpoint replaces.
+        with deferred_initialization(), building_in(dtype):
             model = cls(config, **model_kwargs)
             model.build()
         try:
             load_state_dict(model, state_dict, strict=strict, source=source)
         finally:
             finish_initialization(model)
+        warn_if_slow(dtype)
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "h5", tokenizer=None,
