@@ -14,6 +14,7 @@ import torch
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.cli import main
 from tf_esm.inference import embed_sequences
+from tf_esm.io import read_embeddings
 from tf_esm.modeling import precision
 
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVAAL", "WCYNQ", "ACDEFGHIKLMNPQRSTVWYX"]
@@ -143,7 +144,9 @@ def test_cli_precision_flag_and_settings(tmp_path, capsys, monkeypatch, referenc
     layers = reference.config.num_hidden_layers
     with h5py.File(output, "r") as handle:
         assert json.loads(handle.attrs["tf_esm_embed"])["precision"] == "bfloat16"
-        means = np.stack([handle[f"p{index}/mean/{layers}"][()] for index in range(len(SEQUENCES))])
+    ids, stored = read_embeddings(output, "mean", layers)
+    assert sorted(ids) == sorted(f"p{index}" for index in range(len(SEQUENCES)))
+    means = stored[[ids.index(f"p{index}") for index in range(len(SEQUENCES))]]
     assert means.dtype == np.float32
     assert cosines(means, reference_means(reference.model, SEQUENCES)).min() >= MIN_COSINE
 
