@@ -23,9 +23,10 @@ import time
 
 import numpy as np
 
+from bench_fold import _status_bytes, sequence  # bench_fold.py puts this folder on sys.path before importing us
+
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "tf_esm_bench", "esmfold_full")
 SHARD_BYTES = 2 * 10**9
-RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def full_config(fp16_esm=False):
@@ -102,18 +103,6 @@ def build_full_checkpoint(directory):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, handle)
     os.replace(index_path + ".partial", index_path)
     return directory
-
-
-def sequence(length):
-    return "".join(np.random.default_rng(0).choice(list(RESIDUES), size=length))
-
-
-def _status_bytes(field):
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
 
 
 def _reset_peak():

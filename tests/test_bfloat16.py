@@ -115,7 +115,7 @@ def test_cpu_without_bfloat16_instructions_warns(monkeypatch, caplog, tmp_path):
     assert precision.cpu_flags(str(cpuinfo)) >= {"avx512_bf16", "avx2"}
     assert precision.cpu_flags(str(tmp_path / "missing")) is None
 
-    monkeypatch.setattr(precision, "_runs_on_cpu", lambda: True)
+    monkeypatch.setattr(precision, "runs_on_cpu", lambda: True)
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"fpu", "avx2", "avx512f"})
     with caplog.at_level("WARNING", logger="tf_esm"):
         message = precision.warn_if_slow("bfloat16")
@@ -128,7 +128,7 @@ def test_cpu_without_bfloat16_instructions_warns(monkeypatch, caplog, tmp_path):
     monkeypatch.setattr(precision, "cpu_flags", lambda: None)
     assert "cannot read this CPU's feature flags" in precision.warn_if_slow("bfloat16")
     monkeypatch.setattr(precision, "cpu_flags", lambda: set())
-    monkeypatch.setattr(precision, "_runs_on_cpu", lambda: False)  # a GPU: no CPU instructions needed
+    monkeypatch.setattr(precision, "runs_on_cpu", lambda: False)  # a GPU: no CPU instructions needed
     assert precision.warn_if_slow("bfloat16") is None
 
 

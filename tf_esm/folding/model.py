@@ -3,7 +3,6 @@ confidence heads) as a Keras model that loads HF `EsmForProteinFolding` checkpoi
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
 from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length
 from tf_esm.modeling.encoder import TFEsmMainLayer
+from tf_esm.modeling.precision import dtype_policy_scope
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
 
@@ -149,16 +149,6 @@ def _gpu_available():
     return False
 
 
-@contextlib.contextmanager
-def _global_dtype_policy(policy):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def encode_sequence(sequence, residue_index_offset=DEFAULT_RESIDUE_INDEX_OFFSET, chain_linker=DEFAULT_CHAIN_LINKER):
     """One sequence (chains separated by ':') -> (aatype, residue_index, linker_mask, chain_index) arrays.
 
@@ -250,7 +240,7 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         if esm_dtype is None:
             esm_dtype = "mixed_float16" if fold.fp16_esm and _gpu_available() else "float32"
         self.esm_dtype = esm_dtype
-        with _global_dtype_policy(esm_dtype):
+        with dtype_policy_scope(esm_dtype):
             self.esm = TFEsmMainLayer(config, add_pooling_layer=False, name="esm", dtype=esm_dtype)
         self.esm.trainable = False
 

@@ -50,7 +50,8 @@ def cpu_bf16_flags():
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
 
 
-def _runs_on_cpu():
+def runs_on_cpu():
+    """Whether the backend computes on the CPU (no GPU visible to it)."""
     import keras
 
     backend = keras.backend.backend()
@@ -76,7 +77,7 @@ def warn_if_slow(precision):
     float32 itself. On a GPU the bfloat16 model runs there as it is (tensor cores from Ampere on). Returns the
     warning's text, or None.
     """
-    if precision != "bfloat16" or not _runs_on_cpu():
+    if precision != "bfloat16" or not runs_on_cpu():
         return None
     found = cpu_bf16_flags()
     if found:
@@ -99,13 +100,20 @@ def building_in(precision):
 
     Keras keeps the global policy per thread, so models built at the same time in other threads are unaffected.
     """
-    import keras
-
-    if precision == "float32":
+    if precision == "float32":  # whatever policy the caller set (e.g. mixed_bfloat16 for training) applies
         yield
         return
+    with dtype_policy_scope(precision):
+        yield
+
+
+@contextlib.contextmanager
+def dtype_policy_scope(policy):
+    """Keras' global dtype policy is `policy` inside the block (per thread), and what it was after it."""
+    import keras
+
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
+    keras.config.set_dtype_policy(policy)
     try:
         yield
     finally:

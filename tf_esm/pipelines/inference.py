@@ -40,6 +40,7 @@ from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.io.embedding_stores import INCLUDE_CHOICES
 from tf_esm.modeling.attention import uses_blocked_attention
 from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS, bucket_length
+from tf_esm.modeling.precision import runs_on_cpu
 
 
 # TensorFlow without XLA runs one shape-polymorphic graph; batches there are padded to a multiple of this only.
@@ -71,7 +72,7 @@ class _Runner:
         self.trace_count = 0
         self.traced_shapes = []  # (rows, length) of each trace; (None, None) for a shape-polymorphic graph
         self.per_shape = keras.backend.backend() != "tensorflow" or _JIT
-        self.on_cpu = _on_cpu()
+        self.on_cpu = runs_on_cpu()
         # With attention in blocks (TensorFlow on CPU) masking costs next to nothing: one graph serves batches with
         # and without padding (a second, mask-free graph measured no faster and held more memory: RESULTS.md).
         self.always_masked = uses_blocked_attention() and not self.per_shape
@@ -164,19 +165,6 @@ class _Runner:
             compiled = jax.jit(stateless)
             return lambda input_ids, lengths: compiled([v.value for v in variables], input_ids, lengths)
         return forward
-
-
-def _on_cpu():
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return not tf.config.list_logical_devices("GPU")
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "cpu"
-    return False
 
 
 _RUNNERS = weakref.WeakKeyDictionary()
