@@ -311,9 +311,9 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         return config
 
     def repeated_layer_stacks(self):
-        """Stacks of layers of one structure applied in turn (the trunk blocks): a compiled program may loop
-        over their stacked weights instead of holding a copy of the layer per weight set."""
-        return [self.trunk.blocks]
+        """Stacks of layers of one structure applied in turn (the trunk blocks, the ESM stem's layers): a compiled
+        program may loop over their stacked weights instead of holding a copy of the layer per weight set."""
+        return [self.trunk.blocks, self.esm.encoder.layer]
 
     def set_chunk_size(self, chunk_size):
         """Row chunk of the trunk's pair operations (None: unchunked). Lowers peak memory for long proteins."""

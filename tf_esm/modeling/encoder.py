@@ -118,6 +118,25 @@ class TFEsmEncoder(keras.layers.Layer):
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
              encoder_attention_mask=None, rotary=None, cross_rotary=None, past_key_values=None, use_cache=False,
              output_attentions=False, output_hidden_states=False, training=False):
+        scanned = None
+        if (keras.backend.backend() == "jax" and past_key_values is None and not use_cache and head_mask is None
+                and not training):
+            # Inside a program compiled with the layers' stacked weights: one scan over the layers (encoder_jax).
+            from tf_esm.modeling import encoder_jax
+
+            scanned = encoder_jax.scan_encoder(
+                self.layer, hidden_states, output_hidden_states, output_attentions, attention_mask=attention_mask,
+                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                rotary=rotary, cross_rotary=cross_rotary)
+        if scanned is not None:
+            hidden_states, inputs, probs, cross_probs = scanned
+            hidden_states = self.emb_layer_norm_after(hidden_states)
+            return TFBaseModelOutputWithPoolingAndCrossAttentions(
+                last_hidden_state=hidden_states,
+                hidden_states=inputs + (hidden_states,) if output_hidden_states else None,
+                attentions=probs if output_attentions else None,
+                cross_attentions=cross_probs if output_attentions and self.config.add_cross_attention else None,
+            )
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         all_cross = [] if output_attentions and self.config.add_cross_attention else None
