@@ -264,3 +264,28 @@ def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, 
                                        unrolled["mean_representations"][layer], atol=1e-5)
         np.testing.assert_allclose(scanned["contacts"], unrolled["contacts"], atol=1e-5)
         np.testing.assert_allclose(scanned["contacts"], contacts, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="JAX's matmul precision")
+def test_jax_programs_use_full_float32_products_on_a_gpu(reference_checkpoints, monkeypatch):
+    """On a GPU JAX's default float32 product is TensorFloat-32 (~1e-3 off the reference): tf_esm's programs are
+    traced at "highest" there unless the user chose a precision. (The GPU is simulated: only tracing is checked.)"""
+    import jax
+
+    from tf_esm.inference import _runner
+
+    reference = reference_checkpoints("rotary", model_class="EsmModel")
+    ids, lengths = np.zeros((1, 16), dtype=np.int32), np.zeros(1, np.int32)
+
+    def products(**settings):
+        model = TFEsmModel.from_pretrained(reference.path)
+        function = _runner(model).function((2,), ("mean",), True)
+        with jax.default_matmul_precision(settings["user"]) if settings else __import__("contextlib").nullcontext():
+            text = function.jitted.lower(*function.arguments(ids, lengths)).as_text()
+        return {line.split("precision = ")[1].split("]")[0] for line in text.splitlines() if "dot_general" in line
+                and "precision = " in line}
+
+    assert products() == {"[DEFAULT, DEFAULT"}  # on a CPU float32 products are float32 already
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert products() == {"[HIGHEST, HIGHEST"}
+    assert products(user="tensorfloat32") == {"[HIGH, HIGH"}  # the user's choice wins (TF32 is HIGH)

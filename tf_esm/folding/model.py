@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_esm.backend import matmul_precision
 from tf_esm.folding import residue_constants as rc
 from tf_esm.folding.atoms import make_atom14_masks
 from tf_esm.folding.heads import (
@@ -431,7 +432,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         compiled = self.compiled_inference if compiled is None else compiled
         arguments = self._compilable_arguments(args, kwargs) if compiled else None
         if arguments is None:
-            return super().__call__(*args, **kwargs)
+            with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
+                return super().__call__(*args, **kwargs)
         return self._compiled_call(**arguments)
 
     def _compilable_arguments(self, args, kwargs):

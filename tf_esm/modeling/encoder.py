@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from tf_esm.backend import matmul_precision
 from tf_esm.modeling.attention import TFEsmAttention
 from tf_esm.modeling.embeddings import (
     TFEsmEmbeddings,
@@ -249,6 +250,10 @@ class TFEsmMainLayer(keras.layers.Layer):
 
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
+
+    def __call__(self, *args, **kwargs):
+        with matmul_precision():  # true float32 products under JAX on a GPU, as the reference computes them
+            return super().__call__(*args, **kwargs)
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,

@@ -22,6 +22,8 @@ import jax
 import keras
 import numpy as np
 
+from tf_esm.backend import matmul_precision
+
 # Run the ESM encoder's layers as one scan where the program has their stacked weights. Off: unrolled, as before
 # (benchmarks/jax_encoder_compile.py --unrolled compares the two).
 SCAN_ENCODER = True
@@ -91,7 +93,8 @@ def jit_with_weights(weights, forward, compiler_options=None):
     compiling ahead of time)."""
 
     def program(plain_values, stacked_values, *inputs):
-        with weights.scope(plain_values, stacked_values):
+        # float32 products traced at full precision on a GPU, unless the user chose one (backend.matmul_precision).
+        with weights.scope(plain_values, stacked_values), matmul_precision():
             return forward(*inputs)
 
     jitted = jax.jit(program, compiler_options=compiler_options or None)
