@@ -6,6 +6,7 @@ seconds of each step, then one run of the compiled program.
     KERAS_BACKEND=jax python benchmarks/jax_encoder_compile.py --shape t12 --rows 4 --length 256
     KERAS_BACKEND=jax python benchmarks/jax_encoder_compile.py --shape t30 --layers-out all
     KERAS_BACKEND=jax python benchmarks/jax_encoder_compile.py --shape t30 --unrolled   # the layer loop unrolled
+    KERAS_BACKEND=jax python benchmarks/jax_encoder_compile.py --shape t33 --compile-only   # esm2 650M's shape
 
 `--unrolled` turns the encoder's `lax.scan` off (`tf_esm.modeling.encoder_jax.SCAN_ENCODER = False`), which is how
 every program was compiled before the scan.
@@ -22,7 +23,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_embed import SHAPES  # noqa: E402
+from bench_embed import SHAPES as EMBED_SHAPES  # noqa: E402
+
+SHAPES = dict(EMBED_SHAPES, t33=(33, 1280, 20, 5120))  # t33: esm2_t33_650M's shape
 
 
 def clocks():
@@ -42,6 +45,7 @@ def main():
     parser.add_argument("--layers-out", choices=("last", "all"), default="last",
                         help="repr_layers: the last layer (the default of embed) or every layer")
     parser.add_argument("--unrolled", action="store_true", help="compile with the layer loop unrolled")
+    parser.add_argument("--compile-only", action="store_true", help="skip running the compiled program")
     args = parser.parse_args()
 
     import jax
@@ -74,12 +78,14 @@ def main():
     start = clocks()
     compiled = lowered.compile()
     compile_ = since(start)
-    start = clocks()
-    jax.block_until_ready(compiled(*arguments))
-    first = since(start)
-    start = clocks()
-    jax.block_until_ready(compiled(*arguments))
-    warm = since(start)
+    first = warm = None
+    if not args.compile_only:
+        start = clocks()
+        jax.block_until_ready(compiled(*arguments))
+        first = since(start)
+        start = clocks()
+        jax.block_until_ready(compiled(*arguments))
+        warm = since(start)
     print(json.dumps(dict(shape=args.shape, rows=args.rows, length=args.length, layers_out=args.layers_out,
                           scan=not args.unrolled, jax=jax.__version__, device=jax.default_backend(),
                           trace_lower_cpu_wall_s=trace, compile_cpu_wall_s=compile_, first_run_cpu_wall_s=first,

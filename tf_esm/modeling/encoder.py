@@ -363,8 +363,9 @@ class TFEsmMainLayer(keras.layers.Layer):
         input_ids = ops.cast(ops.convert_to_tensor(input_ids), "int32")
         if attention_mask is None:
             attention_mask = ops.cast(ops.not_equal(input_ids, self.embeddings.padding_idx), "int32")
-        outputs = self(input_ids, attention_mask=attention_mask, output_attentions=True)
-        return self.contacts_from_attentions(input_ids, attention_mask, outputs.attentions)
+        with matmul_precision():  # the contact head's regression too
+            outputs = self(input_ids, attention_mask=attention_mask, output_attentions=True)
+            return self.contacts_from_attentions(input_ids, attention_mask, outputs.attentions)
 
     def contacts_from_attentions(self, input_ids, attention_mask, attentions):
         """`predict_contacts` from the per-layer attention probabilities of a forward pass already made."""
