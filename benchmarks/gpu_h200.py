@@ -290,7 +290,8 @@ def worker_embed_keras(args):
         if time.perf_counter() - last_emit[0] > 10:
             last_emit[0] = time.perf_counter()
             emit(progress=dict(sequences=done, residues=residues, seconds=last_emit[0] - start,
-                               compiles=clock["compiles"], compile_s=clock["trace"] + clock["lower"] + clock["compile"]))
+                               compiles=clock["compiles"] - before["compiles"],
+                               compile_s=sum(clock[k] - before[k] for k in ("trace", "lower", "compile"))))
 
     for name in ("cold", "warm"):
         before = dict(clock)
