@@ -161,8 +161,8 @@ class _Runner:
             # The weights are arguments of the compiled program, not constants baked into it; the encoder's
             # layers run as one scan over their stacked weights (stacked once per runner, shared by its programs).
             if self.stacked_weights is None:
-                self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables,
-                                                                  [self.main_layer.encoder.layer])
+                stacks = [self.main_layer.encoder.layer] if encoder_jax.SCAN_ENCODER else []
+                self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables, stacks)
             return encoder_jax.jit_with_weights(self.stacked_weights, forward)
         return forward
 
