@@ -85,10 +85,10 @@ def worker_ceilings(args):
     torch.backends.cuda.matmul.allow_tf32 = False
     n = s["matmul"]
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        seconds = _timed(lambda: a @ b, 10, 3, sync)
+        pair = [torch.randn(n, n, device=device, dtype=dtype) for _ in range(2)]
+        seconds = _timed(lambda: pair[0] @ pair[1], 10, 3, sync)
         emit(**{f"matmul_{name}_tflops": 2 * n ** 3 / seconds / 1e12, "matmul_size": n})
-        del a, b
+        pair.clear()
     source = torch.empty(s["copy_bytes"] // 4, device=device, dtype=torch.float32).normal_()
     target = torch.empty_like(source)
     seconds = _timed(lambda: target.copy_(source), 10, 3, sync)
