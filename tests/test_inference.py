@@ -228,3 +228,64 @@ def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng
     with pytest.raises(ValueError, match="streams"):
         embed_sequences(model, ["MK"], streams=0)
 
+
+
+@pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="the layer scan is JAX's compiled path")
+def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, rng, monkeypatch):
+    """Under JAX the embedding programs run the encoder's layers as one `lax.scan` over their stacked weights
+    (tf_esm/modeling/encoder_jax.py): every layer's hidden states, means and contacts equal the unrolled program's
+    and a direct call's, to fp32 rounding (XLA fuses the two programs differently)."""
+    from tf_esm.inference import _runner
+    from tf_esm.modeling import encoder_jax
+
+    reference = reference_checkpoints("rotary", model_class="EsmModel")
+    sequences = random_sequences(rng, [5, 17, 30, 9])
+    options = dict(repr_layers=(0, 1, 2), include=("mean", "per_tok", "contacts"), toks_per_batch=128)
+    programs, results = {}, {}
+    for scan in (True, False):
+        monkeypatch.setattr(encoder_jax, "SCAN_ENCODER", scan)
+        model = TFEsmModel.from_pretrained(reference.path)
+        results[scan] = embed_sequences(model, sequences, **options)
+        function = _runner(model).function((0, 1, 2), ("contacts", "mean", "per_tok"), True)
+        ids = np.zeros((2, 32), dtype=np.int32)
+        programs[scan] = function.jitted.lower(*function.arguments(ids, np.zeros(2, np.int32))).as_text()
+    assert "stablehlo.while" in programs[True] and "stablehlo.while" not in programs[False]
+    model = TFEsmModel.from_pretrained(reference.path)
+    for index, sequence in enumerate(sequences):
+        direct = model.esm(encode(sequence), output_hidden_states=True)
+        contacts = np.asarray(model.esm.predict_contacts(encode(sequence)))[0]
+        scanned, unrolled = results[True][index], results[False][index]
+        for layer in (0, 1, 2):
+            np.testing.assert_allclose(scanned["representations"][layer], unrolled["representations"][layer],
+                                       atol=1e-5)
+            np.testing.assert_allclose(scanned["representations"][layer],
+                                       np.asarray(direct.hidden_states[layer])[0, 1:-1], atol=1e-5)
+            np.testing.assert_allclose(scanned["mean_representations"][layer],
+                                       unrolled["mean_representations"][layer], atol=1e-5)
+        np.testing.assert_allclose(scanned["contacts"], unrolled["contacts"], atol=1e-5)
+        np.testing.assert_allclose(scanned["contacts"], contacts, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="JAX's matmul precision")
+def test_jax_programs_use_full_float32_products_on_a_gpu(reference_checkpoints, monkeypatch):
+    """On a GPU JAX's default float32 product is TensorFloat-32 (~1e-3 off the reference): tf_esm's programs are
+    traced at "highest" there unless the user chose a precision. (The GPU is simulated: only tracing is checked.)"""
+    import jax
+
+    from tf_esm.inference import _runner
+
+    reference = reference_checkpoints("rotary", model_class="EsmModel")
+    ids, lengths = np.zeros((1, 16), dtype=np.int32), np.zeros(1, np.int32)
+
+    def products(**settings):
+        model = TFEsmModel.from_pretrained(reference.path)
+        function = _runner(model).function((2,), ("mean",), True)
+        with jax.default_matmul_precision(settings["user"]) if settings else __import__("contextlib").nullcontext():
+            text = function.jitted.lower(*function.arguments(ids, lengths)).as_text()
+        return {line.split("precision = ")[1].split("]")[0] for line in text.splitlines() if "dot_general" in line
+                and "precision = " in line}
+
+    assert products() == {"[DEFAULT, DEFAULT"}  # on a CPU float32 products are float32 already
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert products() == {"[HIGHEST, HIGHEST"}
+    assert products(user="tensorfloat32") == {"[HIGH, HIGH"}  # the user's choice wins (TF32 is HIGH)

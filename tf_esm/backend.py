@@ -64,3 +64,23 @@ def require_tensorflow(feature, instead="The models, tokenizer, checkpoints and 
             f"{feature} needs TensorFlow, which cannot be imported here ({error}); pip install tensorflow, "
             "or choose another backend with KERAS_BACKEND=jax for the models alone.") from error
     return tf
+
+
+def matmul_precision():
+    """A context in which float32 matrix products are true float32 on every device, as in the PyTorch references.
+
+    Under JAX on a GPU, a float32 product at JAX's default precision runs in TensorFloat-32 (10-bit mantissa),
+    which puts fp32 results ~1e-3 away from the reference (benchmarks/RESULTS.md, "GPU"). tf_esm's model calls
+    and compiled programs therefore trace at "highest" there, unless the user chose a precision
+    (`jax.config.update("jax_default_matmul_precision", ...)`: "default" or "tensorfloat32" for the faster
+    products). Half-precision products are unaffected. Elsewhere (TensorFlow, JAX on a CPU) it does nothing.
+    """
+    import contextlib
+
+    if keras_backend() != "jax":
+        return contextlib.nullcontext()
+    import jax
+
+    if jax.config.jax_default_matmul_precision is not None or jax.default_backend() == "cpu":
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision("highest")

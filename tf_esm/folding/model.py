@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_esm.backend import matmul_precision
 from tf_esm.folding import residue_constants as rc
 from tf_esm.folding.atoms import make_atom14_masks
 from tf_esm.folding.heads import (
@@ -301,9 +302,9 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         return config
 
     def repeated_layer_stacks(self):
-        """Stacks of layers of one structure applied in turn (the trunk blocks): a compiled program may loop
-        over their stacked weights instead of holding a copy of the layer per weight set."""
-        return [self.trunk.blocks]
+        """Stacks of layers of one structure applied in turn (the trunk blocks, the ESM stem's layers): a compiled
+        program may loop over their stacked weights instead of holding a copy of the layer per weight set."""
+        return [self.trunk.blocks, self.esm.encoder.layer]
 
     def set_chunk_size(self, chunk_size):
         """Row chunk of the trunk's pair operations (None: unchunked). Lowers peak memory for long proteins."""
@@ -422,7 +423,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         compiled = self.compiled_inference if compiled is None else compiled
         arguments = self._compilable_arguments(args, kwargs) if compiled else None
         if arguments is None:
-            return super().__call__(*args, **kwargs)
+            with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
+                return super().__call__(*args, **kwargs)
         return self._compiled_call(**arguments)
 
     def _compilable_arguments(self, args, kwargs):

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from tf_esm.backend import matmul_precision
 from tf_esm.modeling.attention import TFEsmAttention
 from tf_esm.modeling.embeddings import (
     TFEsmEmbeddings,
@@ -118,6 +119,25 @@ class TFEsmEncoder(keras.layers.Layer):
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
              encoder_attention_mask=None, rotary=None, cross_rotary=None, past_key_values=None, use_cache=False,
              output_attentions=False, output_hidden_states=False, training=False):
+        scanned = None
+        if (keras.backend.backend() == "jax" and past_key_values is None and not use_cache and head_mask is None
+                and not training):
+            # Inside a program compiled with the layers' stacked weights: one scan over the layers (encoder_jax).
+            from tf_esm.modeling import encoder_jax
+
+            scanned = encoder_jax.scan_encoder(
+                self.layer, hidden_states, output_hidden_states, output_attentions, attention_mask=attention_mask,
+                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                rotary=rotary, cross_rotary=cross_rotary)
+        if scanned is not None:
+            hidden_states, inputs, probs, cross_probs = scanned
+            hidden_states = self.emb_layer_norm_after(hidden_states)
+            return TFBaseModelOutputWithPoolingAndCrossAttentions(
+                last_hidden_state=hidden_states,
+                hidden_states=inputs + (hidden_states,) if output_hidden_states else None,
+                attentions=probs if output_attentions else None,
+                cross_attentions=cross_probs if output_attentions and self.config.add_cross_attention else None,
+            )
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         all_cross = [] if output_attentions and self.config.add_cross_attention else None
@@ -231,6 +251,10 @@ class TFEsmMainLayer(keras.layers.Layer):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
+    def __call__(self, *args, **kwargs):
+        with matmul_precision():  # true float32 products under JAX on a GPU, as the reference computes them
+            return super().__call__(*args, **kwargs)
+
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
              output_attentions=False, output_hidden_states=False, training=False):
@@ -339,8 +363,9 @@ class TFEsmMainLayer(keras.layers.Layer):
         input_ids = ops.cast(ops.convert_to_tensor(input_ids), "int32")
         if attention_mask is None:
             attention_mask = ops.cast(ops.not_equal(input_ids, self.embeddings.padding_idx), "int32")
-        outputs = self(input_ids, attention_mask=attention_mask, output_attentions=True)
-        return self.contacts_from_attentions(input_ids, attention_mask, outputs.attentions)
+        with matmul_precision():  # the contact head's regression too
+            outputs = self(input_ids, attention_mask=attention_mask, output_attentions=True)
+            return self.contacts_from_attentions(input_ids, attention_mask, outputs.attentions)
 
     def contacts_from_attentions(self, input_ids, attention_mask, attentions):
         """`predict_contacts` from the per-layer attention probabilities of a forward pass already made."""

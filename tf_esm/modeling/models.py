@@ -8,6 +8,7 @@ from typing import Any, Mapping, Union
 import keras
 from keras import ops
 
+from tf_esm.backend import matmul_precision
 from tf_esm.modeling.embeddings import normal_initializer
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmLMHead
@@ -85,6 +86,10 @@ class TFEsmPreTrainedModel(EsmPretrainedIO, EsmKerasTask, keras.Model):
     """
 
     supported_dtypes = ("float32", "bfloat16")
+
+    def __call__(self, *args, **kwargs):
+        with matmul_precision():  # true float32 products under JAX on a GPU (heads included), as the reference
+            return super().__call__(*args, **kwargs)
 
     def predict_contacts(self, input_ids, attention_mask=None):
         """Contact probabilities (batch, L, L) between residues, as the reference's `predict_contacts`."""

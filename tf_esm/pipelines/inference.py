@@ -69,6 +69,7 @@ class _Runner:
             main_layer.build(None)
         self.main_layer = main_layer
         self.functions = {}
+        self.stacked_weights = None  # JAX: the weights as the compiled programs' arguments
         self.trace_count = 0
         self.traced_shapes = []  # (rows, length) of each trace; (None, None) for a shape-polymorphic graph
         self.per_shape = keras.backend.backend() != "tensorflow" or _JIT
@@ -115,6 +116,8 @@ class _Runner:
     def _forward(self, layers, include, padded):
         main_layer = self.main_layer
         want_contacts = "contacts" in include
+        # Only the last layer: no per-layer hidden states (a scanned encoder would otherwise emit them all).
+        every_layer = any(layer != main_layer.config.num_hidden_layers for layer in layers)
 
         def forward(input_ids, lengths):
             self.trace_count += 1  # Python side effect: runs once per trace / compilation
@@ -123,12 +126,13 @@ class _Runner:
             positions = ops.arange(ops.shape(input_ids)[1], dtype="int32")[None, :]
             attention_mask = ops.cast(positions <= lengths[:, None] + 1, "int32")
             outputs = main_layer(input_ids, attention_mask=attention_mask if padded else None,
-                                 output_hidden_states=True, output_attentions=want_contacts)
+                                 output_hidden_states=every_layer, output_attentions=want_contacts)
             residue_mask = ops.logical_and(positions >= 1, positions <= lengths[:, None])
             residue_mask = ops.cast(residue_mask, "float32")[:, :, None]
             result = {}
             for layer in layers:
-                hidden = ops.cast(outputs.hidden_states[layer], "float32")
+                hidden = outputs.hidden_states[layer] if every_layer else outputs.last_hidden_state
+                hidden = ops.cast(hidden, "float32")
                 if "per_tok" in include:
                     result[f"per_tok_{layer}"] = hidden
                 if "mean" in include:
@@ -153,17 +157,14 @@ class _Runner:
             # loops are explicit tf.while_loop / tf.cond), so converting its source would only slow the trace.
             return tf.function(forward, input_signature=signature, jit_compile=_JIT, autograph=False)
         if backend == "jax":
-            import jax
+            from tf_esm.modeling import encoder_jax
 
-            # The weights are arguments of the compiled program, not constants baked into it.
-            variables = list(self.main_layer.variables)
-
-            def stateless(values, input_ids, lengths):
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return forward(input_ids, lengths)
-
-            compiled = jax.jit(stateless)
-            return lambda input_ids, lengths: compiled([v.value for v in variables], input_ids, lengths)
+            # The weights are arguments of the compiled program, not constants baked into it; the encoder's
+            # layers run as one scan over their stacked weights (stacked once per runner, shared by its programs).
+            if self.stacked_weights is None:
+                stacks = [self.main_layer.encoder.layer] if encoder_jax.SCAN_ENCODER else []
+                self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables, stacks)
+            return encoder_jax.jit_with_weights(self.stacked_weights, forward)
         return forward
 
 
