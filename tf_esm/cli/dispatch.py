@@ -144,12 +144,12 @@ def _dispatch(argv, debug):
         except SystemExit as exit_request:  # --help / --version
             return int(exit_request.code or 0)
         console = Console(getattr(args, "quiet", False))
-        try:
-            check_keras_importable()
-        except ImportError as error:
-            raise CliError(str(error), code=EXIT_FAILURE) from error
         if not debug:
             import_tensorflow_quietly()
+        try:
+            check_keras_importable()  # after the quiet import: Keras under TensorFlow would print TF's start-up
+        except ImportError as error:
+            raise CliError(str(error), code=EXIT_FAILURE) from error
         commands = {module.NAME: module.run for module in SUBCOMMANDS}
         return commands[args.command](args, console)
     except CliError as error:
