@@ -18,9 +18,27 @@ import contextlib
 import os
 import sys
 
-# Imported by `import tensorflow` (through Keras' image-gallery helpers) when installed, and never used by the
-# `tf-esm` command (--png draws through matplotlib.figure, imported when needed): about 0.8 s of its start-up.
-_UNUSED_BY_THE_COMMAND = ("matplotlib", "matplotlib.pyplot")
+# Imported by `import tensorflow` when installed, only to probe for optional features, and never used by the
+# `tf-esm` command under the TensorFlow backend: matplotlib (Keras' image-gallery helpers; --png draws through
+# matplotlib.figure, imported when needed), pandas (Keras' DataFrame inputs to `fit`) and JAX (TensorFlow Lite's
+# JAX converter). Together about 1.4 s of the command's start-up where all three are installed.
+_UNUSED_BY_THE_COMMAND = ("matplotlib", "matplotlib.pyplot", "pandas")
+_UNUSED_UNDER_TENSORFLOW = ("jax", "jaxlib")
+
+
+def configured_keras_backend():
+    """The backend Keras will choose, read as Keras reads it (KERAS_BACKEND, else `backend` in
+    $KERAS_HOME/keras.json or ~/.keras/keras.json), without importing Keras; "tensorflow" by default."""
+    import json
+
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 @contextlib.contextmanager
@@ -56,11 +74,16 @@ def modules_hidden(names):
 def import_tensorflow_quietly(for_command=False):
     """Import Keras, and TensorFlow when it is Keras' backend, with stderr silenced (and `TF_CPP_MIN_LOG_LEVEL=3`
     unless set). Under KERAS_BACKEND=jax or torch TensorFlow is not imported at all. A no-op once TensorFlow is
-    imported. `for_command`: also keep matplotlib out of the import (the `tf-esm` command)."""
+    imported. `for_command`: also keep the optional packages the command never uses out of the import (the
+    `tf-esm` command; they import normally later)."""
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads it when it is imported
-    hidden = _UNUSED_BY_THE_COMMAND if for_command else ()
+    hidden = ()
+    if for_command:
+        hidden = _UNUSED_BY_THE_COMMAND
+        if configured_keras_backend() == "tensorflow":
+            hidden += _UNUSED_UNDER_TENSORFLOW
     with native_stderr_silenced(), modules_hidden(hidden):
         import keras  # under the TensorFlow backend this imports TensorFlow
 

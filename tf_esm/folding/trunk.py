@@ -367,7 +367,7 @@ class FoldingTrunk(ConfiguredLayer):
                 self.blocks,
                 lambda block, states: block(*states, residue_mask=residue_mask, chunk_size=chunk_size,
                                             length_mask=length_mask, training=training and last),
-                (s_s, s_z))
+                (s_s, s_z), training=training and last)
             structure = self.structure_module(self.trunk2sm_s(s_s), self.trunk2sm_z(s_z), true_aa,
                                               residue_mask=mask_float, length_mask=length_mask,
                                               training=training and last)

@@ -116,19 +116,40 @@ class TFEsmEncoder(keras.layers.Layer):
         self.emb_layer_norm_after.build((None, None, self.config.hidden_size))
         self.built = True
 
+    def _layers_traced_once(self, hidden_states, output_hidden_states, output_attentions, layer_kwargs):
+        """The layer loop with the layer traced once (`layers_tf.apply_layers`); the same tuple as
+        `encoder_jax.scan_encoder`."""
+        from tf_esm.modeling import layers_tf
+
+        def step(layer, hidden):
+            new, probs, cross_probs, _ = layer(hidden, output_attentions=output_attentions, **layer_kwargs)
+            return new, (hidden if output_hidden_states else None, probs, cross_probs)
+
+        hidden_states, outputs = layers_tf.apply_layers(self.layer, step, hidden_states, with_outputs=True)
+        inputs, probs, cross_probs = (tuple(column) for column in zip(*outputs))
+        return (hidden_states, inputs if output_hidden_states else None, probs if output_attentions else None,
+                cross_probs if output_attentions and cross_probs[0] is not None else None)
+
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
              encoder_attention_mask=None, rotary=None, cross_rotary=None, past_key_values=None, use_cache=False,
              output_attentions=False, output_hidden_states=False, training=False):
         scanned = None
-        if (keras.backend.backend() == "jax" and past_key_values is None and not use_cache and head_mask is None
-                and not training):
-            # Inside a program compiled with the layers' stacked weights: one scan over the layers (encoder_jax).
-            from tf_esm.modeling import encoder_jax
+        if past_key_values is None and not use_cache and head_mask is None and not training:
+            layer_kwargs = dict(attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+                                encoder_attention_mask=encoder_attention_mask, rotary=rotary, cross_rotary=cross_rotary)
+            if keras.backend.backend() == "jax":
+                # Inside a program compiled with the layers' stacked weights: one scan over the layers (encoder_jax).
+                from tf_esm.modeling import encoder_jax
 
-            scanned = encoder_jax.scan_encoder(
-                self.layer, hidden_states, output_hidden_states, output_attentions, attention_mask=attention_mask,
-                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                rotary=rotary, cross_rotary=cross_rotary)
+                scanned = encoder_jax.scan_encoder(self.layer, hidden_states, output_hidden_states,
+                                                   output_attentions, **layer_kwargs)
+            elif keras.backend.backend() == "tensorflow":
+                # Inside a graph being traced: the layer traced once and called per layer (layers_tf).
+                from tf_esm.modeling import layers_tf
+
+                if layers_tf.traceable_once(self.layer):
+                    scanned = self._layers_traced_once(hidden_states, output_hidden_states, output_attentions,
+                                                       layer_kwargs)
         if scanned is not None:
             hidden_states, inputs, probs, cross_probs = scanned
             hidden_states = self.emb_layer_norm_after(hidden_states)

@@ -1,0 +1,69 @@
+"""TensorFlow-only: a stack of identical layers traced once inside a graph, not once per layer.
+
+Unrolled in a `tf.function`, a stack of N layers is traced N times: the ESM encoder's 6 to 48 layers, ESMFold's
+36-layer stem and 48 trunk blocks. Python-side tracing grows with the depth and was most of the fixed cost of a
+`tf-esm embed` run at the small sizes and of ESMFold's first call at a new length. Here the first layer is traced
+once as a nested function whose arguments are its weights, run with the layer's variables mapped to those arguments
+(a `keras.StatelessScope`, as `encoder_jax` does for a scan), and the nested function is called once per layer with
+that layer's weights. TensorFlow inlines the calls when it instantiates the outer graph, so the graph that runs, its
+kernels and its numbers are those of the unrolled loop (checked by tests/test_layers_tf.py).
+
+Only for inference (`training` false): the nested function maps the layers' weights, not other state (dropout's
+seed generator would not advance inside it). Backend-neutral modules import this module only under TensorFlow.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tf_esm.backend import require_tensorflow
+
+tf = require_tensorflow("tf_esm.modeling.layers_tf (layers traced once)")
+
+# Trace a stack of identical layers once inside graphs. Off: one trace per layer (unrolled), as before.
+TRACE_ONCE = True
+
+
+def _signature(layer):
+    return [(tuple(v.shape), str(v.dtype)) for v in layer.variables]
+
+
+def traceable_once(layers):
+    """Whether `layers` can share one trace: inside a graph being built, two or more built layers with variables of
+    the same shapes and dtypes in the same order."""
+    layers = list(layers)
+    if not TRACE_ONCE or len(layers) < 2 or tf.executing_eagerly():
+        return False
+    if not all(layer.built for layer in layers):  # building inside the nested function would create variables there
+        return False
+    first = _signature(layers[0])
+    return bool(first) and all(_signature(layer) == first for layer in layers[1:])
+
+
+def apply_layers(layers, step, carry, with_outputs=False):
+    """`carry = step(layer, carry)` for each of `layers`, `step` traced once (for `layers[0]`, its variables mapped
+    to each layer's weights in turn). `carry` is a tensor or a nested structure of tensors; `step` may also use
+    tensors of the enclosing graph (captured by the nested function). With `with_outputs`, `step` returns
+    `(carry, outputs)` and this returns `(carry, [outputs of each layer])`. Falls back to a Python loop where
+    `traceable_once(layers)` is false."""
+    layers = list(layers)
+    call = step
+    if traceable_once(layers):
+        first = layers[0]
+
+        def body(values, state):
+            with keras.StatelessScope(state_mapping=list(zip(first.variables, values))):
+                return step(first, state)
+
+        traced = tf.function(body, autograph=False)
+
+        def call(layer, state):
+            return traced([variable.value for variable in layer.variables], state)
+
+    outputs = []
+    for layer in layers:
+        carry = call(layer, carry)
+        if with_outputs:
+            carry, out = carry
+            outputs.append(out)
+    return (carry, outputs) if with_outputs else carry
