@@ -1,12 +1,13 @@
 """TensorFlow-only: a stack of identical layers traced once inside a graph, not once per layer.
 
-Unrolled in a `tf.function`, a stack of N layers is traced N times: the ESM encoder's 6 to 48 layers, ESMFold's
-36-layer stem and 48 trunk blocks. Python-side tracing grows with the depth and was most of the fixed cost of a
-`tf-esm embed` run at the small sizes and of ESMFold's first call at a new length. Here the first layer is traced
-once as a nested function whose arguments are its weights, run with the layer's variables mapped to those arguments
-(a `keras.StatelessScope`, as `encoder_jax` does for a scan), and the nested function is called once per layer with
-that layer's weights. TensorFlow inlines the calls when it instantiates the outer graph, so the graph that runs, its
-kernels and its numbers are those of the unrolled loop (checked by tests/test_layers_tf.py).
+Unrolled in a `tf.function`, a stack of N layers is N copies of the layer in the graph: traced N times in Python,
+then optimised and instantiated N times by TensorFlow's runtime on the first call. That was most of the fixed cost
+of a `tf-esm embed` run at the small sizes and of ESMFold's first call at a new length (36 stem layers, 48 trunk
+blocks). Here the first layer is traced once as a nested function whose arguments are its weights, run with the
+layer's variables mapped to those arguments (a `keras.StatelessScope`, as `encoder_jax` does for a scan), and the
+nested function is called once per layer with that layer's weights. The calls are not inlined (`_noinline`): the
+runtime optimises the layer's graph once (the same oneDNN fusions) and the outer graph stays small. The kernels
+are those of the unrolled loop, and the numbers too, to float32 rounding (tests/test_layers_tf.py).
 
 Only for inference (`training` false): the nested function maps the layers' weights, not other state (dropout's
 seed generator would not advance inside it). Backend-neutral modules import this module only under TensorFlow.
@@ -22,6 +23,9 @@ tf = require_tensorflow("tf_esm.modeling.layers_tf (layers traced once)")
 
 # Trace a stack of identical layers once inside graphs. Off: one trace per layer (unrolled), as before.
 TRACE_ONCE = True
+# Keep the per-layer calls as function calls. Inlined, the runtime optimises N copies again on the first call
+# (first calls, inlined or not: benchmarks/RESULTS.md, "Layers traced once").
+NOINLINE = True
 
 
 def _signature(layer):
@@ -55,7 +59,7 @@ def apply_layers(layers, step, carry, with_outputs=False):
             with keras.StatelessScope(state_mapping=list(zip(first.variables, values))):
                 return step(first, state)
 
-        traced = tf.function(body, autograph=False)
+        traced = tf.function(body, autograph=False, experimental_attributes={"_noinline": NOINLINE})
 
         def call(layer, state):
             return traced([variable.value for variable in layer.variables], state)
