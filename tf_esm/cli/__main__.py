@@ -1,7 +1,5 @@
 """`python -m tf_esm.cli ...`, the same as `tf-esm ...`."""
 
-import sys
+from tf_esm.cli.dispatch import console_main
 
-from tf_esm.cli import main
-
-sys.exit(main())
+console_main()

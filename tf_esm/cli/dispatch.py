@@ -121,6 +121,21 @@ def main(argv=None):
     return status
 
 
+def console_main():
+    """The `tf-esm` executable: `main()`, then exit. Once TensorFlow is loaded, the interpreter's own shutdown (its
+    thread pools, the module graph's teardown) takes about half a second after the work is done and written, so
+    the process leaves at once instead: Python's buffers and the log handlers are flushed first, and every file
+    the commands write is closed (and renamed into place) before `main` returns. Apache Beam's runners keep
+    workers that its exit handlers stop, so after `embed --runner` the ordinary shutdown runs."""
+    status = main()
+    if "tensorflow" in sys.modules and "apache_beam" not in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(status)
+    sys.exit(status)
+
+
 def _parse(argv):
     """`embed ... -- BEAM OPTIONS`: what follows the first `--` is kept as `args.pipeline_args` (Apache Beam's
     options, for `embed --runner`); for every other command `--` keeps argparse's meaning."""
