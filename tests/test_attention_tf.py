@@ -77,6 +77,23 @@ def test_half_precision_inputs_match_the_keras_kernel(rng):
     assert_close(tf.cast(out, tf.float32).numpy(), tf.cast(expected, tf.float32).numpy(), 2 ** -6, "bf16")
 
 
+@pytest.mark.parametrize("bias_kind", ["none", "padding"])
+def test_bfloat16_softmax_gives_the_float32_softmax_rounded(rng, bias_kind):
+    """bfloat16 scores go through a bfloat16 softmax (no casting passes): the same numbers as casting the scores to
+    float32, a float32 softmax, and rounding the probabilities to bfloat16 (HF's autocast numerics)."""
+    query, key, value = (tf.cast(x, tf.bfloat16) for x in qkv(rng, query_len=149, key_len=149))
+    bias = tf.cast(padding_bias(rng, 2, 149), tf.bfloat16) if bias_kind == "padding" else None
+    out = attention_tf.blocked_attention(query, key, value, bias=bias, block_elements=57_600)
+    scores = tf.cast(tf.matmul(query, key, transpose_b=True), tf.float32)
+    if bias is not None:
+        scores += tf.cast(bias, tf.float32)
+    probs = tf.cast(tf.nn.softmax(scores, axis=-1), tf.bfloat16)
+    expected = tf.transpose(tf.matmul(probs, value), (0, 2, 1, 3))
+    # Measured 0; allowed: one bfloat16 ulp at the outputs' magnitude (|x| < 4).
+    assert_close(tf.cast(out, tf.float32).numpy(), tf.cast(expected, tf.float32).numpy(), 2 ** -6,
+                 f"bf16 softmax, {bias_kind} bias")
+
+
 def test_model_with_many_blocks_matches_transformers(reference_checkpoints, monkeypatch):
     """A padded batch through the whole encoder in 3 blocks of 51 query rows per layer: transformers' numbers."""
     assert attention.uses_blocked_attention(), "TensorFlow on a CPU should take the blocked path"
