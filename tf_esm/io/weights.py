@@ -482,6 +482,8 @@ def save_weights_h5(model, path):
             handle.attrs["format_version"] = 1
             group = handle.create_group("weights")
             for name, value in sorted(state.items()):
+                if value.dtype.name == "bfloat16":  # HDF5 has no bfloat16 (h5py writes opaque bytes): widen, exactly
+                    value = value.astype(np.float32)
                 group.create_dataset(name.replace(".", "/"), data=value)
 
 
