@@ -284,7 +284,7 @@ def model_state_dict(model):
     """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back)."""
     out = {}
     for name, (variable, transpose) in _model_variables(model).items():
-        value = np.asarray(variable.numpy())
+        value = np.asarray(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
         out[name] = value.T if transpose and value.ndim == 2 else value
     return out
 
