@@ -26,9 +26,9 @@ from tf_esm.folding.pdb import output_to_pdb
 from tf_esm.folding.primitives import LayerNorm
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
+from tf_esm.modeling import precision
 from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length
 from tf_esm.modeling.encoder import TFEsmMainLayer
-from tf_esm.modeling import precision
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
 
