@@ -31,6 +31,7 @@ BACKEND = keras.backend.backend()
 EVERY_BACKEND_MODULES = (
     "test_configuration.py",
     "test_fair_esm.py",
+    "test_folding_half_stem.py",
     "test_inference.py",
     "test_modeling.py",
     "test_tokenization.py",

@@ -115,26 +115,29 @@ def configure_threads():
     configure_cpu_threads()
 
 
-def load_model(reference, model_class=None, embedding=False, dtype="float32"):
+def load_model(reference, model_class=None, embedding=False, dtype="float32", **model_kwargs):
     """A model from a directory, a fair-esm .pt file or a hub id; the class named by config.json by default.
     `embedding`: only the encoder's outputs are used, so a base model is built without its pooler. `dtype`: see
-    `from_pretrained` (bfloat16 warns, through the library logger, on a CPU without bfloat16 instructions)."""
+    `from_pretrained` (bfloat16 warns, through the library logger, on a CPU without bfloat16 instructions).
+    `model_kwargs`: constructor arguments of the model class (e.g. ESMFold's `esm_dtype`)."""
     from tf_esm.io.weights import CheckpointError
 
     try:
-        return _load_model_unchecked(os.fspath(reference), model_class, embedding, dtype)
+        return _load_model_unchecked(os.fspath(reference), model_class, embedding, dtype, model_kwargs)
     except CheckpointError:
         raise
     except ValueError as error:  # e.g. a configuration this model class cannot use
         raise CliError(f"cannot load MODEL {reference}: {error}") from None
 
 
-def _load_model_unchecked(reference, model_class, embedding, dtype):
+def _load_model_unchecked(reference, model_class, embedding, dtype, model_kwargs):
     from tf_esm.modeling import TFEsmModel
     from tf_esm.pipelines.auto import reference_class
 
     model_class = model_class or reference_class(reference)
-    kwargs = {"add_pooling_layer": False} if embedding and model_class is TFEsmModel else {}
+    kwargs = dict(model_kwargs)
+    if embedding and model_class is TFEsmModel:
+        kwargs["add_pooling_layer"] = False
     if dtype != "float32":
         kwargs["dtype"] = dtype
     return model_class.from_pretrained(reference, **kwargs)

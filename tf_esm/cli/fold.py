@@ -33,6 +33,7 @@ examples:
   tf-esm fold proteins.fasta structures/
   tf-esm fold proteins.fasta structures/ --model ./esmfold_v1 --num-recycles 4 --chunk-size 64 \\
       --max-tokens-per-batch 512
+  tf-esm fold proteins.fasta structures/ --stem-precision bfloat16   # the stem's weights in half the memory
 """
 
 
@@ -49,7 +50,18 @@ def add_arguments(parser):
     parser.add_argument("--max-tokens-per-batch", type=positive_int, default=1024, metavar="N",
                         help="fold several short sequences together up to N positions (residues plus linkers) "
                              "per batch")
+    parser.add_argument("--stem-precision", choices=STEM_PRECISIONS, default=None,
+                        help="precision of the ESM-2 stem: float16 or bfloat16 store its weights in half "
+                             "precision (half the stem's memory, as HF's fp16_esm stem) and compute in it, with "
+                             "layer norms and softmax in float32. float16 is what HF computes with; bfloat16 "
+                             "matmuls run on a CPU's bfloat16 units (avx512_bf16, amx_bf16; emulated and slower "
+                             "without them, with a warning). Default: float32 on a CPU; on a GPU float16 when "
+                             "the checkpoint sets fp16_esm (esmfold_v1 does)")
     parser.add_argument("--overwrite", action="store_true", help="refold records whose PDB exists")
+
+
+# tf_esm.folding.model.STEM_DTYPES without mixed_float16, named here so that --help imports no Keras.
+STEM_PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 def _fold_records(path):
@@ -141,7 +153,7 @@ def run(args, console):
     if not todo:
         console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")
         return 0
-    model = load_model(args.model, TFEsmForProteinFolding)
+    model = load_model(args.model, TFEsmForProteinFolding, esm_dtype=args.stem_precision)
 
     def write_summary():
         lines = ["id\tlength\tmean_plddt\tptm\tseconds"]

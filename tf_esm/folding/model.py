@@ -26,9 +26,9 @@ from tf_esm.folding.pdb import output_to_pdb
 from tf_esm.folding.primitives import LayerNorm
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
+from tf_esm.modeling import precision
 from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length
 from tf_esm.modeling.encoder import TFEsmMainLayer
-from tf_esm.modeling.precision import dtype_policy_scope
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
 
@@ -37,6 +37,10 @@ DEFAULT_RESIDUE_INDEX_OFFSET = 512
 # Lengths the compiled inference path pads to (longer inputs: the next multiple of the last step, 512), so a
 # handful of compiled programs serve all lengths; padding costs at most ~1.5x in length.
 DEFAULT_LENGTH_BUCKETS = FOLD_LENGTH_BUCKETS
+# Keras dtype policies the ESM stem may be built in (`esm_dtype`). The half ones store the stem's weights in half
+# precision; the numerics inside follow HF's `.half()` stem on a CPU (float32 layer norms, softmax and rotary,
+# float32 accumulation in the matmuls): tf_esm/modeling/precision.py.
+STEM_DTYPES = ("float32", "float16", "bfloat16", "mixed_float16")
 
 # How outputs are cropped back to the unpadded length: two residue axes (1 and 2), the residue axis after the
 # structure-module-block axis (2), none (scalars); every other output has its residue axis at 1.
@@ -180,17 +184,21 @@ def encode_sequence(sequence, residue_index_offset=DEFAULT_RESIDUE_INDEX_OFFSET,
 class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     """ESMFold: predicts 3D structure and confidence from a protein sequence.
 
-    An ESM-2 stem (run without gradient; in float16 when `esmfold_config.fp16_esm` and a GPU is present) gives
-    per-layer residue embeddings, combined by learned softmax weights (`esm_s_combine`) and projected
-    (`esm_s_mlp`), plus an amino-acid embedding. The folding trunk refines sequence and pair states with
+    An ESM-2 stem (run without gradient; in float16 when `esmfold_config.fp16_esm` and a GPU is present, see
+    `esm_dtype`) gives per-layer residue embeddings, combined by learned softmax weights (`esm_s_combine`) and
+    projected (`esm_s_mlp`), plus an amino-acid embedding. The folding trunk refines sequence and pair states with
     recycling; the structure module builds frames, torsion angles and atoms; heads predict distograms, pLDDT,
     pTM and aligned errors. Layer and weight names mirror the PyTorch reference, so HF checkpoints load with
     `from_pretrained`.
 
     Args:
         config: An `EsmConfig` with `is_folding_model=True` and an `esmfold_config`.
-        esm_dtype: Dtype policy of the stem: None (float16 compute when `fp16_esm` and a GPU is available,
-            float32 otherwise), "float32", or "mixed_float16".
+        esm_dtype: Precision of the stem (`STEM_DTYPES`): "float32"; "float16" or "bfloat16" (the stem's
+            weights are stored in that dtype, half the memory, and it computes in it, as HF's `fp16_esm` stem,
+            which is `.half()`); "mixed_float16" (float32 weights, float16 compute: no memory saved); or None
+            (the default): "float16" when `fp16_esm` and a GPU is available, else "float32". A checkpoint of any
+            dtype loads into any of them, each tensor rounded as it is assigned. The stem's hidden states are
+            cast to float32 before the learned layer combination, as in the reference.
 
     Call args:
         input_ids: [B, L] AlphaFold residue indices (`ARNDCQEGHILKMFPSTWYV` then `X` -> 0..20), without
@@ -239,9 +247,13 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         fold = config.esmfold_config
         trunk = fold.trunk
         if esm_dtype is None:
-            esm_dtype = "mixed_float16" if fold.fp16_esm and _gpu_available() else "float32"
+            esm_dtype = "float16" if fold.fp16_esm and _gpu_available() else "float32"
+        if esm_dtype not in STEM_DTYPES:
+            raise ValueError(f"esm_dtype must be None or one of {', '.join(STEM_DTYPES)}; got {esm_dtype!r}.")
         self.esm_dtype = esm_dtype
-        with dtype_policy_scope(esm_dtype):
+        if esm_dtype == "bfloat16":
+            precision.warn_if_slow(esm_dtype)  # on a CPU without bfloat16 instructions
+        with precision.dtype_policy_scope(esm_dtype):
             self.esm = TFEsmMainLayer(config, add_pooling_layer=False, name="esm", dtype=esm_dtype)
         self.esm.trainable = False
 

@@ -284,7 +284,7 @@ def model_state_dict(model):
     """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back)."""
     out = {}
     for name, (variable, transpose) in _model_variables(model).items():
-        value = np.asarray(variable.numpy())
+        value = np.asarray(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
         out[name] = value.T if transpose and value.ndim == 2 else value
     return out
 
@@ -482,6 +482,8 @@ def save_weights_h5(model, path):
             handle.attrs["format_version"] = 1
             group = handle.create_group("weights")
             for name, value in sorted(state.items()):
+                if value.dtype.name == "bfloat16":  # HDF5 has no bfloat16 (h5py writes opaque bytes): widen, exactly
+                    value = value.astype(np.float32)
                 group.create_dataset(name.replace(".", "/"), data=value)
 
 

@@ -21,6 +21,22 @@ def uses_blocked_attention():
     return attention_tf.cpu_only()
 
 
+@functools.lru_cache(maxsize=None)
+def fused_attention_runs(dtype):
+    """Whether `keras.ops.dot_product_attention` can run on `dtype` inputs here.
+
+    Under JAX on a CPU it cannot take float16: JAX's implementation asks XLA for float16 products with float32
+    results (the F16_F16_F32 dot algorithm), which the CPU backend refuses to compile inside a jitted program
+    (eagerly JAX falls back, so only compiled programs fail). There the explicit path runs instead: float16
+    scores, a float32 softmax, float16 probabilities, which is what the reference's eager attention computes.
+    """
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(dtype) != "float16":
+        return True
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
 def masked_fill_value(dtype):
     """The most negative finite value of `dtype`: masks never overflow to -inf in half precision."""
     import numpy as np
@@ -110,7 +126,7 @@ class TFEsmSelfAttention(keras.layers.Layer):
 
         dropout_active = training and self.config.attention_probs_dropout_prob > 0
         fused = (not output_attentions and head_mask is None and self.distance_embedding is None
-                 and not dropout_active)
+                 and not dropout_active and fused_attention_runs(query.dtype))
         if fused:
             # An additive mask, as the reference adds its extended mask: the same probabilities as filling the
             # masked scores (|score| is far below the fill value's ulp), without a select over the whole score

@@ -7,6 +7,19 @@ inputs), the softmax of the attention, the rotary tables and the mean pooling of
 as the reference does under `torch.autocast`; the residual stream between them is bfloat16.
 
 bfloat16 here is an inference precision: training wants float32 master weights (`mixed_bfloat16`).
+
+ESMFold's stem takes float16 or bfloat16 storage the same way (`TFEsmForProteinFolding(esm_dtype=...)`, built in
+`dtype_policy_scope`), to match transformers' `fp16_esm` stem, which is `.half()`: float16 weights and float16
+compute on any device. What torch does on half tensors there, and what the stem does: layer norms accumulate in
+float32 and round once (Keras: the same); the eager attention's scores are float16 matmul outputs, its softmax runs
+in float32 internally and the probabilities are rounded to float16 (the same: TensorFlow's blocked CPU attention,
+and the explicit path under JAX, whose fused kernel cannot run float16 on a CPU; JAX's fused bfloat16 kernel keeps
+the scores in float32, a little more precise); the rotary tables are computed in float32 from the checkpoint's
+frequencies and the rotation in float32 (the same, except that torch rounds the tables to float16 first: no
+measurable difference); matmuls accumulate in float32 (oneDNN and XLA: the same); the hidden states are cast to
+float32 before the learned layer combination (the same). One difference is kept: torch adds a linear layer's bias
+before rounding the float32 sum to half, a half matmul here rounds before the bias is added, so about a quarter of
+a projection's outputs differ by one half-precision ulp; matching it would need float32 matmuls.
 """
 
 from __future__ import annotations
