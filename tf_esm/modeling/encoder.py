@@ -290,7 +290,7 @@ class TFEsmMainLayer(keras.layers.Layer):
         else:
             inputs_embeds = ops.convert_to_tensor(inputs_embeds)
             batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
-        self._check_length(input_ids, length, position_ids)
+        input_ids, inputs_embeds = self._check_length(input_ids, inputs_embeds, length, position_ids)
         use_cache = bool(use_cache) and self.config.is_decoder
         past_length = 0
         if past_key_values is not None:
@@ -352,11 +352,12 @@ class TFEsmMainLayer(keras.layers.Layer):
             cross_attentions=encoder_outputs.cross_attentions,
         )
 
-    def _check_length(self, input_ids, length, position_ids):
+    def _check_length(self, input_ids, inputs_embeds, length, position_ids):
         """Absolute models: refuse rows with more real tokens than the position table holds (padding is free:
-        pad tokens keep position padding_idx)."""
+        pad tokens keep position padding_idx). Returns `(input_ids, inputs_embeds)`, in a TensorFlow graph made to
+        wait for the check, so that it fails before the position lookup does."""
         if self.config.position_embedding_type != "absolute" or position_ids is not None:
-            return
+            return input_ids, inputs_embeds
         # Positions run from padding_idx + 1, so the table holds max_position_embeddings - padding_idx - 1.
         limit = self.config.max_position_embeddings - (self.embeddings.padding_idx + 1)
         advice = (f"exceeds this model's absolute position table: at most {limit} tokens. Truncate the sequences "
@@ -377,7 +378,12 @@ class TFEsmMainLayer(keras.layers.Layer):
             # position gather fails obscurely on CPU and silently yields zeros on GPU. (XLA drops asserts.)
             import tensorflow as tf
 
-            tf.debugging.assert_less_equal(needed, limit, message=f"Input length (special tokens included) {advice}")
+            check = tf.debugging.assert_less_equal(needed, limit,
+                                                   message=f"Input length (special tokens included) {advice}")
+            with tf.control_dependencies([check]):
+                return (tf.identity(input_ids) if input_ids is not None else None,
+                        tf.identity(inputs_embeds) if inputs_embeds is not None else None)
+        return input_ids, inputs_embeds
 
     def predict_contacts(self, input_ids, attention_mask=None):
         """Contact probabilities (batch, L, L) over residues (no `<cls>`/`<eos>`), from APC-corrected attentions."""
