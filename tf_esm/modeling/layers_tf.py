@@ -40,6 +40,10 @@ def traceable_once(layers):
         return False
     if not all(layer.built for layer in layers):  # building inside the nested function would create variables there
         return False
+    if tf.distribute.has_strategy():
+        # Under a distribution strategy the weights are per-replica variables: keep the plain loop (measured:
+        # MirroredStrategy's `evaluate` gave wrong losses through the nested function).
+        return False
     first = _signature(layers[0])
     return bool(first) and all(_signature(layer) == first for layer in layers[1:])
 
