@@ -20,9 +20,9 @@ _MIN_BLOCK_ROWS = 64
 def _bias_in_keys(query, key, bias):
     """Fold a bias that is the same for every query row (a key padding mask) into the score product: each query
     gets one more feature, 1, and each key its bias, so `query @ key^T` is the biased score. Adding the bias to the
-    scores is a whole pass over them (about a fifth of the attention time measured on CPU,
-    benchmarks/bench_attention.py); one more feature in the product costs next to nothing. The unmasked scores
-    are unchanged (q.k + 1 * 0)."""
+    scores is a whole pass over them (about a fifth of the attention time measured on CPU: benchmarks/RESULTS.md,
+    the whole-process `tf-esm embed` section); one more feature in the product costs next to nothing. The unmasked
+    scores are unchanged (q.k + 1 * 0); a masked one may round to -inf in float16, which the softmax takes as 0."""
     shape = tf.shape(key)
     bias = tf.cast(bias, key.dtype)  # (batch or 1, heads or 1, 1, key_len)
     key_bias = tf.broadcast_to(tf.transpose(bias, (0, 1, 3, 2)), tf.stack([shape[0], shape[1], shape[2], 1]))
