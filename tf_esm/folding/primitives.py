@@ -122,8 +122,8 @@ def apply_layers(layers, step, carry, training=False):
     Inside a JAX compiled program (`compiling()`), layers of one structure run as one loop over their stacked
     weights (`compiled_jax.scan_layers`): XLA then compiles the layer once, not once per layer, which is most of
     the compile time of a deep stack. Inside a TensorFlow graph, for inference, the layer is traced once and called
-    per layer with its weights (`layers_tf.apply_layers`; the graph that runs is the unrolled one). Elsewhere
-    (eager, training) a Python loop."""
+    per layer with its weights (`layers_tf.apply_layers`: the unrolled loop's kernels, one function call per
+    layer). Elsewhere (eager, training) a Python loop."""
     if getattr(_COMPILING, "active", False) and keras.backend.backend() == "jax" and len(layers) > 1:
         from tf_esm.folding import compiled_jax
 
