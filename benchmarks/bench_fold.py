@@ -155,7 +155,7 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--chunk-sizes", nargs="+", default=["none"], help="'none' or integers")
     parser.add_argument("--frameworks", nargs="+", default=["torch", "tf_esm"],
-                        choices=["torch", "tf_esm", "tf_esm_eager", "tf_esm_jax", "tf_esm_eager_jax"])
+                        choices=["torch", "tf_esm", "tf_esm_eager", "tf_esm_jax", "tf_esm_eager_jax", "tf_esm_hybrid"])
     parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow",
                         help="Keras backend of the tf_esm workers (jax: the jax.jit path)")
     parser.add_argument("--eager", action="store_true", help="also time tf_esm's eager path")
@@ -165,6 +165,9 @@ def main():
     parser.add_argument("--stem", default="fp32", help="--size full: the stem's precision: fp32; fp16 (HF's "
                         "fp16_esm default; tf_esm then runs its stem in float16), or a tf_esm esm_dtype "
                         "(bfloat16, ...) with HF in fp16")
+    parser.add_argument("--num-recycles", type=lambda text: None if text.lower() == "none" else int(text), default=None,
+                        help="--size full: extra trunk passes, both frameworks ('none', the default: the model's "
+                        "max_recycles, 4 passes; 0: one pass, as the issue's table)")
     parser.add_argument("--full-worker", help=argparse.SUPPRESS)
     parser.add_argument("--steps", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -179,7 +182,8 @@ def main():
 
         if args.full_worker:
             steps = [tuple(step) for step in json.loads(args.steps)]
-            return full_esmfold.worker(args.full_worker, args.checkpoint, steps, args.repeats, args.stem)
+            return full_esmfold.worker(args.full_worker, args.checkpoint, steps, args.repeats, args.stem,
+                                       args.num_recycles)
         args.cache = args.cache or full_esmfold.DEFAULT_CACHE
         args.frameworks = [name for name in args.frameworks if name != "tf_esm_eager"]
         return full_esmfold.run(args, os.path.abspath(__file__))

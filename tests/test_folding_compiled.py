@@ -34,7 +34,9 @@ def folding_pair(tmp_path_factory):
     reference = _make_reference(directory, fp16_esm=False)
     share_directory(directory)
     share_model("test_folding_compiled.folding_pair", reference)
-    return reference, TFEsmForProteinFolding.from_pretrained(str(directory), strict=True), str(directory)
+    model = TFEsmForProteinFolding.from_pretrained(str(directory), strict=True)
+    model.compiled_inference = True  # these tests are about the compiled program: no eager first call ("auto")
+    return reference, model, str(directory)
 
 
 def _max_differences(ours, expected):
@@ -70,6 +72,7 @@ def test_bucket_lengths():
 def test_compiled_infer_equals_eager_and_reference_on_a_padded_batch(folding_pair):
     reference, _, directory = folding_pair
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)  # no graph traced yet, whatever ran before
+    model.compiled_inference = True
     compiled = model.infer(SEQUENCES)  # lengths 18, 10, 5: padded to 18 as in the reference, then to bucket 32
     assert model.inference_trace_count == 1
     eager = model.infer(SEQUENCES, compiled=False)
@@ -81,6 +84,43 @@ def test_compiled_infer_equals_eager_and_reference_on_a_padded_batch(folding_pai
     with torch.no_grad():
         for compiled_text, reference_text in zip(compiled_pdbs, reference.infer_pdbs(SEQUENCES)):
             _assert_same_atoms(compiled_text, reference_text)
+
+
+def test_auto_folds_the_first_call_at_a_bucket_eagerly_with_layers_traced_then_compiles(folding_pair, monkeypatch):
+    """The default, compiled_inference="auto": the first call at a length bucket runs eagerly, each stack of
+    identical layers (the stem's layers, the trunk's blocks) through one traced function, so one structure does
+    not pay for tracing and optimising the whole program; the second call at that bucket compiles it, and later
+    ones reuse it. Every one equals the plain eager outputs."""
+    from tf_esm.modeling import layers_tf
+
+    _, _, directory = folding_pair
+    model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
+    assert model.compiled_inference == "auto"
+    stacks = []
+    original = layers_tf.apply_layers
+
+    def recording(layers, *args, **kwargs):
+        stacks.append((tf.executing_eagerly(), layers_tf.traceable_once(layers), len(layers)))
+        return original(layers, *args, **kwargs)
+
+    monkeypatch.setattr(layers_tf, "apply_layers", recording)
+    first = model.infer(SEQUENCES)  # bucket 32
+    assert model.inference_trace_count == 0
+    assert len(stacks) >= 2 and all(eager and traced for eager, traced, _ in stacks), stacks
+    second = model.infer(SEQUENCES)
+    assert model.inference_trace_count == 1
+    model.infer(SEQUENCES[1:])  # still bucket 32: the same program
+    assert model.inference_trace_count == 1
+    eager = model.infer(SEQUENCES, compiled=False)
+    _assert_close(first, eager)
+    _assert_close(second, eager)
+    model.infer("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV")  # 32 residues... still bucket 32
+    longer = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQV"  # bucket 64: eager first again
+    stacks.clear()
+    model.infer(longer)
+    assert model.inference_trace_count == 1 and stacks and all(eager for eager, _, _ in stacks)
+    with pytest.raises(ValueError, match="compiled must be True, False or 'auto'"):
+        model.infer(SEQUENCES, compiled="yes")
 
 
 def test_one_graph_serves_a_bucket_whatever_the_batch_size_and_recycles(folding_pair):

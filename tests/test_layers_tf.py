@@ -118,6 +118,7 @@ def test_folding_stem_and_trunk_blocks_traced_once(monkeypatch):
     keras.utils.set_random_seed(0)
     model = TFEsmForProteinFolding(config)
     model.build()
+    model.compiled_inference = True  # the compiled program (not "auto"'s eager first call)
     traced = []
     for cls in (TFEsmLayer, TriangularSelfAttentionBlock):
         original = cls.call

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
 from tf_esm import TFEsmModel
+from tf_esm.io import weights as weights_module
 from tf_esm.weights import CheckpointError, read_state_dict
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
@@ -38,12 +39,34 @@ def test_every_safetensors_dtype_reads_like_torch(tmp_path):
 def test_tensors_are_read_when_looked_up(tmp_path, monkeypatch):
     save_file({f"w{i}": torch.full((4,), float(i)) for i in range(5)}, str(tmp_path / "x.safetensors"))
     reads = []
-    original = np.fromfile
-    monkeypatch.setattr(np, "fromfile", lambda *a, **k: reads.append(1) or original(*a, **k))
+    original = weights_module.read_buffer
+    monkeypatch.setattr(weights_module, "read_buffer", lambda *a, **k: reads.append(1) or original(*a, **k))
     state = read_state_dict(tmp_path / "x.safetensors")
     assert not reads and len(state) == 5 and "w3" in state
     np.testing.assert_array_equal(state["w3"], np.full(4, 3.0, np.float32))
     assert len(reads) == 1
+
+
+@pytest.mark.tensorflow_only("the zero-copy hand-over is TensorFlow's (io/weights_tf.py)")
+def test_read_tensors_become_variables_without_a_copy_and_caller_arrays_are_copied(tmp_path):
+    """A tensor read from a safetensors file is aligned for TensorFlow and wrapped, not copied: the tensor shares
+    the read buffer. A caller's own array is always copied: changing it later does not change the model."""
+    save_file({"w": torch.arange(64, dtype=torch.float32).reshape(8, 8)}, str(tmp_path / "x.safetensors"))
+    value = read_state_dict(tmp_path / "x.safetensors")["w"]
+    assert value.ctypes.data % 64 == 0
+    tensor = weights_module._as_variable_value(value, "float32", transpose=False)
+    value[0, 0] = -1.0
+    assert float(tensor[0, 0]) == -1.0  # shared: the read buffer is the tensor's memory
+    transposed = weights_module._as_variable_value(value, "float32", transpose=True)
+    np.testing.assert_array_equal(np.asarray(transposed), value.T)
+
+    caller = np.arange(64, dtype=np.float32).reshape(8, 8)
+    aligned = weights_module.read_buffer(64, np.float32).reshape(8, 8)  # aligned, but not from a reader
+    aligned[...] = caller
+    for array in (caller, aligned):
+        tensor = weights_module._as_variable_value(array, "float32", transpose=False)
+        array[0, 0] = -1.0
+        assert float(tensor[0, 0]) == 0.0, "a caller's array must be copied"
 
 
 def test_bfloat16_checkpoint_loads_as_its_float32_values(reference_checkpoints, tmp_path):

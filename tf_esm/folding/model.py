@@ -211,8 +211,14 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         unpadded_length: When the inputs carry extra padding at the end (to reach a compiled length bucket), the
             length without it. Those positions are hidden from every residue and the outputs are cropped to
             `unpadded_length`, so they equal the outputs of the unpadded inputs.
-        compiled: (`__call__` only) Run through the compiled inference path: None (default) means
+        compiled: (`__call__` only) True, False or "auto" (see First calls): None (default) means
             `self.compiled_inference`. Used only for eager, non-training calls with the TensorFlow or JAX backend.
+
+    First calls ("auto", the default of `compiled_inference` under TensorFlow): the first call at a new (length
+    bucket, chunk size) runs eagerly, each stack of identical layers (the stem's layers, the trunk's blocks) through
+    one traced function (`layers_tf.traced_in_eager`), instead of tracing and optimising the whole program for one
+    structure; the second call at that bucket builds the compiled program below, and later calls reuse it. Under
+    JAX "auto" is the compiled path. `compiled_inference = True` always compiles.
 
     Compiled inference: eager, non-training calls (and so `infer`, `infer_pdb`, `infer_pdbs`) run a compiled
     forward pass on inputs padded to a length bucket (`length_buckets`, `bucket_length`), with the padding hidden
@@ -279,7 +285,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
         self.lm_head = keras.layers.Dense(self.n_tokens_embed, name="lm_head")
         self.lddt_head = LddtHead(fold.lddt_head_hid_dim, name="lddt_head")
         self.esm_s_combine = None
-        self.compiled_inference = True
+        self.compiled_inference = "auto"
+        self._first_calls_done = set()  # (bucket, chunk size, jit) keys whose first call ran eagerly ("auto")
         self.length_buckets = DEFAULT_LENGTH_BUCKETS
         self.inference_jit_compile = False
         self.inference_compiler_options = None  # JAX: XLA compile options (None: compiled_jax's defaults)
@@ -433,11 +440,28 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     # ------------------------------------------------------------------------------------------------ compiled
     def __call__(self, *args, compiled=None, **kwargs):
         compiled = self.compiled_inference if compiled is None else compiled
+        if compiled not in (True, False, "auto"):
+            raise ValueError(f"compiled must be True, False or 'auto'; got {compiled!r}.")
         arguments = self._compilable_arguments(args, kwargs) if compiled else None
         if arguments is None:
             with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
                 return super().__call__(*args, **kwargs)
+        if compiled == "auto" and keras.backend.backend() == "tensorflow":
+            key = self._inference_key(np.shape(arguments["input_ids"])[1], arguments.get("chunk_size"))
+            if key not in self._inference_functions and key not in self._first_calls_done:
+                # The first call at this length bucket: eager, each layer stack through one traced function,
+                # instead of tracing and optimising the whole program for one structure.
+                self._first_calls_done.add(key)
+                from tf_esm.folding import compiled_tf
+
+                with compiled_tf.layers_traced_in_eager():
+                    return super().__call__(*args, **kwargs)
         return self._compiled_call(**arguments)
+
+    def _inference_key(self, length, chunk_size):
+        jit_compile = bool(self.inference_jit_compile) and keras.backend.backend() == "tensorflow"
+        chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
+        return bucket_length(length, self.length_buckets), chunk_size, jit_compile
 
     def _compilable_arguments(self, args, kwargs):
         """The bound `call` arguments if this call can take the compiled path, else None."""
@@ -487,8 +511,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
 
     def _inference_function(self, bucket, chunk_size):
         """The compiled forward pass for one (length bucket, chunk size), traced on first use."""
-        jit_compile = bool(self.inference_jit_compile) and keras.backend.backend() == "tensorflow"
-        key = (bucket, chunk_size, jit_compile)
+        key = self._inference_key(bucket, chunk_size)
+        jit_compile = key[2]
         function = self._inference_functions.get(key)
         if function is None:
             backend = _compiled_backend()
@@ -515,7 +539,8 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
             sequences: A string or a list of strings.
             position_ids: Optional [L] or [B, L] residue indices (single-chain input only).
             num_recycles, chunk_size: As in `call`.
-            compiled: Use the compiled inference path (None: `self.compiled_inference`).
+            compiled: True, False or "auto": whether to use the compiled inference path (None:
+                `self.compiled_inference`).
 
         Raises:
             InvalidSequenceError: for characters the model cannot fold, or empty sequences/chains.

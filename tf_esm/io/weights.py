@@ -28,6 +28,8 @@ import logging
 import os
 import re
 import struct
+import threading
+import weakref
 
 import numpy as np
 
@@ -225,18 +227,26 @@ POOLER = re.compile(r"(^|\.)pooler\.")
 def _as_variable_value(value, dtype, transpose):
     """`value` (numpy) as a backend tensor of `dtype`, transposed if asked.
 
-    The backend converts the contiguous array (one copy) and transposes it with its own blocked, multi-threaded
-    kernel: a NumPy transpose of a large matrix walks memory with a stride and was most of the loading time of the
-    full-size ESMFold (benchmarks/RESULTS.md, "Loading").
+    The backend converts the contiguous array (one copy; none under TensorFlow for an array this module read
+    into an aligned buffer, `read_buffer` and `weights_tf.wrap`) and transposes it with its own blocked,
+    multi-threaded kernel: a NumPy transpose of a large matrix walks memory with a stride and was most of the
+    loading time of the full-size ESMFold (benchmarks/RESULTS.md, "Loading").
     """
+    import keras
     from keras import ops
 
     if dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
         tensor = ops.cast(ops.convert_to_tensor(value.astype(np.float32, copy=False)), dtype)
     else:
+        tensor = None
         if value.dtype != np.dtype(dtype):
             value = value.astype(dtype)
-        tensor = ops.convert_to_tensor(value)
+        elif _is_own(value) and keras.backend.backend() == "tensorflow":
+            from tf_esm.io import weights_tf
+
+            tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
+        if tensor is None:
+            tensor = ops.convert_to_tensor(value)
     return ops.transpose(tensor) if transpose else tensor
 
 
@@ -250,33 +260,47 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     variables = _model_variables(model)
     state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
     ignored = IGNORED if any(_is((POOLER,), name) for name in variables) else IGNORED + (POOLER,)
+    import keras
+
+    synchronous = keras.backend.backend() == "tensorflow"
+    try:
+        return _load_tensors(state_dict, variables, ignored, strict, source, synchronous, type(model).__name__)
+    finally:
+        _STAGING.buffer = None  # the staging buffer lives for one load
+
+
+def _load_tensors(state_dict, variables, ignored, strict, source, synchronous, model_name):
     unexpected = []
-    for name, value in state_dict.items():
+    for name in state_dict:
         if name not in variables:
             if not _is(ignored, name):
                 unexpected.append(name)
             continue
         variable, transpose = variables[name]
-        value = np.asarray(value)
-        transpose = transpose and value.ndim == 2
-        shape = value.shape[::-1] if transpose else value.shape
-        if tuple(shape) != tuple(variable.shape):
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
-                f"variable {variable.path} needs {tuple(variable.shape)}"
-                + (" (transposed)" if transpose else "") + "."
-            )
-        assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
+        # A matrix transposed into a new buffer can be read into the reused staging buffer; not one with a
+        # dimension of 1, whose "transpose" may share its input's memory.
+        staged = synchronous and transpose and len(variable.shape) == 2 and min(variable.shape) > 1
+        with _staged_reads() if staged else contextlib.nullcontext():
+            value = np.asarray(state_dict[name])
+            transpose = transpose and value.ndim == 2
+            shape = value.shape[::-1] if transpose else value.shape
+            if tuple(shape) != tuple(variable.shape):
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
+                    f"variable {variable.path} needs {tuple(variable.shape)}"
+                    + (" (transposed)" if transpose else "") + "."
+                )
+            assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
     missing = sorted(n for n in variables if n not in state_dict and not _is(OPTIONAL, n))
     unexpected.sort()
     if strict and (missing or unexpected):
         raise CheckpointError(f"{source}: missing tensors {missing}; unexpected tensors {unexpected}.")
     if missing:
         logger.warning("Some weights of %s were not in %s and are newly initialised: %s (expected for a new task "
-                       "head: train the model before using its outputs)", type(model).__name__, source, missing)
+                       "head: train the model before using its outputs)", model_name, source, missing)
     if unexpected:
         logger.warning("Some tensors of %s were not used by %s: %s (expected when the checkpoint's own head is "
-                       "for another task)", source, type(model).__name__, unexpected)
+                       "for another task)", source, model_name, unexpected)
     return missing, unexpected
 
 
@@ -290,6 +314,79 @@ def model_state_dict(model):
 
 
 # --------------------------------------------------------------------------------------------------------- readers
+
+# Arrays the readers allocated themselves (`read_buffer`), by id: only these may become the memory of a variable
+# without a copy (`_as_variable_value`); a caller's array is always copied.
+_OWN_ARRAYS = {}
+_ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
+
+
+def _own(array):
+    key = id(array)
+    _OWN_ARRAYS[key] = weakref.ref(array, lambda _, key=key: _OWN_ARRAYS.pop(key, None))
+    return array
+
+
+def _is_own(array):
+    ref = _OWN_ARRAYS.get(id(array))
+    return ref is not None and ref() is array
+
+
+_STAGING = threading.local()
+
+
+@contextlib.contextmanager
+def _staged_reads():
+    """Within this context the readers reuse one buffer (`read_buffer`): for a tensor that is transposed into a
+    new buffer as soon as it is read, so the read buffer is garbage at once. Reusing it spares the fresh pages of
+    a new buffer per tensor (page faults were ~8 s of loading the full-size ESMFold, and freed buffers stayed in
+    the allocator's heap). Only where the transposition is synchronous (TensorFlow eager)."""
+    previous = getattr(_STAGING, "active", False)
+    _STAGING.active = True
+    try:
+        yield
+    finally:
+        _STAGING.active = previous
+
+
+def read_buffer(count, dtype):
+    """An uninitialised 1-D array of `count` `dtype` values, aligned for TensorFlow to use without a copy (inside
+    `_staged_reads()`: a view of the reused staging buffer)."""
+    dtype = np.dtype(dtype)
+    nbytes = count * dtype.itemsize
+    if getattr(_STAGING, "active", False):
+        raw = getattr(_STAGING, "buffer", None)
+        if raw is None or raw.nbytes < nbytes + _ALIGNMENT:
+            raw = _STAGING.buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    else:
+        raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start:start + nbytes].view(dtype)
+
+
+def read_ahead(paths):
+    """Have the kernel start reading `paths` into the page cache, from a background thread: for a large
+    checkpoint the disk reads then overlap the model's construction (Python) instead of following it. Page
+    cache is not the process's resident memory; where the call is missing (not Linux) nothing happens."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+
+    def run():
+        for path in paths:
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                advise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(descriptor)
+
+    threading.Thread(target=run, name="tf_esm-read-ahead", daemon=True).start()
+
 
 # safetensors dtype -> numpy dtype it is read as (bfloat16: its bit pattern, widened to float32 after reading).
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
@@ -339,14 +436,21 @@ def _read_safetensors(path):
 
     def read(name):
         offset, dtype, shape, count, bfloat16 = tensors[name]
-        with open(path, "rb") as handle:
+        data = read_buffer(count, dtype)
+        with open(path, "rb", buffering=0) as handle:
             handle.seek(offset)
-            data = np.fromfile(handle, dtype=dtype, count=count)
-        if data.size != count:
-            raise CheckpointError(f"{path}: tensor {name!r} is cut short ({data.size} of {count} values).")
+            view, filled = memoryview(data).cast("B"), 0
+            while filled < len(view):
+                got = handle.readinto(view[filled:])
+                if not got:
+                    break
+                filled += got
+        if filled != data.nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} is cut short ({filled // dtype.itemsize} of {count} "
+                                  "values).")
         if bfloat16:
-            data = (data.astype(np.uint32) << 16).view(np.float32)
-        return data.reshape(shape)
+            return (data.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return _own(data.reshape(shape))
 
     return LazyTensors(tensors, read)
 
@@ -399,7 +503,7 @@ def _read_torch_bin(path):
     return _torch_to_numpy(data, path)
 
 
-def _read_index(path, reader):
+def _read_index(path, reader, ahead=False):
     with open(path, encoding="utf-8") as handle:
         try:
             weight_map = json.load(handle)["weight_map"]
@@ -412,6 +516,8 @@ def _read_index(path, reader):
         if not os.path.isfile(shard_path):
             raise CheckpointError(f"{path}: shard {shard} is missing.")
         shards.append(reader(shard_path))
+    if ahead:
+        read_ahead([os.path.join(directory, shard) for shard in sorted(set(weight_map.values()))])
     return collections.ChainMap(*reversed(shards))  # lazy shards stay lazy; a later shard wins, as before
 
 
@@ -457,11 +563,13 @@ def read_state_dict(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file.")
     if path.endswith(".safetensors.index.json"):
-        return _read_index(path, _read_safetensors)
+        return _read_index(path, _read_safetensors, ahead=True)
     if path.endswith(".bin.index.json"):
         return _read_index(path, _read_torch_bin)
     if path.endswith(".safetensors"):
-        return _read_safetensors(path)
+        state_dict = _read_safetensors(path)
+        read_ahead([path])
+        return state_dict
     if path.endswith((".h5", ".hdf5")):
         return _read_h5(path)
     if path.endswith((".bin", ".pt", ".pth")):

@@ -15,6 +15,9 @@ seed generator would not advance inside it). Backend-neutral modules import this
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 
 from tf_esm.backend import require_tensorflow
@@ -27,16 +30,33 @@ TRACE_ONCE = True
 # (first calls, inlined or not: benchmarks/RESULTS.md, "Layers traced once").
 NOINLINE = True
 
+_EAGER = threading.local()
+
+
+@contextlib.contextmanager
+def traced_in_eager():
+    """Within this context, eager (op-by-op) inference also runs each stack of identical layers through one traced
+    function (traced afresh on each call: its cost is one layer's trace, paid per stack and call). ESMFold's first
+    call at a new length runs this way (`TFEsmForProteinFolding`), without tracing the whole model."""
+    previous = getattr(_EAGER, "active", False)
+    _EAGER.active = True
+    try:
+        yield
+    finally:
+        _EAGER.active = previous
+
 
 def _signature(layer):
     return [(tuple(v.shape), str(v.dtype)) for v in layer.variables]
 
 
 def traceable_once(layers):
-    """Whether `layers` can share one trace: inside a graph being built, two or more built layers with variables of
-    the same shapes and dtypes in the same order."""
+    """Whether `layers` can share one trace: inside a graph being built (or eagerly inside `traced_in_eager()`), two
+    or more built layers with variables of the same shapes and dtypes in the same order."""
     layers = list(layers)
-    if not TRACE_ONCE or len(layers) < 2 or tf.executing_eagerly():
+    if not TRACE_ONCE or len(layers) < 2:
+        return False
+    if tf.executing_eagerly() and not getattr(_EAGER, "active", False):
         return False
     if not all(layer.built for layer in layers):  # building inside the nested function would create variables there
         return False
@@ -64,9 +84,13 @@ def apply_layers(layers, step, carry, with_outputs=False):
                 return step(first, state)
 
         traced = tf.function(body, autograph=False, experimental_attributes={"_noinline": NOINLINE})
+        concrete = []
 
         def call(layer, state):
-            return traced([variable.value for variable in layer.variables], state)
+            values = [variable.value for variable in layer.variables]
+            if not concrete:  # one trace; the later calls skip tf.function's per-call signature matching
+                concrete.append(traced.get_concrete_function(values, state))
+            return concrete[0](values, state)
 
     outputs = []
     for layer in layers:
