@@ -7,12 +7,12 @@ onto them with the generic name rule of `tf_esm.weights`.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 
 import keras
 from keras import ops
+
+from tf_esm._switch import ThreadSwitch
 
 _INITS = ("default", "relu", "glorot", "gating", "normal", "final")
 
@@ -89,25 +89,19 @@ def absent_position_bias(length_mask, dtype="float32"):
     return (ops.cast(length_mask, dtype) - 1.0) * 1e12
 
 
-_COMPILING = threading.local()
+_COMPILING = ThreadSwitch()
 
 
-@contextlib.contextmanager
 def compiling():
     """Marks code traced into one compiled program by a backend without graph-mode state of its own to ask
     (`jax.jit`): inside, `in_compiled_graph()` is True, so loops become loop ops instead of being unrolled."""
-    previous = getattr(_COMPILING, "active", False)
-    _COMPILING.active = True
-    try:
-        yield
-    finally:
-        _COMPILING.active = previous
+    return _COMPILING.on()
 
 
 def in_compiled_graph():
     """True while tracing one compiled program: a TensorFlow graph (`tf.function`) or code inside `compiling()`
     (the JAX inference path). There Python loops would be unrolled, so the folding model uses loop ops instead."""
-    if getattr(_COMPILING, "active", False):
+    if _COMPILING:
         return True
     if keras.backend.backend() != "tensorflow":
         return False
@@ -124,7 +118,7 @@ def apply_layers(layers, step, carry, training=False):
     the compile time of a deep stack. Inside a TensorFlow graph, for inference, the layer is traced once and called
     per layer with its weights (`layers_tf.apply_layers`: the unrolled loop's kernels, one function call per
     layer). Elsewhere (eager, training) a Python loop."""
-    if getattr(_COMPILING, "active", False) and keras.backend.backend() == "jax" and len(layers) > 1:
+    if _COMPILING and keras.backend.backend() == "jax" and len(layers) > 1:
         from tf_esm.folding import compiled_jax
 
         return compiled_jax.scan_layers(layers, step, carry)

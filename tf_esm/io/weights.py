@@ -28,10 +28,10 @@ import logging
 import os
 import re
 import struct
-import threading
-import weakref
 
 import numpy as np
+
+from tf_esm.io.buffers import STAGING, is_own_array, own_array, staged_reads, read_ahead, read_buffer
 
 logger = logging.getLogger("tf_esm")
 
@@ -241,7 +241,7 @@ def _as_variable_value(value, dtype, transpose):
         tensor = None
         if value.dtype != np.dtype(dtype):
             value = value.astype(dtype)
-        elif _is_own(value) and keras.backend.backend() == "tensorflow":
+        elif is_own_array(value) and keras.backend.backend() == "tensorflow":
             from tf_esm.io import weights_tf
 
             tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
@@ -266,7 +266,7 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     try:
         return _load_tensors(state_dict, variables, ignored, strict, source, synchronous, type(model).__name__)
     finally:
-        _STAGING.buffer = None  # the staging buffer lives for one load
+        STAGING.buffer = None  # the staging buffer lives for one load
 
 
 def _load_tensors(state_dict, variables, ignored, strict, source, synchronous, model_name):
@@ -280,7 +280,7 @@ def _load_tensors(state_dict, variables, ignored, strict, source, synchronous, m
         # A matrix transposed into a new buffer can be read into the reused staging buffer; not one with a
         # dimension of 1, whose "transpose" may share its input's memory.
         staged = synchronous and transpose and len(variable.shape) == 2 and min(variable.shape) > 1
-        with _staged_reads() if staged else contextlib.nullcontext():
+        with staged_reads() if staged else contextlib.nullcontext():
             value = np.asarray(state_dict[name])
             transpose = transpose and value.ndim == 2
             shape = value.shape[::-1] if transpose else value.shape
@@ -314,79 +314,6 @@ def model_state_dict(model):
 
 
 # --------------------------------------------------------------------------------------------------------- readers
-
-# Arrays the readers allocated themselves (`read_buffer`), by id: only these may become the memory of a variable
-# without a copy (`_as_variable_value`); a caller's array is always copied.
-_OWN_ARRAYS = {}
-_ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
-
-
-def _own(array):
-    key = id(array)
-    _OWN_ARRAYS[key] = weakref.ref(array, lambda _, key=key: _OWN_ARRAYS.pop(key, None))
-    return array
-
-
-def _is_own(array):
-    ref = _OWN_ARRAYS.get(id(array))
-    return ref is not None and ref() is array
-
-
-_STAGING = threading.local()
-
-
-@contextlib.contextmanager
-def _staged_reads():
-    """Within this context the readers reuse one buffer (`read_buffer`): for a tensor that is transposed into a
-    new buffer as soon as it is read, so the read buffer is garbage at once. Reusing it spares the fresh pages of
-    a new buffer per tensor (page faults were ~8 s of loading the full-size ESMFold, and freed buffers stayed in
-    the allocator's heap). Only where the transposition is synchronous (TensorFlow eager)."""
-    previous = getattr(_STAGING, "active", False)
-    _STAGING.active = True
-    try:
-        yield
-    finally:
-        _STAGING.active = previous
-
-
-def read_buffer(count, dtype):
-    """An uninitialised 1-D array of `count` `dtype` values, aligned for TensorFlow to use without a copy (inside
-    `_staged_reads()`: a view of the reused staging buffer)."""
-    dtype = np.dtype(dtype)
-    nbytes = count * dtype.itemsize
-    if getattr(_STAGING, "active", False):
-        raw = getattr(_STAGING, "buffer", None)
-        if raw is None or raw.nbytes < nbytes + _ALIGNMENT:
-            raw = _STAGING.buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
-    else:
-        raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % _ALIGNMENT
-    return raw[start:start + nbytes].view(dtype)
-
-
-def read_ahead(paths):
-    """Have the kernel start reading `paths` into the page cache, from a background thread: for a large
-    checkpoint the disk reads then overlap the model's construction (Python) instead of following it. Page
-    cache is not the process's resident memory; where the call is missing (not Linux) nothing happens."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
-
-    def run():
-        for path in paths:
-            try:
-                descriptor = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                advise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(descriptor)
-
-    threading.Thread(target=run, name="tf_esm-read-ahead", daemon=True).start()
-
 
 # safetensors dtype -> numpy dtype it is read as (bfloat16: its bit pattern, widened to float32 after reading).
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
@@ -450,7 +377,7 @@ def _read_safetensors(path):
                                   "values).")
         if bfloat16:
             return (data.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-        return _own(data.reshape(shape))
+        return own_array(data.reshape(shape))
 
     return LazyTensors(tensors, read)
 

@@ -15,11 +15,9 @@ seed generator would not advance inside it). Backend-neutral modules import this
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import keras
 
+from tf_esm._switch import ThreadSwitch
 from tf_esm.backend import require_tensorflow
 
 tf = require_tensorflow("tf_esm.modeling.layers_tf (layers traced once)")
@@ -30,20 +28,14 @@ TRACE_ONCE = True
 # (first calls, inlined or not: benchmarks/RESULTS.md, "Layers traced once").
 NOINLINE = True
 
-_EAGER = threading.local()
+_EAGER = ThreadSwitch()
 
 
-@contextlib.contextmanager
 def traced_in_eager():
     """Within this context, eager (op-by-op) inference also runs each stack of identical layers through one traced
     function (traced afresh on each call: its cost is one layer's trace, paid per stack and call). ESMFold's first
     call at a new length runs this way (`TFEsmForProteinFolding`), without tracing the whole model."""
-    previous = getattr(_EAGER, "active", False)
-    _EAGER.active = True
-    try:
-        yield
-    finally:
-        _EAGER.active = previous
+    return _EAGER.on()
 
 
 def _signature(layer):
@@ -56,7 +48,7 @@ def traceable_once(layers):
     layers = list(layers)
     if not TRACE_ONCE or len(layers) < 2:
         return False
-    if tf.executing_eagerly() and not getattr(_EAGER, "active", False):
+    if tf.executing_eagerly() and not _EAGER:
         return False
     if not all(layer.built for layer in layers):  # building inside the nested function would create variables there
         return False
