@@ -25,14 +25,6 @@ def can_compile(values):
                    for value in values)
 
 
-def layers_traced_in_eager():
-    """Context: eager inference with each stack of identical layers run through one traced function
-    (`layers_tf.traced_in_eager`)."""
-    from tf_esm.modeling import layers_tf
-
-    return layers_tf.traced_in_eager()
-
-
 def map_sequential(step, pieces, dtype):
     """`step` over the leading axis of the tensors `pieces`, one element at a time (a loop op).
 

@@ -452,9 +452,9 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
                 # The first call at this length bucket: eager, each layer stack through one traced function,
                 # instead of tracing and optimising the whole program for one structure.
                 self._first_calls_done.add(key)
-                from tf_esm.folding import compiled_tf
+                from tf_esm.modeling import layers_tf
 
-                with compiled_tf.layers_traced_in_eager():
+                with layers_tf.traced_in_eager():
                     return super().__call__(*args, **kwargs)
         return self._compiled_call(**arguments)
 

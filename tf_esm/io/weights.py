@@ -263,44 +263,40 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     import keras
 
     synchronous = keras.backend.backend() == "tensorflow"
+    unexpected = []
     try:
-        return _load_tensors(state_dict, variables, ignored, strict, source, synchronous, type(model).__name__)
+        for name in state_dict:
+            if name not in variables:
+                if not _is(ignored, name):
+                    unexpected.append(name)
+                continue
+            variable, transpose = variables[name]
+            # A matrix transposed into a new buffer can be read into the reused staging buffer; not one with a
+            # dimension of 1, whose "transpose" may share its input's memory.
+            staged = synchronous and transpose and len(variable.shape) == 2 and min(variable.shape) > 1
+            with staged_reads() if staged else contextlib.nullcontext():
+                value = np.asarray(state_dict[name])
+                transpose = transpose and value.ndim == 2
+                shape = value.shape[::-1] if transpose else value.shape
+                if tuple(shape) != tuple(variable.shape):
+                    raise CheckpointError(
+                        f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
+                        f"variable {variable.path} needs {tuple(variable.shape)}"
+                        + (" (transposed)" if transpose else "") + "."
+                    )
+                assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
     finally:
         STAGING.buffer = None  # the staging buffer lives for one load
-
-
-def _load_tensors(state_dict, variables, ignored, strict, source, synchronous, model_name):
-    unexpected = []
-    for name in state_dict:
-        if name not in variables:
-            if not _is(ignored, name):
-                unexpected.append(name)
-            continue
-        variable, transpose = variables[name]
-        # A matrix transposed into a new buffer can be read into the reused staging buffer; not one with a
-        # dimension of 1, whose "transpose" may share its input's memory.
-        staged = synchronous and transpose and len(variable.shape) == 2 and min(variable.shape) > 1
-        with staged_reads() if staged else contextlib.nullcontext():
-            value = np.asarray(state_dict[name])
-            transpose = transpose and value.ndim == 2
-            shape = value.shape[::-1] if transpose else value.shape
-            if tuple(shape) != tuple(variable.shape):
-                raise CheckpointError(
-                    f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
-                    f"variable {variable.path} needs {tuple(variable.shape)}"
-                    + (" (transposed)" if transpose else "") + "."
-                )
-            assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
     missing = sorted(n for n in variables if n not in state_dict and not _is(OPTIONAL, n))
     unexpected.sort()
     if strict and (missing or unexpected):
         raise CheckpointError(f"{source}: missing tensors {missing}; unexpected tensors {unexpected}.")
     if missing:
         logger.warning("Some weights of %s were not in %s and are newly initialised: %s (expected for a new task "
-                       "head: train the model before using its outputs)", model_name, source, missing)
+                       "head: train the model before using its outputs)", type(model).__name__, source, missing)
     if unexpected:
         logger.warning("Some tensors of %s were not used by %s: %s (expected when the checkpoint's own head is "
-                       "for another task)", source, model_name, unexpected)
+                       "for another task)", source, type(model).__name__, unexpected)
     return missing, unexpected
 
 
