@@ -213,6 +213,21 @@ def test_save_pretrained_round_trip(folding_pair, tmp_path, format):
     assert max_abs_diff(a["positions"], np.asarray(b["positions"])) == 0.0
 
 
+def test_convert_folds_as_the_reference(folding_pair, tmp_path):
+    """`tf-esm convert` of an ESMFold directory (transformers' save_pretrained) gives an ESMFold model directory,
+    not a language model: loaded, it folds as the reference does."""
+    from tf_esm.pipelines.convert import convert_checkpoint
+
+    reference, directory, _ = folding_pair
+    destination = convert_checkpoint(directory, tmp_path / "converted")
+    model = TFEsmForProteinFolding.from_pretrained(destination, strict=True)
+    assert model.esm_dtype == "float32"
+    aatype, mask = _batch(SEQUENCES[:1])
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+    _compare(model(aatype, attention_mask=mask, num_recycles=0, compiled=False), theirs)
+
+
 def test_fp16_stem_checkpoint_in_bin_format(tmp_path):
     """fp16_esm=True stores the stem in float16 (a .bin here); on CPU we run it in float32, like the reference
     with its stem cast to float32."""

@@ -2,15 +2,20 @@
 
 import copy
 import json
+import os
+import shutil
 import struct
+import sys
 
+import h5py
+import keras
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
-from tf_esm import TFEsmModel
+from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.io import weights as weights_module
 from tf_esm.weights import CheckpointError, read_state_dict
 
@@ -133,3 +138,65 @@ def test_from_pretrained_initialises_only_the_weights_the_checkpoint_lacks(refer
 
     assert not global_state.get_global_attribute("uninitialized_variables")  # nothing left waiting
     assert all(variable.value is not None for variable in model.variables)
+
+
+def _mapped_ranges(path):
+    """(start, end) address ranges of this process's memory maps of `path` (Linux /proc)."""
+    ranges, real = [], os.path.realpath(path)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5] == real:
+                start, end = (int(n, 16) for n in fields[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(reference_checkpoints, tmp_path):
+    """`save_pretrained` writes version 2 of tf_esm_model.h5: each kernel in the variable's layout, every tensor
+    at a 64-byte-aligned offset. Loading it maps the file: under TensorFlow the float32 variables' memory is the
+    mapping (no read, no copy, no transpose), the model equals the PyTorch reference, and `read_state_dict`
+    still gives the reference layout. A version-1 file (reference layout) still loads."""
+    ref = reference_checkpoints("rotary", "EsmForMaskedLM")
+    model = TFEsmForMaskedLM.from_pretrained(ref.path)
+    model.save_pretrained(tmp_path / "native")
+    path = tmp_path / "native" / "tf_esm_model.h5"
+    torch_state = {k: v.numpy() for k, v in ref.model.state_dict().items()}
+    with h5py.File(path, "r") as handle:
+        assert handle.attrs["format_version"] == 2
+        kernels = 0
+        for name, (variable, transpose) in weights_module.model_variables(model).items():
+            dataset = handle["weights/" + name.replace(".", "/")]
+            assert dataset.id.get_offset() % 64 == 0, name
+            assert dataset.shape == tuple(variable.shape), name  # the variable's layout
+            assert bool(dataset.attrs.get("keras_layout", False)) == (transpose and dataset.ndim == 2), name
+            kernels += bool(dataset.attrs.get("keras_layout", False))
+        assert kernels >= 10
+
+    state = read_state_dict(path)
+    for name in ("esm.encoder.layer.0.attention.self.query.weight", "lm_head.dense.weight"):
+        np.testing.assert_array_equal(np.asarray(state[name]), torch_state[name])  # reference layout
+
+    loaded = TFEsmForMaskedLM.from_pretrained(tmp_path / "native")
+    input_ids, attention_mask = batch_with_padding_and_masks()
+    expected = torch_outputs(ref.model, input_ids, attention_mask)
+    assert_close(loaded(input_ids, attention_mask=attention_mask).logits, expected.logits, 2e-5, "native h5")
+    if keras.backend.backend() == "tensorflow" and sys.platform.startswith("linux"):
+        ranges = _mapped_ranges(path)
+        assert ranges, "the weight file is not memory-mapped"
+        # `variable.value` is the tf.Variable; reading it gives a tensor on its buffer (NumPy shares that buffer)
+        inside = [any(start <= np.asarray(v.value.value()).ctypes.data < end for start, end in ranges)
+                  for v in loaded.weights if v.dtype == "float32"]
+        assert all(inside), f"{inside.count(False)} of {len(inside)} variables were copied out of the mapping"
+
+    version_1 = tmp_path / "v1" / "tf_esm_model.h5"
+    version_1.parent.mkdir()
+    for filename in ("config.json", "vocab.txt"):
+        shutil.copyfile(tmp_path / "native" / filename, version_1.parent / filename)
+    with h5py.File(version_1, "w") as handle:  # what tf_esm wrote before version 2
+        handle.attrs["format"] = "tf_esm"
+        handle.attrs["format_version"] = 1
+        for name, value in weights_module.model_state_dict(model).items():
+            handle.create_dataset("weights/" + name.replace(".", "/"), data=value)
+    old = TFEsmForMaskedLM.from_pretrained(version_1.parent)
+    assert_close(old(input_ids, attention_mask=attention_mask).logits, expected.logits, 2e-5, "version-1 h5")

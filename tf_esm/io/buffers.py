@@ -12,21 +12,38 @@ import numpy as np
 
 from tf_esm._switch import ThreadSwitch
 
-# Arrays the readers allocated themselves (`read_buffer`), by id: only these may become the memory of a variable
-# without a copy (`_as_variable_value`); a caller's array is always copied.
+# Arrays the readers allocated or mapped themselves (`read_buffer`, `io/native_h5.py`), by the address of their
+# first byte: only these may become the memory of a variable without a copy (`weights._as_variable_value`); a
+# caller's array is always copied.
 _OWN_ARRAYS = {}
 _ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
 
 
+def _root(array):
+    """The array at the end of `array`'s chain of views: what keeps its memory alive (the buffer of
+    `read_buffer`, a file's memory map)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
 def own_array(array):
-    key = id(array)
-    _OWN_ARRAYS[key] = weakref.ref(array, lambda _, key=key: _OWN_ARRAYS.pop(key, None))
+    key = array.ctypes.data
+
+    def forget(ref, key=key):
+        if _OWN_ARRAYS.get(key, (None,))[0] is ref:  # the address may have been registered again since
+            del _OWN_ARRAYS[key]
+
+    _OWN_ARRAYS[key] = (weakref.ref(_root(array), forget), array.nbytes, array.dtype)
     return array
 
 
 def is_own_array(array):
-    ref = _OWN_ARRAYS.get(id(array))
-    return ref is not None and ref() is array
+    """Whether `array` is, or is a C-contiguous view of all of, an array that `own_array` registered (whose
+    memory is still alive)."""
+    root, nbytes, dtype = _OWN_ARRAYS.get(array.ctypes.data, (lambda: None, 0, None))
+    return (root() is not None and array.flags.c_contiguous and array.nbytes == nbytes
+            and array.dtype == dtype)
 
 
 STAGING = ThreadSwitch()  # `.buffer`: the staging buffer of the load in progress in this thread

@@ -141,7 +141,7 @@ def _is(patterns, name):
     return any(p.search(name) for p in patterns)
 
 
-def _model_variables(model):
+def model_variables(model):
     """{reference name: (keras variable, transpose?)} over the model's trainable and non-trainable weights."""
     table = {}
     for variable in model.weights:
@@ -241,6 +241,12 @@ def _as_variable_value(value, dtype, transpose):
         tensor = None
         if value.dtype != np.dtype(dtype):
             value = value.astype(dtype)
+        elif keras.backend.backend() == "tensorflow" and transpose and value.ndim == 2 and is_own_array(value.T):
+            from tf_esm.io import weights_tf
+
+            # Stored in the variable's layout already (a version-2 tf_esm file hands out `mapped.T`).
+            value, transpose = value.T, False
+            tensor = weights_tf.wrap(value)
         elif is_own_array(value) and keras.backend.backend() == "tensorflow":
             from tf_esm.io import weights_tf
 
@@ -257,7 +263,7 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     head on a base checkpoint) and unexpected ones (e.g. an LM head when loading a base model) are warnings, or
     errors when `strict`. A pooler in the checkpoint of a model built without one is skipped silently.
     """
-    variables = _model_variables(model)
+    variables = model_variables(model)
     state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
     ignored = IGNORED if any(_is((POOLER,), name) for name in variables) else IGNORED + (POOLER,)
     import keras
@@ -303,7 +309,7 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
 def model_state_dict(model):
     """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back)."""
     out = {}
-    for name, (variable, transpose) in _model_variables(model).items():
+    for name, (variable, transpose) in model_variables(model).items():
         value = np.asarray(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
         out[name] = value.T if transpose and value.ndim == 2 else value
     return out
@@ -444,34 +450,6 @@ def _read_index(path, reader, ahead=False):
     return collections.ChainMap(*reversed(shards))  # lazy shards stay lazy; a later shard wins, as before
 
 
-def _read_h5(path):
-    """A lazy {name: array} view of a tf_esm HDF5 weight file (the file is opened per tensor read)."""
-    import h5py
-
-    def open_weights(handle):
-        if "weights" not in handle:
-            raise CheckpointError(f"{path}: not a tf_esm weight file (no 'weights' group).")
-        return handle["weights"]
-
-    try:
-        with h5py.File(path, "r") as handle:
-            datasets = []
-            open_weights(handle).visititems(
-                lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
-    except OSError as error:
-        raise CheckpointError(f"{path}: not a readable HDF5 file ({error}).") from None
-    locations = {name.replace("/", "."): name for name in datasets}
-
-    def read(name):
-        try:
-            with h5py.File(path, "r") as handle:
-                return open_weights(handle)[locations[name]][()]
-        except OSError as error:
-            raise CheckpointError(f"{path}: tensor {name!r} is not readable ({error}).") from None
-
-    return LazyTensors(locations, read)
-
-
 def read_state_dict(path):
     """A checkpoint file (or the weights in a model directory) as a {reference name: numpy array} mapping.
 
@@ -494,28 +472,12 @@ def read_state_dict(path):
         read_ahead([path])
         return state_dict
     if path.endswith((".h5", ".hdf5")):
-        return _read_h5(path)
+        from tf_esm.io.native_h5 import read_h5
+
+        return read_h5(path)
     if path.endswith((".bin", ".pt", ".pth")):
         return _read_torch_bin(path)
     raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .bin, .pt or .h5).")
-
-
-def save_weights_h5(model, path):
-    """Write the model's weights (reference names and layout) to an HDF5 file, atomically."""
-    import h5py
-
-    from tf_esm.io.atomic import atomic_path
-
-    state = model_state_dict(model)
-    with atomic_path(path, suffix=".h5") as tmp_path:
-        with h5py.File(tmp_path, "w") as handle:
-            handle.attrs["format"] = "tf_esm"
-            handle.attrs["format_version"] = 1
-            group = handle.create_group("weights")
-            for name, value in sorted(state.items()):
-                if value.dtype.name == "bfloat16":  # HDF5 has no bfloat16 (h5py writes opaque bytes): widen, exactly
-                    value = value.astype(np.float32)
-                group.create_dataset(name.replace(".", "/"), data=value)
 
 
 def save_weights_safetensors(state, path):

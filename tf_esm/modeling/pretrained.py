@@ -111,9 +111,9 @@ class EsmPretrainedIO:
             H5_WEIGHTS_NAME,
             SAFE_WEIGHTS_NAME,
             model_state_dict,
-            save_weights_h5,
             save_weights_safetensors,
         )
+        from tf_esm.io.native_h5 import save_weights_h5
 
         if format not in ("h5", "safetensors"):
             raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")

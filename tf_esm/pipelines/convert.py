@@ -14,7 +14,13 @@ from tf_esm.configuration import EsmConfig
 from tf_esm.io.fair_esm import REGRESSION_NAMES, has_regression_weights, read_fair_esm_checkpoint, regression_path
 from tf_esm.modeling.models import TFEsmForMaskedLM
 from tf_esm.pipelines.auto import state_dict_class
-from tf_esm.io.weights import CheckpointError, load_state_dict, read_state_dict
+from tf_esm.io.weights import (
+    CheckpointError,
+    deferred_initialization,
+    finish_initialization,
+    load_state_dict,
+    read_state_dict,
+)
 
 
 # Tokenizer files of an HF directory, carried over unchanged.
@@ -35,9 +41,19 @@ def _write_fair_esm(src, directory):
 def _write_hf_directory(src, directory):
     config = EsmConfig.from_pretrained(src)
     state_dict = read_state_dict(src)
-    model = state_dict_class(state_dict)(config)
-    model.build()
-    missing, _ = load_state_dict(model, state_dict, source=src)
+    if config.is_folding_model:  # ESMFold: the stem stays in float32 (the checkpoint's precision), on any device
+        from tf_esm.folding import TFEsmForProteinFolding
+
+        model_class, kwargs = TFEsmForProteinFolding, {"esm_dtype": "float32"}
+    else:
+        model_class, kwargs = state_dict_class(state_dict), {}
+    with deferred_initialization():  # no random values for the weights the checkpoint replaces
+        model = model_class(config, **kwargs)
+        model.build()
+    try:
+        missing, _ = load_state_dict(model, state_dict, source=src)
+    finally:
+        finish_initialization(model)
     if missing:
         raise CheckpointError(f"{src}: missing tensors {missing}.")
     model.save_pretrained(directory)
