@@ -155,7 +155,8 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--chunk-sizes", nargs="+", default=["none"], help="'none' or integers")
     parser.add_argument("--frameworks", nargs="+", default=["torch", "tf_esm"],
-                        choices=["torch", "tf_esm", "tf_esm_eager", "tf_esm_jax", "tf_esm_eager_jax", "tf_esm_hybrid"])
+                        choices=["torch", "tf_esm", "tf_esm_eager", "tf_esm_jax", "tf_esm_eager_jax", "tf_esm_hybrid",
+                                 "tf_esm_native"])
     parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow",
                         help="Keras backend of the tf_esm workers (jax: the jax.jit path)")
     parser.add_argument("--eager", action="store_true", help="also time tf_esm's eager path")
@@ -168,6 +169,9 @@ def main():
     parser.add_argument("--num-recycles", type=lambda text: None if text.lower() == "none" else int(text), default=None,
                         help="--size full: extra trunk passes, both frameworks ('none', the default: the model's "
                         "max_recycles, 4 passes; 0: one pass, as the issue's table)")
+    parser.add_argument("--steps-list", nargs="+", metavar="L:CHUNK", default=None,
+                        help="--size full: these (length, chunk size) steps instead of --lengths x --chunk-sizes, "
+                        "e.g. 64:none 256:none 384:64 (the issue's table)")
     parser.add_argument("--full-worker", help=argparse.SUPPRESS)
     parser.add_argument("--steps", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -176,6 +180,8 @@ def main():
     parser.add_argument("--chunk-size", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--positions", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "tf_esm_native" in args.frameworks and args.size != "full" and not args.worker:
+        parser.error("tf_esm_native (the checkpoint converted by `tf-esm convert`) is for --size full")
     if args.full_worker or args.size == "full":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import full_esmfold

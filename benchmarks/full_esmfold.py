@@ -11,6 +11,10 @@ Each framework runs in its own process, which loads the checkpoint once (timed) 
 chunk size) in turn: a first fold (trace / page-in at a new length), then `--repeats` warm folds. Peak RSS is
 measured per step (the kernel's high-water mark is reset before each step through /proc/self/clear_refs), so the
 table shows each length's own peak; "time to first structure" is load + the first fold at the first length.
+
+Framework `tf_esm_native` loads the checkpoint converted once by `tf-esm convert` (into `<cache>_tf_esm`, another
+14.1 GB; the conversion's time is printed): tf_esm's own file, which loading maps instead of reading, as
+transformers maps its safetensors. `tf_esm` loads the HF checkpoint itself.
 """
 
 from __future__ import annotations
@@ -105,6 +109,18 @@ def build_full_checkpoint(directory):
     return directory
 
 
+def build_native_copy(checkpoint):
+    """tf_esm's own model directory of `checkpoint` (`tf-esm convert`: tf_esm_model.h5 in the variables' layout,
+    which loading maps instead of reading), beside it, once. Returns (directory, seconds the conversion took or
+    None when it was already there)."""
+    directory = checkpoint.rstrip(os.sep) + "_tf_esm"
+    if os.path.isfile(os.path.join(directory, "tf_esm_model.h5")):
+        return directory, None
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tf_esm.cli", "convert", checkpoint, directory, "--overwrite"], check=True)
+    return directory, time.perf_counter() - start
+
+
 def _reset_peak():
     """Start the kernel's RSS high-water mark (VmHWM) afresh from the current RSS."""
     try:
@@ -171,11 +187,18 @@ def worker(framework, checkpoint, steps, repeats, stem, num_recycles=None):
 
 def run(args, script):
     checkpoint = build_full_checkpoint(args.cache)
-    steps = [(length, None if chunk == "none" else int(chunk))
-             for length in args.lengths for chunk in args.chunk_sizes]
+    pairs = ([text.split(":") for text in args.steps_list] if args.steps_list
+             else [(length, chunk) for length in args.lengths for chunk in args.chunk_sizes])
+    steps = [(int(length), None if chunk == "none" else int(chunk)) for length, chunk in pairs]
     results = {}
+    native = None
+    if "tf_esm_native" in args.frameworks:
+        native, convert_s = build_native_copy(checkpoint)
+        if convert_s is not None:
+            print(f"tf-esm convert {checkpoint} {native}: {convert_s:.1f} s (once)")
     for framework in args.frameworks:
-        command = [sys.executable, script, "--full-worker", framework, "--checkpoint", checkpoint,
+        source = native if framework == "tf_esm_native" else checkpoint
+        command = [sys.executable, script, "--full-worker", framework, "--checkpoint", source,
                    "--repeats", str(args.repeats), "--stem", args.stem, "--num-recycles", str(args.num_recycles),
                    "--steps", json.dumps(steps)]
         completed = subprocess.run(command, capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """Checkpoint readers: tensors read one at a time, every safetensors dtype, damaged headers named."""
 
 import copy
+import gc
 import json
 import os
 import shutil
@@ -140,6 +141,19 @@ def test_from_pretrained_initialises_only_the_weights_the_checkpoint_lacks(refer
     assert all(variable.value is not None for variable in model.variables)
 
 
+def _mapped_resident_bytes(path):
+    """Resident bytes of this process's memory maps of `path` (Linux /proc/self/smaps)."""
+    total, inside, real = 0, False, os.path.realpath(path)
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = len(fields) >= 6 and fields[5] == real
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
 def _mapped_ranges(path):
     """(start, end) address ranges of this process's memory maps of `path` (Linux /proc)."""
     ranges, real = [], os.path.realpath(path)
@@ -181,6 +195,7 @@ def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(re
     input_ids, attention_mask = batch_with_padding_and_masks()
     expected = torch_outputs(ref.model, input_ids, attention_mask)
     assert_close(loaded(input_ids, attention_mask=attention_mask).logits, expected.logits, 2e-5, "native h5")
+    del state  # (it holds the reader, which holds the mapping)
     if keras.backend.backend() == "tensorflow" and sys.platform.startswith("linux"):
         ranges = _mapped_ranges(path)
         assert ranges, "the weight file is not memory-mapped"
@@ -188,7 +203,6 @@ def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(re
         inside = [any(start <= np.asarray(v.value.value()).ctypes.data < end for start, end in ranges)
                   for v in loaded.weights if v.dtype == "float32"]
         assert all(inside), f"{inside.count(False)} of {len(inside)} variables were copied out of the mapping"
-
     version_1 = tmp_path / "v1" / "tf_esm_model.h5"
     version_1.parent.mkdir()
     for filename in ("config.json", "vocab.txt"):
@@ -200,3 +214,27 @@ def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(re
             handle.create_dataset("weights/" + name.replace(".", "/"), data=value)
     old = TFEsmForMaskedLM.from_pretrained(version_1.parent)
     assert_close(old(input_ids, attention_mask=attention_mask).logits, expected.logits, 2e-5, "version-1 h5")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_mapped_weights_cast_on_loading_give_their_pages_back(tmp_path):
+    """Loading a tf_esm file in bfloat16 copies every weight (cast): the file mapping's pages of those weights
+    leave the process (else a half-precision load would hold the float32 file's pages too), the weights still
+    equal the file's values rounded, and the mapping goes away with the model."""
+    from tf_esm import EsmConfig
+
+    config = EsmConfig(vocab_size=33, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=1024, position_embedding_type="rotary")
+    model = TFEsmModel(config, add_pooling_layer=False)
+    model.build()
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "tf_esm_model.h5"
+    half = TFEsmModel.from_pretrained(tmp_path, dtype="bfloat16", add_pooling_layer=False)
+    resident = _mapped_resident_bytes(path)
+    assert resident < 0.1 * os.path.getsize(path), f"{resident} of {os.path.getsize(path)} bytes still resident"
+    for ours, theirs in zip(half.weights, model.weights):
+        expected = keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(theirs.value, ours.dtype), "float32"))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(ours.value, "float32")), expected)
+    del half
+    gc.collect()
+    assert not _mapped_ranges(path), "the mapping outlived the model"

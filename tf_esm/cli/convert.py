@@ -8,12 +8,15 @@ NAME = "convert"
 HELP = "Convert a fair-esm .pt checkpoint or an HF directory into a tf_esm directory."
 EPILOG = """\
 SRC is a fair-esm checkpoint (esm2_t6_8M_UR50D.pt, ...; its -contact-regression.pt is read from beside it) or an
-HF model directory. DST receives config.json, tf_esm_model.h5 and vocab.txt; it is written to a temporary
-directory and renamed, so a failed conversion leaves DST as it was.
+HF model directory (ESM-2, ESM-1b/1v, any task head, or ESMFold). DST receives config.json, tf_esm_model.h5 and
+vocab.txt; it is written to a temporary directory and renamed, so a failed conversion leaves DST as it was.
+tf_esm_model.h5 holds each weight in its Keras variable's layout, so loading DST maps the file instead of
+reading it (for a large model, e.g. ESMFold, that is most of the loading time).
 
 examples:
   tf-esm convert esm2_t6_8M_UR50D.pt esm2_t6_8M_tf
   tf-esm convert ./esm1v_hf ./esm1v_tf --overwrite
+  tf-esm convert ./esmfold_v1 ./esmfold_v1_tf
 """
 
 

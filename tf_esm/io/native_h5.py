@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf_esm.io.buffers import own_array
+from tf_esm.io.buffers import own_array, populate_in_background
 
 FORMAT_VERSION = 2
 ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
@@ -76,15 +76,17 @@ def read_h5(path):
             open_weights(handle).visititems(visit)
     except OSError as error:
         raise CheckpointError(f"{path}: not a readable HDF5 file ({error}).") from None
-    mapping = []  # the whole file, copy-on-write, mapped on the first tensor read
+    mapping = None  # the whole file, copy-on-write; its pages come in while the model is built
+    if any(entry[2] is not None for entry in entries.values()):
+        mapping = np.memmap(path, dtype=np.uint8, mode="c")
+        populate_in_background(mapping)
 
     def read(name):
         location, transposed, offset, dtype, shape = entries[name]
         if offset is not None:
-            if not mapping:
-                mapping.append(np.memmap(path, dtype=np.uint8, mode="c"))
             count = int(np.prod(shape, dtype=np.int64))
-            value = own_array(mapping[0][offset:offset + count * dtype.itemsize].view(dtype).reshape(shape))
+            value = own_array(mapping[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape),
+                              mapped=True)
         else:
             try:
                 with h5py.File(path, "r") as handle:

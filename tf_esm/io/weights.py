@@ -31,7 +31,15 @@ import struct
 
 import numpy as np
 
-from tf_esm.io.buffers import STAGING, is_own_array, own_array, staged_reads, read_ahead, read_buffer
+from tf_esm.io.buffers import (
+    STAGING,
+    is_own_array,
+    own_array,
+    read_ahead,
+    read_buffer,
+    release_pages,
+    staged_reads,
+)
 
 logger = logging.getLogger("tf_esm")
 
@@ -227,32 +235,33 @@ POOLER = re.compile(r"(^|\.)pooler\.")
 def _as_variable_value(value, dtype, transpose):
     """`value` (numpy) as a backend tensor of `dtype`, transposed if asked.
 
-    The backend converts the contiguous array (one copy; none under TensorFlow for an array this module read
-    into an aligned buffer, `read_buffer` and `weights_tf.wrap`) and transposes it with its own blocked,
+    The backend converts the contiguous array (one copy; none under TensorFlow for an array a reader read into
+    an aligned buffer or mapped, `read_buffer`, `io/native_h5.py` and `weights_tf.wrap`: a mapped matrix in the
+    variable's layout needs no transposition either) and transposes it with its own blocked,
     multi-threaded kernel: a NumPy transpose of a large matrix walks memory with a stride and was most of the
     loading time of the full-size ESMFold (benchmarks/RESULTS.md, "Loading").
     """
     import keras
     from keras import ops
 
+    original, tensor = value, None
     if dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
         tensor = ops.cast(ops.convert_to_tensor(value.astype(np.float32, copy=False)), dtype)
-    else:
-        tensor = None
-        if value.dtype != np.dtype(dtype):
-            value = value.astype(dtype)
-        elif keras.backend.backend() == "tensorflow" and transpose and value.ndim == 2 and is_own_array(value.T):
-            from tf_esm.io import weights_tf
+    elif value.dtype != np.dtype(dtype):
+        value = value.astype(dtype)
+    elif keras.backend.backend() == "tensorflow":
+        from tf_esm.io import weights_tf
 
+        if transpose and value.ndim == 2 and is_own_array(value.T):
             # Stored in the variable's layout already (a version-2 tf_esm file hands out `mapped.T`).
             value, transpose = value.T, False
-            tensor = weights_tf.wrap(value)
-        elif is_own_array(value) and keras.backend.backend() == "tensorflow":
-            from tf_esm.io import weights_tf
-
+        if is_own_array(value):
             tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
-        if tensor is None:
-            tensor = ops.convert_to_tensor(value)
+            if tensor is not None:
+                return ops.transpose(tensor) if transpose else tensor
+    if tensor is None:
+        tensor = ops.convert_to_tensor(value)
+    release_pages(original)  # copied: a file mapping's pages of it are not needed any more
     return ops.transpose(tensor) if transpose else tensor
 
 
