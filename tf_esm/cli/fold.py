@@ -154,6 +154,11 @@ def run(args, console):
         console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")
         return 0
     model = load_model(args.model, TFEsmForProteinFolding, esm_dtype=args.stem_precision)
+    from tf_esm.io.weights import H5_WEIGHTS_NAME
+
+    if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, H5_WEIGHTS_NAME)):
+        console.info(f"tip: run `tf-esm convert {args.model} DIR` once and fold with DIR: a converted model loads "
+                     "as a memory map, without reading and transposing every weight (the full ESMFold: ~3x faster).")
 
     def write_summary():
         lines = ["id\tlength\tmean_plddt\tptm\tseconds"]

@@ -78,12 +78,16 @@ def read_h5(path):
         raise CheckpointError(f"{path}: not a readable HDF5 file ({error}).") from None
     mapping = None  # the whole file, copy-on-write; its pages come in while the model is built
     if any(entry[2] is not None for entry in entries.values()):
-        mapping = np.memmap(path, dtype=np.uint8, mode="c")
-        populate_in_background(mapping)
+        try:
+            mapping = np.memmap(path, dtype=np.uint8, mode="c")
+        except (OSError, ValueError):  # a file system without memory maps: read every tensor instead
+            mapping = None
+        else:
+            populate_in_background(mapping)
 
     def read(name):
         location, transposed, offset, dtype, shape = entries[name]
-        if offset is not None:
+        if offset is not None and mapping is not None:
             count = int(np.prod(shape, dtype=np.int64))
             value = own_array(mapping[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape),
                               mapped=True)

@@ -257,12 +257,13 @@ def _as_variable_value(value, dtype, transpose):
             value, transpose = value.T, False
         if is_own_array(value):
             tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
-            if tensor is not None:
-                return ops.transpose(tensor) if transpose else tensor
+            if tensor is not None and not transpose:
+                return tensor
     if tensor is None:
         tensor = ops.convert_to_tensor(value)
+    result = ops.transpose(tensor) if transpose else tensor
     release_pages(original)  # copied: a file mapping's pages of it are not needed any more
-    return ops.transpose(tensor) if transpose else tensor
+    return result
 
 
 def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
