@@ -294,3 +294,22 @@ def test_cli_stem_precision(checkpoints, tmp_path, monkeypatch, capsys):
 
     assert main(["fold", str(fasta), str(tmp_path / "x"), "--stem-precision", "float8"]) == 2
     assert "invalid choice: 'float8'" in capsys.readouterr().err
+
+
+def test_float16_stem_on_a_cpu_under_tensorflow_warns(checkpoints, caplog):
+    """TensorFlow has no fast float16 matmul on a CPU (the full model's float16 stem did not finish a fold in
+    20 minutes): building one there says so and points to bfloat16. Under JAX, and for bfloat16 on a CPU with
+    bfloat16 instructions, nothing is said."""
+    import logging
+
+    from tf_esm.configuration import EsmConfig
+    from tf_esm.modeling import precision
+
+    config = EsmConfig.from_pretrained(checkpoints["float16"][0])
+    with caplog.at_level(logging.WARNING, logger="tf_esm"):
+        TFEsmForProteinFolding(config, esm_dtype="float16")
+    warned = [r.getMessage() for r in caplog.records if "float16 precision on a CPU" in r.getMessage()]
+    if keras.backend.backend() == "tensorflow" and precision.runs_on_cpu():
+        assert len(warned) == 1 and "use bfloat16" in warned[0]
+    else:
+        assert not warned

@@ -114,32 +114,38 @@ def populate_in_background(mapped):
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     step = 64 << 20
 
+    stop = threading.Event()
+
     def run(mapped=mapped):  # the closure keeps the mapping alive until the thread is done
         start, end = mapped.ctypes.data, mapped.ctypes.data + mapped.nbytes
         for begin in range(start, end, step):
+            if stop.is_set():
+                return
             length = min(step, end - begin)
             if libc.madvise(begin, length, _MADV_POPULATE_READ) != 0:  # ctypes releases the GIL here
                 libc.madvise(begin, length, _MADV_WILLNEED)
 
     thread = threading.Thread(target=run, name="tf_esm-populate", daemon=True)
-    _POPULATING.append(thread)
+    _POPULATING.append((thread, stop))
     thread.start()
 
 
-_POPULATING = []  # the threads of `populate_in_background`
+_POPULATING = []  # (thread, stop event) of each `populate_in_background`
 
 
 def release_pages(array):
     """Drop from this process the pages of `array`, a view of a file mapping registered by `own_array(...,
     mapped=True)` whose values were copied elsewhere (cast to another dtype): mapped file pages count as the
     process's memory until then. Nothing is lost: the mapping is private and never written, so a later read
-    brings the file's pages back. Waits for the mapping's population first, which would bring them back at
-    once. Anything else is left alone."""
+    brings the file's pages back. Stops the mappings' background population first (it would bring them back,
+    and hold the whole file at once). Anything else is left alone."""
     entry = _OWN_ARRAYS.get(array.ctypes.data)
     if entry is None or not entry[3] or entry[0]() is None or not sys.platform.startswith("linux"):
         return
-    while _POPULATING:
-        _POPULATING.pop().join()
+    while _POPULATING:  # a load that copies weights out of the mapping: the rest comes in when it is used
+        thread, stop = _POPULATING.pop()
+        stop.set()
+        thread.join()
     page = 4096
     begin = -(-array.ctypes.data // page) * page  # whole pages inside the array only
     end = (array.ctypes.data + array.nbytes) // page * page

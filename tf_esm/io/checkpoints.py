@@ -14,13 +14,15 @@ from tf_esm.io.hub import resolve_file
 from tf_esm.io.weights import WEIGHT_FILES, CheckpointError, read_state_dict
 
 
-def read_checkpoint(reference, config=None):
+def read_checkpoint(reference, config=None, populate=True):
     """`(config, {reference name: array}, source)` of a checkpoint.
 
     Args:
         reference: a directory (HF PyTorch layout or written by `save_pretrained`), a weight file inside one, a
             fair-esm `.pt` file, or a hub id (downloaded when online).
         config: an `EsmConfig` to return instead of the checkpoint's own.
+        populate: a memory-mapped file (our HDF5) has its pages faulted in from a background thread; pass False
+            when the weights will be copied out of it (cast to another dtype) instead of used in place.
 
     Returns:
         The configuration, the state dict, and the file the weights came from (named in load messages).
@@ -43,4 +45,4 @@ def read_checkpoint(reference, config=None):
             break
     if weights_path is None:
         raise CheckpointError(f"{reference}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
-    return config, read_state_dict(weights_path), weights_path
+    return config, read_state_dict(weights_path, populate), weights_path

@@ -50,8 +50,10 @@ def save_weights_h5(model, path):
                     dataset.attrs["keras_layout"] = True
 
 
-def read_h5(path):
-    """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version)."""
+def read_h5(path, populate=True):
+    """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version). `populate`: fault the
+    mapping's pages in from a background thread (for weights used in place; not for weights cast on loading,
+    whose float32 pages would all be held at once)."""
     import h5py
 
     from tf_esm.io.weights import CheckpointError, LazyTensors
@@ -83,7 +85,8 @@ def read_h5(path):
         except (OSError, ValueError):  # a file system without memory maps: read every tensor instead
             mapping = None
         else:
-            populate_in_background(mapping)
+            if populate:
+                populate_in_background(mapping)
 
     def read(name):
         location, transposed, offset, dtype, shape = entries[name]

@@ -13,9 +13,10 @@ such as `tf_esm_for_masked_lm/esm/encoder/layer.0/attention/self/query/kernel` t
 reference tensors that have no Keras variable (the tied LM decoder, constant buffers). Every loader (safetensors,
 sharded safetensors, `.bin`, fair-esm `.pt` after `tf_esm.fair_esm` renames it, our own HDF5) yields a
 `{reference name: numpy array}` mapping that goes through `load_state_dict`; every saver goes through
-`model_state_dict`. Safetensors and HDF5 files are read one tensor at a time as `load_state_dict` assigns them, so
-loading never holds a second copy of the whole checkpoint (peak memory of `from_pretrained` before and after:
-benchmarks/RESULTS.md, "Where tf_esm's memory goes").
+`model_state_dict` (our HDF5 writer, `io/native_h5.py`, through `model_variables`: it stores the Keras layout).
+Safetensors files are read one tensor at a time as `load_state_dict` assigns them, and our HDF5 files are memory
+maps, so loading never holds a second copy of the whole checkpoint (peak memory of `from_pretrained` before and
+after: benchmarks/RESULTS.md, "Where tf_esm's memory goes" and "Loading from a memory map").
 """
 
 from __future__ import annotations
@@ -245,20 +246,23 @@ def _as_variable_value(value, dtype, transpose):
     from keras import ops
 
     original, tensor = value, None
-    if dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
-        tensor = ops.cast(ops.convert_to_tensor(value.astype(np.float32, copy=False)), dtype)
-    elif value.dtype != np.dtype(dtype):
-        value = value.astype(dtype)
-    elif keras.backend.backend() == "tensorflow":
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if tensorflow:
         from tf_esm.io import weights_tf
 
         if transpose and value.ndim == 2 and is_own_array(value.T):
             # Stored in the variable's layout already (a version-2 tf_esm file hands out `mapped.T`).
             value, transpose = value.T, False
-        if is_own_array(value):
-            tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
-            if tensor is not None and not transpose:
-                return tensor
+    if dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
+        value = value.astype(np.float32, copy=False)
+        source = weights_tf.wrap(value) if tensorflow and is_own_array(value) else None  # cast from it, no copy
+        tensor = ops.cast(ops.convert_to_tensor(value) if source is None else source, dtype)
+    elif value.dtype != np.dtype(dtype):
+        value = value.astype(dtype)
+    elif tensorflow and is_own_array(value):
+        tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
+        if tensor is not None and not transpose:
+            return tensor
     if tensor is None:
         tensor = ops.convert_to_tensor(value)
     result = ops.transpose(tensor) if transpose else tensor
@@ -460,7 +464,7 @@ def _read_index(path, reader, ahead=False):
     return collections.ChainMap(*reversed(shards))  # lazy shards stay lazy; a later shard wins, as before
 
 
-def read_state_dict(path):
+def read_state_dict(path, populate=True):
     """A checkpoint file (or the weights in a model directory) as a {reference name: numpy array} mapping.
 
     Safetensors and HDF5 tensors are read when looked up (`dict(read_state_dict(path))` reads them all)."""
@@ -469,7 +473,7 @@ def read_state_dict(path):
         for filename in WEIGHT_FILES:
             candidate = os.path.join(path, filename)
             if os.path.isfile(candidate):
-                return read_state_dict(candidate)
+                return read_state_dict(candidate, populate)
         raise CheckpointError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES)}).")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file.")
@@ -484,7 +488,7 @@ def read_state_dict(path):
     if path.endswith((".h5", ".hdf5")):
         from tf_esm.io.native_h5 import read_h5
 
-        return read_h5(path)
+        return read_h5(path, populate)
     if path.endswith((".bin", ".pt", ".pth")):
         return _read_torch_bin(path)
     raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .bin, .pt or .h5).")

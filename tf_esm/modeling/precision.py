@@ -84,12 +84,21 @@ def runs_on_cpu():
 
 
 def warn_if_slow(precision):
-    """Warn when `precision` is bfloat16 and the model runs on a CPU without bfloat16 instructions.
+    """Warn when `precision` is bfloat16 and the model runs on a CPU without bfloat16 instructions, or float16 on
+    a CPU under TensorFlow.
 
     Such a CPU still computes the right (bfloat16) numbers, by converting to float32 op by op, which is slower than
     float32 itself. On a GPU the bfloat16 model runs there as it is (tensor cores from Ampere on). Returns the
     warning's text, or None.
     """
+    import keras
+
+    if precision == "float16" and keras.backend.backend() == "tensorflow" and runs_on_cpu():
+        message = ("float16 precision on a CPU: TensorFlow has no fast float16 matmul there (the full ESMFold's "
+                   "float16 stem did not finish one fold in 20 minutes, benchmarks/RESULTS.md); on a CPU use "
+                   "bfloat16 for half-precision weights, or float32.")
+        logger.warning(message)
+        return message
     if precision != "bfloat16" or not runs_on_cpu():
         return None
     found = cpu_bf16_flags()

@@ -47,6 +47,12 @@ class EsmPretrainedIO:
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     @classmethod
+    def _uses_stored_weights(cls, dtype, model_kwargs):
+        """Whether a model built with these arguments keeps the checkpoint's float32 values as they are (so a
+        memory-mapped file's pages are worth faulting in while the model is built), rather than casting them."""
+        return dtype == "float32"
+
+    @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, config: EsmConfig | None = None,
                         strict: bool = False, dtype: str = "float32", **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
@@ -79,7 +85,8 @@ class EsmPretrainedIO:
 
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
-        config, state_dict, source = read_checkpoint(path_or_hub_id, config)
+        config, state_dict, source = read_checkpoint(
+            path_or_hub_id, config, populate=cls._uses_stored_weights(dtype, model_kwargs))
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
