@@ -71,8 +71,8 @@ def test_h5_of_another_architecture_names_the_tensor(reference_checkpoints, tmp_
     """Weights saved from a 32-wide model, config claiming 48: the first mismatching tensor is named."""
     TFEsmForMaskedLM.from_pretrained(reference_checkpoints("rotary").path).save_pretrained(tmp_path / "m")
     with h5py.File(tmp_path / "m" / "tf_esm_model.h5", "r+") as handle:
-        del handle["weights/lm_head/bias"]
-        handle["weights/lm_head/bias"] = np.zeros(40, np.float32)
+        del handle["weights_keras_layout/lm_head/bias"]
+        handle["weights_keras_layout/lm_head/bias"] = np.zeros(40, np.float32)
     with pytest.raises(CheckpointError, match=r"'lm_head.bias' has shape \(40,\).*needs \(33,\)"):
         TFEsmForMaskedLM.from_pretrained(tmp_path / "m")
 

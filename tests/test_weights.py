@@ -178,9 +178,10 @@ def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(re
     torch_state = {k: v.numpy() for k, v in ref.model.state_dict().items()}
     with h5py.File(path, "r") as handle:
         assert handle.attrs["format_version"] == 2
+        assert "weights" not in handle  # a tf_esm older than version 2 refuses the file instead of misreading it
         kernels = 0
         for name, (variable, transpose) in weights_module.model_variables(model).items():
-            dataset = handle["weights/" + name.replace(".", "/")]
+            dataset = handle["weights_keras_layout/" + name.replace(".", "/")]
             assert dataset.id.get_offset() % 64 == 0, name
             assert dataset.shape == tuple(variable.shape), name  # the variable's layout
             assert bool(dataset.attrs.get("keras_layout", False)) == (transpose and dataset.ndim == 2), name

@@ -5,7 +5,8 @@ Datasets are named by reference (PyTorch) names, as every other format `io/weigh
 * version 1 (tf_esm before 2026-12): every tensor in the reference layout, so each Keras kernel was transposed on
   loading, into new memory.
 * version 2 (written now): each tensor in the layout of its Keras variable (a dataset whose attribute
-  `keras_layout` is true holds the transposed reference matrix), stored contiguously at 64-byte-aligned offsets.
+  `keras_layout` is true holds the transposed reference matrix), stored contiguously at 64-byte-aligned offsets,
+  in the group `weights_keras_layout` (`GROUPS`).
   The reader maps the file (`numpy.memmap`, copy-on-write) and hands each tensor out as a view of the mapping;
   under TensorFlow the variables adopt those views without a copy (`weights.load_state_dict`), so loading costs
   what building the model costs, and pages come in from the page cache on first use, as PyTorch's memory-mapped
@@ -24,6 +25,9 @@ import numpy as np
 from tf_esm.io.buffers import own_array, populate_in_background
 
 FORMAT_VERSION = 2
+# The group of each version's datasets. Version 2 has its own, so that a tf_esm older than it refuses the file
+# ("no 'weights' group") instead of loading its square kernels transposed without a word.
+GROUPS = {1: "weights", 2: "weights_keras_layout"}
 ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
 # dtypes a mapping is handed out for; any other dataset (or an unaligned / chunked one) is read with h5py.
 _MAPPABLE = {np.dtype(name) for name in ("<f4", "<f2", "<f8", "<i4", "<i8")}
@@ -40,7 +44,7 @@ def save_weights_h5(model, path):
         with h5py.File(tmp_path, "w", alignment_threshold=1, alignment_interval=ALIGNMENT) as handle:
             handle.attrs["format"] = "tf_esm"
             handle.attrs["format_version"] = FORMAT_VERSION
-            group = handle.create_group("weights")
+            group = handle.create_group(GROUPS[FORMAT_VERSION])
             for name, (variable, transpose) in sorted(model_variables(model).items()):
                 value = np.asarray(variable.value)  # no copy under TensorFlow
                 if value.dtype.name == "bfloat16":  # HDF5 has no bfloat16 (h5py writes opaque bytes): widen, exactly
@@ -59,9 +63,10 @@ def read_h5(path, populate=True):
     from tf_esm.io.weights import CheckpointError, LazyTensors
 
     def open_weights(handle):
-        if "weights" not in handle:
-            raise CheckpointError(f"{path}: not a tf_esm weight file (no 'weights' group).")
-        return handle["weights"]
+        for group in (GROUPS[2], GROUPS[1]):
+            if group in handle:
+                return handle[group]
+        raise CheckpointError(f"{path}: not a tf_esm weight file (no {GROUPS[2]!r} or {GROUPS[1]!r} group).")
 
     entries = {}  # name -> (h5 location, transposed, file offset or None, dtype, stored shape)
 
