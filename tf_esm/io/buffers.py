@@ -5,6 +5,7 @@ Backend-neutral: the hand-over to TensorFlow itself is `io/weights_tf.py`."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 import threading
@@ -100,7 +101,15 @@ def read_ahead(paths):
     threading.Thread(target=run, name="tf_esm-read-ahead", daemon=True).start()
 
 
-_MADV_WILLNEED, _MADV_DONTNEED, _MADV_POPULATE_READ = 3, 4, 22  # Linux; POPULATE_READ since 5.14 (Python 3.11's mmap lacks the name)
+# Linux advice values; POPULATE_READ since kernel 5.14 (Python 3.11's mmap module lacks the name).
+_MADV_WILLNEED, _MADV_DONTNEED, _MADV_POPULATE_READ = 3, 4, 22
+
+
+def _madvise(begin, length, advice):
+    """madvise(2) through ctypes, which releases the GIL during the call (`mmap.madvise` holds it). 0 on success."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc.madvise(begin, length, advice)
 
 
 def populate_in_background(mapped):
@@ -110,10 +119,7 @@ def populate_in_background(mapped):
     from disk what the page cache lacks. Linux only; on an older kernel the pages are only read ahead."""
     if not sys.platform.startswith("linux") or mapped.nbytes == 0:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     step = 64 << 20
-
     stop = threading.Event()
 
     def run(mapped=mapped):  # the closure keeps the mapping alive until the thread is done
@@ -122,8 +128,8 @@ def populate_in_background(mapped):
             if stop.is_set():
                 return
             length = min(step, end - begin)
-            if libc.madvise(begin, length, _MADV_POPULATE_READ) != 0:  # ctypes releases the GIL here
-                libc.madvise(begin, length, _MADV_WILLNEED)
+            if _madvise(begin, length, _MADV_POPULATE_READ) != 0:
+                _madvise(begin, length, _MADV_WILLNEED)
 
     thread = threading.Thread(target=run, name="tf_esm-populate", daemon=True)
     _POPULATING.append((thread, stop))
@@ -146,10 +152,8 @@ def release_pages(array):
         thread, stop = _POPULATING.pop()
         stop.set()
         thread.join()
-    page = 4096
+    page = mmap.PAGESIZE
     begin = -(-array.ctypes.data // page) * page  # whole pages inside the array only
     end = (array.ctypes.data + array.nbytes) // page * page
     if end > begin:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        libc.madvise(begin, end - begin, _MADV_DONTNEED)
+        _madvise(begin, end - begin, _MADV_DONTNEED)
