@@ -3,7 +3,7 @@ confidence heads) as a Keras model that loads HF `EsmForProteinFolding` checkpoi
 
 from __future__ import annotations
 
-import inspect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +12,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_esm.backend import matmul_precision
 from tf_esm.folding import residue_constants as rc
 from tf_esm.folding.atoms import make_atom14_masks
+from tf_esm.folding.inference import CompiledInference, crop_outputs
 from tf_esm.folding.heads import (
     DISTOGRAM_BINS,
     LddtHead,
@@ -27,7 +27,7 @@ from tf_esm.folding.primitives import LayerNorm
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
 from tf_esm.modeling import precision
-from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length
+from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length  # noqa: F401  (bucket_length: re-exported)
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
@@ -44,9 +44,9 @@ STEM_DTYPES = ("float32", "float16", "bfloat16", "mixed_float16")
 
 # How outputs are cropped back to the unpadded length: two residue axes (1 and 2), the residue axis after the
 # structure-module-block axis (2), none (scalars); every other output has its residue axis at 1.
-_PAIR_OUTPUTS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs", "predicted_aligned_error")
-_PER_BLOCK_OUTPUTS = BLOCK_OUTPUTS + ("lddt_head",)
-_SCALAR_OUTPUTS = ("ptm", "max_predicted_aligned_error")
+# Reference names of the weights of `repeated_layer_stacks()`: paged in per use (`page_weights`).
+_STACKED_WEIGHTS = re.compile(r"(esm\.encoder\.layer|trunk\.blocks)\.\d+\.")
+
 
 
 @dataclass(repr=False, eq=False)
@@ -104,39 +104,6 @@ class _SequentialMLP(keras.layers.Layer):
         return x
 
 
-def crop_outputs(outputs, length):
-    """Outputs (a dict of tensors or arrays, all computed at a padded length) cropped to `length` residues."""
-    cropped = {}
-    for key, value in outputs.items():
-        if key in _SCALAR_OUTPUTS:
-            cropped[key] = value
-        elif key in _PER_BLOCK_OUTPUTS:
-            cropped[key] = value[:, :, :length]
-        elif key in _PAIR_OUTPUTS:
-            cropped[key] = value[:, :length, :length]
-        else:
-            cropped[key] = value[:, :length]
-    return cropped
-
-
-def _pad_residues(array, length):
-    return np.pad(array, ((0, 0), (0, length - array.shape[1])))
-
-
-def _compiled_backend():
-    """The module of the compiled inference path for the running Keras backend, or None (eager only)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        from tf_esm.folding import compiled_tf
-
-        return compiled_tf
-    if backend == "jax":
-        from tf_esm.folding import compiled_jax
-
-        return compiled_jax
-    return None
-
-
 def _gpu_available():
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -181,7 +148,7 @@ def encode_sequence(sequence, residue_index_offset=DEFAULT_RESIDUE_INDEX_OFFSET,
 
 
 @keras.saving.register_keras_serializable(package="tf_esm")
-class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
+class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     """ESMFold: predicts 3D structure and confidence from a protein sequence.
 
     An ESM-2 stem (run without gradient; in float16 when `esmfold_config.fp16_esm` and a GPU is present, see
@@ -235,6 +202,11 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     by default).
     Inside the program `chunk_size` runs the pair operations in a sequential loop, so it still bounds their
     memory.
+    Weights paged per use (`page_weights`, True by default; TensorFlow, float32 weights loaded from tf_esm's own
+    file, which are views of its memory map): in these calls each stem layer and trunk block maps its weights just
+    before it runs and drops them from the process after it (`layers_tf.paged_weights`). They stay in the page
+    cache, so the next fold maps them again without reading the disk while memory allows: the process holds one
+    layer at a time, not the 13 GB of the full model. Set it before a length's first call (it is traced in).
 
     Examples:
 
@@ -245,10 +217,20 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
     ```
     """
 
+    page_weights = True
+    output_type = TFEsmForProteinFoldingOutput
+
     @classmethod
     def _uses_stored_weights(cls, dtype, model_kwargs):
         # A half-precision stem casts 3B of the 3.5B parameters on loading.
         return dtype == "float32" and model_kwargs.get("esm_dtype") in (None, "float32")
+
+    @classmethod
+    def _populated_weights(cls, dtype, model_kwargs):
+        # With `page_weights`, the layer stacks' pages are only read ahead: each layer maps its own when it runs.
+        if cls.page_weights and cls._uses_stored_weights(dtype, model_kwargs):
+            return lambda name: not _STACKED_WEIGHTS.match(name)
+        return cls._uses_stored_weights(dtype, model_kwargs)
 
     def __init__(self, config, esm_dtype=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -441,92 +423,6 @@ class TFEsmForProteinFolding(EsmPretrainedIO, keras.Model):
                                     num_residues=unpadded_length)
         out.update(compute_predicted_aligned_error(out["ptm_logits"]))
         return out
-
-    # ------------------------------------------------------------------------------------------------ compiled
-    def __call__(self, *args, compiled=None, **kwargs):
-        compiled = self.compiled_inference if compiled is None else compiled
-        if compiled not in (True, False, "auto"):
-            raise ValueError(f"compiled must be True, False or 'auto'; got {compiled!r}.")
-        arguments = self._compilable_arguments(args, kwargs) if compiled else None
-        if arguments is None:
-            with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
-                return super().__call__(*args, **kwargs)
-        if compiled == "auto" and keras.backend.backend() == "tensorflow":
-            key = self._inference_key(np.shape(arguments["input_ids"])[1], arguments.get("chunk_size"))
-            if key not in self._inference_functions and key not in self._first_calls_done:
-                # The first call at this length bucket: eager, each layer stack through one traced function,
-                # instead of tracing and optimising the whole program for one structure.
-                self._first_calls_done.add(key)
-                from tf_esm.modeling import layers_tf
-
-                with layers_tf.traced_in_eager():
-                    return super().__call__(*args, **kwargs)
-        return self._compiled_call(**arguments)
-
-    def _inference_key(self, length, chunk_size):
-        jit_compile = bool(self.inference_jit_compile) and keras.backend.backend() == "tensorflow"
-        chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
-        return bucket_length(length, self.length_buckets), chunk_size, jit_compile
-
-    def _compilable_arguments(self, args, kwargs):
-        """The bound `call` arguments if this call can take the compiled path, else None."""
-        backend = _compiled_backend()
-        if backend is None:
-            return None
-        try:
-            arguments = inspect.signature(self.call).bind(*args, **kwargs).arguments
-        except TypeError:
-            return None  # let Keras report it
-        if arguments.pop("training", False) or arguments.get("unpadded_length") is not None:
-            return None
-        arguments.pop("unpadded_length", None)
-        if not backend.can_compile(list(arguments.values())):
-            return None
-        if np.ndim(arguments["input_ids"]) != 2:
-            return None
-        return arguments
-
-    def _compiled_call(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None,
-                       num_recycles=None, chunk_size=None):
-        if not self.built:
-            self.build()
-        aa = np.asarray(ops.convert_to_numpy(input_ids)).astype(np.int32)
-        batch, length = aa.shape
-
-        def as_int32(value, default):
-            return default if value is None else np.asarray(ops.convert_to_numpy(value)).astype(np.int32)
-
-        mask = as_int32(attention_mask, np.ones_like(aa))
-        residx = as_int32(position_ids, np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)))
-        residx = np.broadcast_to(residx, (batch, length))
-        masking = as_int32(masking_pattern, np.zeros_like(aa))
-        if num_recycles is not None and int(num_recycles) < 0:
-            raise ValueError(f"Number of recycles must not be negative, got {num_recycles}.")
-        passes = self.config.esmfold_config.trunk.max_recycles if num_recycles is None else int(num_recycles) + 1
-        chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
-
-        bucket = bucket_length(length, self.length_buckets)
-        residx = np.concatenate([residx, residx[:, -1:] + 1 + np.arange(bucket - length, dtype=np.int32)], axis=1)
-        inputs = (_pad_residues(aa, bucket), _pad_residues(mask, bucket), residx, _pad_residues(masking, bucket),
-                  np.int32(passes - 1), np.int32(length))
-        outputs = self._inference_function(bucket, chunk_size)(*inputs)
-        if keras.backend.backend() == "jax":  # the program returns bucket-length outputs: crop them here
-            outputs = crop_outputs({key: np.asarray(value) for key, value in outputs.items()}, length)
-        return TFEsmForProteinFoldingOutput(**outputs)
-
-    def _inference_function(self, bucket, chunk_size):
-        """The compiled forward pass for one (length bucket, chunk size), traced on first use."""
-        key = self._inference_key(bucket, chunk_size)
-        jit_compile = key[2]
-        function = self._inference_functions.get(key)
-        if function is None:
-            backend = _compiled_backend()
-            if jit_compile:
-                function = backend.inference_function(self, bucket, chunk_size, jit_compile=True)
-            else:
-                function = backend.inference_function(self, bucket, chunk_size)
-            self._inference_functions[key] = function
-        return function
 
     # ------------------------------------------------------------------------------------------------ inference
     def infer(self, sequences: str | Sequence[str], position_ids=None,

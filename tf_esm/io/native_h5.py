@@ -57,7 +57,8 @@ def save_weights_h5(model, path):
 def read_h5(path, populate=True):
     """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version). `populate`: fault the
     mapping's pages in from a background thread (for weights used in place; not for weights cast on loading,
-    whose float32 pages would all be held at once)."""
+    whose float32 pages would all be held at once); or a predicate on the reference names: the others are only
+    read ahead into the page cache (weights paged in per use, ESMFold's layer stacks)."""
     import h5py
 
     from tf_esm.io.weights import CheckpointError, LazyTensors
@@ -91,7 +92,10 @@ def read_h5(path, populate=True):
             mapping = None
         else:
             if populate:
-                populate_in_background(mapping)
+                read_ahead_only = [] if populate is True else [
+                    (entry[2], int(np.prod(entry[4], dtype=np.int64)) * entry[3].itemsize)
+                    for name, entry in entries.items() if entry[2] is not None and not populate(name)]
+                populate_in_background(mapping, read_ahead_only)
 
     def read(name):
         location, transposed, offset, dtype, shape = entries[name]

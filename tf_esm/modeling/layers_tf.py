@@ -16,8 +16,10 @@ seed generator would not advance inside it). Backend-neutral modules import this
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from tf_esm._switch import ThreadSwitch
+from tf_esm.io import buffers
 from tf_esm.backend import require_tensorflow
 
 tf = require_tensorflow("tf_esm.modeling.layers_tf (layers traced once)")
@@ -29,6 +31,7 @@ TRACE_ONCE = True
 NOINLINE = True
 
 _EAGER = ThreadSwitch()
+_PAGING = ThreadSwitch()
 
 
 def traced_in_eager():
@@ -36,6 +39,47 @@ def traced_in_eager():
     function (traced afresh on each call: its cost is one layer's trace, paid per stack and call). ESMFold's first
     call at a new length runs this way (`TFEsmForProteinFolding`), without tracing the whole model."""
     return _EAGER.on()
+
+
+def paged_weights():
+    """Within this context `apply_layers` pages in each layer's memory-mapped weights (a float32 model loaded
+    from tf_esm's own file, `io/native_h5.py`) just before the layer runs and drops them from the process after
+    it (`io.buffers.paged_in` / `paged_out`; in a graph, as `numpy_function` ops ordered by the layers' values).
+    The pages stay in the page cache, so the next use maps them again without a disk read while memory allows.
+    The process then holds one layer of a stack at a time instead of the whole stack: ESMFold's inference
+    (`TFEsmForProteinFolding.page_weights`). Weights that are not mapped (read, cast) are left alone."""
+    return _PAGING.on()
+
+
+def _mapped_spans(layer):
+    """(address, nbytes) of the variables of `layer` whose memory is a view of a file mapping."""
+    spans = []
+    with tf.init_scope():  # the variables' current buffers, also while a graph is traced
+        for variable in layer.variables:
+            value = variable.value
+            tensor = value.value() if isinstance(value, tf.Variable) else value
+            if tensor.dtype in (tf.float32, tf.float16):
+                span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
+                if span is not None:
+                    spans.append(span)
+    return spans
+
+
+def _after(carry, action):
+    """Run `action()` (Python) once the tensors of `carry` are computed, and return `carry` as values that are only
+    available after it: eagerly, a call; in a graph, a `numpy_function` op between the two."""
+    if tf.executing_eagerly():
+        action()
+        return carry
+
+    def run():
+        action()
+        return np.int32(0)
+
+    with tf.control_dependencies([t for t in tf.nest.flatten(carry) if tf.is_tensor(t)]):
+        done = tf.numpy_function(run, [], tf.int32, stateful=True, name="page_weights")
+    with tf.control_dependencies([done]):
+        return tf.nest.map_structure(lambda t: tf.identity(t) if tf.is_tensor(t) else t, carry)
 
 
 def _signature(layer):
@@ -84,9 +128,14 @@ def apply_layers(layers, step, carry, with_outputs=False):
                 concrete.append(traced.get_concrete_function(values, state))
             return concrete[0](values, state)
 
+    spans = [_mapped_spans(layer) for layer in layers] if _PAGING else [[] for _ in layers]
     outputs = []
-    for layer in layers:
+    for index, layer in enumerate(layers):
+        if spans[index]:
+            carry = _after(carry, lambda spans=spans[index]: buffers.paged_in(spans))
         carry = call(layer, carry)
+        if spans[index]:
+            carry = _after(carry, lambda spans=spans[index]: buffers.paged_out(spans))
         if with_outputs:
             carry, out = carry
             outputs.append(out)

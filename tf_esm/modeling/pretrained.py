@@ -53,6 +53,12 @@ class EsmPretrainedIO:
         return dtype == "float32"
 
     @classmethod
+    def _populated_weights(cls, dtype, model_kwargs):
+        """What a memory-mapped checkpoint faults in while the model is built (`read_checkpoint`'s `populate`):
+        everything when the stored values are used as they are, nothing when they are cast."""
+        return cls._uses_stored_weights(dtype, model_kwargs)
+
+    @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, config: EsmConfig | None = None,
                         strict: bool = False, dtype: str = "float32", **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
@@ -86,7 +92,7 @@ class EsmPretrainedIO:
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
         config, state_dict, source = read_checkpoint(
-            path_or_hub_id, config, populate=cls._uses_stored_weights(dtype, model_kwargs))
+            path_or_hub_id, config, populate=cls._populated_weights(dtype, model_kwargs))
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()

@@ -1,0 +1,105 @@
+"""ESMFold's weights paged per use (`TFEsmForProteinFolding.page_weights`, `layers_tf.paged_weights`): a model
+loaded from tf_esm's own file holds each stem layer's and trunk block's weights only while the layer runs, folds as
+the reference does, and never drops a page that holds the only copy of a value (a weight written in place)."""
+
+import ctypes
+
+import keras
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tests.folding_reference import perturb_
+from tests.test_folding_model import ATOL, SEQUENCES, TRUNK, _batch
+from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.folding import TFEsmForProteinFolding
+from tf_esm.io import buffers
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="variables adopt the file's memory map under TensorFlow only")
+
+# A stem wide enough that each of its matrices spans whole pages (the tiny parity stem's fit inside one page).
+WIDE_STEM = dict(vocab_size=33, hidden_size=256, num_hidden_layers=3, num_attention_heads=4, intermediate_size=1024,
+                 max_position_embeddings=1026, pad_token_id=1, mask_token_id=32, position_embedding_type="rotary",
+                 token_dropout=True, emb_layer_norm_before=False, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0, layer_norm_eps=1e-5)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """(reference, directory converted by `tf-esm convert`) of a wide-stem ESMFold saved by transformers."""
+    from tf_esm.pipelines.convert import convert_checkpoint
+
+    directory = tmp_path_factory.mktemp("paging")
+    torch.manual_seed(0)
+    config = transformers.EsmConfig(**WIDE_STEM, is_folding_model=True, vocab_list=list(ESM2_VOCAB),
+                                    esmfold_config=dict(fp16_esm=False, lddt_head_hid_dim=16, trunk=TRUNK))
+    reference = transformers.EsmForProteinFolding(config).eval()
+    perturb_(reference, scale=0.1, seed=0)
+    reference.save_pretrained(str(directory / "hf"))
+    return reference, convert_checkpoint(str(directory / "hf"), str(directory / "converted"))
+
+
+def _resident_pages(layers):
+    """(pages mapped into the process, whole pages) of the variables of `layers`, from /proc/self/pagemap."""
+    mapped = total = 0
+    for layer in layers:
+        for variable in layer.variables:
+            array = np.asarray(variable.value.value())
+            begin, length = buffers._whole_pages(array.ctypes.data, array.nbytes)
+            if length:
+                with open("/proc/self/pagemap", "rb") as handle:
+                    handle.seek(begin // buffers.mmap.PAGESIZE * 8)
+                    entries = np.frombuffer(handle.read(length // buffers.mmap.PAGESIZE * 8), np.uint64)
+                mapped += int(np.sum(entries >> 63))
+                total += entries.size
+    return mapped, total
+
+
+def _wait_for_population():
+    while buffers._POPULATING:
+        buffers._POPULATING.pop()[0].join()
+
+
+def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_reference(converted):
+    reference, directory = converted
+    model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
+    _wait_for_population()
+    stacks = list(model.esm.encoder.layer) + list(model.trunk.blocks)
+    mapped, total = _resident_pages(model.esm.encoder.layer)
+    assert total > 100 and mapped == 0  # the stacks were only read ahead on loading, not mapped
+
+    aatype, mask = _batch(SEQUENCES[:1])
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
+    expected = theirs["positions"].numpy()
+    for call in ("eager first call", "compiled program", "compiled program again"):
+        positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0)["positions"])
+        np.testing.assert_allclose(positions, expected, rtol=0, atol=ATOL["positions"], err_msg=call)
+        mapped, total = _resident_pages(stacks)
+        assert mapped == 0, f"{call}: {mapped} of {total} pages of the layer stacks still mapped"
+    assert model.inference_trace_count == 1
+
+    model.page_weights = False  # the same model, its weights left mapped after use
+    positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0, compiled=True)["positions"])
+    np.testing.assert_allclose(positions, expected, rtol=0, atol=ATOL["positions"])
+    mapped, total = _resident_pages(model.esm.encoder.layer)
+    assert mapped == total
+
+
+def test_a_weight_written_in_place_is_never_dropped(converted):
+    """A private mapping's written page is the only copy of its values: paging leaves that weight mapped."""
+    _, directory = converted
+    model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
+    kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
+    array = np.asarray(kernel.value.value())
+    assert buffers.mapped_span(array.ctypes.data) is not None  # the variable's memory is the file's map
+    written = np.full(array.shape, 0.25, np.float32)
+    ctypes.memmove(array.ctypes.data, written.ctypes.data, written.nbytes)  # copy-on-write: the process's own pages
+    assert buffers.paged_out([buffers.mapped_span(array.ctypes.data)]) == 0
+    aatype, mask = _batch(SEQUENCES[1:2])
+    model(aatype, attention_mask=mask, num_recycles=0, compiled=True)
+    np.testing.assert_array_equal(np.asarray(kernel.value.value()), written)
+    clean = model.esm.encoder.layer[1].output_block.dense.kernel  # the next matrix: still the file's pages, dropped
+    assert buffers.paged_out([buffers.mapped_span(np.asarray(clean.value.value()).ctypes.data)]) == 1

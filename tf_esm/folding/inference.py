@@ -1,0 +1,152 @@
+"""ESMFold's compiled inference path, backend-neutral: the length buckets the inputs are padded to, the program per
+(bucket, chunk size) traced on first use (`compiled_tf.py`, `compiled_jax.py`), the eager first call under
+TensorFlow, and the weights paged per use around them (`TFEsmForProteinFolding` documents the behaviour)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import keras
+import numpy as np
+from keras import ops
+
+from tf_esm.backend import matmul_precision
+from tf_esm.folding.structure_module import BLOCK_OUTPUTS
+from tf_esm.modeling.buckets import bucket_length
+
+_PAIR_OUTPUTS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs", "predicted_aligned_error")
+_PER_BLOCK_OUTPUTS = BLOCK_OUTPUTS + ("lddt_head",)
+_SCALAR_OUTPUTS = ("ptm", "max_predicted_aligned_error")
+
+
+def crop_outputs(outputs, length):
+    """Outputs (a dict of tensors or arrays, all computed at a padded length) cropped to `length` residues."""
+    cropped = {}
+    for key, value in outputs.items():
+        if key in _SCALAR_OUTPUTS:
+            cropped[key] = value
+        elif key in _PER_BLOCK_OUTPUTS:
+            cropped[key] = value[:, :, :length]
+        elif key in _PAIR_OUTPUTS:
+            cropped[key] = value[:, :length, :length]
+        else:
+            cropped[key] = value[:, :length]
+    return cropped
+
+
+def _pad_residues(array, length):
+    return np.pad(array, ((0, 0), (0, length - array.shape[1])))
+
+
+def compiled_backend():
+    """The module of the compiled inference path for the running Keras backend, or None (eager only)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from tf_esm.folding import compiled_tf
+
+        return compiled_tf
+    if backend == "jax":
+        from tf_esm.folding import compiled_jax
+
+        return compiled_jax
+    return None
+
+
+class CompiledInference:
+    """The `__call__` of `TFEsmForProteinFolding`: eager non-training calls take the compiled path (or, at a new
+    bucket under TensorFlow with "auto", the eager first call). The model provides `call`, `trunk`, `config`,
+    `output_type` and the attributes its `__init__` sets (`compiled_inference`, `length_buckets`, ...)."""
+
+    def __call__(self, *args, compiled=None, **kwargs):
+        compiled = self.compiled_inference if compiled is None else compiled
+        if compiled not in (True, False, "auto"):
+            raise ValueError(f"compiled must be True, False or 'auto'; got {compiled!r}.")
+        arguments = self._compilable_arguments(args, kwargs) if compiled else None
+        if arguments is None:
+            with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
+                return super().__call__(*args, **kwargs)
+        if compiled == "auto" and keras.backend.backend() == "tensorflow":
+            key = self._inference_key(np.shape(arguments["input_ids"])[1], arguments.get("chunk_size"))
+            if key not in self._inference_functions and key not in self._first_calls_done:
+                # The first call at this length bucket: eager, each layer stack through one traced function,
+                # instead of tracing and optimising the whole program for one structure.
+                self._first_calls_done.add(key)
+                from tf_esm.modeling import layers_tf
+
+                with layers_tf.traced_in_eager(), self._weight_paging():
+                    return super().__call__(*args, **kwargs)
+        with self._weight_paging():
+            return self._compiled_call(**arguments)
+
+    def _weight_paging(self):
+        if not (self.page_weights and keras.backend.backend() == "tensorflow"):
+            return contextlib.nullcontext()
+        from tf_esm.modeling import layers_tf
+
+        return layers_tf.paged_weights()
+
+    def _inference_key(self, length, chunk_size):
+        jit_compile = bool(self.inference_jit_compile) and keras.backend.backend() == "tensorflow"
+        chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
+        return bucket_length(length, self.length_buckets), chunk_size, jit_compile, bool(self.page_weights)
+
+    def _compilable_arguments(self, args, kwargs):
+        """The bound `call` arguments if this call can take the compiled path, else None."""
+        backend = compiled_backend()
+        if backend is None:
+            return None
+        try:
+            arguments = inspect.signature(self.call).bind(*args, **kwargs).arguments
+        except TypeError:
+            return None  # let Keras report it
+        if arguments.pop("training", False) or arguments.get("unpadded_length") is not None:
+            return None
+        arguments.pop("unpadded_length", None)
+        if not backend.can_compile(list(arguments.values())):
+            return None
+        if np.ndim(arguments["input_ids"]) != 2:
+            return None
+        return arguments
+
+    def _compiled_call(self, input_ids, attention_mask=None, position_ids=None, masking_pattern=None,
+                       num_recycles=None, chunk_size=None):
+        if not self.built:
+            self.build()
+        aa = np.asarray(ops.convert_to_numpy(input_ids)).astype(np.int32)
+        batch, length = aa.shape
+
+        def as_int32(value, default):
+            return default if value is None else np.asarray(ops.convert_to_numpy(value)).astype(np.int32)
+
+        mask = as_int32(attention_mask, np.ones_like(aa))
+        residx = as_int32(position_ids, np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)))
+        residx = np.broadcast_to(residx, (batch, length))
+        masking = as_int32(masking_pattern, np.zeros_like(aa))
+        if num_recycles is not None and int(num_recycles) < 0:
+            raise ValueError(f"Number of recycles must not be negative, got {num_recycles}.")
+        passes = self.config.esmfold_config.trunk.max_recycles if num_recycles is None else int(num_recycles) + 1
+        chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
+
+        bucket = bucket_length(length, self.length_buckets)
+        residx = np.concatenate([residx, residx[:, -1:] + 1 + np.arange(bucket - length, dtype=np.int32)], axis=1)
+        inputs = (_pad_residues(aa, bucket), _pad_residues(mask, bucket), residx, _pad_residues(masking, bucket),
+                  np.int32(passes - 1), np.int32(length))
+        outputs = self._inference_function(bucket, chunk_size)(*inputs)
+        if keras.backend.backend() == "jax":  # the program returns bucket-length outputs: crop them here
+            outputs = crop_outputs({key: np.asarray(value) for key, value in outputs.items()}, length)
+        return self.output_type(**outputs)
+
+    def _inference_function(self, bucket, chunk_size):
+        """The compiled forward pass for one (length bucket, chunk size), traced on first use."""
+        key = self._inference_key(bucket, chunk_size)
+        jit_compile = key[2]
+        function = self._inference_functions.get(key)
+        if function is None:
+            backend = compiled_backend()
+            if jit_compile:
+                function = backend.inference_function(self, bucket, chunk_size, jit_compile=True)
+            else:
+                function = backend.inference_function(self, bucket, chunk_size)
+            self._inference_functions[key] = function
+        return function
