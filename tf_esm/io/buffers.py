@@ -169,10 +169,12 @@ def release_pages(array):
 
 # ------------------------------------------------------------------------------------------------ paging per use
 def mapped_span(address):
-    """(address, nbytes) of the live array registered by `own_array(..., mapped=True)` whose first byte is at
-    `address` (the memory of a variable that adopted a view of a file mapping), else None."""
+    """(address, nbytes, weak reference to the mapping) of the live array registered by `own_array(...,
+    mapped=True)` whose first byte is at `address` (the memory of a variable that adopted a view of a file
+    mapping), else None. `paged_in` / `paged_out` skip a span whose mapping has gone since."""
     root, nbytes, _, mapped = _OWN_ARRAYS.get(address, (lambda: None, 0, None, False))
-    return (address, nbytes) if mapped and root() is not None else None
+    mapping = root()
+    return (address, nbytes, weakref.ref(mapping)) if mapped and mapping is not None else None
 
 
 def _whole_pages(address, nbytes):
@@ -183,13 +185,14 @@ def _whole_pages(address, nbytes):
 
 
 def paged_in(spans):
-    """Fault in the pages of `spans` ((address, nbytes) of mapped arrays, `mapped_span`) now, in one call per span
-    (from the page cache: ~0.2 s for 11 GB here; faults one page at a time inside a matrix product cost about
-    twice that)."""
+    """Fault in the pages of `spans` (of mapped arrays, `mapped_span`) now, one call per span (from the page cache:
+    ~0.2 s for 11 GB here; faults one page at a time inside a matrix product cost about twice that)."""
     if not sys.platform.startswith("linux"):
         return
-    for address, nbytes in spans:
-        _madvise(address, nbytes, _MADV_POPULATE_READ)
+    for address, nbytes, mapping in spans:
+        if (alive := mapping()) is not None:  # held through the call
+            _madvise(address, nbytes, _MADV_POPULATE_READ)
+        del alive
 
 
 def _written_pages(begin, length):
@@ -210,16 +213,17 @@ def _written_pages(begin, length):
 
 
 def paged_out(spans):
-    """Drop from this process the mapped pages of `spans` ((address, nbytes), `mapped_span`) after a use: they stay
-    in the page cache (reclaimable; not this process's memory) and come back at the next use (`paged_in`). A span
-    with a page that was written (its only copy is the process's own) is left alone. Returns the number of
-    spans dropped."""
+    """Drop from this process the mapped pages of `spans` (`mapped_span`) after a use: they stay in the page cache
+    (reclaimable; not this process's memory) and come back at the next use (`paged_in`). A span with a page that
+    was written (its only copy is the process's own) is left alone. Returns the number of spans dropped."""
     if not sys.platform.startswith("linux"):
         return 0
     dropped = 0
-    for address, nbytes in spans:
+    for address, nbytes, mapping in spans:
         begin, length = _whole_pages(address, nbytes)
-        if length and not _written_pages(begin, length):
+        alive = mapping()  # held through the call
+        if length and alive is not None and not _written_pages(begin, length):
             _madvise(begin, length, _MADV_DONTNEED)
             dropped += 1
+        del alive
     return dropped

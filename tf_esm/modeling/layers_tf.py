@@ -52,7 +52,7 @@ def paged_weights():
 
 
 def _mapped_spans(layer):
-    """(address, nbytes) of the variables of `layer` whose memory is a view of a file mapping."""
+    """The spans (`buffers.mapped_span`) of the variables of `layer` whose memory is a view of a file mapping."""
     spans = []
     with tf.init_scope():  # the variables' current buffers, also while a graph is traced
         for variable in layer.variables:
