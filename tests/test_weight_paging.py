@@ -103,3 +103,29 @@ def test_a_weight_written_in_place_is_never_dropped(converted):
     np.testing.assert_array_equal(np.asarray(kernel.value.value()), written)
     clean = model.esm.encoder.layer[1].output_block.dense.kernel  # the next matrix: still the file's pages, dropped
     assert buffers.paged_out([buffers.mapped_span(np.asarray(clean.value.value()).ctypes.data)]) == 1
+
+
+def test_fold_command_pages_by_default_and_keeps_weights_resident_on_request(converted, tmp_path, monkeypatch):
+    from tf_esm import folding
+    from tf_esm.cli import main
+
+    _, directory = converted
+    models = []
+    load = folding.TFEsmForProteinFolding.from_pretrained
+
+    def from_pretrained(reference, **kwargs):
+        models.append(load(reference, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr(folding.TFEsmForProteinFolding, "from_pretrained", from_pretrained)
+    fasta = tmp_path / "one.fasta"
+    fasta.write_text(">one\nMKTAYIAKQRQISFVKSHFS\n")
+    for outdir, flags in (("paged", []), ("resident", ["--resident-weights"])):
+        assert main(["fold", str(fasta), str(tmp_path / outdir), "--model", directory, "--num-recycles", "0",
+                     *flags]) == 0
+    assert [model.page_weights for model in models] == [True, False]
+    mapped, total = _resident_pages(models[0].esm.encoder.layer)
+    assert mapped == 0 and total > 100
+    mapped, total = _resident_pages(models[1].esm.encoder.layer)
+    assert mapped == total
+    assert (tmp_path / "paged" / "one.pdb").read_text() == (tmp_path / "resident" / "one.pdb").read_text()
