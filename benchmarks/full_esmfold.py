@@ -11,6 +11,9 @@ Each framework runs in its own process, which loads the checkpoint once (timed) 
 chunk size) in turn: a first fold (trace / page-in at a new length), then `--repeats` warm folds. Peak RSS is
 measured per step (the kernel's high-water mark is reset before each step through /proc/self/clear_refs), so the
 table shows each length's own peak; "time to first structure" is load + the first fold at the first length.
+Before each framework's process starts, its checkpoint is read once into the page cache (not timed): both then
+start as on a second run of the same model. This machine's page cache cannot hold both 14 GB checkpoints, so
+without it whichever framework's file was read last would start with an advantage.
 
 Framework `tf_esm_native` loads the checkpoint converted once by `tf-esm convert` (into `<cache>_tf_esm`, another
 14.1 GB; the conversion's time is printed): tf_esm's own file, which loading maps instead of reading, as
@@ -185,6 +188,19 @@ def worker(framework, checkpoint, steps, repeats, stem, num_recycles=None):
                               traces=getattr(model, "inference_trace_count", None))), flush=True)
 
 
+def prime_page_cache(directory):
+    """Read every file of `directory` once, so that its pages are in the page cache. Returns (bytes, seconds)."""
+    start, total = time.perf_counter(), 0
+    buffer = bytearray(64 << 20)
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, "rb", buffering=0) as handle:
+                while count := handle.readinto(buffer):
+                    total += count
+    return total, time.perf_counter() - start
+
+
 def run(args, script):
     checkpoint = build_full_checkpoint(args.cache)
     pairs = ([text.split(":") for text in args.steps_list] if args.steps_list
@@ -198,6 +214,8 @@ def run(args, script):
             print(f"tf-esm convert {checkpoint} {native}: {convert_s:.1f} s (once)")
     for framework in args.frameworks:
         source = native if framework == "tf_esm_native" else checkpoint
+        primed, seconds = prime_page_cache(source)
+        print(f"{framework}: {primed / 1e9:.1f} GB of {source} read into the page cache in {seconds:.1f} s (not timed)")
         command = [sys.executable, script, "--full-worker", framework, "--checkpoint", source,
                    "--repeats", str(args.repeats), "--stem", args.stem, "--num-recycles", str(args.num_recycles),
                    "--steps", json.dumps(steps)]

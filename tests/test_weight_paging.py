@@ -78,7 +78,9 @@ def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_referen
         positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0)["positions"])
         np.testing.assert_allclose(positions, expected, rtol=0, atol=ATOL["positions"], err_msg=call)
         mapped, total = _resident_pages(stacks)
-        assert mapped == 0, f"{call}: {mapped} of {total} pages of the layer stacks still mapped"
+        # At most a fault-around window (16 pages) per layer: mapped by the use of a weight outside the stacks
+        # that lies next to the layer's in the file.
+        assert mapped <= 16 * len(stacks), f"{call}: {mapped} of {total} pages of the layer stacks still mapped"
     assert model.inference_trace_count == 1
 
     model.page_weights = False  # the same model, its weights left mapped after use
@@ -125,7 +127,7 @@ def test_fold_command_pages_by_default_and_keeps_weights_resident_on_request(con
                      *flags]) == 0
     assert [model.page_weights for model in models] == [True, False]
     mapped, total = _resident_pages(models[0].esm.encoder.layer)
-    assert mapped == 0 and total > 100
+    assert mapped <= 16 * len(models[0].esm.encoder.layer) and total > 700
     mapped, total = _resident_pages(models[1].esm.encoder.layer)
     assert mapped == total
     assert (tmp_path / "paged" / "one.pdb").read_text() == (tmp_path / "resident" / "one.pdb").read_text()

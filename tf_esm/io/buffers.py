@@ -177,6 +177,19 @@ def mapped_span(address):
     return (address, nbytes, weakref.ref(mapping)) if mapped and mapping is not None else None
 
 
+def merge_spans(spans, gap=1 << 16):
+    """`spans` (`mapped_span`) sorted, with those of one mapping less than `gap` bytes apart joined into one (a
+    layer's weights lie next to each other in the file: one madvise per layer instead of one per weight; what
+    lies between them is the same file's clean pages)."""
+    merged = []
+    for address, nbytes, mapping in sorted(spans, key=lambda span: span[0]):
+        if merged and merged[-1][2]() is mapping() is not None and address - sum(merged[-1][:2]) < gap:
+            merged[-1] = (merged[-1][0], max(sum(merged[-1][:2]), address + nbytes) - merged[-1][0], mapping)
+        else:
+            merged.append((address, nbytes, mapping))
+    return merged
+
+
 def _whole_pages(address, nbytes):
     page = mmap.PAGESIZE
     begin = -(-address // page) * page
@@ -212,17 +225,28 @@ def _written_pages(begin, length):
     return bool(np.any(swapped | (present & (file_page ^ 1))))
 
 
+# The kernel's fault-around window (/sys/kernel/debug/fault_around_bytes, 64 KiB by default): a fault, or a
+# populate, in a file mapping also maps the window's other pages, so `paged_out` drops whole windows.
+_FAULT_AROUND = 1 << 16
+
+
 def paged_out(spans):
-    """Drop from this process the mapped pages of `spans` (`mapped_span`) after a use: they stay in the page cache
-    (reclaimable; not this process's memory) and come back at the next use (`paged_in`). A span with a page that
-    was written (its only copy is the process's own) is left alone. Returns the number of spans dropped."""
+    """Drop from this process the mapped pages of `spans` (`mapped_span`) after a use, in whole fault-around
+    windows (within the mapping): they stay in the page cache (reclaimable; not this process's memory) and come
+    back at the next use (`paged_in`). Dropping a clean page of a private file mapping loses nothing; a span with a
+    written page (its only copy is the process's own) is left alone. Returns the number of spans dropped."""
     if not sys.platform.startswith("linux"):
         return 0
     dropped = 0
     for address, nbytes, mapping in spans:
-        begin, length = _whole_pages(address, nbytes)
         alive = mapping()  # held through the call
-        if length and alive is not None and not _written_pages(begin, length):
+        if alive is None:
+            continue
+        low, high = alive.ctypes.data, alive.ctypes.data + alive.nbytes
+        first = max(low, address // _FAULT_AROUND * _FAULT_AROUND)
+        last = min(high, -(-(address + nbytes) // _FAULT_AROUND) * _FAULT_AROUND)
+        begin, length = _whole_pages(first, last - first)
+        if length and not _written_pages(begin, length):
             _madvise(begin, length, _MADV_DONTNEED)
             dropped += 1
         del alive

@@ -62,7 +62,7 @@ def _mapped_spans(layer):
                 span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
                 if span is not None:
                     spans.append(span)
-    return spans
+    return buffers.merge_spans(spans)
 
 
 def _after(carry, action):
