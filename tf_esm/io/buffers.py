@@ -1,6 +1,8 @@
 """Buffers of the checkpoint readers (`io/weights.py`): aligned read buffers that TensorFlow can adopt without a copy,
-the staging buffer reused for matrices that are transposed anyway, and the kernel's read-ahead of the files.
-Backend-neutral: the hand-over to TensorFlow itself is `io/weights_tf.py`."""
+the staging buffer reused for matrices that are transposed anyway, the kernel's read-ahead of the files, and the
+pages of memory-mapped weights: faulted in while a model is built, given back after a cast, or mapped only while a
+layer runs (`paged_in` / `paged_out`, `modeling/layers_tf.paged_weights`). Backend-neutral: the hand-over to
+TensorFlow itself is `io/weights_tf.py`."""
 
 from __future__ import annotations
 
@@ -149,24 +151,6 @@ def populate_in_background(mapped, read_ahead_only=()):
 _POPULATING = []  # (thread, stop event) of each `populate_in_background`
 
 
-def release_pages(array):
-    """Drop from this process the pages of `array`, a view of a file mapping registered by `own_array(...,
-    mapped=True)` whose values were copied elsewhere (cast to another dtype): mapped file pages count as the
-    process's memory until then. Nothing is lost: the mapping is private and never written, so a later read
-    brings the file's pages back. Stops the mappings' background population first (it would bring them back,
-    and hold the whole file at once). Anything else is left alone."""
-    entry = _OWN_ARRAYS.get(array.ctypes.data)
-    if entry is None or not entry[3] or entry[0]() is None or not sys.platform.startswith("linux"):
-        return
-    while _POPULATING:  # a load that copies weights out of the mapping: the rest comes in when it is used
-        thread, stop = _POPULATING.pop()
-        stop.set()
-        thread.join()
-    begin, length = _whole_pages(array.ctypes.data, array.nbytes)  # whole pages inside the array only
-    if length:
-        _madvise(begin, length, _MADV_DONTNEED)
-
-
 # ------------------------------------------------------------------------------------------------ paging per use
 def mapped_span(address):
     """(address, nbytes, weak reference to the mapping) of the live array registered by `own_array(...,
@@ -251,3 +235,18 @@ def paged_out(spans):
             dropped += 1
         del alive
     return dropped
+
+
+def release_pages(array):
+    """Drop from this process the pages of `array`, a view of a file mapping registered by `own_array(...,
+    mapped=True)` whose values were copied elsewhere (cast to another dtype), as `paged_out` does: mapped file pages
+    count as the process's memory until then. Stops the mappings' background population first (it would bring
+    them back, and hold the whole file at once). Anything else is left alone."""
+    span = mapped_span(array.ctypes.data)
+    if span is None or not sys.platform.startswith("linux"):
+        return
+    while _POPULATING:  # a load that copies weights out of the mapping: the rest comes in when it is used
+        thread, stop = _POPULATING.pop()
+        stop.set()
+        thread.join()
+    paged_out([span])
