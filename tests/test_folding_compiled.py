@@ -11,7 +11,8 @@ from tests._reference import assert_within, record_parity, share_directory, shar
 from tests.folding_reference import max_abs_diff
 from tests.test_folding_model import ATOL, SEQUENCES, _assert_same_atoms, _batch, _make_reference
 from tf_esm.folding import TFEsmForProteinFolding
-from tf_esm.folding.model import DEFAULT_LENGTH_BUCKETS, bucket_length
+from tf_esm.folding.model import DEFAULT_LENGTH_BUCKETS
+from tf_esm.modeling.buckets import bucket_length
 from tf_esm.folding.primitives import chunked
 
 # Compiled vs eager (graph-optimised kernels) differ as much as eager vs the PyTorch reference: positions 1.2e-5

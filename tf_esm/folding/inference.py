@@ -15,6 +15,8 @@ from tf_esm.backend import matmul_precision
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.modeling.buckets import bucket_length
 
+# How outputs are cropped back to the unpadded length: two residue axes (1 and 2), the residue axis after the
+# structure-module-block axis (2), none (scalars); every other output has its residue axis at 1.
 _PAIR_OUTPUTS = ("s_z", "distogram_logits", "ptm_logits", "aligned_confidence_probs", "predicted_aligned_error")
 _PER_BLOCK_OUTPUTS = BLOCK_OUTPUTS + ("lddt_head",)
 _SCALAR_OUTPUTS = ("ptm", "max_predicted_aligned_error")

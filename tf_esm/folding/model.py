@@ -14,7 +14,6 @@ from keras import ops
 
 from tf_esm.folding import residue_constants as rc
 from tf_esm.folding.atoms import make_atom14_masks
-from tf_esm.folding.inference import CompiledInference, crop_outputs
 from tf_esm.folding.heads import (
     DISTOGRAM_BINS,
     LddtHead,
@@ -22,12 +21,13 @@ from tf_esm.folding.heads import (
     compute_predicted_aligned_error,
     compute_tm,
 )
+from tf_esm.folding.inference import CompiledInference, crop_outputs
 from tf_esm.folding.pdb import output_to_pdb
 from tf_esm.folding.primitives import LayerNorm
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.folding.trunk import FoldingTrunk
 from tf_esm.modeling import precision
-from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS, bucket_length  # noqa: F401  (bucket_length: re-exported)
+from tf_esm.modeling.buckets import FOLD_LENGTH_BUCKETS
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.outputs import ModelOutput
@@ -42,11 +42,8 @@ DEFAULT_LENGTH_BUCKETS = FOLD_LENGTH_BUCKETS
 # float32 accumulation in the matmuls): tf_esm/modeling/precision.py.
 STEM_DTYPES = ("float32", "float16", "bfloat16", "mixed_float16")
 
-# How outputs are cropped back to the unpadded length: two residue axes (1 and 2), the residue axis after the
-# structure-module-block axis (2), none (scalars); every other output has its residue axis at 1.
 # Reference names of the weights of `repeated_layer_stacks()`: paged in per use (`page_weights`).
 _STACKED_WEIGHTS = re.compile(r"(esm\.encoder\.layer|trunk\.blocks)\.\d+\.")
-
 
 
 @dataclass(repr=False, eq=False)
