@@ -19,8 +19,8 @@ import keras
 import numpy as np
 
 from tf_esm._switch import ThreadSwitch
-from tf_esm.io import buffers
 from tf_esm.backend import require_tensorflow
+from tf_esm.io import buffers
 
 tf = require_tensorflow("tf_esm.modeling.layers_tf (layers traced once)")
 
