@@ -193,7 +193,8 @@ def _safetensors_dtypes(path):
 @pytest.mark.parametrize("esm_dtype", ["float16", "bfloat16"])
 def test_save_pretrained_of_a_half_stem(checkpoints, tmp_path, esm_dtype):
     """save_pretrained writes the stem's tensors in its half dtype (as transformers saves an fp16_esm model), the
-    trunk in float32; transformers loads the file, and so do we (HDF5 has no bfloat16: widened to float32 there)."""
+    trunk in float32; transformers loads the file, and so do we (h5: bfloat16 as 16-bit patterns, version 3,
+    tests/test_bfloat16_storage.py)."""
     directory, reference = checkpoints["float16"]
     model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype=esm_dtype, strict=True)
     model.save_pretrained(str(tmp_path / "safetensors"), format="safetensors")

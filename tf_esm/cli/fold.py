@@ -55,8 +55,9 @@ def add_arguments(parser):
                              "precision (half the stem's memory, as HF's fp16_esm stem) and compute in it, with "
                              "layer norms and softmax in float32. float16 is what HF computes with; bfloat16 "
                              "matmuls run on a CPU's bfloat16 units (avx512_bf16, amx_bf16; emulated and slower "
-                             "without them, with a warning). Default: float32 on a CPU; on a GPU float16 when "
-                             "the checkpoint sets fp16_esm (esmfold_v1 does)")
+                             "without them, with a warning). Default: the precision a converted model's stem was "
+                             "stored in (tf-esm convert --stem-precision), else float32 on a CPU; on a GPU "
+                             "float16 when the checkpoint sets fp16_esm (esmfold_v1 does)")
     parser.add_argument("--resident-weights", action="store_true",
                         help="keep every weight in memory between uses. By default a model converted with "
                              "`tf-esm convert` maps each stem layer's and trunk block's weights only while it runs "

@@ -160,8 +160,10 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
         esm_dtype: Precision of the stem (`STEM_DTYPES`): "float32"; "float16" or "bfloat16" (the stem's
             weights are stored in that dtype, half the memory, and it computes in it, as HF's `fp16_esm` stem,
             which is `.half()`); "mixed_float16" (float32 weights, float16 compute: no memory saved); or None
-            (the default): "float16" when `fp16_esm` and a GPU is available, else "float32". A checkpoint of any
-            dtype loads into any of them, each tensor rounded as it is assigned. The stem's hidden states are
+            (the default): the precision a saved half stem was stored in (`config.esm_dtype`, written by
+            `save_pretrained` and `tf-esm convert --stem-precision`), else "float16" when `fp16_esm` and a GPU is
+            available, else "float32". A checkpoint of any dtype loads into any of them, each tensor rounded as it
+            is assigned. The stem's hidden states are
             cast to float32 before the learned layer combination, as in the reference.
 
     Call args:
@@ -199,8 +201,8 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     by default).
     Inside the program `chunk_size` runs the pair operations in a sequential loop, so it still bounds their
     memory.
-    Weights paged per use (`page_weights`, True by default; TensorFlow, float32 weights loaded from tf_esm's own
-    file, which are views of its memory map): in these calls each stem layer and trunk block maps its weights just
+    Weights paged per use (`page_weights`, True by default; TensorFlow, weights loaded from tf_esm's own file in
+    their stored precision, which are views of its memory map: float32, or a half stem stored as it is): in these calls each stem layer and trunk block maps its weights just
     before it runs and drops them from the process after it (`layers_tf.paged_weights`). They stay in the page
     cache, so the next fold maps them again without reading the disk while memory allows: the process holds one
     layer at a time, not the 13 GB of the full model. Set it before a length's first call (it is traced in).
@@ -224,10 +226,21 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
 
     @classmethod
     def _populated_weights(cls, dtype, model_kwargs):
-        # With `page_weights`, the layer stacks' pages are only read ahead: each layer maps its own when it runs.
-        if cls.page_weights and cls._uses_stored_weights(dtype, model_kwargs):
+        # With `page_weights`, the layer stacks' pages are only read ahead: each layer maps its own when it runs
+        # (a stack whose weights are cast on loading, a half stem from a float32 file, just reads them once).
+        if cls.page_weights and dtype == "float32":
             return lambda name: not _STACKED_WEIGHTS.match(name)
         return cls._uses_stored_weights(dtype, model_kwargs)
+
+    def _saved_config(self):
+        # A half-precision stem is written as it is (bfloat16 in a version-3 tf_esm file): the config records it,
+        # so the saved model builds its stem in that precision by default and maps those weights without a cast.
+        config = self.config_class.from_dict(self.config.to_dict())
+        if self.esm_dtype in ("float16", "bfloat16"):
+            config.esm_dtype = self.esm_dtype
+        elif hasattr(config, "esm_dtype"):
+            del config.esm_dtype
+        return config
 
     def __init__(self, config, esm_dtype=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -236,6 +249,8 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
             raise ValueError("TFEsmForProteinFolding needs an EsmConfig with is_folding_model=True.")
         fold = config.esmfold_config
         trunk = fold.trunk
+        if esm_dtype is None:
+            esm_dtype = getattr(config, "esm_dtype", None)  # a half stem stored as it is (`_saved_config`)
         if esm_dtype is None:
             esm_dtype = "float16" if fold.fp16_esm and _gpu_available() else "float32"
         if esm_dtype not in STEM_DTYPES:

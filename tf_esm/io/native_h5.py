@@ -7,6 +7,10 @@ Datasets are named by reference (PyTorch) names, as every other format `io/weigh
 * version 2 (written now): each tensor in the layout of its Keras variable (a dataset whose attribute
   `keras_layout` is true holds the transposed reference matrix), stored contiguously at 64-byte-aligned offsets,
   in the group `weights_keras_layout` (`GROUPS`).
+* version 3 (written for a model with bfloat16 weights, e.g. ESMFold converted with a bfloat16 stem): version 2,
+  plus bfloat16 tensors stored as they are. HDF5 has no bfloat16, so such a dataset holds the 16-bit patterns
+  (`<u2`) with the attribute `bfloat16` set; it maps like any other. Its own group (`weights_bfloat16`) makes a
+  tf_esm that predates it refuse the file, rather than load bit patterns as integers.
   The reader maps the file (`numpy.memmap`, copy-on-write) and hands each tensor out as a view of the mapping;
   under TensorFlow the variables adopt those views without a copy (`weights.load_state_dict`), so loading costs
   what building the model costs, and pages come in from the page cache on first use, as PyTorch's memory-mapped
@@ -27,29 +31,41 @@ from tf_esm.io.buffers import own_array, populate_in_background
 FORMAT_VERSION = 2
 # The group of each version's datasets. Version 2 has its own, so that a tf_esm older than it refuses the file
 # ("no 'weights' group") instead of loading its square kernels transposed without a word.
-GROUPS = {1: "weights", 2: "weights_keras_layout"}
+GROUPS = {1: "weights", 2: "weights_keras_layout", 3: "weights_bfloat16"}
 ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
 # dtypes a mapping is handed out for; any other dataset (or an unaligned / chunked one) is read with h5py.
 _MAPPABLE = {np.dtype(name) for name in ("<f4", "<f2", "<f8", "<i4", "<i8")}
+_BFLOAT16_BITS = np.dtype("<u2")  # how a bfloat16 dataset is stored (attribute `bfloat16`)
+
+
+def _bfloat16():
+    import ml_dtypes  # a dependency of Keras
+
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def save_weights_h5(model, path):
-    """Write the model's weights to an HDF5 file (version 2: Keras layout, aligned), atomically."""
+    """Write the model's weights to an HDF5 file (Keras layout, aligned), atomically: version 2, or version 3
+    when some weights are bfloat16 (stored as they are)."""
     import h5py
 
     from tf_esm.io.atomic import atomic_path
     from tf_esm.io.weights import model_variables
 
+    variables = sorted(model_variables(model).items())
+    version = 3 if any(variable.dtype == "bfloat16" for _, (variable, _) in variables) else FORMAT_VERSION
     with atomic_path(path, suffix=".h5") as tmp_path:
         with h5py.File(tmp_path, "w", alignment_threshold=1, alignment_interval=ALIGNMENT) as handle:
             handle.attrs["format"] = "tf_esm"
-            handle.attrs["format_version"] = FORMAT_VERSION
-            group = handle.create_group(GROUPS[FORMAT_VERSION])
-            for name, (variable, transpose) in sorted(model_variables(model).items()):
+            handle.attrs["format_version"] = version
+            group = handle.create_group(GROUPS[version])
+            for name, (variable, transpose) in variables:
                 value = np.asarray(variable.value)  # no copy under TensorFlow
-                if value.dtype.name == "bfloat16":  # HDF5 has no bfloat16 (h5py writes opaque bytes): widen, exactly
-                    value = value.astype(np.float32)
-                dataset = group.create_dataset(name.replace(".", "/"), data=value)
+                bfloat16 = value.dtype.name == "bfloat16"
+                dataset = group.create_dataset(name.replace(".", "/"),
+                                               data=value.view(_BFLOAT16_BITS) if bfloat16 else value)
+                if bfloat16:
+                    dataset.attrs["bfloat16"] = True
                 if transpose and value.ndim == 2:
                     dataset.attrs["keras_layout"] = True
 
@@ -64,20 +80,28 @@ def read_h5(path, populate=True):
     from tf_esm.io.weights import CheckpointError, LazyTensors
 
     def open_weights(handle):
-        for group in (GROUPS[2], GROUPS[1]):
+        for group in (GROUPS[3], GROUPS[2], GROUPS[1]):
             if group in handle:
                 return handle[group]
-        raise CheckpointError(f"{path}: not a tf_esm weight file (no {GROUPS[2]!r} or {GROUPS[1]!r} group).")
+        names = " or ".join(repr(GROUPS[version]) for version in sorted(GROUPS, reverse=True))
+        raise CheckpointError(f"{path}: not a tf_esm weight file (no {names} group).")
 
     entries = {}  # name -> (h5 location, transposed, file offset or None, dtype, stored shape)
 
     def visit(location, item):
         if isinstance(item, h5py.Dataset):
+            dtype = item.dtype
+            if item.attrs.get("bfloat16", False):
+                if dtype != _BFLOAT16_BITS:
+                    raise CheckpointError(f"{path}: tensor {location!r} is marked bfloat16 but stored as {dtype} "
+                                          "(expected 16-bit patterns, <u2).")
+                dtype = _bfloat16()
             offset = item.id.get_offset() if item.chunks is None and item.compression is None else None
-            if offset is not None and (offset % ALIGNMENT or item.dtype not in _MAPPABLE or item.size == 0):
+            mappable = dtype in _MAPPABLE or dtype == _BFLOAT16_BITS or dtype.name == "bfloat16"
+            if offset is not None and (offset % ALIGNMENT or not mappable or item.size == 0):
                 offset = None
             transposed = bool(item.attrs.get("keras_layout", False)) and item.ndim == 2
-            entries[location.replace("/", ".")] = (location, transposed, offset, item.dtype, item.shape)
+            entries[location.replace("/", ".")] = (location, transposed, offset, dtype, item.shape)
 
     try:
         with h5py.File(path, "r") as handle:
@@ -109,6 +133,8 @@ def read_h5(path, populate=True):
                     value = open_weights(handle)[location][()]
             except OSError as error:
                 raise CheckpointError(f"{path}: tensor {name!r} is not readable ({error}).") from None
+            if dtype.name == "bfloat16":
+                value = value.view(dtype)
         return value.T if transposed else value
 
     return LazyTensors(entries, read)

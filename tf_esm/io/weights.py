@@ -253,12 +253,18 @@ def _as_variable_value(value, dtype, transpose):
         if transpose and value.ndim == 2 and is_own_array(value.T):
             # Stored in the variable's layout already (a version-2 tf_esm file hands out `mapped.T`).
             value, transpose = value.T, False
-    if dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
+    if dtype == "bfloat16" and value.dtype.name == "bfloat16":  # stored in bfloat16 (a version-3 tf_esm file)
+        tensor = weights_tf.wrap(value) if tensorflow and is_own_array(value) else None
+        if tensor is not None and not transpose:
+            return tensor  # the mapping becomes the variable's memory, as for float32
+        if tensor is None:
+            tensor = ops.cast(ops.convert_to_tensor(value.astype(np.float32)), dtype)  # exact, both ways
+    elif dtype == "bfloat16":  # no NumPy name: the backend rounds (to nearest even, as torch and ml_dtypes)
         value = value.astype(np.float32, copy=False)
         source = weights_tf.wrap(value) if tensorflow and is_own_array(value) else None  # cast from it, no copy
         tensor = ops.cast(ops.convert_to_tensor(value) if source is None else source, dtype)
     elif value.dtype != np.dtype(dtype):
-        value = value.astype(dtype)
+        value = value.astype(np.float32).astype(dtype) if value.dtype.name == "bfloat16" else value.astype(dtype)
     elif tensorflow and is_own_array(value):
         tensor = weights_tf.wrap(value)  # the read buffer becomes the tensor's (and the variable's) memory
         if tensor is not None and not transpose:

@@ -21,8 +21,15 @@ _WRAPPABLE = {np.dtype(name) for name in ("<f4", "<f2", "<f8", "<i4", "<i8")}
 
 
 def wrap(array):
-    """A `tf.Tensor` sharing `array`'s memory, or None when it cannot (unaligned, strided, other dtype)."""
-    if (array.dtype not in _WRAPPABLE or not array.flags.c_contiguous or array.size == 0
+    """A `tf.Tensor` sharing `array`'s memory, or None when it cannot (unaligned, strided, other dtype).
+
+    A bfloat16 array (ml_dtypes, which NumPy cannot export through DLPack) goes through its 16-bit patterns and a
+    bitcast, which shares the buffer too."""
+    bfloat16 = array.dtype.name == "bfloat16"
+    if ((array.dtype not in _WRAPPABLE and not bfloat16) or not array.flags.c_contiguous or array.size == 0
             or array.ctypes.data % ALIGNMENT):
         return None
+    if bfloat16:
+        bits = tf.experimental.dlpack.from_dlpack(array.view(np.uint16).__dlpack__())
+        return tf.bitcast(bits, tf.bfloat16)
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())

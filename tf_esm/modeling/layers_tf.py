@@ -58,7 +58,7 @@ def _mapped_spans(layer):
         for variable in layer.variables:
             value = variable.value
             tensor = value.value() if isinstance(value, tf.Variable) else value
-            if tensor.dtype in (tf.float32, tf.float16):
+            if tensor.dtype in (tf.float32, tf.float16, tf.bfloat16):
                 span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
                 if span is not None:
                     spans.append(span)

@@ -107,6 +107,10 @@ class EsmPretrainedIO:
         warn_if_slow(dtype)
         return model
 
+    def _saved_config(self):
+        """The configuration `save_pretrained` writes (the model's own; subclasses may note how it was built)."""
+        return self.config
+
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "h5", tokenizer=None,
                         overwrite: bool = False) -> None:
         """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors`, which PyTorch
@@ -139,7 +143,7 @@ class EsmPretrainedIO:
             )
         check_target(save_directory, overwrite)
         with StagedFiles(save_directory) as staged:
-            write_text_atomic(staged.path(CONFIG_NAME), self.config.to_json_string())
+            write_text_atomic(staged.path(CONFIG_NAME), self._saved_config().to_json_string())
             if format == "h5":
                 save_weights_h5(self, staged.path(H5_WEIGHTS_NAME))
             else:

@@ -38,13 +38,16 @@ def _write_fair_esm(src, directory):
     model.save_pretrained(directory)
 
 
-def _write_hf_directory(src, directory):
+def _write_hf_directory(src, directory, stem_precision=None):
     config = EsmConfig.from_pretrained(src)
     state_dict = read_state_dict(src)
-    if config.is_folding_model:  # ESMFold: the stem stays in float32 (the checkpoint's precision), on any device
+    if config.is_folding_model:
+        # ESMFold: the stem in the checkpoint's precision (float32) on any device, unless asked for a half one.
         from tf_esm.folding import TFEsmForProteinFolding
 
-        model_class, kwargs = TFEsmForProteinFolding, {"esm_dtype": "float32"}
+        model_class, kwargs = TFEsmForProteinFolding, {"esm_dtype": stem_precision or "float32"}
+    elif stem_precision is not None:
+        raise ValueError(f"{src}: stem_precision is for ESMFold checkpoints; this one is not a folding model.")
     else:
         model_class, kwargs = state_dict_class(state_dict), {}
     with deferred_initialization():  # no random values for the weights the checkpoint replaces
@@ -69,7 +72,7 @@ def _inside(path, directory):
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def convert_checkpoint(src, dst, overwrite=False):
+def convert_checkpoint(src, dst, overwrite=False, stem_precision=None):
     """Convert a fair-esm `.pt` file or an HF model directory into a tf_esm model directory `dst`.
 
     `dst` receives `config.json`, `tf_esm_model.h5` and `vocab.txt` (plus the source's tokenizer files for an HF
@@ -82,6 +85,10 @@ def convert_checkpoint(src, dst, overwrite=False):
             file is read from beside it) or a directory with `config.json` and HF weights.
         dst: the output directory; it must not exist or be empty, unless `overwrite`.
         overwrite: replace an existing non-empty `dst`.
+        stem_precision: ESMFold only: "bfloat16" or "float16" stores the ESM-2 stem's weights rounded once to
+            that precision (half its size on disk and in memory). The converted model then builds its stem in
+            that precision by default and maps those weights as they are, with no cast on loading (as float32
+            ones are mapped). Default: float32, the checkpoint's own precision.
 
     Returns:
         The output directory.
@@ -97,6 +104,8 @@ def convert_checkpoint(src, dst, overwrite=False):
     ```
     """
     src, dst = os.fspath(src), os.fspath(dst)
+    if stem_precision not in (None, "float32", "float16", "bfloat16"):
+        raise ValueError(f"stem_precision must be None, 'float32', 'float16' or 'bfloat16'; got {stem_precision!r}.")
     if not os.path.exists(src):
         raise CheckpointError(f"{src}: no such file or directory.")
     if os.path.isdir(src):
@@ -105,6 +114,8 @@ def convert_checkpoint(src, dst, overwrite=False):
             raise CheckpointError(f"{src}: an HF model directory needs a config.json.")
     elif src.endswith(".pt"):
         writer = _write_fair_esm
+        if stem_precision is not None:
+            raise ValueError(f"{src}: stem_precision is for ESMFold checkpoints (HF directories).")
     else:
         raise CheckpointError(f"{src}: expected a fair-esm '.pt' file or an HF model directory.")
     if os.path.exists(dst):
@@ -116,5 +127,8 @@ def convert_checkpoint(src, dst, overwrite=False):
             raise ValueError(f"{dst} holds the source {src}; write the conversion somewhere else.")
 
     with atomic_directory(dst, overwrite=overwrite) as staging:
-        writer(src, staging)
+        if writer is _write_hf_directory:
+            writer(src, staging, stem_precision)
+        else:
+            writer(src, staging)
     return dst
