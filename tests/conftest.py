@@ -29,6 +29,7 @@ BACKEND = keras.backend.backend()
 # TensorFlow programs: tf.data, SavedModel, the string tokenizer, distribution strategies, ...), and tests in these
 # modules that need TensorFlow are marked `tensorflow_only` and skipped with their reason.
 EVERY_BACKEND_MODULES = (
+    "test_bfloat16_storage.py",
     "test_configuration.py",
     "test_fair_esm.py",
     "test_folding_half_stem.py",

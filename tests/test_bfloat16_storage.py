@@ -21,9 +21,6 @@ from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.io import buffers, native_h5
 from tf_esm.io.weights import H5_WEIGHTS_NAME
 
-TENSORFLOW = keras.backend.backend() == "tensorflow"
-
-
 def _values(variable):
     return np.asarray(keras.ops.convert_to_numpy(variable.value)).astype(np.float32)
 
@@ -82,7 +79,7 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
     np.testing.assert_array_equal(_values(kernel), _values(model.esm.encoder.layer[1].intermediate.dense.kernel))
 
 
-@pytest.mark.skipif(not TENSORFLOW, reason="variables adopt the file's memory map under TensorFlow only")
+@pytest.mark.tensorflow_only("variables adopt the file's memory map under TensorFlow only")
 def test_converted_bfloat16_stem_is_mapped_and_paged_per_use(esmfold):
     _, converted = esmfold
     model = TFEsmForProteinFolding.from_pretrained(converted, strict=True)
