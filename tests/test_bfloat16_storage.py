@@ -12,11 +12,9 @@ import pytest
 import torch
 import transformers
 
-from tests.folding_reference import perturb_
-from tests.test_folding_model import SEQUENCES, TRUNK, _batch
-from tests.test_weight_paging import WIDE_STEM, _resident_pages, _wait_for_population
+from tests.test_folding_model import SEQUENCES, _batch
+from tests.test_weight_paging import _resident_pages, _wait_for_population, save_wide_stem_reference
 from tf_esm import TFEsmModel
-from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.io import buffers, native_h5
 from tf_esm.io.weights import H5_WEIGHTS_NAME
@@ -31,12 +29,7 @@ def esmfold(tmp_path_factory):
     from tf_esm.pipelines.convert import convert_checkpoint
 
     directory = tmp_path_factory.mktemp("bf16_stem")
-    torch.manual_seed(0)
-    config = transformers.EsmConfig(**WIDE_STEM, is_folding_model=True, vocab_list=list(ESM2_VOCAB),
-                                    esmfold_config=dict(fp16_esm=False, lddt_head_hid_dim=16, trunk=TRUNK))
-    reference = transformers.EsmForProteinFolding(config).eval()
-    perturb_(reference, scale=0.1, seed=0)
-    reference.save_pretrained(str(directory / "hf"))
+    save_wide_stem_reference(directory / "hf")
     return str(directory / "hf"), convert_checkpoint(str(directory / "hf"), str(directory / "bf16"),
                                                      stem_precision="bfloat16")
 

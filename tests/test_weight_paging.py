@@ -26,18 +26,24 @@ WIDE_STEM = dict(vocab_size=33, hidden_size=256, num_hidden_layers=3, num_attent
                  attention_probs_dropout_prob=0.0, layer_norm_eps=1e-5)
 
 
+def save_wide_stem_reference(directory):
+    """A wide-stem float32 ESMFold of transformers (random weights), saved into `directory`; returns it."""
+    torch.manual_seed(0)
+    config = transformers.EsmConfig(**WIDE_STEM, is_folding_model=True, vocab_list=list(ESM2_VOCAB),
+                                    esmfold_config=dict(fp16_esm=False, lddt_head_hid_dim=16, trunk=TRUNK))
+    reference = transformers.EsmForProteinFolding(config).eval()
+    perturb_(reference, scale=0.1, seed=0)
+    reference.save_pretrained(str(directory))
+    return reference
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """(reference, directory converted by `tf-esm convert`) of a wide-stem ESMFold saved by transformers."""
     from tf_esm.pipelines.convert import convert_checkpoint
 
     directory = tmp_path_factory.mktemp("paging")
-    torch.manual_seed(0)
-    config = transformers.EsmConfig(**WIDE_STEM, is_folding_model=True, vocab_list=list(ESM2_VOCAB),
-                                    esmfold_config=dict(fp16_esm=False, lddt_head_hid_dim=16, trunk=TRUNK))
-    reference = transformers.EsmForProteinFolding(config).eval()
-    perturb_(reference, scale=0.1, seed=0)
-    reference.save_pretrained(str(directory / "hf"))
+    reference = save_wide_stem_reference(directory / "hf")
     return reference, convert_checkpoint(str(directory / "hf"), str(directory / "converted"))
 
 
