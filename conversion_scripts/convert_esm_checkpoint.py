@@ -16,6 +16,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", required=True, help="fair-esm .pt file or HF model directory")
     parser.add_argument("--output", required=True, help="output directory (must not exist or be empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--stem-precision", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="ESMFold only: store the ESM-2 stem in this precision (as `tf-esm convert`)")
     args = parser.parse_args(argv)
 
     from tf_esm import import_tensorflow_quietly
@@ -25,7 +27,7 @@ def main(argv=None):
     from tf_esm.weights import CheckpointError
 
     try:
-        convert_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite)
+        convert_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite, stem_precision=args.stem_precision)
     except (CheckpointError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ bit; loading maps them (no cast, so no copy) and pages the stem per use like flo
 float32 model widens them exactly; a tf_esm that predates version 3 finds no group it knows."""
 
 import json
+import os
+import runpy
 
 import h5py
 import keras
@@ -129,6 +131,11 @@ def test_convert_stem_precision_command(esmfold, tmp_path, capsys):
     hf, _ = esmfold
     assert main(["convert", hf, str(tmp_path / "out"), "--stem-precision", "bfloat16"]) == 0
     assert json.load(open(tmp_path / "out" / "config.json"))["esm_dtype"] == "bfloat16"
+    script = runpy.run_path(os.path.join(os.path.dirname(__file__), os.pardir, "conversion_scripts",
+                                         "convert_esm_checkpoint.py"))
+    assert script["main"](["--checkpoint", hf, "--output", str(tmp_path / "script"), "--stem-precision",
+                           "float16"]) == 0
+    assert json.load(open(tmp_path / "script" / "config.json"))["esm_dtype"] == "float16"
     encoder = tmp_path / "encoder"
     transformers.EsmModel(transformers.EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=1,
                                                  num_attention_heads=2, intermediate_size=64,
