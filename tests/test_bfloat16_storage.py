@@ -136,6 +136,11 @@ def test_convert_stem_precision_command(esmfold, tmp_path, capsys):
     assert script["main"](["--checkpoint", hf, "--output", str(tmp_path / "script"), "--stem-precision",
                            "float16"]) == 0
     assert json.load(open(tmp_path / "script" / "config.json"))["esm_dtype"] == "float16"
+    capsys.readouterr()
+    (tmp_path / "one.fasta").write_text(f">one\n{SEQUENCES[0]}\n")
+    assert main(["fold", str(tmp_path / "one.fasta"), str(tmp_path / "pdb"), "--model", hf, "--num-recycles", "0",
+                 "--stem-precision", "bfloat16"]) == 0
+    assert f"tf-esm convert {hf} DIR --stem-precision bfloat16" in capsys.readouterr().err  # the tip keeps the flag
     encoder = tmp_path / "encoder"
     transformers.EsmModel(transformers.EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=1,
                                                  num_attention_heads=2, intermediate_size=64,

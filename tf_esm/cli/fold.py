@@ -164,8 +164,11 @@ def run(args, console):
     from tf_esm.io.weights import H5_WEIGHTS_NAME
 
     if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, H5_WEIGHTS_NAME)):
-        console.info(f"tip: run `tf-esm convert {args.model} DIR` once and fold with DIR: a converted model loads "
-                     "as a memory map, without reading and transposing every weight (the full ESMFold: ~3x faster).")
+        half = args.stem_precision in ("float16", "bfloat16")
+        flag = f" --stem-precision {args.stem_precision}" if half else ""
+        console.info(f"tip: run `tf-esm convert {args.model} DIR{flag}` once and fold with DIR: a converted model "
+                     "loads as a memory map, without reading and transposing every weight"
+                     + (", and without casting the stem" if half else "") + " (the full ESMFold: ~3x faster).")
 
     def write_summary():
         lines = ["id\tlength\tmean_plddt\tptm\tseconds"]
