@@ -163,8 +163,8 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
             (the default): the precision a saved half stem was stored in (`config.esm_dtype`, written by
             `save_pretrained` and `tf-esm convert --stem-precision`), else "float16" when `fp16_esm` and a GPU is
             available, else "float32". A checkpoint of any dtype loads into any of them, each tensor rounded as it
-            is assigned. The stem's hidden states are
-            cast to float32 before the learned layer combination, as in the reference.
+            is assigned. The stem's hidden states are cast to float32 before the learned layer combination, as in
+            the reference.
 
     Call args:
         input_ids: [B, L] AlphaFold residue indices (`ARNDCQEGHILKMFPSTWYV` then `X` -> 0..20), without
@@ -202,10 +202,11 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     Inside the program `chunk_size` runs the pair operations in a sequential loop, so it still bounds their
     memory.
     Weights paged per use (`page_weights`, True by default; TensorFlow, weights loaded from tf_esm's own file in
-    their stored precision, which are views of its memory map: float32, or a half stem stored as it is): in these calls each stem layer and trunk block maps its weights just
-    before it runs and drops them from the process after it (`layers_tf.paged_weights`). They stay in the page
-    cache, so the next fold maps them again without reading the disk while memory allows: the process holds one
-    layer at a time, not the 13 GB of the full model. Set it before a length's first call (it is traced in).
+    their stored precision, which are views of its memory map: float32, or a half stem stored as it is): in these
+    calls each stem layer and trunk block maps its weights just before it runs and drops them from the process
+    after it (`layers_tf.paged_weights`). They stay in the page cache, so the next fold maps them again without
+    reading the disk while memory allows: the process holds one layer at a time, not the 13 GB of the full model.
+    Set it before a length's first call (it is traced in).
 
     Examples:
 

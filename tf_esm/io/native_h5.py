@@ -97,7 +97,7 @@ def read_h5(path, populate=True):
                                           "(expected 16-bit patterns, <u2).")
                 dtype = _bfloat16()
             offset = item.id.get_offset() if item.chunks is None and item.compression is None else None
-            mappable = dtype in _MAPPABLE or dtype == _BFLOAT16_BITS or dtype.name == "bfloat16"
+            mappable = dtype in _MAPPABLE or dtype.name == "bfloat16"
             if offset is not None and (offset % ALIGNMENT or not mappable or item.size == 0):
                 offset = None
             transposed = bool(item.attrs.get("keras_layout", False)) and item.ndim == 2

@@ -40,14 +40,14 @@ def _write_fair_esm(src, directory):
 
 def _write_hf_directory(src, directory, stem_precision=None):
     config = EsmConfig.from_pretrained(src)
+    if stem_precision is not None and not config.is_folding_model:
+        raise ValueError(f"{src}: stem_precision is for ESMFold checkpoints; this one is not a folding model.")
     state_dict = read_state_dict(src)
     if config.is_folding_model:
         # ESMFold: the stem in the checkpoint's precision (float32) on any device, unless asked for a half one.
         from tf_esm.folding import TFEsmForProteinFolding
 
         model_class, kwargs = TFEsmForProteinFolding, {"esm_dtype": stem_precision or "float32"}
-    elif stem_precision is not None:
-        raise ValueError(f"{src}: stem_precision is for ESMFold checkpoints; this one is not a folding model.")
     else:
         model_class, kwargs = state_dict_class(state_dict), {}
     with deferred_initialization():  # no random values for the weights the checkpoint replaces
