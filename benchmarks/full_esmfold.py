@@ -119,7 +119,8 @@ def build_native_copy(checkpoint, stem="fp32"):
     which loading maps instead of reading), beside it, once. With a half `stem` (bfloat16, float16) the stem is
     stored in that precision (`--stem-precision`), so that loading maps it too instead of casting it: `<cache>_tf_esm_
     <stem>stem`. Returns (directory, seconds the conversion took or None when it was already there)."""
-    half = {"fp16": "float16"}.get(stem, stem) if stem != "fp32" else None
+    half = {"fp16": "float16"}.get(stem, stem)
+    half = half if half in ("float16", "bfloat16") else None  # fp32 and mixed stems load the float32 conversion
     directory = checkpoint.rstrip(os.sep) + "_tf_esm" + (f"_{half}stem" if half else "")
     if os.path.isfile(os.path.join(directory, "tf_esm_model.h5")):
         return directory, None
