@@ -9,6 +9,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import jax, keras, torch, transformers; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+KERAS_BACKEND=jax python3 -c "import jax, keras, torch, transformers; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 KERAS_BACKEND=jax PYTHONUNBUFFERED=1 python3 benchmarks/gpu_h200.py --budget-seconds "${BUDGET_SECONDS:-540}" "$@" \
     2>&1 | tee "${OUT:-/tmp}/gpu_h200.log"
