@@ -51,8 +51,9 @@ def torsion_angles_to_frames(backbone_frames, angles, aatype):
     )
     group_frames = default_frames.compose(Rigid(Rotation(rot_mats=rotations)))
 
-    def group(frames, index):
-        return frames.map_tensor_fn(lambda t: t[..., index])
+    def group(frames, index):  # the frames of group `index`: [*, N, 8] -> [*, N]
+        return Rigid(Rotation(rot_mats=frames.get_rots().get_rot_mats()[..., index, :, :]),
+                     frames.get_trans()[..., index, :])
 
     # chi2..chi4 frames are expressed in the preceding chi frame; chain them back to the backbone.
     chi_to_backbone = [group(group_frames, 4)]
@@ -75,7 +76,11 @@ def frames_and_literature_positions_to_atom14_pos(group_frames, aatype):
     group_index = _gather_residue_table(_table(rc.restype_atom14_to_rigid_group, "int32"), aatype)  # [*, N, 14]
     atom_mask = _gather_residue_table(_table(rc.restype_atom14_mask, "float32"), aatype)[..., None]
     positions = _gather_residue_table(_table(rc.restype_atom14_rigid_group_positions, "float32"), aatype)
-    atom_frames = group_frames.map_tensor_fn(lambda t: ops.take_along_axis(t, group_index, axis=-1))
+    # Each atom's group frame, gathered from the whole [*, N, 8, 3, 3] / [*, N, 8, 3] tensors at once.
+    group_index = group_index[..., None]  # [*, N, 14, 1]
+    atom_rotations = ops.take_along_axis(group_frames.get_rots().get_rot_mats(), group_index[..., None], axis=-3)
+    atom_frames = Rigid(Rotation(rot_mats=atom_rotations),
+                        ops.take_along_axis(group_frames.get_trans(), group_index, axis=-2))
     return atom_frames.apply(positions) * atom_mask
 
 
