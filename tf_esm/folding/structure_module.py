@@ -54,7 +54,7 @@ class InvariantPointAttention(ConfiguredLayer):
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         config = self.config
-        heads, c, c_z = config.num_heads_ipa, config.ipa_dim, config.pairwise_dim
+        heads, c = config.num_heads_ipa, config.ipa_dim
         self.num_heads, self.hidden_dim = heads, c
         self.num_qk_points, self.num_v_points = config.num_qk_points, config.num_v_points
         self.linear_q = Linear(heads * c, name="linear_q")

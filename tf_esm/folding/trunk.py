@@ -314,7 +314,7 @@ class FoldingTrunk(ConfiguredLayer):
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         config = self.config
-        c_s, c_z = config.sequence_state_dim, config.pairwise_state_dim
+        c_z = config.pairwise_state_dim
         sm_config = config.structure_module
         self.pairwise_positional_embedding = RelativePosition(config.position_bins, c_z,
                                                               name="pairwise_positional_embedding")
