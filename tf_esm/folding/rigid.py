@@ -59,6 +59,7 @@ def quaternion_to_rotation_matrix(quaternions):
     entry-by-entry formulas take ~50 small ones (which is what an eager structure module spends its time on).
     Elementwise products and a sum, not a matrix product, so that float32 stays float32 on every device.
     """
+    quaternions = ops.convert_to_tensor(quaternions)
     products = quaternions[..., :, None] * quaternions[..., None, :]  # [*, 4, 4]
     coefficients = ops.convert_to_tensor(_ROTATION_MATRIX_COEFFICIENTS, dtype=products.dtype)
     return ops.sum(products[..., None, None] * coefficients, axis=(-4, -3))
