@@ -479,14 +479,14 @@ def spawn(kind, budget, cap, tiny, reserve=0.0, **options):
     return merged, error
 
 
-def part_embed(budget, tiny, scratch, caps, results, reserve):
+def part_embed(budget, tiny, scratch, caps, results, reserve, precisions=("mixed_bfloat16", "float32")):
     checkpoint = os.path.join(scratch, "esm")
     torch_result, error = spawn("embed_torch", budget, caps["embed_torch"], tiny, reserve=reserve,
                                 checkpoint=checkpoint, scratch=scratch)
     results["embed"] = {"hf": torch_result, "errors": [error] if error else []}
     if not os.path.exists(os.path.join(scratch, "hf_fp32.npy")):
         raise RuntimeError(f"HF reference not made: {error}")
-    for precision in ("mixed_bfloat16", "float32"):
+    for precision in precisions:
         keras_result, error = spawn("embed_keras", budget, caps["embed_keras"], tiny, reserve=reserve,
                                     checkpoint=checkpoint, scratch=scratch, precision=precision)
         results["embed"][precision] = keras_result
@@ -499,6 +499,10 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (tests the script)")
     parser.add_argument("--budget-seconds", type=float, default=500.0)
     parser.add_argument("--parts", nargs="+", default=["a", "d", "b", "c"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--embed-precisions", nargs="+", default=["mixed_bfloat16", "float32"],
+                        choices=["mixed_bfloat16", "float32"], help="tf_esm's runs in part b")
+    parser.add_argument("--embed-keras-cap", type=float, help="seconds each tf_esm run of part b may take "
+                        "(default 130; float32 programs at full precision compile for ~11 s each on an H200)")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -511,6 +515,8 @@ def main():
     budget = Budget(args.budget_seconds)
     caps = ({"ceilings": 60, "parity": 240, "embed_torch": 120, "embed_keras": 150, "fold": 300} if args.tiny else
             {"ceilings": 45, "parity": 120, "embed_torch": 90, "embed_keras": 130, "fold": 240})
+    if args.embed_keras_cap:
+        caps["embed_keras"] = args.embed_keras_cap
     results = {"tiny": args.tiny, "budget_seconds": args.budget_seconds, "errors": {}}
     scratch = tempfile.mkdtemp(prefix="gpu_h200_")
     for position, part in enumerate(args.parts):
@@ -522,7 +528,7 @@ def main():
             elif part == "d":
                 results["parity"], error = spawn("parity", budget, caps["parity"], args.tiny, reserve=reserve)
             elif part == "b":
-                part_embed(budget, args.tiny, scratch, caps, results, reserve)
+                part_embed(budget, args.tiny, scratch, caps, results, reserve, args.embed_precisions)
                 error = "; ".join(results["embed"]["errors"]) or None
             else:
                 results["fold"], error = spawn("fold", budget, caps["fold"], args.tiny, reserve=reserve)
