@@ -195,15 +195,6 @@ class Rotation:
             return Rotation(quats=conjugate / ops.sum(self._quats**2, axis=-1, keepdims=True), normalize_quats=False)
         return Rotation(rot_mats=ops.swapaxes(self._rot_mats, -1, -2))
 
-    def map_tensor_fn(self, fn):
-        """Apply `fn` to each component tensor over the batch dimensions (e.g. an expand_dims or a gather)."""
-        if self.is_quaternion:
-            components = ops.unstack(self._quats, 4, axis=-1)
-            return Rotation(quats=ops.stack([fn(c) for c in components], axis=-1), normalize_quats=False)
-        rows = [ops.stack([fn(c) for c in ops.unstack(row, 3, axis=-1)], axis=-1)
-                for row in ops.unstack(self._rot_mats, 3, axis=-2)]
-        return Rotation(rot_mats=ops.stack(rows, axis=-2))
-
     def expand_dims(self, axis):
         """Insert a batch dimension at `axis` (counted over the batch dimensions)."""
         axis = _batch_axis(axis, len(self.shape) + 1)
@@ -275,11 +266,6 @@ class Rigid:
     def invert(self):
         inverse_rots = self._rots.invert()
         return Rigid(inverse_rots, -inverse_rots.apply(self._trans))
-
-    def map_tensor_fn(self, fn):
-        """Apply `fn` to each component tensor over the batch dimensions."""
-        translations = ops.stack([fn(c) for c in ops.unstack(self._trans, 3, axis=-1)], axis=-1)
-        return Rigid(self._rots.map_tensor_fn(fn), translations)
 
     def expand_dims(self, axis):
         """Insert a batch dimension at `axis` (counted over the batch dimensions)."""
