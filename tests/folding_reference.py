@@ -9,9 +9,26 @@ LEAF_RENAMES = {"kernel": "weight", "embeddings": "weight", "gamma": "weight", "
 
 
 def torch_name(variable_path):
-    """PyTorch parameter name of a Keras variable: drop the top-level layer, '/' -> '.', rename the leaf."""
+    """PyTorch parameter name of a Keras variable: drop the top-level layer, '/' -> '.', rename the leaf. A stacked
+    weight of a LayerStack (`blocks/*.tri_mul_out.linear_z.kernel`) gives the name with `*` for the layer index."""
     parts = variable_path.split("/")[1:]
+    parts = parts[:-1] + parts[-1].split(".")
     return ".".join(parts[:-1] + [LEAF_RENAMES.get(parts[-1], parts[-1])])
+
+
+def _reference_value(name, state_dict, kernel):
+    """The tensor of `name` in `state_dict`, in Keras' layout; for a stacked name, the layers' tensors stacked."""
+    if ".*." not in name:
+        value = np.asarray(state_dict[name])
+        return (value.T if kernel and value.ndim == 2 else value), {name}
+    head, tail = name.split(".*.")
+    names = []
+    while f"{head}.{len(names)}.{tail}" in state_dict:
+        names.append(f"{head}.{len(names)}.{tail}")
+    if not names:
+        raise KeyError(name)
+    values = [_reference_value(member, state_dict, kernel)[0] for member in names]
+    return np.stack(values), set(names)
 
 
 def state_dict_numpy(module):
@@ -23,15 +40,14 @@ def load_into_keras(layer, state_dict, ignore=()):
     used = set()
     for variable in layer.weights:
         name = torch_name(variable.path)
-        if name not in state_dict:
-            raise KeyError(f"{variable.path} -> {name} is not in the state dict")
-        value = np.asarray(state_dict[name])
-        if variable.path.endswith("/kernel") and value.ndim == 2:
-            value = value.T
+        try:
+            value, names = _reference_value(name, state_dict, kernel=variable.path.endswith("kernel"))
+        except KeyError:
+            raise KeyError(f"{variable.path} -> {name} is not in the state dict") from None
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"{name}: shape {value.shape} != {tuple(variable.shape)}")
         variable.assign(value.astype(variable.dtype))
-        used.add(name)
+        used.update(names)
     unused = sorted(set(state_dict) - used - set(ignore))
     if unused:
         raise KeyError(f"unused state-dict entries: {unused}")

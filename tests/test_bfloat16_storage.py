@@ -40,12 +40,14 @@ def test_converted_bfloat16_stem_is_stored_as_it_is_and_recorded_in_the_config(e
     _, converted = esmfold
     assert json.load(open(f"{converted}/config.json"))["esm_dtype"] == "bfloat16"
     with h5py.File(f"{converted}/{H5_WEIGHTS_NAME}", "r") as handle:
-        assert handle.attrs["format_version"] == 3 and list(handle) == [native_h5.GROUPS[3]]
-        group = handle[native_h5.GROUPS[3]]
+        # Version 4: version 3's bfloat16 datasets, and the trunk's blocks stored as stacks.
+        assert handle.attrs["format_version"] == 4 and list(handle) == [native_h5.GROUPS[4]]
+        group = handle[native_h5.GROUPS[4]]
         kernel = group["esm/encoder/layer/1/intermediate/dense/weight"]
         assert kernel.dtype == np.dtype("<u2") and kernel.attrs["bfloat16"]
-        trunk = group["trunk/blocks/0/mlp_seq/mlp/1/weight"]
+        trunk = group["trunk/blocks/*/mlp_seq/mlp/1/weight"]
         assert trunk.dtype == np.float32 and not trunk.attrs.get("bfloat16", False)
+        assert trunk.shape == (2, 32, 128) and trunk.attrs["keras_layout"]  # [block, in, out]: Keras' layout
         inv_freq = group["esm/rotary_embeddings/inv_freq"]
         assert inv_freq.dtype == np.float32  # the rotary frequencies stay float32 in a half stem
 

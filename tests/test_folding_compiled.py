@@ -98,16 +98,22 @@ def test_auto_folds_the_first_call_at_a_bucket_eagerly_with_layers_traced_then_c
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
     assert model.compiled_inference == "auto"
     stacks = []
-    original = layers_tf.apply_layers
+    original_layers, original_stack = layers_tf.apply_layers, layers_tf.apply_stack
 
-    def recording(layers, *args, **kwargs):
-        stacks.append((tf.executing_eagerly(), layers_tf.traceable_once(layers), len(layers)))
-        return original(layers, *args, **kwargs)
+    def recording_layers(layers, *args, **kwargs):  # the stem's layers
+        stacks.append((tf.executing_eagerly(), layers_tf.traceable_once(layers), "stem"))
+        return original_layers(layers, *args, **kwargs)
 
-    monkeypatch.setattr(layers_tf, "apply_layers", recording)
+    def recording_stack(stack, *args, **kwargs):  # the trunk's blocks (a LayerStack)
+        stacks.append((tf.executing_eagerly(), layers_tf.traceable_stack(stack), "trunk"))
+        return original_stack(stack, *args, **kwargs)
+
+    monkeypatch.setattr(layers_tf, "apply_layers", recording_layers)
+    monkeypatch.setattr(layers_tf, "apply_stack", recording_stack)
     first = model.infer(SEQUENCES)  # bucket 32
     assert model.inference_trace_count == 0
-    assert len(stacks) >= 2 and all(eager and traced for eager, traced, _ in stacks), stacks
+    assert {name for _, _, name in stacks} == {"stem", "trunk"}, stacks
+    assert all(eager and traced for eager, traced, _ in stacks), stacks
     second = model.infer(SEQUENCES)
     assert model.inference_trace_count == 1
     model.infer(SEQUENCES[1:])  # still bucket 32: the same program

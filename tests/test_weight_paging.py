@@ -72,9 +72,18 @@ def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_referen
     reference, directory = converted
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
     _wait_for_population()
-    stacks = list(model.esm.encoder.layer) + list(model.trunk.blocks)
-    mapped, total = _resident_pages(model.esm.encoder.layer)
-    assert total > 100 and mapped == 0  # the stacks were only read ahead on loading, not mapped
+    stacks = list(model.esm.encoder.layer) + [model.trunk.blocks]  # the stem's layers, the trunk's stacked blocks
+    layer_count = len(model.esm.encoder.layer) + len(model.trunk.blocks)
+    for layers, pages in ((model.esm.encoder.layer, 100), ([model.trunk.blocks], 20)):
+        mapped, total = _resident_pages(layers)
+        assert total > pages and mapped == 0  # the stacks were only read ahead on loading, not mapped
+    # The trunk's stacked weights are views of the file's mapping (stored stacked), paged per block's slices.
+    from tf_esm.modeling import layers_tf
+
+    blocks = model.trunk.blocks
+    spans = layers_tf._stack_spans(blocks)
+    per_block = sum(np.asarray(v.value.value()).nbytes for v in blocks.stacked_weights) // len(blocks)
+    assert len(spans) == len(blocks) and all(sum(span[1] for span in block) >= per_block for block in spans)
 
     aatype, mask = _batch(SEQUENCES[:1])
     with torch.no_grad():
@@ -86,7 +95,7 @@ def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_referen
         mapped, total = _resident_pages(stacks)
         # At most a fault-around window (16 pages) per layer: mapped by the use of a weight outside the stacks
         # that lies next to the layer's in the file.
-        assert mapped <= 16 * len(stacks), f"{call}: {mapped} of {total} pages of the layer stacks still mapped"
+        assert mapped <= 16 * layer_count, f"{call}: {mapped} of {total} pages of the layer stacks still mapped"
     assert model.inference_trace_count == 1
 
     model.page_weights = False  # the same model, its weights left mapped after use

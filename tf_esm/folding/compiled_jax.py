@@ -29,11 +29,12 @@ def inference_function(model, bucket, chunk_size):
 
     The weights are arguments of the program, not constants baked into it (Keras' stateless scope maps each
     variable to the value passed in), so the program is compiled once however the weights change, and is not
-    the size of the model. Stacks of identical layers (`model.repeated_layer_stacks()`: the trunk blocks, the ESM stem's layers) get
-    their weights stacked, outside the program, and run as one loop over them (`scan_layers`), so XLA compiles
-    one block, not one per block. The number of recycles and the unpadded length are traced scalars: the
-    recycling passes run in a loop op and the bucket padding is hidden by a mask, so one program serves every
-    length in the bucket and every `num_recycles`. jax compiles one program per batch size;
+    the size of the model. The stem's layers (`model.repeated_layer_stacks()`) get their weights stacked,
+    outside the program, and run as one loop over them (`encoder_jax.scan_layers`); the trunk's blocks, whose
+    weights are stacked already (a `LayerStack`), run as one loop over those (`encoder_jax.scan_stack`): XLA
+    compiles one layer and one block, not one per layer or block. The number of recycles and the unpadded length
+    are traced scalars: the recycling passes run in a loop op and the bucket padding is hidden by a mask, so one
+    program serves every length in the bucket and every `num_recycles`. jax compiles one program per batch size;
     `model.inference_trace_count` counts the traces (one per compilation)."""
     weights = _WEIGHTS.get(model)
     if weights is None:  # one stacked copy per model, shared by the programs of every bucket
@@ -51,6 +52,3 @@ def inference_function(model, bucket, chunk_size):
         options = dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
     return encoder_jax.jit_with_weights(weights, forward, compiler_options=options)
 
-
-# The trunk's `apply_layers` loop (folding/primitives.py) scans through the same machinery as the encoder.
-scan_layers = encoder_jax.scan_layers

@@ -43,7 +43,7 @@ DEFAULT_LENGTH_BUCKETS = FOLD_LENGTH_BUCKETS
 STEM_DTYPES = ("float32", "float16", "bfloat16", "mixed_float16")
 
 # Reference names of the weights of `repeated_layer_stacks()`: paged in per use (`page_weights`).
-_STACKED_WEIGHTS = re.compile(r"(esm\.encoder\.layer|trunk\.blocks)\.\d+\.")
+_STACKED_WEIGHTS = re.compile(r"(esm\.encoder\.layer\.\d+|trunk\.blocks\.(\d+|\*))\.")
 
 
 @dataclass(repr=False, eq=False)
@@ -321,9 +321,9 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
         return config
 
     def repeated_layer_stacks(self):
-        """Stacks of layers of one structure applied in turn (the trunk blocks, the ESM stem's layers): a compiled
-        program may loop over their stacked weights instead of holding a copy of the layer per weight set."""
-        return [self.trunk.blocks, self.esm.encoder.layer]
+        """Lists of layers of one structure applied in turn (the ESM stem's layers): a compiled JAX program loops
+        over their weights stacked (a copy). The trunk's blocks hold theirs stacked already (`LayerStack`)."""
+        return [self.esm.encoder.layer]
 
     def set_chunk_size(self, chunk_size):
         """Row chunk of the trunk's pair operations (None: unchunked). Lowers peak memory for long proteins."""

@@ -110,27 +110,6 @@ def in_compiled_graph():
     return compiled_tf.in_graph()
 
 
-def apply_layers(layers, step, carry, training=False):
-    """`carry = step(layer, carry)` for each of `layers` in turn.
-
-    Inside a JAX compiled program (`compiling()`), layers of one structure run as one loop over their stacked
-    weights (`compiled_jax.scan_layers`): XLA then compiles the layer once, not once per layer, which is most of
-    the compile time of a deep stack. Inside a TensorFlow graph, for inference, the layer is traced once and called
-    per layer with its weights (`layers_tf.apply_layers`: the unrolled loop's kernels, one function call per
-    layer). Elsewhere (eager, training) a Python loop."""
-    if _COMPILING and keras.backend.backend() == "jax" and len(layers) > 1:
-        from tf_esm.folding import compiled_jax
-
-        return compiled_jax.scan_layers(layers, step, carry)
-    if not training and keras.backend.backend() == "tensorflow" and len(layers) > 1:
-        from tf_esm.modeling import layers_tf
-
-        return layers_tf.apply_layers(layers, step, carry)
-    for layer in layers:
-        carry = step(layer, carry)
-    return carry
-
-
 def chunked(fn, inputs, chunk_size, axis=1):
     """Evaluate `fn` on slices of `inputs` along `axis` and concatenate the results along the same axis.
 

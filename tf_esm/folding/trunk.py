@@ -1,7 +1,9 @@
 """The ESMFold folding trunk: blocks that update a sequence state and a pair state together, relative
 position embeddings, recycling, and the hand-off to the structure module.
 
-Layer names follow the PyTorch reference (`trunk/blocks.3/tri_mul_out/linear_z`, ...).
+Layer names follow the PyTorch reference (`trunk/structure_module/ipa/linear_q`, ...); the blocks are one `LayerStack`
+(modeling/layer_stack.py) whose weights `trunk.blocks.*.tri_mul_out.linear_z.weight` stack the reference's
+`trunk.blocks.{i}.tri_mul_out.linear_z.weight`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import keras
 from keras import ops
 
 from tf_esm.configuration import TrunkConfig
-from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, apply_layers, chunked, in_compiled_graph
+from tf_esm.folding.primitives import ConfiguredLayer, LayerNorm, chunked, in_compiled_graph
 from tf_esm.folding.structure_module import StructureModule
 from tf_esm.folding.triangular_attention import TriangleAttention
 from tf_esm.folding.triangular_multiplicative_update import TriangleMultiplicativeUpdate
+from tf_esm.modeling.layer_stack import LayerStack
 
 
 def _dense(units, name, use_bias=True):
@@ -285,7 +288,8 @@ class FoldingTrunk(ConfiguredLayer):
     Each of the recycling passes adds layer-normed sequence/pair states of the previous pass, and an
     embedding of the distogram of its predicted C-beta atoms, to the initial states.
 
-    Sub-layers (PyTorch names): `pairwise_positional_embedding`, `blocks.{i}`, `recycle_s_norm`,
+    Sub-layers (PyTorch names): `pairwise_positional_embedding`, `blocks` (one `LayerStack` of
+    `TriangularSelfAttentionBlock`s, weights `blocks.*.<name>` stacked over the blocks), `recycle_s_norm`,
     `recycle_z_norm`, `recycle_disto`, `structure_module`, `trunk2sm_s`, `trunk2sm_z`.
 
     Args:
@@ -318,7 +322,9 @@ class FoldingTrunk(ConfiguredLayer):
         sm_config = config.structure_module
         self.pairwise_positional_embedding = RelativePosition(config.position_bins, c_z,
                                                               name="pairwise_positional_embedding")
-        self.blocks = [TriangularSelfAttentionBlock(config, name=f"blocks.{i}") for i in range(config.num_blocks)]
+        # One layer for the blocks, their weights stacked (`trunk.blocks.*.<name>`; modeling/layer_stack.py).
+        self.blocks = LayerStack(lambda: TriangularSelfAttentionBlock(config, name="block"), config.num_blocks,
+                                 name="blocks")
         self.recycle_s_norm = LayerNorm("recycle_s_norm")
         self.recycle_z_norm = LayerNorm("recycle_z_norm")
         self.recycle_disto = keras.layers.Embedding(self.recycle_bins, c_z, name="recycle_disto")
@@ -335,8 +341,7 @@ class FoldingTrunk(ConfiguredLayer):
         c_s, c_z = self.config.sequence_state_dim, self.config.pairwise_state_dim
         seq_shape, pair_shape = (None, None, c_s), (None, None, None, c_z)
         self.pairwise_positional_embedding.build((None, None, None))
-        for block in self.blocks:
-            block.build(seq_shape, pair_shape)
+        self.blocks.build(seq_shape, pair_shape)
         self.recycle_s_norm.build(seq_shape)
         self.recycle_z_norm.build(pair_shape)
         self.recycle_disto.build((None, None, None))
@@ -363,8 +368,7 @@ class FoldingTrunk(ConfiguredLayer):
             recycle_z = recycle_z + self.recycle_disto(recycle_bins)
             s_s = seq_feats + recycle_s
             s_z = pair_feats + recycle_z + relative_positions
-            s_s, s_z = apply_layers(
-                self.blocks,
+            s_s, s_z = self.blocks.apply(
                 lambda block, states: block(*states, residue_mask=residue_mask, chunk_size=chunk_size,
                                             length_mask=length_mask, training=training and last),
                 (s_s, s_z), training=training and last)

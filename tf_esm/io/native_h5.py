@@ -11,12 +11,17 @@ Datasets are named by reference (PyTorch) names, as every other format `io/weigh
   plus bfloat16 tensors stored as they are. HDF5 has no bfloat16, so such a dataset holds the 16-bit patterns
   (`<u2`) with the attribute `bfloat16` set; it maps like any other. Its own group (`weights_bfloat16`) makes a
   tf_esm that predates it refuse the file, rather than load bit patterns as integers.
+* version 4 (written for a model with stacked weights, ESMFold's trunk blocks: `modeling/layer_stack.py`): version
+  3, plus each stacked weight stored as one dataset over the layers (`trunk/blocks/*/...`, a `keras_layout` stack
+  of matrices has each matrix transposed), mapped as one array. Its own group (`weights_stacked`) makes an older
+  tf_esm refuse the file rather than miss the trunk's weights; files of versions 1-3 still load (their per-block
+  tensors are stacked on loading, a copy: convert again to map them).
   The reader maps the file (`numpy.memmap`, copy-on-write) and hands each tensor out as a view of the mapping;
   under TensorFlow the variables adopt those views without a copy (`weights.load_state_dict`), so loading costs
   what building the model costs, and pages come in from the page cache on first use, as PyTorch's memory-mapped
   safetensors loading does (benchmarks/RESULTS.md, "Loading from a memory map").
 
-Either version reads back through `read_h5` as {reference name: array} in the reference layout: a version-2
+Every version reads back through `read_h5` as {reference name: array} in the reference layout: a version-2
 matrix comes back as the transposed view of its mapping, which `load_state_dict` transposes back for free.
 A file that is replaced while mapped (our writers rename a new file into place) keeps the old contents mapped;
 a file truncated in place by another program makes the next page-in fail (SIGBUS), as any memory map does.
@@ -31,7 +36,7 @@ from tf_esm.io.buffers import own_array, populate_in_background
 FORMAT_VERSION = 2
 # The group of each version's datasets. Version 2 has its own, so that a tf_esm older than it refuses the file
 # ("no 'weights' group") instead of loading its square kernels transposed without a word.
-GROUPS = {1: "weights", 2: "weights_keras_layout", 3: "weights_bfloat16"}
+GROUPS = {1: "weights", 2: "weights_keras_layout", 3: "weights_bfloat16", 4: "weights_stacked"}
 ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
 # dtypes a mapping is handed out for; any other dataset (or an unaligned / chunked one) is read with h5py.
 _MAPPABLE = {np.dtype(name) for name in ("<f4", "<f2", "<f8", "<i4", "<i8")}
@@ -45,15 +50,20 @@ def _bfloat16():
 
 
 def save_weights_h5(model, path):
-    """Write the model's weights to an HDF5 file (Keras layout, aligned), atomically: version 2, or version 3
-    when some weights are bfloat16 (stored as they are)."""
+    """Write the model's weights to an HDF5 file (Keras layout, aligned), atomically: version 2, version 3 when
+    some weights are bfloat16 (stored as they are), version 4 when some are stacked."""
     import h5py
 
     from tf_esm.io.atomic import atomic_path
+    from tf_esm.io.stacked_weights import is_stacked
     from tf_esm.io.weights import model_variables
 
     variables = sorted(model_variables(model).items())
-    version = 3 if any(variable.dtype == "bfloat16" for _, (variable, _) in variables) else FORMAT_VERSION
+    version = FORMAT_VERSION
+    if any(is_stacked(name) for name, _ in variables):
+        version = 4
+    elif any(variable.dtype == "bfloat16" for _, (variable, _) in variables):
+        version = 3
     with atomic_path(path, suffix=".h5") as tmp_path:
         with h5py.File(tmp_path, "w", alignment_threshold=1, alignment_interval=ALIGNMENT) as handle:
             handle.attrs["format"] = "tf_esm"
@@ -66,7 +76,7 @@ def save_weights_h5(model, path):
                                                data=value.view(_BFLOAT16_BITS) if bfloat16 else value)
                 if bfloat16:
                     dataset.attrs["bfloat16"] = True
-                if transpose and value.ndim == 2:
+                if transpose and value.ndim == (3 if is_stacked(name) else 2):
                     dataset.attrs["keras_layout"] = True
 
 
@@ -77,10 +87,11 @@ def read_h5(path, populate=True):
     read ahead into the page cache (weights paged in per use, ESMFold's layer stacks)."""
     import h5py
 
+    from tf_esm.io.stacked_weights import is_stacked
     from tf_esm.io.weights import CheckpointError, LazyTensors
 
     def open_weights(handle):
-        for group in (GROUPS[3], GROUPS[2], GROUPS[1]):
+        for group in (GROUPS[4], GROUPS[3], GROUPS[2], GROUPS[1]):
             if group in handle:
                 return handle[group]
         names = " or ".join(repr(GROUPS[version]) for version in sorted(GROUPS, reverse=True))
@@ -100,8 +111,9 @@ def read_h5(path, populate=True):
             mappable = dtype in _MAPPABLE or dtype.name == "bfloat16"
             if offset is not None and (offset % ALIGNMENT or not mappable or item.size == 0):
                 offset = None
-            transposed = bool(item.attrs.get("keras_layout", False)) and item.ndim == 2
-            entries[location.replace("/", ".")] = (location, transposed, offset, dtype, item.shape)
+            name = location.replace("/", ".")
+            transposed = bool(item.attrs.get("keras_layout", False)) and item.ndim == (3 if is_stacked(name) else 2)
+            entries[name] = (location, transposed, offset, dtype, item.shape)
 
     try:
         with h5py.File(path, "r") as handle:
@@ -135,6 +147,6 @@ def read_h5(path, populate=True):
                 raise CheckpointError(f"{path}: tensor {name!r} is not readable ({error}).") from None
             if dtype.name == "bfloat16":
                 value = value.view(dtype)
-        return value.T if transposed else value
+        return value.swapaxes(-1, -2) if transposed else value
 
     return LazyTensors(entries, read)

@@ -41,6 +41,7 @@ from tf_esm.io.buffers import (
     release_pages,
     staged_reads,
 )
+from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
 
 logger = logging.getLogger("tf_esm")
 
@@ -91,12 +92,16 @@ class CheckpointError(ValueError):
 
 
 def reference_name(variable_path):
-    """Keras variable path -> (reference name, transpose?)."""
+    """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
+    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
     parts = variable_path.split("/")[1:]  # drop the top-level model name
     if not parts:
         raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
-    leaf, transpose = LEAF_RULES.get(parts[-1], (parts[-1], False))
-    return ".".join(parts[:-1] + [leaf]), transpose
+    inner, leaf = "", parts[-1]
+    if leaf.startswith(STACK_WILDCARD + "."):
+        inner, _, leaf = leaf.rpartition(".")
+    leaf, transpose = LEAF_RULES.get(leaf, (leaf, False))
+    return ".".join(parts[:-1] + ([inner] if inner else []) + [leaf]), transpose
 
 
 class LazyTensors(collections.abc.Mapping):
@@ -250,9 +255,9 @@ def _as_variable_value(value, dtype, transpose):
     if tensorflow:
         from tf_esm.io import weights_tf
 
-        if transpose and value.ndim == 2 and is_own_array(value.T):
+        if transpose and is_own_array(swapped(value)):
             # Stored in the variable's layout already (a version-2 tf_esm file hands out `mapped.T`).
-            value, transpose = value.T, False
+            value, transpose = swapped(value), False
     if dtype == "bfloat16" and value.dtype.name == "bfloat16":  # stored in bfloat16 (a version-3 tf_esm file)
         tensor = weights_tf.wrap(value) if tensorflow and is_own_array(value) else None
         if tensor is not None and not transpose:
@@ -271,7 +276,7 @@ def _as_variable_value(value, dtype, transpose):
             return tensor
     if tensor is None:
         tensor = ops.convert_to_tensor(value)
-    result = ops.transpose(tensor) if transpose else tensor
+    result = ops.swapaxes(tensor, -1, -2) if transpose else tensor
     release_pages(original)  # copied: a file mapping's pages of it are not needed any more
     return result
 
@@ -285,6 +290,7 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     """
     variables = model_variables(model)
     state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
+    state_dict = with_stacks(state_dict, variables, source)
     ignored = IGNORED if any(_is((POOLER,), name) for name in variables) else IGNORED + (POOLER,)
     import keras
 
@@ -302,8 +308,8 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
             staged = synchronous and transpose and len(variable.shape) == 2 and min(variable.shape) > 1
             with staged_reads() if staged else contextlib.nullcontext():
                 value = np.asarray(state_dict[name])
-                transpose = transpose and value.ndim == 2
-                shape = value.shape[::-1] if transpose else value.shape
+                transpose = transpose and value.ndim == matrix_ndim(name)
+                shape = value.shape[:-2] + value.shape[:-3:-1] if transpose else value.shape
                 if tuple(shape) != tuple(variable.shape):
                     raise CheckpointError(
                         f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
@@ -327,11 +333,17 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
 
 
 def model_state_dict(model):
-    """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back)."""
+    """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back), stacked weights
+    under their per-layer names (`trunk.blocks.0.x`, ...), as the reference has them."""
     out = {}
     for name, (variable, transpose) in model_variables(model).items():
         value = np.asarray(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
-        out[name] = value.T if transpose and value.ndim == 2 else value
+        value = swapped(value) if transpose and value.ndim == matrix_ndim(name) else value
+        if is_stacked(name):
+            out.update((name.replace(f".{STACK_WILDCARD}.", f".{index}.", 1), layer)
+                       for index, layer in enumerate(value))
+        else:
+            out[name] = value
     return out
 
 

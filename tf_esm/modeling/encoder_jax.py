@@ -1,5 +1,6 @@
 """JAX-only: programs compiled with `jax.jit` whose weights are arguments, with each stack of identical layers (the
-ESM encoder's layers, ESMFold's trunk blocks) run as one `jax.lax.scan` over the layers' stacked weights.
+ESM encoder's layers; ESMFold's trunk blocks, a `LayerStack`) run as one `jax.lax.scan` over the layers' stacked
+weights.
 
 Unrolled, a deep stack is one copy of the layer per layer in the program: XLA's compile time grows with the depth
 (33 layers for esm2 650M, 36 for ESMFold's 3B stem). Scanned, XLA compiles the layer once. The maths stays in the
@@ -117,6 +118,27 @@ def _tracing(mapping, scans):
         yield
     finally:
         _TRACE.state = previous
+
+
+def tracing():
+    """Whether a program of `jit_with_weights` is being traced (its variables mapped to its arguments)."""
+    return getattr(_TRACE, "state", None) is not None
+
+
+def scan_stack(stack, step, carry):
+    """`carry = step(layer, carry)` for each layer of a `LayerStack` (modeling/layer_stack.py), inside a program
+    being traced, as one `lax.scan` over the stacked weights the program was given: the weights are already
+    stacked, so nothing is copied."""
+    mapping, scans = _TRACE.state
+    template, template_weights = stack.template, stack.template_weights
+
+    def body(carry, values):
+        pairs = list(mapping) + list(zip(template_weights, values))  # later pairs win
+        with keras.StatelessScope(state_mapping=pairs, initialize_variables=False), _tracing(pairs, scans):
+            return step(template, carry), None
+
+    carry, _ = jax.lax.scan(body, carry, [variable.value for variable in stack.stacked_weights])
+    return carry
 
 
 def stacked_values(layers):

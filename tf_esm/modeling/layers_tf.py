@@ -104,6 +104,40 @@ def traceable_once(layers):
     return bool(first) and all(_signature(layer) == first for layer in layers[1:])
 
 
+def _apply(count, call, carry, spans, with_outputs=False):
+    """`carry = call(index, carry)` for index < count, paging in `spans[index]` around each call."""
+    outputs = []
+    for index in range(count):
+        if spans[index]:
+            carry = _after(carry, lambda spans=spans[index]: buffers.paged_in(spans))
+        carry = call(index, carry)
+        if spans[index]:
+            carry = _after(carry, lambda spans=spans[index]: buffers.paged_out(spans))
+        if with_outputs:
+            carry, out = carry
+            outputs.append(out)
+    return (carry, outputs) if with_outputs else carry
+
+
+def _traced_once(variables, step_of_values):
+    """`call(values, state)`: `step_of_values(state)` traced once as a nested function whose first argument is the
+    values of `variables` (mapped in while tracing), and called with each set of values after that."""
+
+    def body(values, state):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values)), initialize_variables=False):
+            return step_of_values(state)
+
+    traced = tf.function(body, autograph=False, experimental_attributes={"_noinline": NOINLINE})
+    concrete = []
+
+    def call(values, state):
+        if not concrete:  # one trace; the later calls skip tf.function's per-call signature matching
+            concrete.append(traced.get_concrete_function(values, state))
+        return concrete[0](values, state)
+
+    return call
+
+
 def apply_layers(layers, step, carry, with_outputs=False):
     """`carry = step(layer, carry)` for each of `layers`, `step` traced once (for `layers[0]`, its variables mapped
     to each layer's weights in turn). `carry` is a tensor or a nested structure of tensors; `step` may also use
@@ -111,32 +145,59 @@ def apply_layers(layers, step, carry, with_outputs=False):
     `(carry, outputs)` and this returns `(carry, [outputs of each layer])`. Falls back to a Python loop where
     `traceable_once(layers)` is false."""
     layers = list(layers)
-    call = step
     if traceable_once(layers):
         first = layers[0]
+        traced = _traced_once(first.variables, lambda state: step(first, state))
 
-        def body(values, state):
-            with keras.StatelessScope(state_mapping=list(zip(first.variables, values))):
-                return step(first, state)
-
-        traced = tf.function(body, autograph=False, experimental_attributes={"_noinline": NOINLINE})
-        concrete = []
-
-        def call(layer, state):
-            values = [variable.value for variable in layer.variables]
-            if not concrete:  # one trace; the later calls skip tf.function's per-call signature matching
-                concrete.append(traced.get_concrete_function(values, state))
-            return concrete[0](values, state)
+        def call(index, state):
+            return traced([variable.value for variable in layers[index].variables], state)
+    else:
+        def call(index, state):
+            return step(layers[index], state)
 
     spans = [_mapped_spans(layer) for layer in layers] if _PAGING else [[] for _ in layers]
-    outputs = []
-    for index, layer in enumerate(layers):
-        if spans[index]:
-            carry = _after(carry, lambda spans=spans[index]: buffers.paged_in(spans))
-        carry = call(layer, carry)
-        if spans[index]:
-            carry = _after(carry, lambda spans=spans[index]: buffers.paged_out(spans))
-        if with_outputs:
-            carry, out = carry
-            outputs.append(out)
-    return (carry, outputs) if with_outputs else carry
+    return _apply(len(layers), call, carry, spans, with_outputs=with_outputs)
+
+
+def traceable_stack(stack):
+    """Whether `apply_stack` may run this `LayerStack` (modeling/layer_stack.py): inside a graph being built, or
+    eagerly inside `traced_in_eager()`; not under a distribution strategy (per-replica variables)."""
+    if not TRACE_ONCE or not stack.built:
+        return False
+    if tf.executing_eagerly() and not _EAGER:
+        return False
+    return not tf.distribute.has_strategy()
+
+
+def _stack_spans(stack):
+    """Per layer of `stack`, the spans of its slices of the stacked weights that are views of a file mapping."""
+    per_layer = [[] for _ in range(stack.count)]
+    with tf.init_scope():
+        for variable in stack.stacked_weights:
+            value = variable.value
+            tensor = value.value() if isinstance(value, tf.Variable) else value
+            if tensor.dtype not in (tf.float32, tf.float16, tf.bfloat16):
+                continue
+            span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
+            if span is None:
+                continue
+            address, nbytes, mapping = span
+            size = nbytes // stack.count
+            for index in range(stack.count):
+                per_layer[index].append((address + index * size, size, mapping))
+    return [buffers.merge_spans(spans) for spans in per_layer]
+
+
+def apply_stack(stack, step, carry):
+    """`carry = step(layer, carry)` for each layer of a `LayerStack`: the template traced once, its weights mapped
+    to the function's arguments, and called with each layer's slices of the stacked weights (`tf.unstack`: views
+    of the stacked buffers, no copy). Paged per layer like `apply_layers`."""
+    template = stack.template
+    traced = _traced_once(stack.template_weights, lambda state: step(template, state))
+    per_weight = [tf.unstack(variable.value, num=stack.count) for variable in stack.stacked_weights]
+
+    def call(index, state):
+        return traced([slices[index] for slices in per_weight], state)
+
+    spans = _stack_spans(stack) if _PAGING else [[] for _ in range(stack.count)]
+    return _apply(stack.count, call, carry, spans)
