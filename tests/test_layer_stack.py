@@ -60,7 +60,17 @@ def stack_and_layers():
 def _separate(layers, x):
     for layer in layers:
         x = layer(x)
-    return np.asarray(x)
+    return x
+
+
+def _counted(traces):
+    """A step that records each time it runs (each trace, inside a compiled function)."""
+
+    def step(layer, state):
+        traces.append(1)
+        return layer(state)
+
+    return step
 
 
 def test_weights_are_stacked_and_named_by_their_path_in_the_template(stack_and_layers):
@@ -74,7 +84,7 @@ def test_weights_are_stacked_and_named_by_their_path_in_the_template(stack_and_l
 
 def test_the_python_loop_equals_separate_layers(stack_and_layers):
     stack, layers, x = stack_and_layers
-    expected = _separate(layers, x)
+    expected = np.asarray(_separate(layers, x))
     np.testing.assert_allclose(np.asarray(stack.apply(_step, x)), expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(stack.apply(_step, x, training=True)), expected, rtol=0, atol=1e-5)
 
@@ -86,14 +96,9 @@ def test_tensorflow_traced_once_in_a_graph_and_eagerly_and_gradients(stack_and_l
     from tf_esm.modeling import layers_tf
 
     stack, layers, x = stack_and_layers
-    expected = _separate(layers, x)
+    expected = np.asarray(_separate(layers, x))
     traces = []
-
-    def counted(layer, state):
-        traces.append(1)
-        return layer(state)
-
-    graph = tf.function(lambda x: stack.apply(counted, x))
+    graph = tf.function(lambda x: stack.apply(_counted(traces), x))
     np.testing.assert_allclose(graph(x).numpy(), expected, rtol=0, atol=1e-5)
     assert len(traces) == 1  # one trace for the three layers
     with layers_tf.traced_in_eager():
@@ -105,7 +110,7 @@ def test_tensorflow_traced_once_in_a_graph_and_eagerly_and_gradients(stack_and_l
         loss = tf.reduce_sum(stack.apply(_step, x, training=True) ** 2)
     ours = tape.gradient(loss, [w.value for w in stack.stacked_weights])
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(tf.convert_to_tensor(_layers_output(layers, x)) ** 2)
+        loss = tf.reduce_sum(tf.convert_to_tensor(_separate(layers, x)) ** 2)
     theirs = tape.gradient(loss, [w.value for layer in layers for w in layer.weights])
     per_weight = len(layers[0].weights)
     for position, gradient in enumerate(ours):
@@ -114,26 +119,15 @@ def test_tensorflow_traced_once_in_a_graph_and_eagerly_and_gradients(stack_and_l
                                    atol=1e-5, err_msg=stack.stacked_weights[position].name)
 
 
-def _layers_output(layers, x):
-    for layer in layers:
-        x = layer(x)
-    return x
-
-
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's compiled program (jit_with_weights)")
 def test_jax_scans_the_stacked_weights_inside_a_compiled_program(stack_and_layers):
     from tf_esm.modeling import encoder_jax
 
     stack, layers, x = stack_and_layers
-    expected = _separate(layers, x)
+    expected = np.asarray(_separate(layers, x))
     traces = []
-
-    def counted(layer, state):
-        traces.append(1)
-        return layer(state)
-
     weights = encoder_jax.StackedWeights(stack.variables, [])
-    run = encoder_jax.jit_with_weights(weights, lambda x: stack.apply(counted, x))
+    run = encoder_jax.jit_with_weights(weights, lambda x: stack.apply(_counted(traces), x))
     np.testing.assert_allclose(np.asarray(run(x)), expected, rtol=0, atol=1e-5)
     assert len(traces) == 1  # the scan's body, traced once
     assert not weights.stacks  # nothing is stacked again: the program gets the stack's own variables
