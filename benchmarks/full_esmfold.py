@@ -11,9 +11,11 @@ Each framework runs in its own process, which loads the checkpoint once (timed) 
 chunk size) in turn: a first fold (trace / page-in at a new length), then `--repeats` warm folds. Peak RSS is
 measured per step (the kernel's high-water mark is reset before each step through /proc/self/clear_refs), so the
 table shows each length's own peak; "time to first structure" is load + the first fold at the first length.
-Before each framework's process starts, its checkpoint is read once into the page cache (not timed): both then
-start as on a second run of the same model. This machine's page cache cannot hold both 14 GB checkpoints, so
-without it whichever framework's file was read last would start with an advantage.
+Before each framework's process starts, the page cache is emptied (as root; said in the output) and its checkpoint
+is read once into it (not timed): both then start as on a second run of the same model, with only their own file
+cached. This machine's page cache cannot hold both 14 GB checkpoints: without the priming whichever framework's file
+was read last would start with an advantage, and without emptying it first the kernel kept the previous
+framework's file (read, then mapped: used twice) and evicted part of the one just read (session 12, RESULTS).
 
 Framework `tf_esm_native` loads the checkpoint converted once by `tf-esm convert` (into `<cache>_tf_esm`, another
 14.1 GB; the conversion's time is printed): tf_esm's own file, which loading maps instead of reading, as
@@ -194,6 +196,20 @@ def worker(framework, checkpoint, steps, repeats, stem, num_recycles=None):
                               traces=getattr(model, "inference_trace_count", None))), flush=True)
 
 
+def drop_page_cache():
+    """Empty the page cache (Linux, as root), so that the next framework's checkpoint is the only file cached. Read
+    once into a cache still holding the other framework's file (used twice: read, then mapped by its process), the
+    kernel evicts part of the new file instead of the older one, and the next first fold reads from the disk.
+    Returns whether it could."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("1")
+        return True
+    except OSError:
+        return False
+
+
 def prime_page_cache(directory):
     """Read every file of `directory` once, so that its pages are in the page cache. Returns (bytes, seconds)."""
     start, total = time.perf_counter(), 0
@@ -220,8 +236,10 @@ def run(args, script):
             print(f"tf-esm convert {checkpoint} {native}: {convert_s:.1f} s (once)")
     for framework in args.frameworks:
         source = native if framework == "tf_esm_native" else checkpoint
+        dropped = drop_page_cache()
         primed, seconds = prime_page_cache(source)
-        print(f"{framework}: {primed / 1e9:.1f} GB of {source} read into the page cache in {seconds:.1f} s (not timed)")
+        print(f"{framework}: {primed / 1e9:.1f} GB of {source} read into the page cache in {seconds:.1f} s (not timed)"
+              + ("; the page cache was emptied first" if dropped else "; the page cache could not be emptied first"))
         command = [sys.executable, script, "--full-worker", framework, "--checkpoint", source,
                    "--repeats", str(args.repeats), "--stem", args.stem, "--num-recycles", str(args.num_recycles),
                    "--steps", json.dumps(steps)]
