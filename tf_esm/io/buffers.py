@@ -107,11 +107,16 @@ def read_ahead(paths):
 _MADV_WILLNEED, _MADV_DONTNEED, _MADV_POPULATE_READ = 3, 4, 22
 
 
+_LIBC_MADVISE = []  # madvise from libc, looked up once (a `ctypes.CDLL` per call cost ~0.1 s per ESMFold fold)
+
+
 def _madvise(begin, length, advice):
     """madvise(2) through ctypes, which releases the GIL during the call (`mmap.madvise` holds it). 0 on success."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return libc.madvise(begin, length, advice)
+    if not _LIBC_MADVISE:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+        function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        _LIBC_MADVISE.append(function)
+    return _LIBC_MADVISE[0](begin, length, advice)
 
 
 def populate_in_background(mapped, read_ahead_only=()):
@@ -192,15 +197,15 @@ def paged_in(spans):
         del alive
 
 
-def _written_pages(begin, length):
+def _written_pages(begin, length, pagemap):
     """Whether any page of [begin, begin + length) is the process's own (anonymous) copy rather than the file's:
-    a private mapping's page that was written (a variable updated in place). From /proc/self/pagemap: bit 63
-    present, 62 swapped, 61 file page. True when that cannot be read (then nothing may be dropped)."""
+    a private mapping's page that was written (a variable updated in place). From `pagemap` (/proc/self/pagemap,
+    open for reading): bit 63 present, 62 swapped, 61 file page. True when that cannot be read (then nothing may
+    be dropped)."""
     page = mmap.PAGESIZE
     try:
-        with open("/proc/self/pagemap", "rb") as handle:
-            handle.seek(begin // page * 8)
-            entries = np.frombuffer(handle.read(length // page * 8), dtype=np.uint64)
+        pagemap.seek(begin // page * 8)
+        entries = np.frombuffer(pagemap.read(length // page * 8), dtype=np.uint64)
     except OSError:
         return True
     if entries.size != length // page:
@@ -221,19 +226,24 @@ def paged_out(spans):
     written page (its only copy is the process's own) is left alone. Returns the number of spans dropped."""
     if not sys.platform.startswith("linux"):
         return 0
+    try:
+        pagemap = open("/proc/self/pagemap", "rb")  # once per call: a stack's layer has a span per weight
+    except OSError:
+        return 0  # which pages were written cannot be told: nothing may be dropped
     dropped = 0
-    for address, nbytes, mapping in spans:
-        alive = mapping()  # held through the call
-        if alive is None:
-            continue
-        low, high = alive.ctypes.data, alive.ctypes.data + alive.nbytes
-        first = max(low, address // _FAULT_AROUND * _FAULT_AROUND)
-        last = min(high, -(-(address + nbytes) // _FAULT_AROUND) * _FAULT_AROUND)
-        begin, length = _whole_pages(first, last - first)
-        if length and not _written_pages(begin, length):
-            _madvise(begin, length, _MADV_DONTNEED)
-            dropped += 1
-        del alive
+    with pagemap:
+        for address, nbytes, mapping in spans:
+            alive = mapping()  # held through the call
+            if alive is None:
+                continue
+            low, high = alive.ctypes.data, alive.ctypes.data + alive.nbytes
+            first = max(low, address // _FAULT_AROUND * _FAULT_AROUND)
+            last = min(high, -(-(address + nbytes) // _FAULT_AROUND) * _FAULT_AROUND)
+            begin, length = _whole_pages(first, last - first)
+            if length and not _written_pages(begin, length, pagemap):
+                _madvise(begin, length, _MADV_DONTNEED)
+                dropped += 1
+            del alive
     return dropped
 
 
