@@ -55,7 +55,7 @@ def save_weights_h5(model, path):
     import h5py
 
     from tf_esm.io.atomic import atomic_path
-    from tf_esm.io.stacked_weights import is_stacked
+    from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
     from tf_esm.io.weights import model_variables
 
     variables = sorted(model_variables(model).items())
@@ -76,7 +76,7 @@ def save_weights_h5(model, path):
                                                data=value.view(_BFLOAT16_BITS) if bfloat16 else value)
                 if bfloat16:
                     dataset.attrs["bfloat16"] = True
-                if transpose and value.ndim == (3 if is_stacked(name) else 2):
+                if transpose and value.ndim == matrix_ndim(name):
                     dataset.attrs["keras_layout"] = True
 
 
@@ -87,7 +87,7 @@ def read_h5(path, populate=True):
     read ahead into the page cache (weights paged in per use, ESMFold's layer stacks)."""
     import h5py
 
-    from tf_esm.io.stacked_weights import is_stacked
+    from tf_esm.io.stacked_weights import matrix_ndim
     from tf_esm.io.weights import CheckpointError, LazyTensors
 
     def open_weights(handle):
@@ -112,7 +112,7 @@ def read_h5(path, populate=True):
             if offset is not None and (offset % ALIGNMENT or not mappable or item.size == 0):
                 offset = None
             name = location.replace("/", ".")
-            transposed = bool(item.attrs.get("keras_layout", False)) and item.ndim == (3 if is_stacked(name) else 2)
+            transposed = bool(item.attrs.get("keras_layout", False)) and item.ndim == matrix_ndim(name)
             entries[name] = (location, transposed, offset, dtype, item.shape)
 
     try:

@@ -93,7 +93,8 @@ def _stacked(state_dict, members, transpose, source):
             raise CheckpointError(f"{source}: tensor {members[index]!r} is {value.dtype} {tuple(value.shape)}, "
                                   f"but {members[min(members)]!r} is {dtype} {tuple(shape)}: layers of one stack "
                                   "must match.")
-        stack[index] = value.T if keras_layout else value
-        release_pages(value.T if keras_layout else value)
+        source_array = value.T if keras_layout else value
+        stack[index] = source_array
+        release_pages(source_array)
     own_array(stack)
     return swapped(stack) if keras_layout else stack

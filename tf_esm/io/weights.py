@@ -219,18 +219,26 @@ def assign_weight(variable, value):
         variable.assign(value)
 
 
-def finish_initialization(model):
-    """Initialise the variables of `model` that were given no value, with their own initializers."""
+def forget_initialization(variables, initialize=False):
+    """Take `variables` off Keras' registry of variables to initialise when a stateless scope exits; with
+    `initialize`, first give those still deferred their initializer's values. Without initialising, a deferred
+    variable never gets memory of its own (a `LayerStack` template's, whose values are always mapped in)."""
     try:
         global_state = _keras_global_state()
     except ImportError:
         return
     pending = global_state.get_global_attribute("uninitialized_variables") or []
-    ours = {id(variable) for variable in model.variables}
-    for variable in pending:
-        if id(variable) in ours and _is_deferred(variable):
-            variable._deferred_initialize()
+    ours = {id(variable) for variable in variables}
+    if initialize:
+        for variable in pending:
+            if id(variable) in ours and _is_deferred(variable):
+                variable._deferred_initialize()
     global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+
+
+def finish_initialization(model):
+    """Initialise the variables of `model` that were given no value, with their own initializers."""
+    forget_initialization(model.variables, initialize=True)
 
 
 # The pooler (`esm.pooler.dense.*`, in checkpoints saved from transformers' EsmModel) when the model was built

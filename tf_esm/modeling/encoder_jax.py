@@ -129,16 +129,23 @@ def scan_stack(stack, step, carry):
     """`carry = step(layer, carry)` for each layer of a `LayerStack` (modeling/layer_stack.py), inside a program
     being traced, as one `lax.scan` over the stacked weights the program was given: the weights are already
     stacked, so nothing is copied."""
+    return _scan(stack.template, stack.template_weights, step, carry,
+                 [variable.value for variable in stack.stacked_weights])
+
+
+def _scan(template, template_variables, step, carry, stacked, with_outputs=False):
+    """`lax.scan` of `step(template, carry)` over `stacked` (one array per template variable, leading axis =
+    layer): the body maps the template's variables to the layer's slices, inside the program's own mapping."""
     mapping, scans = _TRACE.state
-    template, template_weights = stack.template, stack.template_weights
 
     def body(carry, values):
-        pairs = list(mapping) + list(zip(template_weights, values))  # later pairs win
+        pairs = list(mapping) + list(zip(template_variables, values))  # later pairs win
         with keras.StatelessScope(state_mapping=pairs, initialize_variables=False), _tracing(pairs, scans):
-            return step(template, carry), None
+            result = step(template, carry)
+        return result if with_outputs else (result, None)
 
-    carry, _ = jax.lax.scan(body, carry, [variable.value for variable in stack.stacked_weights])
-    return carry
+    carry, outputs = jax.lax.scan(body, carry, stacked)
+    return (carry, outputs) if with_outputs else carry
 
 
 def stacked_values(layers):
@@ -166,17 +173,7 @@ def scan_layers(layers, step, carry, with_outputs=False):
         if not with_outputs:
             return carry
         return carry, jax.tree_util.tree_map(lambda *xs: jax.numpy.stack(xs), *outputs)
-    mapping, scans = _TRACE.state
-    first = layers[0]
-
-    def body(carry, values):
-        pairs = list(mapping) + list(zip(first.variables, values))  # later pairs win
-        with keras.StatelessScope(state_mapping=pairs), _tracing(pairs, scans):
-            result = step(first, carry)
-        return result if with_outputs else (result, None)
-
-    carry, outputs = jax.lax.scan(body, carry, stacked)
-    return (carry, outputs) if with_outputs else carry
+    return _scan(layers[0], layers[0].variables, step, carry, stacked, with_outputs=with_outputs)
 
 
 def scan_encoder(layers, hidden_states, output_hidden_states, output_attentions, **layer_kwargs):

@@ -28,19 +28,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-STACK_WILDCARD = "*"
+from tf_esm.io.stacked_weights import STACK_WILDCARD
+from tf_esm.io.weights import forget_initialization
 
-
-def _forget_initialization(variables):
-    """Drop `variables` (created uninitialised in a stateless scope) from Keras' registry of variables to initialise
-    when a stateless scope exits: they are never given memory of their own."""
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # another Keras layout: they may be initialised, one layer's worth of memory
-        return
-    ids = {id(variable) for variable in variables}
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ids])
 
 
 class _StackedInitializer:
@@ -105,7 +95,7 @@ class LayerStack(keras.layers.Layer):
         with keras.StatelessScope(initialize_variables=False):  # no values: slices are mapped in at each call
             template.build(*shapes)
         template_weights = list(template.weights)
-        _forget_initialization(template.variables)
+        forget_initialization(template.variables)  # never initialised: no memory of their own
         prefix = template.path + "/"
         stacked = []
         for weight in template_weights:

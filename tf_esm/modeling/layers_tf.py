@@ -51,18 +51,23 @@ def paged_weights():
     return _PAGING.on()
 
 
-def _mapped_spans(layer):
-    """The spans (`buffers.mapped_span`) of the variables of `layer` whose memory is a view of a file mapping."""
+def _variable_spans(variables):
+    """The spans (`buffers.mapped_span`) of those of `variables` whose memory is a view of a file mapping."""
     spans = []
     with tf.init_scope():  # the variables' current buffers, also while a graph is traced
-        for variable in layer.variables:
+        for variable in variables:
             value = variable.value
             tensor = value.value() if isinstance(value, tf.Variable) else value
             if tensor.dtype in (tf.float32, tf.float16, tf.bfloat16):
                 span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
                 if span is not None:
                     spans.append(span)
-    return buffers.merge_spans(spans)
+    return spans
+
+
+def _mapped_spans(layer):
+    """The mapped spans of the variables of `layer`, merged."""
+    return buffers.merge_spans(_variable_spans(layer.variables))
 
 
 def _after(carry, action):
@@ -172,19 +177,10 @@ def traceable_stack(stack):
 def _stack_spans(stack):
     """Per layer of `stack`, the spans of its slices of the stacked weights that are views of a file mapping."""
     per_layer = [[] for _ in range(stack.count)]
-    with tf.init_scope():
-        for variable in stack.stacked_weights:
-            value = variable.value
-            tensor = value.value() if isinstance(value, tf.Variable) else value
-            if tensor.dtype not in (tf.float32, tf.float16, tf.bfloat16):
-                continue
-            span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
-            if span is None:
-                continue
-            address, nbytes, mapping = span
-            size = nbytes // stack.count
-            for index in range(stack.count):
-                per_layer[index].append((address + index * size, size, mapping))
+    for address, nbytes, mapping in _variable_spans(stack.stacked_weights):
+        size = nbytes // stack.count
+        for index in range(stack.count):
+            per_layer[index].append((address + index * size, size, mapping))
     return [buffers.merge_spans(spans) for spans in per_layer]
 
 
