@@ -2,6 +2,8 @@
 padded to a length bucket, one `tf.function` per (bucket, chunk size). It must equal the eager path, padding
 added for bucketing must not change any output, and `chunk_size` must still chunk inside the graph."""
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +12,7 @@ import torch
 from tests._reference import assert_within, record_parity, share_directory, share_model
 from tests.folding_reference import max_abs_diff
 from tests.test_folding_model import ATOL, SEQUENCES, _assert_same_atoms, _batch, _make_reference
-from tf_esm.folding import TFEsmForProteinFolding
+from tf_esm.folding import TFEsmForProteinFolding, compiled_tf
 from tf_esm.folding.model import DEFAULT_LENGTH_BUCKETS
 from tf_esm.modeling.buckets import bucket_length
 from tf_esm.folding.primitives import chunked
@@ -110,10 +112,20 @@ def test_auto_folds_the_first_call_at_a_bucket_eagerly_with_layers_traced_then_c
 
     monkeypatch.setattr(layers_tf, "apply_layers", recording_layers)
     monkeypatch.setattr(layers_tf, "apply_stack", recording_stack)
+    prepared, original_prepared = [], compiled_tf.ahead_structure_module
+
+    def recording_prepared(module):  # the structure module: its program, prepared in the background
+        program = original_prepared(module)
+        if threading.current_thread() is threading.main_thread():  # not the background thread's own trace
+            prepared.append(program is not None)
+        return program
+
+    monkeypatch.setattr(compiled_tf, "ahead_structure_module", recording_prepared)
     first = model.infer(SEQUENCES)  # bucket 32
     assert model.inference_trace_count == 0
     assert {name for _, _, name in stacks} == {"stem", "trunk"}, stacks
     assert all(eager and traced for eager, traced, _ in stacks), stacks
+    assert prepared and all(prepared)  # each trunk pass (recycling) calls the structure module
     second = model.infer(SEQUENCES)
     assert model.inference_trace_count == 1
     model.infer(SEQUENCES[1:])  # still bucket 32: the same program
@@ -124,10 +136,39 @@ def test_auto_folds_the_first_call_at_a_bucket_eagerly_with_layers_traced_then_c
     model.infer("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV")  # 32 residues... still bucket 32
     longer = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQV"  # bucket 64: eager first again
     stacks.clear()
+    prepared.clear()
     model.infer(longer)
     assert model.inference_trace_count == 1 and stacks and all(eager for eager, _, _ in stacks)
+    assert prepared and all(prepared)
+    # One program serves the structure module at every length: traced once, by the first eager call.
+    assert compiled_tf._structure_program(model.trunk.structure_module).experimental_get_tracing_count() == 1
     with pytest.raises(ValueError, match="compiled must be True, False or 'auto'"):
         model.infer(SEQUENCES, compiled="yes")
+
+
+def test_first_call_runs_the_eager_structure_module_when_its_program_cannot_be_prepared(folding_pair, monkeypatch):
+    """The structure module's program is prepared in a background thread during an eager first call; if that
+    fails, the call still completes, with the module run eagerly, and equals the plain eager outputs."""
+    _, _, directory = folding_pair
+    model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
+
+    def failing(module):
+        raise RuntimeError("no program")
+
+    monkeypatch.setattr(compiled_tf, "_structure_program", failing)
+    errors, original_wait = [], compiled_tf._Ahead.wait
+
+    def recording_wait(ahead):
+        concrete = original_wait(ahead)
+        errors.append(ahead.error)
+        return concrete
+
+    monkeypatch.setattr(compiled_tf._Ahead, "wait", recording_wait)
+    first = model.infer(SEQUENCES)
+    assert model.inference_trace_count == 0
+    assert errors and all(isinstance(error, RuntimeError) for error in errors), errors
+    assert model.trunk.structure_module not in compiled_tf._PREPARED
+    _assert_close(first, model.infer(SEQUENCES, compiled=False))
 
 
 def test_one_graph_serves_a_bucket_whatever_the_batch_size_and_recycles(folding_pair):

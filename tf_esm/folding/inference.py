@@ -74,9 +74,12 @@ class CompiledInference:
                 # The first call at this length bucket: eager, each layer stack through one traced function,
                 # instead of tracing and optimising the whole program for one structure.
                 self._first_calls_done.add(key)
+                from tf_esm.folding import compiled_tf
                 from tf_esm.modeling import layers_tf
 
-                with layers_tf.traced_in_eager(), self._weight_paging():
+                batch, length = np.shape(arguments["input_ids"])
+                with layers_tf.traced_in_eager(), self._weight_paging(), \
+                        compiled_tf.structure_module_ahead(self.trunk.structure_module, batch, length):
                     return super().__call__(*args, **kwargs)
         with self._weight_paging():
             return self._compiled_call(**arguments)
