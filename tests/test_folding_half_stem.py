@@ -287,7 +287,11 @@ def test_cli_stem_precision(checkpoints, tmp_path, monkeypatch, capsys):
     assert loaded[0] == {"esm_dtype": "bfloat16"} and warned == ["bfloat16"]
     model = loaded[1]
     assert {str(v.dtype) for v in model.esm.weights} == {"bfloat16", "float32"}
-    assert (tmp_path / "bf16" / "one.pdb").read_text() == model.infer_pdb(sequence, num_recycles=0)
+    # The command's fold was the model's first call at that length (eager, `compiled_inference="auto"`): compare it
+    # with the same call of a fresh model. A later call runs the compiled program, whose bfloat16 products may
+    # round differently (0.06 A on a CPU without bfloat16 instructions; amplified by the random weights).
+    fresh = original(folding.TFEsmForProteinFolding, directory, esm_dtype="bfloat16")
+    assert (tmp_path / "bf16" / "one.pdb").read_text() == fresh.infer_pdb(sequence, num_recycles=0)
 
     assert main(["fold", str(fasta), str(tmp_path / "default"), "--model", directory, "--num-recycles", "0",
                  "--quiet"]) == 0
