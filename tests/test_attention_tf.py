@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
+from tests._reference import assert_close, batch_with_padding_and_masks, record_parity, torch_outputs
 from tf_esm import TFEsmModel
 from tf_esm.modeling import attention, attention_tf
 
@@ -63,8 +63,12 @@ def test_one_block_and_dynamic_shapes_share_one_graph(rng):
     assert len(function._list_all_concrete_functions_for_serialization()) == 1
 
 
-def test_half_precision_inputs_match_the_keras_kernel(rng):
-    """bfloat16 in and out, softmax in float32: as `keras.ops.dot_product_attention`, which it replaces."""
+def test_half_precision_inputs_are_as_accurate_as_the_keras_kernel(rng):
+    """bfloat16 in and out, softmax in float32, as `keras.ops.dot_product_attention`, which it replaces: against
+    the exact attention of the same bfloat16 inputs (float64), no worse than that kernel by more than one bfloat16
+    ulp at the outputs' magnitude (|x| < 4: 2**-6), and within four such ulps. (The two kernels' roundings differ
+    with the CPU's bfloat16 support: measured on AMD Zen 3 without bfloat16 instructions, ours 0.039 from the exact
+    values, Keras' 0.099, 0.084 apart.)"""
     import keras
 
     query, key, value = (tf.cast(x, tf.bfloat16) for x in qkv(rng))
@@ -73,8 +77,13 @@ def test_half_precision_inputs_match_the_keras_kernel(rng):
     assert out.dtype == tf.bfloat16
     heads_last = [tf.transpose(x, (0, 2, 1, 3)) for x in (query, key, value)]
     expected = keras.ops.dot_product_attention(*heads_last, bias=bias, scale=1.0)
-    # One bfloat16 ulp at the outputs' magnitude (|x| < 4): 2**-6.
-    assert_close(tf.cast(out, tf.float32).numpy(), tf.cast(expected, tf.float32).numpy(), 2 ** -6, "bf16")
+    exact = reference_attention(*(tf.cast(x, tf.float64).numpy() for x in (query, key, value)),
+                                bias=tf.cast(bias, tf.float64).numpy())
+    ours_error = float(np.max(np.abs(tf.cast(out, tf.float64).numpy() - exact)))
+    keras_error = float(np.max(np.abs(tf.cast(expected, tf.float64).numpy() - exact)))
+    record_parity("bf16 vs exact", ours_error)
+    assert ours_error <= keras_error + 2 ** -6, (ours_error, keras_error)
+    assert ours_error <= 2 ** -4, ours_error
 
 
 @pytest.mark.parametrize("bias_kind", ["none", "padding"])
