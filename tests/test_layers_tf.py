@@ -1,6 +1,8 @@
 """TensorFlow graphs trace a stack of identical layers once (`layers_tf`): the unrolled loop's numbers (to float32
 rounding), one trace instead of one per layer, and the PyTorch reference's outputs."""
 
+import gc
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -139,3 +141,41 @@ def test_folding_stem_and_trunk_blocks_traced_once(monkeypatch):
     assert sorted(traced) == ["TFEsmLayer"] * 3 + ["TriangularSelfAttentionBlock"] * 3, traced
     for key in ("positions", "plddt", "ptm", "s_z"):
         np.testing.assert_array_equal(np.asarray(once[key]), np.asarray(unrolled[key]), err_msg=key)
+
+
+def test_folding_first_call_traces_the_trunk_block_once_for_all_recycling_passes(monkeypatch):
+    """ESMFold's eager first call ("auto"): every recycling pass runs the trunk's blocks through one traced block,
+    traced by the first pass only (it was traced again per pass); the outputs are the plain eager ones."""
+    import keras
+
+    from tests.test_folding_model import STEM, TRUNK
+    from tf_esm import TFEsmForProteinFolding
+    from tf_esm.configuration import ESM2_VOCAB, EsmConfig
+    from tf_esm.folding.trunk import TriangularSelfAttentionBlock
+
+    config = EsmConfig(**dict(STEM, num_hidden_layers=2), is_folding_model=True, vocab_list=list(ESM2_VOCAB),
+                       esmfold_config=dict(fp16_esm=False, lddt_head_hid_dim=16, trunk=dict(TRUNK, num_blocks=3)))
+    keras.utils.set_random_seed(0)
+    model = TFEsmForProteinFolding(config)
+    model.build()
+    assert model.compiled_inference == "auto"
+    calls = []
+    original = TriangularSelfAttentionBlock.call
+
+    def counted(self, *args, **kwargs):
+        calls.append(tf.executing_eagerly())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TriangularSelfAttentionBlock, "call", counted)
+    aatype = np.random.default_rng(1).integers(0, 20, (2, 13)).astype(np.int32)
+    first = model(aatype, num_recycles=2)  # three passes over three blocks
+    assert model.inference_trace_count == 0
+    assert calls == [False], calls  # one trace, no eager block call
+    del calls[:]
+    eager = model(aatype, num_recycles=2, compiled=False)
+    assert calls == [True] * 9
+    for key in ("positions", "plddt", "ptm", "s_z", "s_s"):
+        np.testing.assert_allclose(np.asarray(first[key]), np.asarray(eager[key]), rtol=1e-4, atol=1e-4,
+                                   err_msg=key)
+    gc.collect()
+    assert not layers_tf._EAGER_TRACES  # the traced block went with the call

@@ -362,16 +362,22 @@ class FoldingTrunk(ConfiguredLayer):
         mask_float = ops.cast(residue_mask, seq_feats.dtype)
         relative_positions = self.pairwise_positional_embedding(residx, residue_mask=residue_mask)
 
+        def block_step(training):
+            return lambda block, states: block(*states, residue_mask=residue_mask, chunk_size=chunk_size,
+                                               length_mask=length_mask, training=training)
+
+        # One step object for every pass that does not train: an eager first call traces it once for all the
+        # passes (`layers_tf.apply_stack`), not once per pass.
+        inference_step = block_step(False)
+
         def one_pass(recycle_s, recycle_z, recycle_bins, last):
             recycle_s = self.recycle_s_norm(ops.stop_gradient(recycle_s))
             recycle_z = self.recycle_z_norm(ops.stop_gradient(recycle_z))
             recycle_z = recycle_z + self.recycle_disto(recycle_bins)
             s_s = seq_feats + recycle_s
             s_z = pair_feats + recycle_z + relative_positions
-            s_s, s_z = self.blocks.apply(
-                lambda block, states: block(*states, residue_mask=residue_mask, chunk_size=chunk_size,
-                                            length_mask=length_mask, training=training and last),
-                (s_s, s_z), training=training and last)
+            s_s, s_z = self.blocks.apply(block_step(True) if training and last else inference_step,
+                                         (s_s, s_z), training=training and last)
             structure = self.structure_module(self.trunk2sm_s(s_s), self.trunk2sm_z(s_z), true_aa,
                                               residue_mask=mask_float, length_mask=length_mask,
                                               training=training and last)

@@ -15,6 +15,8 @@ seed generator would not advance inside it). Backend-neutral modules import this
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -184,12 +186,35 @@ def _stack_spans(stack):
     return [buffers.merge_spans(spans) for spans in per_layer]
 
 
+# Eagerly, (stack, step) -> {carry signature: traced step}: a caller that applies a stack several times with one
+# `step` object (ESMFold's recycling passes) has it traced once. Entries go with the step.
+_EAGER_TRACES = weakref.WeakKeyDictionary()
+
+
+def _carry_signature(carry):
+    """What a trace of `carry` depends on: arrays' shapes and dtypes, other (Python) values themselves."""
+    return tuple((tuple(t.shape), str(t.dtype)) if tf.is_tensor(t) or isinstance(t, np.ndarray) else ("value", t)
+                 for t in tf.nest.flatten(carry))
+
+
+def _traced_step(stack, step, carry):
+    template = stack.template
+    if not tf.executing_eagerly():  # a graph being built: its own trace
+        return _traced_once(stack.template_weights, lambda state: step(template, state))
+    per_step = _EAGER_TRACES.setdefault(step, {})
+    key = (id(stack), _carry_signature(carry))
+    if key not in per_step:
+        step_ref = weakref.ref(step)  # the entry must not keep its key alive
+        per_step[key] = _traced_once(stack.template_weights, lambda state: step_ref()(template, state))
+    return per_step[key]
+
+
 def apply_stack(stack, step, carry):
     """`carry = step(layer, carry)` for each layer of a `LayerStack`: the template traced once, its weights mapped
     to the function's arguments, and called with each layer's slices of the stacked weights (`tf.unstack`: views
-    of the stacked buffers, no copy). Paged per layer like `apply_layers`."""
-    template = stack.template
-    traced = _traced_once(stack.template_weights, lambda state: step(template, state))
+    of the stacked buffers, no copy). Paged per layer like `apply_layers`. Eagerly, the trace is reused by later
+    calls with the same `step` object and carry shapes."""
+    traced = _traced_step(stack, step, carry)
     per_weight = [tf.unstack(variable.value, num=stack.count) for variable in stack.stacked_weights]
 
     def call(index, state):
