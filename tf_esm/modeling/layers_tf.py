@@ -186,8 +186,8 @@ def _stack_spans(stack):
     return [buffers.merge_spans(spans) for spans in per_layer]
 
 
-# Eagerly, (stack, step) -> {carry signature: traced step}: a caller that applies a stack several times with one
-# `step` object (ESMFold's recycling passes) has it traced once. Entries go with the step.
+# Eagerly, step -> stack -> {carry signature: traced step}: a caller that applies a stack several times with one
+# `step` object (ESMFold's recycling passes) has it traced once. Entries go with the step or the stack.
 _EAGER_TRACES = weakref.WeakKeyDictionary()
 
 
@@ -201,12 +201,12 @@ def _traced_step(stack, step, carry):
     template = stack.template
     if not tf.executing_eagerly():  # a graph being built: its own trace
         return _traced_once(stack.template_weights, lambda state: step(template, state))
-    per_step = _EAGER_TRACES.setdefault(step, {})
-    key = (id(stack), _carry_signature(carry))
-    if key not in per_step:
+    traces = _EAGER_TRACES.setdefault(step, weakref.WeakKeyDictionary()).setdefault(stack, {})
+    key = _carry_signature(carry)
+    if key not in traces:
         step_ref = weakref.ref(step)  # the entry must not keep its key alive
-        per_step[key] = _traced_once(stack.template_weights, lambda state: step_ref()(template, state))
-    return per_step[key]
+        traces[key] = _traced_once(stack.template_weights, lambda state: step_ref()(template, state))
+    return traces[key]
 
 
 def apply_stack(stack, step, carry):
