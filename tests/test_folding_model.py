@@ -13,6 +13,7 @@ from tests._reference import assert_within, record_parity, share_directory, shar
 from tests.folding_reference import max_abs_diff, perturb_
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.folding import InvalidSequenceError, TFEsmForProteinFolding
+from tf_esm.folding.residue_constants import restype_1to3
 
 STRUCTURE_MODULE = dict(sequence_dim=32, pairwise_dim=16, ipa_dim=8, resnet_dim=16, num_heads_ipa=2,
                         num_qk_points=2, num_v_points=3, num_blocks=2)
@@ -161,14 +162,26 @@ def _assert_same_atoms(ours_text, theirs_text):
     assert np.max(np.abs(np.array([a[7] for a in ours]) - np.array([a[7] for a in theirs]))) <= 0.011
 
 
+def _lines(text, record, width=None):
+    return [line[:width] for line in text.splitlines() if line.startswith(record)]
+
+
 def test_pdb_matches_reference(folding_pair):
     reference, _, model = folding_pair
     with torch.no_grad():
         theirs = reference.infer_pdbs(SEQUENCES[:2])
     ours = model.infer_pdbs(SEQUENCES[:2])
-    for ours_text, theirs_text in zip(ours, theirs):
+    for ours_text, theirs_text, sequence in zip(ours, theirs, SEQUENCES[:2]):
         _assert_same_atoms(ours_text, theirs_text)
-        assert [line[:30] for line in ours_text.splitlines()] == [line[:30] for line in theirs_text.splitlines()]
+        assert _lines(ours_text, "ATOM", 30) == _lines(theirs_text, "ATOM", 30)
+        assert _lines(ours_text, "PARENT") == _lines(theirs_text, "PARENT") == ["PARENT N/A"]
+        # TER names the chain's last residue, also for the shorter sequence of a padded batch, where transformers
+        # names the batch's last position: our batch's file is the one of the sequence folded alone.
+        assert _lines(ours_text, "TER") == _lines(model.infer_pdb(sequence), "TER")
+        _, _, resname, chain, number = _lines(ours_text, "TER")[0].split()
+        written = sequence.rstrip("X")  # an unknown residue has no atoms to write
+        assert (resname, chain, int(number)) == (restype_1to3[written[-1]], "A", len(written))
+        assert ours_text.endswith("END\n")
     single = model.infer_pdb(SEQUENCES[0])
     _assert_same_atoms(single, reference.infer_pdb(SEQUENCES[0]))
 
@@ -193,6 +206,10 @@ def test_multimer_with_chain_separator(folding_pair):
         residues = sorted({a[1] for a in atoms if a[0] == chain_name})
         assert len(residues) == len(chain)  # linker residues are not written
     assert pdb_text.count("TER") == 2
+    ter_a, ter_b = _lines(pdb_text, "TER")  # each after its chain's last residue, not after the linker
+    assert ter_a.split()[2:] == [restype_1to3[chains[0][-1]], "A", str(len(chains[0]))]
+    assert ter_b.split()[2:4] == [restype_1to3[chains[1][-1]], "B"]
+    assert int(ter_b.split()[4]) == residue_index[-1] + 1
 
 
 @pytest.mark.parametrize("bad", ["MKT*A", "mkta", "MK TA", "", "MKT::A"])

@@ -59,7 +59,9 @@ def inference_function(model, bucket, chunk_size, jit_compile=False):
 # any length, against ~0.06 s of kernels); traced, the module costs as much once (0.5 s to trace, 0.35 s to
 # instantiate) and ~0.06 s per call after. So an eager first call (`CompiledInference`) has the module traced, for
 # every length at once, in a background thread while the stem and the trunk run (their kernels release the GIL),
-# and calls that program when the trunk is done; later first calls at other lengths reuse it.
+# and calls that program when the trunk is done; later first calls at other lengths reuse it. On 2 cores the
+# thread's work comes out of the stem's: where Python is fast (the eager module 0.3 s) the first fold gains
+# nothing and later first calls ~0.3 s; where it is slow (0.9 s) the first fold gained ~1 s (benchmarks/RESULTS.md).
 _STRUCTURE_PROGRAMS = weakref.WeakKeyDictionary()  # structure module -> its `tf.function` for any batch and length
 _PREPARED = weakref.WeakKeyDictionary()  # structure module -> that function's concrete function, instantiated
 _AHEAD = threading.local()  # .programs: {structure module: _Ahead} while an eager first call runs in this thread

@@ -1,7 +1,7 @@
 """PDB text from predicted atom37 coordinates, with per-atom B-factors (ESMFold writes pLDDT there).
 
 The format follows AlphaFold's/OpenFold's writer: a `PARENT N/A` header per chain, `ATOM` records for atoms
-whose mask is set, a `TER` record closing each chain, then `END`.
+whose mask is set, a `TER` record after each chain's last written residue, then `END`.
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ def to_pdb(aatype, atom_positions, atom_mask, residue_index, b_factors, chain_in
 
     lines = ["PARENT N/A"]
     serial = 1
-    num_residues = aatype.shape[0]
-    chain_id = "A"
-    for i in range(num_residues):
+    # The residues with atoms to write: not the padding of a batch's shorter sequences, nor a complex's linker, so
+    # that each TER names its chain's last residue (transformers' and OpenFold's writers name the batch's last
+    # position there, so a sequence folded in a batch got another file than folded alone).
+    written = np.flatnonzero(np.max(atom_mask, axis=-1) >= 0.5) if atom_mask.size else np.zeros(0, np.int64)
+    for rank, i in enumerate(written):
         resname = _resname(aatype[i])
         chain_id = CHAIN_IDS[chain_index[i]] if chain_index is not None else "A"
         for atom_name, position, present, b_factor in zip(rc.atom_types, atom_positions[i], atom_mask[i],
@@ -62,8 +64,8 @@ def to_pdb(aatype, atom_positions, atom_mask, residue_index, b_factors, chain_in
                 f"          {element:>2}  "
             )
             serial += 1
-        last = i == num_residues - 1
-        chain_ends = last or (chain_index is not None and chain_index[i + 1] != chain_index[i])
+        last = rank == len(written) - 1
+        chain_ends = last or (chain_index is not None and chain_index[written[rank + 1]] != chain_index[i])
         if chain_ends:
             lines.append(f"{'TER':<6}{serial:>5}      {resname:>3} {chain_id:>1}{residue_index[i]:>4}")
             serial += 1
