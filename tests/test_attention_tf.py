@@ -1,5 +1,7 @@
 """Blocked attention (TensorFlow inference on CPU): the numbers of one softmax over all keys, block by block."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,6 +63,21 @@ def test_one_block_and_dynamic_shapes_share_one_graph(rng):
         assert_close(function(query, key, value).numpy(), reference_attention(query, key, value), 2e-6,
                      f"{batch} x {length}")
     assert len(function._list_all_concrete_functions_for_serialization()) == 1
+
+
+def test_static_shapes_choose_one_block_or_the_loop_when_tracing(rng):
+    """With shapes known when tracing, no conditional op: one block, or the loop of blocks. (The conditional with
+    the loop inside had TensorFlow's graph optimiser log two ERROR lines, "topological sort failed", whenever such
+    a function was instantiated: each traced-once layer of an eager ESMFold first call.)"""
+    query, key, value = qkv(rng, query_len=149, key_len=149)
+    expected = reference_attention(query, key, value)
+    for block_elements, loops in ((57_600, True), (10 ** 9, False)):
+        attend = functools.partial(attention_tf.blocked_attention, block_elements=block_elements)
+        concrete = tf.function(lambda q, k, v: attend(q, k, v)).get_concrete_function(query, key, value)
+        types = {operation.type for operation in concrete.graph.get_operations()}
+        assert not types & {"If", "StatelessIf"}, types
+        assert bool(types & {"While", "StatelessWhile"}) == loops, types
+        assert_close(concrete(query, key, value).numpy(), expected, 5e-6, f"static shapes, {block_elements}")
 
 
 def test_half_precision_inputs_are_as_accurate_as_the_keras_kernel(rng):

@@ -102,4 +102,9 @@ def blocked_attention(query, key, value, bias=None, block_elements=None):
                                    parallel_iterations=1)
         return tf.transpose(outputs.concat()[:query_len], (1, 0, 2, 3))
 
+    static = [query.shape[0], query.shape[1], query.shape[2], key.shape[2]]
+    if None not in static:  # shapes known when tracing (eager calls, fixed-shape traces): no conditional op
+        static_batch, static_heads, static_query_len, static_key_len = static
+        static_rows = max(_MIN_BLOCK_ROWS, block_elements // max(static_batch * static_heads * static_key_len, 1))
+        return one_block() if static_query_len <= static_rows else blocks()
     return tf.cond(num_blocks <= 1, one_block, blocks)
