@@ -281,7 +281,11 @@ def test_half_precision_stem_matches_reference_half_stem(tmp_path):
 def test_safetensors_export_loads_in_transformers(folding_pair, tmp_path):
     reference, _, model = folding_pair
     model.save_pretrained(str(tmp_path), format="safetensors")
-    reloaded = transformers.EsmForProteinFolding.from_pretrained(str(tmp_path)).eval()
+    reloaded, info = transformers.EsmForProteinFolding.from_pretrained(str(tmp_path), output_loading_info=True)
+    reloaded.eval()
+    # Every tensor transformers' checkpoints hold, the af2_to_esm buffer included, and nothing else.
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    np.testing.assert_array_equal(reloaded.af2_to_esm.numpy(), reference.af2_to_esm.numpy())
     aatype, mask = _batch(SEQUENCES[:2])
     with torch.no_grad():
         expected = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)

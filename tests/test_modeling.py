@@ -330,7 +330,9 @@ def test_our_safetensors_loads_in_transformers(reference_checkpoints, batch, tmp
 
     ref = reference_checkpoints("rotary")
     TFEsmForMaskedLM.from_pretrained(ref.path).save_pretrained(tmp_path / "out", format="safetensors")
-    back = transformers.EsmForMaskedLM.from_pretrained(str(tmp_path / "out")).eval()
+    back, info = transformers.EsmForMaskedLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    back.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     input_ids, attention_mask = batch
     np.testing.assert_allclose(torch_outputs(back, input_ids, attention_mask).logits.numpy(),
                                torch_outputs(ref.model, input_ids, attention_mask).logits.numpy(), atol=ATOL)

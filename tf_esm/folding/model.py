@@ -243,6 +243,11 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
             del config.esm_dtype
         return config
 
+    def _reference_buffers(self):
+        # transformers keeps `af2_to_esm` as a persistent buffer (int64), so its checkpoints carry it: a
+        # safetensors save has it too, and transformers' loading report lists nothing missing.
+        return {"af2_to_esm": self.af2_to_esm.astype(np.int64)}
+
     def __init__(self, config, esm_dtype=None, **kwargs):
         super().__init__(config, **kwargs)
         config = self.config

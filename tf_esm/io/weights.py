@@ -352,6 +352,8 @@ def model_state_dict(model):
                        for index, layer in enumerate(value))
         else:
             out[name] = value
+    # Constant buffers the reference saves with its weights (no Keras variable; ignored when loading).
+    out.update(getattr(model, "_reference_buffers", dict)())
     return out
 
 
