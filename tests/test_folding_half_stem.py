@@ -9,7 +9,6 @@ positions by ~0.016 A from its float32 stem. The stem's hidden states are checke
 
 import copy
 import json
-import os
 import struct
 
 import keras
