@@ -43,7 +43,8 @@ def add_arguments(parser):
     parser.add_argument("outdir", metavar="OUTDIR", help="output directory (created if needed)")
     parser.add_argument("--model", default=DEFAULT_FOLD_MODEL, help="ESMFold model directory or hub id")
     parser.add_argument("--num-recycles", type=non_negative_int, default=None, metavar="N",
-                        help="trunk recycling iterations (default: the model's max_recycles, 4 for esmfold_v1)")
+                        help="trunk passes after the first, as transformers' and fair-esm's num_recycles (default: "
+                             "the model's max_recycles passes in all, 4 for esmfold_v1, i.e. 3 recycles)")
     parser.add_argument("--chunk-size", type=positive_int, default=None, metavar="N",
                         help="evaluate the pair stack's axial attention in chunks of N rows: less memory for long "
                              "proteins, same result (try 128, 64, 32)")
