@@ -32,6 +32,7 @@ EVERY_BACKEND_MODULES = (
     "test_bfloat16_storage.py",
     "test_configuration.py",
     "test_fair_esm.py",
+    "test_folding_determinism.py",
     "test_folding_half_stem.py",
     "test_inference.py",
     "test_layer_stack.py",

@@ -68,8 +68,14 @@ def _wait_for_population():
         buffers._POPULATING.pop()[0].join()
 
 
-def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_reference(converted):
+def test_paging_is_off_by_default(converted):
+    _, directory = converted
+    assert TFEsmForProteinFolding.from_pretrained(directory, strict=True).page_weights is False
+
+
+def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_reference(converted, monkeypatch):
     reference, directory = converted
+    monkeypatch.setattr(TFEsmForProteinFolding, "page_weights", True)  # the opt-in, before loading
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
     _wait_for_population()
     stacks = list(model.esm.encoder.layer) + [model.trunk.blocks]  # the stem's layers, the trunk's stacked blocks
@@ -89,8 +95,8 @@ def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_referen
     with torch.no_grad():
         theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
     expected = theirs["positions"].numpy()
-    for call in ("eager first call", "compiled program", "compiled program again"):
-        positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0)["positions"])
+    for call, compiled in (("eager call", False), ("compiled program", True), ("compiled program again", True)):
+        positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0, compiled=compiled)["positions"])
         np.testing.assert_allclose(positions, expected, rtol=0, atol=ATOL["positions"], err_msg=call)
         mapped, total = _resident_pages(stacks)
         # At most a fault-around window (16 pages) per layer: mapped by the use of a weight outside the stacks
@@ -109,6 +115,7 @@ def test_a_weight_written_in_place_is_never_dropped(converted):
     """A private mapping's written page is the only copy of its values: paging leaves that weight mapped."""
     _, directory = converted
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
+    model.page_weights = True
     kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
     array = np.asarray(kernel.value.value())
     assert buffers.mapped_span(array.ctypes.data) is not None  # the variable's memory is the file's map
@@ -122,7 +129,7 @@ def test_a_weight_written_in_place_is_never_dropped(converted):
     assert buffers.paged_out([buffers.mapped_span(np.asarray(clean.value.value()).ctypes.data)]) == 1
 
 
-def test_fold_command_pages_by_default_and_keeps_weights_resident_on_request(converted, tmp_path, monkeypatch):
+def test_fold_command_pages_weights_on_request_only(converted, tmp_path, monkeypatch):
     from tf_esm import folding
     from tf_esm.cli import main
 
@@ -137,7 +144,7 @@ def test_fold_command_pages_by_default_and_keeps_weights_resident_on_request(con
     monkeypatch.setattr(folding.TFEsmForProteinFolding, "from_pretrained", from_pretrained)
     fasta = tmp_path / "one.fasta"
     fasta.write_text(">one\nMKTAYIAKQRQISFVKSHFS\n")
-    for outdir, flags in (("paged", []), ("resident", ["--resident-weights"])):
+    for outdir, flags in (("paged", ["--page-weights"]), ("resident", [])):
         assert main(["fold", str(fasta), str(tmp_path / outdir), "--model", directory, "--num-recycles", "0",
                      *flags]) == 0
     assert [model.page_weights for model in models] == [True, False]

@@ -59,11 +59,14 @@ def add_arguments(parser):
                              "without them, with a warning). Default: the precision a converted model's stem was "
                              "stored in (tf-esm convert --stem-precision), else float32 on a CPU; on a GPU "
                              "float16 when the checkpoint sets fp16_esm (esmfold_v1 does)")
-    parser.add_argument("--resident-weights", action="store_true",
-                        help="keep every weight in memory between uses. By default a model converted with "
-                             "`tf-esm convert` maps each stem layer's and trunk block's weights only while it runs "
-                             "(the full ESMFold's process holds ~2 GiB, not ~14; the weights stay in the page "
-                             "cache): this flag spends that memory to save ~1 s per fold")
+    parser.add_argument("--compiled", action="store_true",
+                        help="fold through one compiled program per length bucket: faster per protein when many "
+                             "proteins share a bucket, after one compile per bucket (default: eager, no compile; "
+                             "the two agree to float32 rounding)")
+    parser.add_argument("--page-weights", action="store_true",
+                        help="(Linux, a model converted with `tf-esm convert`) map each stem layer's and trunk "
+                             "block's weights only while it runs: a smaller resident set, not less memory in use "
+                             "(the weights stay in the page cache), for a little time per fold")
     parser.add_argument("--overwrite", action="store_true", help="refold records whose PDB exists")
 
 
@@ -161,7 +164,8 @@ def run(args, console):
         console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")
         return 0
     model = load_model(args.model, TFEsmForProteinFolding, esm_dtype=args.stem_precision)
-    model.page_weights = not args.resident_weights
+    model.page_weights = args.page_weights
+    model.compiled_inference = bool(args.compiled)
     from tf_esm.io.weights import H5_WEIGHTS_NAME
 
     if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, H5_WEIGHTS_NAME)):

@@ -4,12 +4,12 @@ imports this module only when `keras.backend.backend() == "tensorflow"`."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import weakref
 
 import keras
 import tensorflow as tf
+
+from tf_esm._switch import ThreadSwitch
 
 
 def gpu_available():
@@ -54,17 +54,13 @@ def inference_function(model, bucket, chunk_size, jit_compile=False):
     return tf.function(forward, input_signature=(residues,) * 4 + (scalar, scalar), jit_compile=bool(jit_compile))
 
 
-# ------------------------------------------------------------------------ the structure module of an eager first call
-# Eagerly, the structure module's 8 blocks issue ~4,600 small TensorFlow ops one by one (0.64-0.9 s of Python at
-# any length, against ~0.06 s of kernels); traced, the module costs as much once (0.5 s to trace, 0.35 s to
-# instantiate) and ~0.06 s per call after. So an eager first call (`CompiledInference`) has the module traced, for
-# every length at once, in a background thread while the stem and the trunk run (their kernels release the GIL),
-# and calls that program when the trunk is done; later first calls at other lengths reuse it. On 2 cores the
-# thread's work comes out of the stem's: where Python is fast (the eager module 0.3 s) the first fold gains
-# nothing and later first calls ~0.3 s; where it is slow (0.9 s) the first fold gained ~1 s (benchmarks/RESULTS.md).
+# ------------------------------------------------------------------------------ the structure module of an eager call
+# Eagerly, the structure module's 8 blocks issue thousands of small TensorFlow ops one by one (Python-bound at any
+# length); traced once for any batch and length, the module costs one trace per model and a fraction of that per
+# call. Eager inference (`CompiledInference`) runs it through that one program, on the calling thread, so every call
+# takes the same path and returns the same numbers.
 _STRUCTURE_PROGRAMS = weakref.WeakKeyDictionary()  # structure module -> its `tf.function` for any batch and length
-_PREPARED = weakref.WeakKeyDictionary()  # structure module -> that function's concrete function, instantiated
-_AHEAD = threading.local()  # .programs: {structure module: _Ahead} while an eager first call runs in this thread
+_TRACED = ThreadSwitch()
 
 
 def _structure_program(module):
@@ -84,57 +80,15 @@ def _structure_program(module):
     return function
 
 
-class _Ahead:
-    """The structure module's program, traced and instantiated by a background thread."""
-
-    def __init__(self, module, batch, length):
-        self.concrete, self.error, self._thread = _PREPARED.get(module), None, None
-        if self.concrete is not None:
-            return
-        self._thread = threading.Thread(target=self._prepare, args=(module, batch, length),
-                                        name="tf_esm-structure-module", daemon=True)
-        self._thread.start()
-
-    def _prepare(self, module, batch, length):
-        try:
-            concrete = _structure_program(module).get_concrete_function()
-            dtype = module.compute_dtype
-            # One call on zeros instantiates the program (the runtime's graph optimisation) off the main thread.
-            concrete(tf.zeros((batch, length, module.config.sequence_dim), dtype),
-                     tf.zeros((batch, length, length, module.config.pairwise_dim), dtype),
-                     tf.zeros((batch, length), tf.int32), tf.ones((batch, length), dtype))
-            self.concrete = _PREPARED[module] = concrete
-        except Exception as error:  # noqa: BLE001 - the eager module then runs instead; kept for inspection
-            self.error = error
-
-    def wait(self):
-        if self._thread is not None:
-            self._thread.join()
-        return self.concrete
+def structure_module_traced():
+    """Within this block (this thread), eager calls of a structure module run through its one traced program
+    (`traced_structure_module`)."""
+    return _TRACED.on()
 
 
-@contextlib.contextmanager
-def structure_module_ahead(module, batch, length):
-    """Within this block (this thread), `ahead_structure_module(module)` is the module's program for any length,
-    prepared in the background from the block's start (reused if an earlier block prepared it)."""
-    programs = getattr(_AHEAD, "programs", None)
-    if programs is None:
-        programs = _AHEAD.programs = {}
-    previous = programs.get(module)
-    ahead = _Ahead(module, batch, length)
-    programs[module] = ahead
-    try:
-        yield ahead
-    finally:
-        ahead.wait()  # no background work outlives the call
-        if previous is None:
-            programs.pop(module, None)
-        else:
-            programs[module] = previous
-
-
-def ahead_structure_module(module):
-    """The concrete function prepared for `module` by an enclosing `structure_module_ahead`, or None (none, or its
-    preparation failed: the eager module runs)."""
-    ahead = getattr(_AHEAD, "programs", {}).get(module)
-    return ahead.wait() if ahead is not None and tf.executing_eagerly() else None
+def traced_structure_module(module):
+    """The program of `module` for any batch and length inside `structure_module_traced()` while executing
+    eagerly, else None (the module runs as it is)."""
+    if not _TRACED or not tf.executing_eagerly():
+        return None
+    return _structure_program(module)

@@ -56,33 +56,48 @@ def compiled_backend():
 
 
 class CompiledInference:
-    """The `__call__` of `TFEsmForProteinFolding`: eager non-training calls take the compiled path (or, at a new
-    bucket under TensorFlow with "auto", the eager first call). The model provides `call`, `trunk`, `config`,
-    `output_type` and the attributes its `__init__` sets (`compiled_inference`, `length_buckets`, ...)."""
+    """The `__call__` of `TFEsmForProteinFolding`: non-training calls with concrete inputs take the eager inference
+    path or the compiled one (`compiled`, else `compiled_inference`; None: eager under TensorFlow, compiled under
+    JAX). The model provides `call`, `trunk`, `config`, `output_type` and the attributes its `__init__` sets
+    (`compiled_inference`, `length_buckets`, ...)."""
 
     def __call__(self, *args, compiled=None, **kwargs):
         compiled = self.compiled_inference if compiled is None else compiled
+        if compiled is None:  # the backend's default: eager under TensorFlow, compiled under JAX
+            compiled = keras.backend.backend() == "jax"
         if compiled not in (True, False, "auto"):
             raise ValueError(f"compiled must be True, False or 'auto'; got {compiled!r}.")
-        arguments = self._compilable_arguments(args, kwargs) if compiled else None
-        if arguments is None:
+        arguments = self._compilable_arguments(args, kwargs)
+        if arguments is None:  # training, symbolic inputs, or a backend with no compiled path
             with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
                 return super().__call__(*args, **kwargs)
-        if compiled == "auto" and keras.backend.backend() == "tensorflow":
-            key = self._inference_key(np.shape(arguments["input_ids"])[1], arguments.get("chunk_size"))
-            if key not in self._inference_functions and key not in self._first_calls_done:
-                # The first call at this length bucket: eager, each layer stack through one traced function,
-                # instead of tracing and optimising the whole program for one structure.
-                self._first_calls_done.add(key)
-                from tf_esm.folding import compiled_tf
-                from tf_esm.modeling import layers_tf
-
-                batch, length = np.shape(arguments["input_ids"])
-                with layers_tf.traced_in_eager(), self._weight_paging(), \
-                        compiled_tf.structure_module_ahead(self.trunk.structure_module, batch, length):
-                    return super().__call__(*args, **kwargs)
+        if compiled == "auto":
+            compiled = keras.backend.backend() != "tensorflow" or self._compiled_before(arguments)
+        if not compiled:
+            return self._eager_call(args, kwargs)
         with self._weight_paging():
             return self._compiled_call(**arguments)
+
+    def _compiled_before(self, arguments):
+        """"auto" under TensorFlow: False (fold eagerly) the first time a length bucket is seen, True after."""
+        key = self._inference_key(np.shape(arguments["input_ids"])[1], arguments.get("chunk_size"))
+        if key in self._inference_functions or key in self._first_calls_done:
+            return True
+        self._first_calls_done.add(key)
+        return False
+
+    def _eager_call(self, args, kwargs):
+        """An eager inference call. Under TensorFlow each stack of identical layers (the stem's layers, the trunk's
+        blocks) runs through one traced function and the structure module through its one program for any
+        length, on this thread: the same path for every call, at the inputs' own length."""
+        if keras.backend.backend() != "tensorflow":
+            with matmul_precision():
+                return super().__call__(*args, **kwargs)
+        from tf_esm.folding import compiled_tf
+        from tf_esm.modeling import layers_tf
+
+        with layers_tf.traced_in_eager(), compiled_tf.structure_module_traced(), self._weight_paging():
+            return super().__call__(*args, **kwargs)
 
     def _weight_paging(self):
         if not (self.page_weights and keras.backend.backend() == "tensorflow"):

@@ -177,36 +177,37 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
         unpadded_length: When the inputs carry extra padding at the end (to reach a compiled length bucket), the
             length without it. Those positions are hidden from every residue and the outputs are cropped to
             `unpadded_length`, so they equal the outputs of the unpadded inputs.
-        compiled: (`__call__` only) True, False or "auto" (see First calls): None (default) means
-            `self.compiled_inference`. Used only for eager, non-training calls with the TensorFlow or JAX backend.
+        compiled: (`__call__` only) True, False or "auto" (see Inference paths): None (default) means
+            `self.compiled_inference`. Used only for non-training calls with concrete inputs under TensorFlow or
+            JAX.
 
-    First calls ("auto", the default of `compiled_inference` under TensorFlow): the first call at a new (length
-    bucket, chunk size) runs eagerly, each stack of identical layers (the stem's layers, the trunk's blocks) through
-    one traced function (`layers_tf.traced_in_eager`), instead of tracing and optimising the whole program for one
-    structure; the second call at that bucket builds the compiled program below, and later calls reuse it. Under
-    JAX "auto" is the compiled path. `compiled_inference = True` always compiles.
-
-    Compiled inference: eager, non-training calls (and so `infer`, `infer_pdb`, `infer_pdbs`) run a compiled
-    forward pass on inputs padded to a length bucket (`length_buckets`, `bucket_length`), with the padding hidden
-    as `unpadded_length` hides it; the outputs are cropped back. The program is built once per (bucket, chunk
-    size) and reused whatever the length within the bucket and the number of recycles (recycling and the
-    structure-module blocks run as loop ops). TensorFlow traces a `tf.function` (`compiled_tf.py`) that also
-    serves every batch size; JAX jit-compiles the stateless forward pass with the weights as arguments
-    (`compiled_jax.py`), once per batch size too, and returns numpy arrays. The outputs equal the eager ones (to
-    ~1e-5 Angstrom), pTM included: it is computed, as in the reference, over the batch's own padded length, not
-    the bucket's. `inference_trace_count` counts the traces (compilations); `compiled_inference = False` restores
-    op-by-op eager execution; under JAX `inference_compiler_options` are XLA's compile options (None: LLVM
-    optimisation level 1 on a CPU, for compile time); under TensorFlow `inference_jit_compile = True` compiles the
-    graphs with XLA (measured on CPU: faster at 64 residues, slower at 256, and recompiled per batch size, so off
-    by default).
-    Inside the program `chunk_size` runs the pair operations in a sequential loop, so it still bounds their
-    memory.
-    Weights paged per use (`page_weights`, True by default; TensorFlow, weights loaded from tf_esm's own file in
-    their stored precision, which are views of its memory map: float32, or a half stem stored as it is): in these
-    calls each stem layer and trunk block maps its weights just before it runs and drops them from the process
-    after it (`layers_tf.paged_weights`). They stay in the page cache, so the next fold maps them again without
-    reading the disk while memory allows: the process holds one layer at a time, not the 13 GB of the full model.
-    Set it before a length's first call (it is traced in).
+    Inference paths: every non-training call with concrete inputs takes one path, chosen by `compiled` (else
+    `compiled_inference`), never by what ran before, so the same call on the same input returns the same numbers.
+    - False (the default under TensorFlow, `compiled_inference = None`): eager, at the inputs' own length. Under
+      TensorFlow each stack of identical layers (the stem's layers, the trunk's blocks) runs through one traced
+      function (`layers_tf.traced_in_eager`) and the structure module through one program for any length, so a
+      call pays no whole-model compile.
+    - True (the default under JAX): a compiled forward pass on inputs padded to a length bucket (`length_buckets`,
+      `bucket_length`), the padding hidden as `unpadded_length` hides it and the outputs cropped back. The
+      program is built once per (bucket, chunk size) and reused whatever the length within the bucket and the
+      number of recycles (recycling and the structure-module blocks run as loop ops): faster per call when many
+      proteins share a bucket, at the cost of one compile per bucket. TensorFlow traces a `tf.function`
+      (`compiled_tf.py`) that also serves every batch size; JAX jit-compiles the stateless forward pass with the
+      weights as arguments (`compiled_jax.py`), once per batch size too, and returns numpy arrays.
+      `inference_trace_count` counts the compilations. Under JAX `inference_compiler_options` are XLA's compile
+      options (None: LLVM optimisation level 1 on a CPU, for compile time); under TensorFlow
+      `inference_jit_compile = True` compiles the graphs with XLA.
+    - "auto" (opt-in): under TensorFlow the first call at a (length bucket, chunk size) runs eagerly and later ones
+      compiled, so its outputs depend on call history: the two paths agree to about 1e-5 Angstrom in float32 and
+      less closely with a half-precision stem (tests/test_folding_compiled.py bounds both). Under JAX, compiled.
+    The two paths agree to float32 rounding (~1e-5 Angstrom); pTM is computed, as in the reference, over the
+    batch's own length, not the bucket's. Inside either, `chunk_size` runs the pair operations in a sequential
+    loop, so it bounds their memory.
+    Weights paged per use (`page_weights`, opt-in, off by default; TensorFlow, weights loaded from tf_esm's own
+    file in their stored precision): each stem layer and trunk block maps its weights just before it runs and
+    drops them from the process after it (`layers_tf.paged_weights`, `io/buffers.py`; Linux). This lowers the
+    process's resident set, not the memory the machine can reclaim: the pages stay in the page cache. Set it
+    before a length's first call.
 
     Examples:
 
@@ -217,7 +218,7 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     ```
     """
 
-    page_weights = True
+    page_weights = False
     output_type = TFEsmForProteinFoldingOutput
 
     @classmethod
@@ -290,8 +291,8 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
         self.lm_head = keras.layers.Dense(self.n_tokens_embed, name="lm_head")
         self.lddt_head = LddtHead(fold.lddt_head_hid_dim, name="lddt_head")
         self.esm_s_combine = None
-        self.compiled_inference = "auto"
-        self._first_calls_done = set()  # (bucket, chunk size, jit) keys whose first call ran eagerly ("auto")
+        self.compiled_inference = None  # the backend's default path (Inference paths)
+        self._first_calls_done = set()  # "auto": the (bucket, chunk size, ...) keys whose first call ran eagerly
         self.length_buckets = DEFAULT_LENGTH_BUCKETS
         self.inference_jit_compile = False
         self.inference_compiler_options = None  # JAX: XLA compile options (None: compiled_jax's defaults)
@@ -458,8 +459,8 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
             sequences: A string or a list of strings.
             position_ids: Optional [L] or [B, L] residue indices (single-chain input only).
             num_recycles, chunk_size: As in `call`.
-            compiled: True, False or "auto": whether to use the compiled inference path (None:
-                `self.compiled_inference`).
+            compiled: True, False or "auto": the inference path (None: `self.compiled_inference`; see the
+                class's Inference paths).
 
         Raises:
             InvalidSequenceError: for characters the model cannot fold, or empty sequences/chains.

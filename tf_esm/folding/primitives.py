@@ -110,14 +110,14 @@ def in_compiled_graph():
     return compiled_tf.in_graph()
 
 
-def prepared_structure_module(module):
-    """The structure module's program prepared in the background for an eager first call (TensorFlow,
-    `compiled_tf.structure_module_ahead`), or None: then the module runs as it is."""
+def traced_structure_module(module):
+    """The structure module's one traced program during eager inference under TensorFlow
+    (`compiled_tf.structure_module_traced`), or None: then the module runs as it is."""
     if keras.backend.backend() != "tensorflow":
         return None
     from tf_esm.folding import compiled_tf
 
-    return compiled_tf.ahead_structure_module(module)
+    return compiled_tf.traced_structure_module(module)
 
 
 def chunked(fn, inputs, chunk_size, axis=1):

@@ -15,7 +15,7 @@ from keras import ops
 from tf_esm.folding.atoms import frames_and_literature_positions_to_atom14_pos, torsion_angles_to_frames
 from tf_esm.configuration import StructureModuleConfig
 from tf_esm.folding.primitives import (ConfiguredLayer, LayerNorm, Linear, absent_position_bias, in_compiled_graph,
-                                      prepared_structure_module)
+                                      traced_structure_module)
 from tf_esm.folding.rigid import Rigid, Rotation
 
 _SOFTPLUS_INVERSE_OF_1 = 0.541324854612918
@@ -282,7 +282,7 @@ class StructureModule(ConfiguredLayer):
         if mask is None:
             mask = ops.ones(ops.shape(single)[:-1], dtype=single.dtype)
         if not training and length_mask is None:
-            program = prepared_structure_module(self)
+            program = traced_structure_module(self)
             if program is not None and single.dtype == pair.dtype == mask.dtype == self.compute_dtype:
                 return program(single, pair, ops.cast(aatype, "int32"), mask)
         s = self.layer_norm_s(single)
