@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from tests.test_folding_model import SEQUENCES, _batch
-from tests.test_weight_paging import _resident_pages, _wait_for_population, save_wide_stem_reference
+from tests.test_weight_paging import _resident_pages, save_wide_stem_reference
 from tf_esm import TFEsmModel
 from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.io import buffers, native_h5
@@ -80,7 +80,7 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
 def test_converted_bfloat16_stem_is_mapped_and_paged_per_use(esmfold):
     _, converted = esmfold
     model = TFEsmForProteinFolding.from_pretrained(converted, strict=True)
-    _wait_for_population()
+    model.page_weights = True  # the opt-in
     kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
     assert kernel.dtype == "bfloat16"
     assert buffers.mapped_span(np.asarray(kernel.value.value()).ctypes.data) is not None  # no cast, no copy
@@ -89,8 +89,8 @@ def test_converted_bfloat16_stem_is_mapped_and_paged_per_use(esmfold):
     # Read ahead on loading, not mapped: at most the pages a stem layer shares with a neighbour in the file.
     assert total > 100 and mapped <= 2 * len(stem), f"{mapped} of {total} pages of the stem mapped on loading"
     aatype, mask = _batch(SEQUENCES[:1])
-    for call in ("first call", "compiled program"):
-        model(aatype, attention_mask=mask, num_recycles=0)
+    for call, compiled in (("eager call", False), ("compiled program", True)):
+        model(aatype, attention_mask=mask, num_recycles=0, compiled=compiled)
         mapped, total = _resident_pages(stem)
         assert mapped <= 16 * len(stem), f"{call}: {mapped} of {total} pages of the stem still mapped"
 

@@ -144,8 +144,9 @@ def test_folding_stem_and_trunk_blocks_traced_once(monkeypatch):
 
 
 def test_folding_first_call_traces_the_trunk_block_once_for_all_recycling_passes(monkeypatch):
-    """ESMFold's eager first call ("auto"): every recycling pass runs the trunk's blocks through one traced block,
-    traced by the first pass only (it was traced again per pass); the outputs are the plain eager ones."""
+    """ESMFold's eager inference (the default under TensorFlow): every recycling pass runs the trunk's blocks
+    through one traced block, traced by the first pass only (it was traced again per pass); the outputs are the
+    op-by-op ones."""
     import keras
 
     from tests.test_folding_model import STEM, TRUNK
@@ -158,7 +159,7 @@ def test_folding_first_call_traces_the_trunk_block_once_for_all_recycling_passes
     keras.utils.set_random_seed(0)
     model = TFEsmForProteinFolding(config)
     model.build()
-    assert model.compiled_inference == "auto"
+    assert model.compiled_inference is None
     calls = []
     original = TriangularSelfAttentionBlock.call
 
@@ -172,7 +173,7 @@ def test_folding_first_call_traces_the_trunk_block_once_for_all_recycling_passes
     assert model.inference_trace_count == 0
     assert calls == [False], calls  # one trace, no eager block call
     del calls[:]
-    eager = model(aatype, num_recycles=2, compiled=False)
+    eager = keras.Model.__call__(model, aatype, num_recycles=2)  # op by op, no inference path
     assert calls == [True] * 9
     for key in ("positions", "plddt", "ptm", "s_z", "s_s"):
         np.testing.assert_allclose(np.asarray(first[key]), np.asarray(eager[key]), rtol=1e-4, atol=1e-4,

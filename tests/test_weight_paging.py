@@ -63,11 +63,6 @@ def _resident_pages(layers):
     return mapped, total
 
 
-def _wait_for_population():
-    while buffers._POPULATING:
-        buffers._POPULATING.pop()[0].join()
-
-
 def test_paging_is_off_by_default(converted):
     _, directory = converted
     assert TFEsmForProteinFolding.from_pretrained(directory, strict=True).page_weights is False
@@ -77,7 +72,6 @@ def test_paged_weights_leave_the_process_after_each_fold_and_fold_as_the_referen
     reference, directory = converted
     monkeypatch.setattr(TFEsmForProteinFolding, "page_weights", True)  # the opt-in, before loading
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
-    _wait_for_population()
     stacks = list(model.esm.encoder.layer) + [model.trunk.blocks]  # the stem's layers, the trunk's stacked blocks
     layer_count = len(model.esm.encoder.layer) + len(model.trunk.blocks)
     for layers, pages in ((model.esm.encoder.layer, 100), ([model.trunk.blocks], 20)):

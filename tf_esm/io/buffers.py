@@ -1,8 +1,8 @@
 """Buffers of the checkpoint readers (`io/weights.py`): aligned read buffers that TensorFlow can adopt without a copy,
-the staging buffer reused for matrices that are transposed anyway, the kernel's read-ahead of the files, and the
-pages of memory-mapped weights: faulted in while a model is built, given back after a cast, or mapped only while a
-layer runs (`paged_in` / `paged_out`, `modeling/layers_tf.paged_weights`). Backend-neutral: the hand-over to
-TensorFlow itself is `io/weights_tf.py`."""
+the staging buffer reused for matrices that are transposed anyway, and a hint to the kernel to read the files
+ahead. Paging per use (`paged_in` / `paged_out`, Linux, through madvise and /proc/self/pagemap) serves only the
+opt-in `modeling/layers_tf.paged_weights` (`TFEsmForProteinFolding.page_weights`). Backend-neutral: the hand-over
+to TensorFlow itself is `io/weights_tf.py`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import ctypes
 import mmap
 import os
 import sys
-import threading
 import weakref
 
 import numpy as np
@@ -80,31 +79,27 @@ def read_buffer(count, dtype):
 
 
 def read_ahead(paths):
-    """Have the kernel start reading `paths` into the page cache, from a background thread: for a large
-    checkpoint the disk reads then overlap the model's construction (Python) instead of following it. Page
-    cache is not the process's resident memory; where the call is missing (not Linux) nothing happens."""
+    """Ask the kernel to start reading `paths` into the page cache (`posix_fadvise` WILLNEED, which returns
+    without waiting for the reads), so the disk reads overlap the model's construction instead of following it.
+    Page cache is not the process's memory; where the call is missing (not POSIX) nothing happens."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is None:
         return
-
-    def run():
-        for path in paths:
-            try:
-                descriptor = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                advise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(descriptor)
-
-    threading.Thread(target=run, name="tf_esm-read-ahead", daemon=True).start()
+    for path in paths:
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            advise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
 
 
-# Linux advice values; POPULATE_READ since kernel 5.14 (Python 3.11's mmap module lacks the name).
-_MADV_WILLNEED, _MADV_DONTNEED, _MADV_POPULATE_READ = 3, 4, 22
+# Linux advice values (paging per use, an opt-in: `modeling/layers_tf.paged_weights`).
+_MADV_WILLNEED, _MADV_DONTNEED, _MADV_POPULATE_READ = 3, 4, 22  # POPULATE_READ: kernel 5.14+
 
 
 _LIBC_MADVISE = []  # madvise from libc, looked up once (a `ctypes.CDLL` per call cost ~0.1 s per ESMFold fold)
@@ -117,43 +112,6 @@ def _madvise(begin, length, advice):
         function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         _LIBC_MADVISE.append(function)
     return _LIBC_MADVISE[0](begin, length, advice)
-
-
-def populate_in_background(mapped, read_ahead_only=()):
-    """Fault in the pages of `mapped` (a NumPy view of a whole file mapping) from a background thread, in file
-    order: the page tables of a model loaded as a memory map are then filled while the model is built and run,
-    instead of page by page inside its first call (3.4 million 4-KiB faults for the full-size ESMFold). Reads
-    from disk what the page cache lacks. `read_ahead_only`: (offset, nbytes) spans of the file that are only read
-    into the page cache, not mapped into the process (weights paged in per use, `paged_in`). Linux only; on an
-    older kernel the pages are only read ahead."""
-    if not sys.platform.startswith("linux") or mapped.nbytes == 0:
-        return
-    step = 64 << 20
-    stop = threading.Event()
-    start, end = mapped.ctypes.data, mapped.ctypes.data + mapped.nbytes
-    spans, position = [], start  # (begin, end, advice) in file order
-    for offset, nbytes in sorted(read_ahead_only):
-        if start + offset > position:
-            spans.append((position, start + offset, _MADV_POPULATE_READ))
-        spans.append((start + offset, start + offset + nbytes, _MADV_WILLNEED))
-        position = max(position, start + offset + nbytes)
-    spans.append((position, end, _MADV_POPULATE_READ))
-
-    def run(mapped=mapped):  # the closure keeps the mapping alive until the thread is done
-        for span_begin, span_end, advice in spans:
-            for begin in range(span_begin, span_end, step):
-                if stop.is_set():
-                    return
-                length = min(step, span_end - begin)
-                if _madvise(begin, length, advice) != 0 and advice != _MADV_WILLNEED:
-                    _madvise(begin, length, _MADV_WILLNEED)
-
-    thread = threading.Thread(target=run, name="tf_esm-populate", daemon=True)
-    _POPULATING.append((thread, stop))
-    thread.start()
-
-
-_POPULATING = []  # (thread, stop event) of each `populate_in_background`
 
 
 # ------------------------------------------------------------------------------------------------ paging per use
@@ -245,18 +203,3 @@ def paged_out(spans):
                 dropped += 1
             del alive
     return dropped
-
-
-def release_pages(array):
-    """Drop from this process the pages of `array`, a view of a file mapping registered by `own_array(...,
-    mapped=True)` whose values were copied elsewhere (cast to another dtype), as `paged_out` does: mapped file pages
-    count as the process's memory until then. Stops the mappings' background population first (it would bring
-    them back, and hold the whole file at once). Anything else is left alone."""
-    span = mapped_span(array.ctypes.data)
-    if span is None or not sys.platform.startswith("linux"):
-        return
-    while _POPULATING:  # a load that copies weights out of the mapping: the rest comes in when it is used
-        thread, stop = _POPULATING.pop()
-        stop.set()
-        thread.join()
-    paged_out([span])

@@ -21,9 +21,8 @@ def read_checkpoint(reference, config=None, populate=True):
         reference: a directory (HF PyTorch layout or written by `save_pretrained`), a weight file inside one, a
             fair-esm `.pt` file, or a hub id (downloaded when online).
         config: an `EsmConfig` to return instead of the checkpoint's own.
-        populate: a memory-mapped file (our HDF5) has its pages faulted in from a background thread; pass False
-            when the weights will be copied out of it (cast to another dtype) instead of used in place; or a
-            predicate on the reference names, the others only read ahead into the page cache (`read_h5`).
+        populate: a memory-mapped file (our HDF5) is read ahead into the page cache (a hint to the kernel); pass
+            False when the weights will be copied out of it (cast to another dtype) instead of used in place.
 
     Returns:
         The configuration, the state dict, and the file the weights came from (named in load messages).

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf_esm.io.buffers import own_array, populate_in_background
+from tf_esm.io.buffers import own_array, read_ahead
 
 FORMAT_VERSION = 2
 # The group of each version's datasets. Version 2 has its own, so that a tf_esm older than it refuses the file
@@ -81,10 +81,9 @@ def save_weights_h5(model, path):
 
 
 def read_h5(path, populate=True):
-    """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version). `populate`: fault the
-    mapping's pages in from a background thread (for weights used in place; not for weights cast on loading,
-    whose float32 pages would all be held at once); or a predicate on the reference names: the others are only
-    read ahead into the page cache (weights paged in per use, ESMFold's layer stacks)."""
+    """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version). `populate`
+    (true, or a predicate on the reference names): ask the kernel to read the file ahead into the page cache
+    (`buffers.read_ahead`)."""
     import h5py
 
     from tf_esm.io.stacked_weights import matrix_ndim
@@ -128,10 +127,7 @@ def read_h5(path, populate=True):
             mapping = None
         else:
             if populate:
-                read_ahead_only = [] if populate is True else [
-                    (entry[2], int(np.prod(entry[4], dtype=np.int64)) * entry[3].itemsize)
-                    for name, entry in entries.items() if entry[2] is not None and not populate(name)]
-                populate_in_background(mapping, read_ahead_only)
+                read_ahead([path])
 
     def read(name):
         location, transposed, offset, dtype, shape = entries[name]

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from tf_esm.io.buffers import is_own_array, own_array, read_buffer, release_pages
+from tf_esm.io.buffers import is_own_array, own_array, read_buffer
 
 # The layer axis of a stacked weight (`modeling/layer_stack.py`): `trunk.blocks.*.mlp_seq.mlp.1.weight` is
 # `trunk.blocks.{i}.mlp_seq.mlp.1.weight` for every i, stacked along a leading axis.
@@ -95,6 +95,5 @@ def _stacked(state_dict, members, transpose, source):
                                   "must match.")
         source_array = value.T if keras_layout else value
         stack[index] = source_array
-        release_pages(source_array)
     own_array(stack)
     return swapped(stack) if keras_layout else stack

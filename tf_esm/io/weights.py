@@ -38,7 +38,6 @@ from tf_esm.io.buffers import (
     own_array,
     read_ahead,
     read_buffer,
-    release_pages,
     staged_reads,
 )
 from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
@@ -284,9 +283,7 @@ def _as_variable_value(value, dtype, transpose):
             return tensor
     if tensor is None:
         tensor = ops.convert_to_tensor(value)
-    result = ops.swapaxes(tensor, -1, -2) if transpose else tensor
-    release_pages(original)  # copied: a file mapping's pages of it are not needed any more
-    return result
+    return ops.swapaxes(tensor, -1, -2) if transpose else tensor
 
 
 def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
