@@ -34,6 +34,7 @@ EVERY_BACKEND_MODULES = (
     "test_fair_esm.py",
     "test_folding_determinism.py",
     "test_folding_half_stem.py",
+    "test_hub.py",
     "test_inference.py",
     "test_layer_stack.py",
     "test_modeling.py",
