@@ -497,12 +497,12 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     model = folding.TFEsmForProteinFolding.from_pretrained(model_dir)
     loaded = []
 
-    def from_pretrained(reference, **kwargs):  # hand the command this same instance: its compiled graph is reused
+    def from_pretrained(reference, **kwargs):  # hand the command this same instance
         loaded.append(reference)
         return model
 
     monkeypatch.setattr(folding.TFEsmForProteinFolding, "from_pretrained", from_pretrained)
-    # 20 positions, and 3 + 25 (linker) + 3: one length bucket, so one compiled graph serves every call below.
+    # 20 positions, and 3 + 25 (linker) + 3: one length bucket, so one compiled graph serves `--compiled` below.
     records = {"one": "MKTAYIAKQRQISFVKSHFS", "two/b": "GSH:WCY"}
     fasta = _write_fasta(tmp_path / "fold.fasta", records)
     alone, together = tmp_path / "alone", tmp_path / "together"
@@ -528,7 +528,11 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
         for values in (row, batched_row):  # batching changes neither number
             assert float(values[2]) == pytest.approx(mean_plddt, abs=0.006)
             assert float(values[3]) == pytest.approx(ptm, abs=6e-5)
-    assert model.inference_trace_count == 1
+    assert model.inference_trace_count == 0  # the default folds eagerly: no compile
+    code, _, err = _main(capsys, "fold", fasta, tmp_path / "compiled", *options, "--compiled")
+    assert code == 0, err
+    assert model.inference_trace_count == 1  # one program for the bucket
+    model.compiled_inference = None
     code, _, err = _main(capsys, "fold", fasta, alone, "--model", model_dir)
     assert code == 0 and "nothing to do" in err
     bad = tmp_path / "bad.fasta"
