@@ -286,6 +286,13 @@ def _as_variable_value(value, dtype, transpose):
     return ops.swapaxes(tensor, -1, -2) if transpose else tensor
 
 
+def matched_state_dict(state_dict, variables, source="checkpoint"):
+    """`state_dict` under the names of `variables` (`model_variables`): reference names normalised, the base
+    model's prefix added where the checkpoint lacks it, per-layer tensors gathered under their stacked names."""
+    state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
+    return with_stacks(state_dict, variables, source)
+
+
 def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     """Assign a {reference name: array} dict to `model`'s variables. Returns (missing, unexpected) name lists.
 
@@ -294,8 +301,7 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
     errors when `strict`. A pooler in the checkpoint of a model built without one is skipped silently.
     """
     variables = model_variables(model)
-    state_dict = _add_base_prefix(normalize_reference_names(state_dict), variables)
-    state_dict = with_stacks(state_dict, variables, source)
+    state_dict = matched_state_dict(state_dict, variables, source)
     ignored = IGNORED if any(_is((POOLER,), name) for name in variables) else IGNORED + (POOLER,)
     import keras
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from tf_esm.configuration import EsmConfig
+
+logger = logging.getLogger("tf_esm")
 
 
 class EsmPretrainedIO:
@@ -60,7 +63,7 @@ class EsmPretrainedIO:
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, config: EsmConfig | None = None,
-                        strict: bool = False, dtype: str = "float32", **kwargs):
+                        strict: bool = False, dtype: str = "float32", weights_cache="auto", **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
 
         Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
@@ -76,6 +79,10 @@ class EsmPretrainedIO:
             dtype: "float32" (default), or "bfloat16" for inference: every weight is stored in bfloat16 (rounded
                 once, here) and matmuls run in bfloat16, with layer norms and softmax in float32
                 (`tf_esm.modeling.precision`). Warns on a CPU without bfloat16 instructions (slower there).
+            weights_cache: (TensorFlow) load a PyTorch-layout checkpoint (safetensors, `.bin`) through a copy in
+                tf_esm's own layout, converted once into a cache and memory-mapped after, so the weights are
+                file-backed pages the kernel can reclaim instead of the process's own memory (`io/weights_cache.py`):
+                "auto" (default) for checkpoints of 2 GiB or more, True always, False never, or a cache folder.
             **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
                 keyword overrides a config attribute (e.g. `num_labels=3`).
         """
@@ -100,6 +107,8 @@ class EsmPretrainedIO:
         with deferred_initialization(), building_in(dtype):
             model = cls(config, **model_kwargs)
             model.build()
+        state_dict = _through_weights_cache(model, state_dict, source, weights_cache,
+                                            populate=cls._populated_weights(dtype, model_kwargs))
         try:
             load_state_dict(model, state_dict, strict=strict, source=source)
         finally:
@@ -156,3 +165,25 @@ class EsmPretrainedIO:
             elif self.config.vocab_size == len(ESM2_VOCAB):
                 vocab = self.config.vocab_list or ESM2_VOCAB
                 write_text_atomic(staged.path("vocab.txt"), "\n".join(vocab) + "\n")
+
+
+def _through_weights_cache(model, state_dict, source, option, populate):
+    """`state_dict`, or the memory-mapped converted copy of it from the cache (written first when absent), when
+    `option` applies to `source` under TensorFlow (`io/weights_cache.py`; only TensorFlow's variables adopt a
+    mapping's memory)."""
+    import keras
+
+    from tf_esm.io import weights_cache
+    from tf_esm.io.native_h5 import read_h5
+    from tf_esm.io.weights import matched_state_dict, model_variables
+
+    if keras.backend.backend() != "tensorflow" or not weights_cache.applies(source, option):
+        return state_dict
+    variables = model_variables(model)
+    cache_dir = option if isinstance(option, (str, os.PathLike)) and option != "auto" else None
+    path = weights_cache.converted_path(source, variables, cache_dir)
+    if not os.path.isfile(path):
+        logger.warning("Converting %s once into %s (tf_esm's layout, memory-mapped on every later load).",
+                       source, os.path.dirname(path))
+        weights_cache.write_converted(matched_state_dict(state_dict, variables, source), variables, path)
+    return read_h5(path, populate)
