@@ -138,7 +138,7 @@ def test_fold_command_pages_by_default_and_keeps_weights_resident_on_request(con
     fasta = tmp_path / "one.fasta"
     fasta.write_text(">one\nMKTAYIAKQRQISFVKSHFS\n")
     for outdir, flags in (("paged", []), ("resident", ["--resident-weights"])):
-        assert main(["fold", str(fasta), str(tmp_path / outdir), "--model", directory, "--num-recycles", "0",
+        assert main(["fold", directory, str(fasta), str(tmp_path / outdir), "--num-recycles", "0",
                      *flags]) == 0
     assert [model.page_weights for model in models] == [True, False]
     mapped, total = _resident_pages(models[0].esm.encoder.layer)

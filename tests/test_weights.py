@@ -230,7 +230,7 @@ def test_mapped_weights_cast_on_loading_give_their_pages_back(tmp_path):
     model.build()
     model.save_pretrained(tmp_path)
     path = tmp_path / "tf_esm_model.h5"
-    half = TFEsmModel.from_pretrained(tmp_path, dtype="bfloat16", add_pooling_layer=False)
+    half = TFEsmModel.from_pretrained(tmp_path, precision="bfloat16", add_pooling_layer=False)
     resident = _mapped_resident_bytes(path)
     assert resident < 0.1 * os.path.getsize(path), f"{resident} of {os.path.getsize(path)} bytes still resident"
     for ours, theirs in zip(half.weights, model.weights):
