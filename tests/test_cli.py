@@ -674,3 +674,17 @@ def test_progress_bar_draws_only_on_a_terminal():
     assert final.startswith("\u2501" * 24) and " 4/4 seq " in final, final  # a full bar, the count
     assert "res/s" in final and final.endswith("ETA 0:00"), final
     assert drawn.endswith("\n")
+
+
+def test_old_token_budget_option_still_works_with_a_warning(capsys):
+    from tf_esm.cli.dispatch import build_parser
+
+    for command in (["embed", "m", "in.fasta", "out.h5"], ["contacts", "m", "in.fasta", "out"],
+                    ["score", "m", "--sequence", "MK", "--mutations", "x.csv"]):
+        args = build_parser().parse_args([*command, "--toks-per-batch", "7"])
+        assert args.max_tokens_per_batch == 7
+        warning = "tf-esm: warning: --toks-per-batch is deprecated; use --max-tokens-per-batch.\n"
+        assert capsys.readouterr().err == warning
+        assert build_parser().parse_args([*command, "--max-tokens-per-batch", "9"]).max_tokens_per_batch == 9
+        assert build_parser().parse_args(command).max_tokens_per_batch == 4096 and not capsys.readouterr().err
+
