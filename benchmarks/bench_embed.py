@@ -229,7 +229,7 @@ def worker_keras(args):
     passes = ["cold"] + ["warm"] * args.repeats  # cold: includes tracing/compiling
     for name in passes:
         start = time.perf_counter()
-        results = inference.embed_sequences(model, sequences, include=("mean",), toks_per_batch=args.toks_per_batch)
+        results = inference.embed_sequences(model, sequences, include=("mean",), max_tokens_per_batch=args.toks_per_batch)
         seconds = time.perf_counter() - start
         result[f"{name}_s"] = min(seconds, result.get(f"{name}_s", float("inf")))
         result[f"traces_after_{name}"] = inference.trace_count(model)
@@ -360,7 +360,7 @@ def main():
                 torch_runs, keras_runs = [], []
                 for _ in range(args.repeats):  # alternate the frameworks: the machine's load drifts
                     torch_runs.append(spawn("torch", embeddings_out=torch_out, **common))
-                    keras_runs.append(spawn("keras", embeddings_out=keras_out, toks_per_batch=args.toks_per_batch,
+                    keras_runs.append(spawn("keras", embeddings_out=keras_out, max_tokens_per_batch=args.toks_per_batch,
                                             **common))
                     if args.device == "cpu":  # the machine is shared: sample the GEMM rate again, in its own process
                         keras_runs[-1]["gemm_flops_around"] = [spawn("gemm", device="cpu")["gemm_flops"]]

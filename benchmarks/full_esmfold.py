@@ -163,7 +163,7 @@ def worker(framework, checkpoint, steps, repeats, stem, num_recycles=None):
     else:
         from tf_esm.folding import TFEsmForProteinFolding
 
-        kwargs = {} if stem == "fp32" else {"esm_dtype": "float16" if stem == "fp16" else stem}
+        kwargs = {} if stem == "fp32" else {"stem_precision": "float16" if stem == "fp16" else stem}
         model = TFEsmForProteinFolding.from_pretrained(checkpoint, **kwargs)
 
         if framework == "tf_esm_hybrid":  # eager, each layer stack through one traced function

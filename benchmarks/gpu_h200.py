@@ -296,7 +296,7 @@ def worker_embed_keras(args):
     for name in ("cold", "warm"):
         before = dict(clock)
         start = time.perf_counter()
-        results = inference.embed_sequences(model, sequences, include=("mean",), toks_per_batch=s["toks_per_batch"],
+        results = inference.embed_sequences(model, sequences, include=("mean",), max_tokens_per_batch=s["toks_per_batch"],
                                             progress_callback=progress)
         seconds = time.perf_counter() - start
         emit(**{f"{name}_s": seconds, f"{name}_compiles": clock["compiles"] - before["compiles"],
@@ -400,7 +400,7 @@ def worker_fold(args):
     def run_tf_esm(esm_dtype):
         start = time.perf_counter()
         with deferred_initialization():
-            ours = TFEsmForProteinFolding(EsmConfig.from_dict(hf_config.to_dict()), esm_dtype=esm_dtype)
+            ours = TFEsmForProteinFolding(EsmConfig.from_dict(hf_config.to_dict()), stem_precision=esm_dtype)
             ours.build()
         try:
             load_state_dict(ours, state, strict=True, source="HF state dict in memory")

@@ -64,12 +64,12 @@ def main():
     sequences = bench_embed.workload(args.num_seqs)
     with tempfile.TemporaryDirectory() as scratch:
         bench_embed.build_checkpoint(args.shape, scratch)
-        model = TFEsmModel.from_pretrained(scratch, dtype=args.dtype)
-        inference.embed_sequences(model, sequences, toks_per_batch=args.toks_per_batch)  # trace + warm up
+        model = TFEsmModel.from_pretrained(scratch, precision=args.dtype)
+        inference.embed_sequences(model, sequences, max_tokens_per_batch=args.toks_per_batch)  # trace + warm up
         logdir = os.path.join(scratch, "profile")
         tf.profiler.experimental.start(logdir)
         start = time.perf_counter()
-        inference.embed_sequences(model, sequences, toks_per_batch=args.toks_per_batch)
+        inference.embed_sequences(model, sequences, max_tokens_per_batch=args.toks_per_batch)
         wall = time.perf_counter() - start
         tf.profiler.experimental.stop()
         totals = op_times(logdir)

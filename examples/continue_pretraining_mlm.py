@@ -33,10 +33,10 @@ def parse_args(argv=None):
     parser = training_parser(__doc__, train_help="training FASTA file",
                              validation_help="validation FASTA file (masked with a fixed seed)",
                              output_help="where the model is saved", learning_rate=1e-4)
-    parser.add_argument("--token-budget", type=int, help="instead of --batch-size: padded tokens per batch")
+    parser.add_argument("--max-tokens-per-batch", type=int, help="instead of --batch-size: padded tokens per batch")
     parser.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of residues selected")
     args = parse_training_args(parser, argv)
-    if args.token_budget is not None:
+    if args.max_tokens_per_batch is not None:
         args.batch_size = None
     return args
 
@@ -51,7 +51,7 @@ def main(argv=None):
     args = parse_args(argv)
     tokenizer = set_up_run(args)
     model = TFEsmForMaskedLM.from_pretrained(args.model)
-    batching = dataset_options(args, tokenizer, model, token_budget=args.token_budget)
+    batching = dataset_options(args, tokenizer, model, max_tokens_per_batch=args.max_tokens_per_batch)
     masking = MlmMasking(tokenizer, probability=args.mlm_probability, seed=args.seed)
     train = make_dataset(read_fasta_records(args.train), shuffle=True, seed=args.seed, mlm=masking, **batching)
     validation = None

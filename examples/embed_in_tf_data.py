@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="output file: .npy or .h5")
     batching = parser.add_mutually_exclusive_group()
     batching.add_argument("--batch-size", type=int, help="sequences per batch (default 8)")
-    batching.add_argument("--token-budget", type=int, help="at most this many padded tokens per batch")
+    batching.add_argument("--max-tokens-per-batch", type=int, help="at most this many padded tokens per batch")
     parser.add_argument("--max-length", type=int, default=None,
                         help="longest input in tokens, <cls>/<eos> included (default: the model's limit)")
     parser.add_argument("--truncation", choices=("error", "warn"), default="error",
@@ -117,8 +117,8 @@ def main(argv=None):
     max_length = args.max_length if args.max_length is not None else default_max_length(model.config)
     records = read_fasta_records(args.fasta)
     dataset = make_dataset(records, tokenizer=tokenizer, in_graph=args.in_graph_tokenizer, max_length=max_length,
-                           truncation=args.truncation, batch_size=args.batch_size, token_budget=args.token_budget,
-                           return_index=True)
+                           truncation=args.truncation, batch_size=args.batch_size,
+                           max_tokens_per_batch=args.max_tokens_per_batch, return_index=True)
     special_ids = [tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
     sequence_embeddings, residues = embed(model, dataset, special_ids, len(records), args.per_residue)
     write_output(args.output, records.ids, sequence_embeddings, residues)

@@ -62,7 +62,7 @@ def test_two_worker_processes_embed_every_record_once_as_one_process_does(tmp_pa
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     directory, expected = shards
     output = tmp_path / "out"
-    options = dict(repr_layers=[0, -1], include=["mean", "per_tok", "bos"], toks_per_batch=96,
+    options = dict(repr_layers=[0, -1], include=["mean", "per_tok", "bos"], max_tokens_per_batch=96,
                    truncation_seq_length=30)
     summary = embed_files(checkpoint.path, str(directory / "*.fasta*"), str(output), pipeline_args=[
         "--runner", "DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"], **options)
@@ -103,7 +103,7 @@ def test_cli_runner_matches_the_one_process_command(tmp_path, shards, checkpoint
     directory, expected = shards
     output = tmp_path / "beam_out"
     code = main(["embed", checkpoint.path, str(directory / "*.fasta*"), str(output), "--runner", "DirectRunner",
-                 "--repr-layers", "-1", "--toks-per-batch", "128", "--", "--direct_num_workers=1"])
+                 "--repr-layers", "-1", "--max-tokens-per-batch", "128", "--", "--direct_num_workers=1"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"embedded {len(expected)} records from 2 files" in err

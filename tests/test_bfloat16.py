@@ -1,4 +1,4 @@
-"""bfloat16 inference precision (`from_pretrained(dtype="bfloat16")`, `tf-esm embed --precision bfloat16`): weights
+"""bfloat16 inference precision (`from_pretrained(precision="bfloat16")`, `tf-esm embed --precision bfloat16`): weights
 stored in bfloat16, results float32 and within bfloat16 rounding of the PyTorch float32 reference (and about as close
 to it as the reference under `torch.autocast("cpu", torch.bfloat16)` is), the CPU check, the CLI flag and settings."""
 
@@ -47,7 +47,7 @@ def cosines(a, b):
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_bfloat16_embeddings_match_the_float32_reference(reference_checkpoints, architecture):
     reference = reference_checkpoints(architecture)
-    model = TFEsmModel.from_pretrained(reference.path, add_pooling_layer=False, dtype="bfloat16")
+    model = TFEsmModel.from_pretrained(reference.path, add_pooling_layer=False, precision="bfloat16")
     # Stored in bfloat16: nothing is cast per call. Only the rotary frequencies stay float32 (angles reach ~1e3 rad).
     dtypes = {variable.path.split("/", 1)[1]: keras.backend.standardize_dtype(variable.dtype) for variable in model.variables}
     assert {path for path, dtype in dtypes.items() if dtype != "bfloat16"} == (
@@ -77,7 +77,7 @@ def test_bfloat16_embeddings_match_the_float32_reference(reference_checkpoints, 
 
 def test_bfloat16_masked_lm_logits_and_attentions(reference_checkpoints):
     reference = reference_checkpoints("rotary")
-    model = TFEsmForMaskedLM.from_pretrained(reference.path, dtype="bf16")
+    model = TFEsmForMaskedLM.from_pretrained(reference.path, precision="bf16")
     input_ids = np.array([[0, 5, 6, 7, 32, 9, 2, 1]], np.int32)
     mask = (input_ids != 1).astype(np.int32)
     outputs = model(input_ids, attention_mask=mask, output_attentions=True)
@@ -97,14 +97,14 @@ def test_bfloat16_masked_lm_logits_and_attentions(reference_checkpoints):
 def test_precision_names_and_unsupported_classes(reference_checkpoints):
     reference = reference_checkpoints("rotary")
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16; got 'float16'"):
-        TFEsmModel.from_pretrained(reference.path, dtype="float16")
+        TFEsmModel.from_pretrained(reference.path, precision="float16")
     assert precision.check_precision("bf16") == "bfloat16" and precision.check_precision(None) == "float32"
 
     class Float32Only(TFEsmModel):
         supported_dtypes = ("float32",)
 
-    with pytest.raises(ValueError, match="Float32Only supports dtype float32; got 'bfloat16'"):
-        Float32Only.from_pretrained(reference.path, dtype="bfloat16")
+    with pytest.raises(ValueError, match="Float32Only supports precision float32; got 'bfloat16'"):
+        Float32Only.from_pretrained(reference.path, precision="bfloat16")
     # The policy was only set while building: later models are float32 again.
     assert keras.config.dtype_policy().name == "float32"
 

@@ -58,8 +58,8 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
     test_folding_half_stem checks)."""
     hf, converted = esmfold
     model = TFEsmForProteinFolding.from_pretrained(converted, strict=True)
-    cast = TFEsmForProteinFolding.from_pretrained(hf, esm_dtype="bfloat16", strict=True)
-    assert model.esm_dtype == "bfloat16"
+    cast = TFEsmForProteinFolding.from_pretrained(hf, stem_precision="bfloat16", strict=True)
+    assert model.stem_precision == "bfloat16"
     assert [v.path.split("/", 1)[1] for v in model.weights] == [v.path.split("/", 1)[1] for v in cast.weights]
     for ours, theirs in zip(model.weights, cast.weights):
         assert ours.dtype == theirs.dtype, ours.path
@@ -70,9 +70,9 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
         positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0)["positions"])
         np.testing.assert_array_equal(positions, expected, err_msg=call)
 
-    widened = TFEsmForProteinFolding.from_pretrained(converted, esm_dtype="float32", strict=True)
+    widened = TFEsmForProteinFolding.from_pretrained(converted, stem_precision="float32", strict=True)
     kernel = widened.esm.encoder.layer[1].intermediate.dense.kernel
-    assert widened.esm_dtype == "float32" and kernel.dtype == "float32"
+    assert widened.stem_precision == "float32" and kernel.dtype == "float32"
     np.testing.assert_array_equal(_values(kernel), _values(model.esm.encoder.layer[1].intermediate.dense.kernel))
 
 
@@ -103,13 +103,13 @@ def test_save_pretrained_of_a_bfloat16_encoder_round_trips(tmp_path):
                                     mask_token_id=32, position_embedding_type="rotary", token_dropout=True)
     torch.manual_seed(0)
     transformers.EsmModel(config, add_pooling_layer=False).save_pretrained(str(tmp_path / "hf"))
-    model = TFEsmModel.from_pretrained(str(tmp_path / "hf"), dtype="bfloat16", add_pooling_layer=False)
+    model = TFEsmModel.from_pretrained(str(tmp_path / "hf"), precision="bfloat16", add_pooling_layer=False)
     model.save_pretrained(str(tmp_path / "saved"))
     with h5py.File(tmp_path / "saved" / H5_WEIGHTS_NAME, "r") as handle:
         assert handle.attrs["format_version"] == 3
         assert set(native_h5.GROUPS[version] for version in (1, 2)).isdisjoint(handle)
     for dtype in ("bfloat16", "float32"):
-        again = TFEsmModel.from_pretrained(str(tmp_path / "saved"), dtype=dtype, add_pooling_layer=False)
+        again = TFEsmModel.from_pretrained(str(tmp_path / "saved"), precision=dtype, add_pooling_layer=False)
         for ours, theirs in zip(model.weights, again.weights):
             assert str(theirs.dtype) == (dtype if ours.dtype == "bfloat16" else str(ours.dtype)), theirs.path
             np.testing.assert_array_equal(_values(theirs), _values(ours), err_msg=f"{dtype} {theirs.path}")
@@ -140,7 +140,7 @@ def test_convert_stem_precision_command(esmfold, tmp_path, capsys):
     assert json.load(open(tmp_path / "script" / "config.json"))["esm_dtype"] == "float16"
     capsys.readouterr()
     (tmp_path / "one.fasta").write_text(f">one\n{SEQUENCES[0]}\n")
-    assert main(["fold", str(tmp_path / "one.fasta"), str(tmp_path / "pdb"), "--model", hf, "--num-recycles", "0",
+    assert main(["fold", hf, str(tmp_path / "one.fasta"), str(tmp_path / "pdb"), "--num-recycles", "0",
                  "--stem-precision", "bfloat16"]) == 0
     assert f"tf-esm convert {hf} DIR --stem-precision bfloat16" in capsys.readouterr().err  # the tip keeps the flag
     encoder = tmp_path / "encoder"

@@ -146,7 +146,7 @@ def test_embed_hdf5_with_the_console_script(tmp_path, checkpoint, fasta, expecte
 def test_embed_npz_directory(tmp_path, capsys, checkpoint, fasta, expected):
     output = tmp_path / "embeddings"
     code, _, err = _main(capsys, "embed", checkpoint.path, fasta, output, "--repr-layers", "-1", "--include",
-                         "mean", "bos", "--truncation-seq-length", TRUNCATION, "--toks-per-batch", "40")
+                         "mean", "bos", "--truncation-seq-length", TRUNCATION, "--max-tokens-per-batch", "40")
     assert code == 0, err
     assert sorted(os.listdir(output)) == sorted([record_key(r) + ".npz" for r in RECORDS] + ["tf_esm_embed.json"])
     for record_id, record in expected.items():
@@ -236,7 +236,7 @@ def test_sigkill_never_leaves_a_corrupt_output(tmp_path, capsys, checkpoint, exp
     options = ["--include", "mean", "--repr-layers", "0", "-1", "--truncation-seq-length", TRUNCATION]
     process = subprocess.Popen(  # tf-esm pausing one second after each stored record
         [sys.executable, SLOW_TF_ESM, "1.0", "embed", checkpoint.path, fasta, str(output), *map(str, options),
-         "--checkpoint-interval", "0", "--toks-per-batch", "32"],
+         "--checkpoint-interval", "0", "--max-tokens-per-batch", "32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -301,7 +301,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, checkpoint, fasta):
                     "--repr-layers 3: this model has layers 0..2 (or -3..-1).")
     _one_error_line(_main(capsys, "embed", checkpoint.path, fasta, out, "--include", "logits"), 2,
                     "argument --include: invalid choice: 'logits'", "(see 'tf-esm embed --help')")
-    _one_error_line(_main(capsys, "embed", checkpoint.path, fasta, out, "--toks-per-batch", "0"), 2,
+    _one_error_line(_main(capsys, "embed", checkpoint.path, fasta, out, "--max-tokens-per-batch", "0"), 2,
                     "expected a positive integer, got '0'")
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as handle:
@@ -381,7 +381,7 @@ def test_score_equals_direct_computation(tmp_path, capsys, model, checkpoint, to
     mutations = _mutations_csv(tmp_path / "dms.csv")
     output = tmp_path / "scored.csv"
     code, out, err = _main(capsys, "score", checkpoint.path, "--sequence", SEQUENCE, "--mutations", mutations,
-                           "--strategy", strategy, "--output", output, "--toks-per-batch", "50")
+                           "--strategy", strategy, "--output", output, "--max-tokens-per-batch", "50")
     assert code == 0, err
     assert out == "" and err == f"tf-esm: scored 4 mutants with 1 model(s) ({strategy}) into {output}.\n"
     with open(output, newline="") as handle:
@@ -457,8 +457,9 @@ def test_contacts_npy_and_png(tmp_path, capsys, checkpoint, fasta, expected):
 
 def test_png_without_matplotlib_says_how_to_install(tmp_path, capsys, monkeypatch, checkpoint, fasta):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    _one_error_line(_main(capsys, "contacts", checkpoint.path, fasta, tmp_path / "c", "--png"), 1,
-                    "--png needs matplotlib, which is not installed: pip install matplotlib")
+    _one_error_line(_main(capsys, "contacts", checkpoint.path, fasta, tmp_path / "c", "--png"), 2,
+                    "--png needs matplotlib, which is not installed: pip install matplotlib",
+                    'pip install -e ".[plot]"')
 
 
 # ----------------------------------------------------------------------------------------------------- fold
@@ -506,10 +507,10 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     records = {"one": "MKTAYIAKQRQISFVKSHFS", "two/b": "GSH:WCY"}
     fasta = _write_fasta(tmp_path / "fold.fasta", records)
     alone, together = tmp_path / "alone", tmp_path / "together"
-    options = ["--model", model_dir, "--num-recycles", "0", "--chunk-size", "4"]
-    code, _, err = _main(capsys, "fold", fasta, alone, *options, "--max-tokens-per-batch", "31")
+    options = ["--num-recycles", "0", "--chunk-size", "4"]
+    code, _, err = _main(capsys, "fold", model_dir, fasta, alone, *options, "--max-tokens-per-batch", "31")
     assert code == 0, err
-    code, _, err = _main(capsys, "fold", fasta, together, *options)  # both records in one padded batch
+    code, _, err = _main(capsys, "fold", model_dir, fasta, together, *options)  # both records in one batch
     assert code == 0, err
     assert re.search(r"folded 2 records into .* in \d+:\d\d \(\d+\.\d\d s per protein\)", err), err
     assert loaded == [model_dir, model_dir]
@@ -529,15 +530,36 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
             assert float(values[2]) == pytest.approx(mean_plddt, abs=0.006)
             assert float(values[3]) == pytest.approx(ptm, abs=6e-5)
     assert model.inference_trace_count == 0  # the default folds eagerly: no compile
-    code, _, err = _main(capsys, "fold", fasta, tmp_path / "compiled", *options, "--compiled")
+    code, _, err = _main(capsys, "fold", model_dir, fasta, tmp_path / "compiled", *options, "--compiled")
     assert code == 0, err
     assert model.inference_trace_count == 1  # one program for the bucket
     model.compiled_inference = None
-    code, _, err = _main(capsys, "fold", fasta, alone, "--model", model_dir)
+    code, _, err = _main(capsys, "fold", model_dir, fasta, alone)
     assert code == 0 and "nothing to do" in err
     bad = tmp_path / "bad.fasta"
     bad.write_text(">x\nMK::TA\n")
-    _one_error_line(_main(capsys, "fold", bad, alone, "--model", model_dir), 2, "record 'x', chain 2")
+    _one_error_line(_main(capsys, "fold", model_dir, bad, alone), 2, "record 'x', chain 2")
+
+    # The old order (FASTA OUTDIR --model M) still works, with a warning that shows the new one.
+    code, _, err = _main(capsys, "fold", fasta, alone, "--model", model_dir)
+    assert code == 0 and "nothing to do" in err
+    assert "warning: `tf-esm fold FASTA OUTDIR [--model MODEL]` is the old order; MODEL now comes first" in err
+    assert f"tf-esm fold {model_dir} {fasta} {alone}" in err
+    assert loaded == [model_dir, model_dir]  # nothing was left to fold: no model loaded by the last three runs
+
+
+def test_fold_wrong_calls_show_the_usage(tmp_path, capsys):
+    fasta = _write_fasta(tmp_path / "fold.fasta", {"one": "MKTAYIAKQR"})
+    usage = "usage: tf-esm fold [options] MODEL FASTA OUTDIR"
+    _one_error_line(_main(capsys, "fold", "facebook/esmfold_v1", fasta), 2, "missing OUTDIR: " + usage,
+                    "e.g. tf-esm fold facebook/esmfold_v1 proteins.fasta structures/")
+    _one_error_line(_main(capsys, "fold", "m", fasta, tmp_path / "out", "extra"), 2,
+                    "unrecognized arguments: extra (" + usage, "see 'tf-esm fold --help'")
+    _one_error_line(_main(capsys, "fold", "m", fasta, tmp_path / "out", "--model", "n"), 2,
+                    "MODEL given twice (m and --model n)")
+    assert not (tmp_path / "out").exists()
+    code, out, _ = _main(capsys, "fold", "--help")
+    assert code == 0 and out.startswith(usage) and "\n  --model" not in out  # the old option is not listed
 
 
 def test_fold_batches_by_length_budget():
@@ -656,3 +678,17 @@ def test_progress_bar_draws_only_on_a_terminal():
     assert final.startswith("\u2501" * 24) and " 4/4 seq " in final, final  # a full bar, the count
     assert "res/s" in final and final.endswith("ETA 0:00"), final
     assert drawn.endswith("\n")
+
+
+def test_old_token_budget_option_still_works_with_a_warning(capsys):
+    from tf_esm.cli.dispatch import build_parser
+
+    for command in (["embed", "m", "in.fasta", "out.h5"], ["contacts", "m", "in.fasta", "out"],
+                    ["score", "m", "--sequence", "MK", "--mutations", "x.csv"]):
+        args = build_parser().parse_args([*command, "--toks-per-batch", "7"])
+        assert args.max_tokens_per_batch == 7
+        warning = "tf-esm: warning: --toks-per-batch is deprecated; use --max-tokens-per-batch.\n"
+        assert capsys.readouterr().err == warning
+        assert build_parser().parse_args([*command, "--max-tokens-per-batch", "9"]).max_tokens_per_batch == 9
+        assert build_parser().parse_args(command).max_tokens_per_batch == 4096 and not capsys.readouterr().err
+

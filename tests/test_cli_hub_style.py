@@ -216,9 +216,9 @@ def test_offline_hub_ids_say_what_to_pass_on_the_command_line(tmp_path, capsys, 
     assert "hf download facebook/esm2_t6_8M_UR50D --local-dir esm2_t6_8M_UR50D" in err
     assert "then pass ./esm2_t6_8M_UR50D as MODEL" in err and "from_pretrained" not in err
 
-    code, _, err = _main(capsys, "fold", fasta, tmp_path / "structures")
+    code, _, err = _main(capsys, "fold", "facebook/esmfold_v1", fasta, tmp_path / "structures")
     assert code == 2
-    assert "'facebook/esmfold_v1'" in err and "then pass --model ./esmfold_v1" in err
+    assert "'facebook/esmfold_v1'" in err and "then pass ./esmfold_v1 as MODEL" in err
     assert "esm2_t6_8M" not in err
     assert not (tmp_path / "structures").exists()  # a failed fold leaves no empty output directory
 

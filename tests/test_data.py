@@ -157,17 +157,17 @@ def test_bucketing_keeps_every_example_once_and_reduces_padding(tokenizer):
     assert bucketed_stats["padding_fraction"] < 0.5 * naive_stats["padding_fraction"]
 
 
-def test_token_budget_bounds_batch_cells(tokenizer):
+def test_max_tokens_per_batch_bounds_batch_cells(tokenizer):
     sequences = random_sequences(300, seed=8, min_length=5, max_length=200, lognormal=True)
     budget = 1024
-    dataset = sequences_dataset(sequences, tokenizer=tokenizer, token_budget=budget, return_index=True)
+    dataset = sequences_dataset(sequences, tokenizer=tokenizer, max_tokens_per_batch=budget, return_index=True)
     seen = []
     for features in dataset:
         assert int(tf.size(features["input_ids"])) <= budget
         seen.extend(features["record_index"].numpy().tolist())
     assert sorted(seen) == list(range(len(sequences)))
-    with pytest.raises(ValueError, match="token_budget"):
-        sequences_dataset(sequences, tokenizer=tokenizer, token_budget=10)
+    with pytest.raises(ValueError, match="max_tokens_per_batch"):
+        sequences_dataset(sequences, tokenizer=tokenizer, max_tokens_per_batch=10)
 
 
 @pytest.fixture(scope="module")

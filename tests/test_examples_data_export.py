@@ -72,7 +72,7 @@ def test_embed_example_npy_with_in_graph_tokenizer(checkpoint, torch_embeddings,
     main = runpy.run_path(EMBED)["main"]
     output = tmp_path / "embeddings.npy"
     assert main(["--model", checkpoint[0], "--fasta", FASTA, "--output", str(output), "--in-graph-tokenizer",
-                 "--token-budget", "200"]) == 0
+                 "--max-tokens-per-batch", "200"]) == 0
     pooled = np.load(output)
     ids = (tmp_path / "embeddings.ids.txt").read_text(encoding="utf-8").split()
     assert ids == list(torch_embeddings)

@@ -17,7 +17,7 @@ def _sequences(count, seed):
     return ["".join(rng.choice(letters, size=int(n))) for n in rng.integers(3, 90, size=count)]
 
 
-@pytest.mark.parametrize("batching", [dict(batch_size=7), dict(token_budget=600), dict(bucket_boundaries=None)])
+@pytest.mark.parametrize("batching", [dict(batch_size=7), dict(max_tokens_per_batch=600), dict(bucket_boundaries=None)])
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_make_dataset_states_its_batch_count(esm_tokenizer, batching, drop_remainder):
     dataset = sequences_dataset(_sequences(101, seed=3), tokenizer=esm_tokenizer, shuffle=True, seed=5,

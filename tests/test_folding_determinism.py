@@ -32,12 +32,12 @@ def _fold(model, sequence):
 def test_a_fold_does_not_depend_on_what_ran_before(checkpoint, stem):
     if stem == "bfloat16" and keras.backend.backend() != "tensorflow":
         pytest.skip("the bfloat16 stem's history case was measured under TensorFlow's eager-first default")
-    model = TFEsmForProteinFolding.from_pretrained(checkpoint, strict=True, esm_dtype=stem)
+    model = TFEsmForProteinFolding.from_pretrained(checkpoint, strict=True, stem_precision=stem)
     assert model.compiled_inference is None  # the backend's one default path
     first = _fold(model, SEQUENCE_A)
     _fold(model, SEQUENCE_B)
     again = _fold(model, SEQUENCE_A)
-    fresh = _fold(TFEsmForProteinFolding.from_pretrained(checkpoint, strict=True, esm_dtype=stem), SEQUENCE_A)
+    fresh = _fold(TFEsmForProteinFolding.from_pretrained(checkpoint, strict=True, stem_precision=stem), SEQUENCE_A)
     assert set(again) == set(fresh)
     for key in fresh:
         np.testing.assert_array_equal(again[key], fresh[key], err_msg=f"{key}: a fresh model's fold differs")

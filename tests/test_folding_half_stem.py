@@ -1,4 +1,4 @@
-"""ESMFold with a half-precision stem (`esm_dtype="float16"` / `"bfloat16"`: the stem's weights stored in half
+"""ESMFold with a half-precision stem (`stem_precision="float16"` / `"bfloat16"`: the stem's weights stored in half
 precision, as transformers' `fp16_esm` stem, which is `.half()`), against transformers' `EsmForProteinFolding` with
 its stem in float16 (its `fp16_esm` default, run on the CPU as it is) or cast to bfloat16. Tiny random checkpoints
 (tests/test_folding_model.py builds them). Runs under every Keras backend (tests/conftest.py EVERY_BACKEND_MODULES).
@@ -87,19 +87,19 @@ def _stem_bytes(model):
                for v in model.esm.weights)
 
 
-@pytest.mark.parametrize("esm_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("stem_precision", ["float16", "bfloat16"])
 @pytest.mark.parametrize("stored", ["float16", "float32"])
-def test_stem_weights_are_stored_in_half_precision(checkpoints, stored, esm_dtype):
-    """from_pretrained(esm_dtype=...) of a float16 (fp16_esm) or float32 checkpoint: every stem weight but the rotary
+def test_stem_weights_are_stored_in_half_precision(checkpoints, stored, stem_precision):
+    """from_pretrained(stem_precision=...) of a float16 (fp16_esm) or float32 checkpoint: every stem weight but the rotary
     frequencies is of the half dtype, equal to the checkpoint's tensor rounded once; the trunk stays float32."""
     from tf_esm.io.weights import normalize_reference_names, read_state_dict, reference_name
 
     directory, _ = checkpoints[stored]
-    model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype=esm_dtype, strict=True)
+    model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision=stem_precision, strict=True)
     full = TFEsmForProteinFolding.from_pretrained(directory, strict=True)  # float32 stem (CPU default)
-    assert model.esm_dtype == esm_dtype and full.esm_dtype == "float32"
-    assert model.esm.dtype_policy.name == esm_dtype  # storage and compute: not a mixed policy
-    assert [v.path.rsplit("/", 2)[1:] for v in model.esm.weights if str(v.dtype) != esm_dtype] == [
+    assert model.stem_precision == stem_precision and full.stem_precision == "float32"
+    assert model.esm.dtype_policy.name == stem_precision  # storage and compute: not a mixed policy
+    assert [v.path.rsplit("/", 2)[1:] for v in model.esm.weights if str(v.dtype) != stem_precision] == [
         ["rotary_embeddings", "inv_freq"]]  # float32: the rotary tables are computed in float32
     stem = {id(v) for v in model.esm.weights}
     assert {str(v.dtype) for v in model.weights if id(v) not in stem} == {"float32"}
@@ -108,7 +108,7 @@ def test_stem_weights_are_stored_in_half_precision(checkpoints, stored, esm_dtyp
         name, transpose = reference_name(variable.path)
         expected = np.asarray(state[name], np.float32)
         expected = expected.T if transpose and expected.ndim == 2 else expected
-        expected = expected.astype(HALF[esm_dtype]) if str(variable.dtype) == esm_dtype else expected
+        expected = expected.astype(HALF[stem_precision]) if str(variable.dtype) == stem_precision else expected
         np.testing.assert_array_equal(_numpy(variable), expected,
                                       err_msg=variable.path)
     inv_freq_bytes = 4 * model.config.hidden_size // model.config.num_attention_heads // 2
@@ -122,7 +122,7 @@ def test_float16_stem_matches_reference_float16_stem(checkpoints):
     reference adds a linear layer's bias before rounding its float32 sum to float16, a float16 matmul here rounds
     before the bias is added, so about a quarter of each projection's outputs differ by one float16 ulp."""
     directory, reference = checkpoints["float16"]
-    model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype="float16", strict=True)
+    model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision="float16", strict=True)
 
     ours, mask = _stem_states(model)  # eager
     theirs = _reference_stem_states(reference)
@@ -145,8 +145,8 @@ def test_float16_and_mixed_float16_stems_agree_exactly(checkpoints):
     """float16 weights compute what float32 weights cast to float16 on every call (`mixed_float16`, which keeps
     working) compute: the checkpoint's float16 values either way, so the same hidden states to the bit."""
     directory, _ = checkpoints["float16"]
-    half, _ = _stem_states(TFEsmForProteinFolding.from_pretrained(directory, esm_dtype="float16", strict=True))
-    mixed_model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype="mixed_float16", strict=True)
+    half, _ = _stem_states(TFEsmForProteinFolding.from_pretrained(directory, stem_precision="float16", strict=True))
+    mixed_model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision="mixed_float16", strict=True)
     assert {str(v.dtype) for v in mixed_model.esm.weights} == {"float32"}
     mixed, _ = _stem_states(mixed_model)
     np.testing.assert_array_equal(half, mixed)
@@ -156,7 +156,7 @@ def test_bfloat16_stem_matches_reference_bfloat16_stem(checkpoints):
     """Ours in bfloat16 (from a float32 checkpoint) against transformers' stem cast to bfloat16, and, looser,
     against its float16 stem. bfloat16 keeps 8 bits of mantissa, float16 11: differences ~8x float16's."""
     directory, reference = checkpoints["float32"]
-    model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype="bfloat16", strict=True)
+    model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision="bfloat16", strict=True)
     bf16_reference = _bfloat16_reference(reference)
 
     ours, mask = _stem_states(model)
@@ -189,17 +189,17 @@ def _safetensors_dtypes(path):
     return {name: entry["dtype"] for name, entry in header.items()}
 
 
-@pytest.mark.parametrize("esm_dtype", ["float16", "bfloat16"])
-def test_save_pretrained_of_a_half_stem(checkpoints, tmp_path, esm_dtype):
+@pytest.mark.parametrize("stem_precision", ["float16", "bfloat16"])
+def test_save_pretrained_of_a_half_stem(checkpoints, tmp_path, stem_precision):
     """save_pretrained writes the stem's tensors in its half dtype (as transformers saves an fp16_esm model), the
     trunk in float32; transformers loads the file, and so do we (h5: bfloat16 as 16-bit patterns, version 3,
     tests/test_bfloat16_storage.py)."""
     directory, reference = checkpoints["float16"]
-    model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype=esm_dtype, strict=True)
+    model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision=stem_precision, strict=True)
     model.save_pretrained(str(tmp_path / "safetensors"), format="safetensors")
     model.save_pretrained(str(tmp_path / "h5"), format="h5")
     dtypes = _safetensors_dtypes(tmp_path / "safetensors" / "model.safetensors")
-    stem_code = {"float16": "F16", "bfloat16": "BF16"}[esm_dtype]
+    stem_code = {"float16": "F16", "bfloat16": "BF16"}[stem_precision]
     assert {dtype for name, dtype in dtypes.items() if name.startswith("esm.") and "inv_freq" not in name} == {
         stem_code}
     assert {dtype for name, dtype in dtypes.items() if not name.startswith("esm.") and name != "af2_to_esm"} == {
@@ -207,14 +207,14 @@ def test_save_pretrained_of_a_half_stem(checkpoints, tmp_path, esm_dtype):
     assert dtypes["af2_to_esm"] == "I64"  # transformers' buffer, as its checkpoints hold it
 
     for saved in ("safetensors", "h5"):
-        reloaded = TFEsmForProteinFolding.from_pretrained(str(tmp_path / saved), esm_dtype=esm_dtype, strict=True)
+        reloaded = TFEsmForProteinFolding.from_pretrained(str(tmp_path / saved), stem_precision=stem_precision, strict=True)
         for ours, again in zip(model.weights, reloaded.weights):
             assert ours.path.split("/", 1)[1] == again.path.split("/", 1)[1] and ours.dtype == again.dtype
             np.testing.assert_array_equal(_numpy(ours), _numpy(again), err_msg=f"{saved} {ours.path}")
 
     theirs = transformers.EsmForProteinFolding.from_pretrained(str(tmp_path / "safetensors")).eval()
     assert next(theirs.esm.parameters()).dtype == torch.float16  # the checkpoint's fp16_esm
-    if esm_dtype == "float16":  # the same float16 weights in the same PyTorch model: the same numbers
+    if stem_precision == "float16":  # the same float16 weights in the same PyTorch model: the same numbers
         expected, got = _reference_fold(reference), _reference_fold(theirs)
         assert_within("reloaded float16 stem positions", max_abs_diff(got["positions"].numpy(),
                                                                       expected["positions"]), 0.0)
@@ -227,12 +227,12 @@ def test_save_pretrained_of_a_half_stem(checkpoints, tmp_path, esm_dtype):
                                           np.asarray(ours[f"esm.{name}"], np.float32), err_msg=name)
 
 
-def test_esm_dtype_survives_get_config(checkpoints):
+def test_stem_precision_survives_get_config(checkpoints):
     directory, _ = checkpoints["float16"]
-    model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype="bfloat16", strict=True)
-    assert model.get_config()["esm_dtype"] == "bfloat16"
+    model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision="bfloat16", strict=True)
+    assert model.get_config()["stem_precision"] == "bfloat16"
     clone = TFEsmForProteinFolding.from_config(model.get_config())  # not built: random initialisation is slow
-    assert clone.esm_dtype == "bfloat16" and clone.esm.dtype_policy.name == "bfloat16"
+    assert clone.stem_precision == "bfloat16" and clone.esm.dtype_policy.name == "bfloat16"
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
@@ -240,30 +240,30 @@ def test_esm_dtype_survives_get_config(checkpoints):
                            "JAX compiles shape by shape (~15 s); the .keras format is the same under every backend")
 def test_keras_file_keeps_the_half_stem(checkpoints, tmp_path):
     directory, _ = checkpoints["float16"]
-    model = TFEsmForProteinFolding.from_pretrained(directory, esm_dtype="bfloat16", strict=True)
+    model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision="bfloat16", strict=True)
     path = str(tmp_path / "esmfold.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert loaded.esm_dtype == "bfloat16" and loaded.esm.dtype_policy.name == "bfloat16"
+    assert loaded.stem_precision == "bfloat16" and loaded.esm.dtype_policy.name == "bfloat16"
     assert len(loaded.weights) == len(model.weights)
     for ours, again in zip(model.weights, loaded.weights):
         assert str(ours.dtype) == str(again.dtype), ours.path
         np.testing.assert_array_equal(_numpy(ours), _numpy(again), err_msg=ours.path)
 
 
-def test_unknown_esm_dtype_is_a_clear_error(checkpoints):
+def test_unknown_stem_precision_is_a_clear_error(checkpoints):
     from tf_esm.configuration import EsmConfig
 
     config = EsmConfig.from_pretrained(checkpoints["float16"][0])
-    with pytest.raises(ValueError, match=r"esm_dtype must be None or one of float32, float16, bfloat16, "
+    with pytest.raises(ValueError, match=r"stem_precision must be None or one of float32, float16, bfloat16, "
                                          r"mixed_float16; got 'fp16'"):
-        TFEsmForProteinFolding(config, esm_dtype="fp16")
+        TFEsmForProteinFolding(config, stem_precision="fp16")
 
 
 def test_cli_stem_precision(checkpoints, tmp_path, monkeypatch, capsys):
     """`tf-esm fold --stem-precision bfloat16` loads the model with a bfloat16 stem (warning on a CPU without
     bfloat16 instructions) and writes what the Python API folds with it; without the flag the model's default
-    applies (esm_dtype None)."""
+    applies (stem_precision None)."""
     from tf_esm import folding
     from tf_esm.cli import main
     from tf_esm.modeling import precision
@@ -283,22 +283,22 @@ def test_cli_stem_precision(checkpoints, tmp_path, monkeypatch, capsys):
     fasta = tmp_path / "fold.fasta"
     sequence = SEQUENCES[1]
     fasta.write_text(f">one\n{sequence}\n")
-    assert main(["fold", str(fasta), str(tmp_path / "bf16"), "--model", directory, "--num-recycles", "0",
+    assert main(["fold", directory, str(fasta), str(tmp_path / "bf16"), "--num-recycles", "0",
                  "--stem-precision", "bfloat16", "--quiet"]) == 0, capsys.readouterr().err
-    assert loaded[0] == {"esm_dtype": "bfloat16"} and warned == ["bfloat16"]
+    assert loaded[0] == {"stem_precision": "bfloat16"} and warned == ["bfloat16"]
     model = loaded[1]
     assert {str(v.dtype) for v in model.esm.weights} == {"bfloat16", "float32"}
     # The command's fold was the model's first call at that length (eager, `compiled_inference="auto"`): compare it
     # with the same call of a fresh model. A later call runs the compiled program, whose bfloat16 products may
     # round differently (0.06 A on a CPU without bfloat16 instructions; amplified by the random weights).
-    fresh = original(folding.TFEsmForProteinFolding, directory, esm_dtype="bfloat16")
+    fresh = original(folding.TFEsmForProteinFolding, directory, stem_precision="bfloat16")
     assert (tmp_path / "bf16" / "one.pdb").read_text() == fresh.infer_pdb(sequence, num_recycles=0)
 
-    assert main(["fold", str(fasta), str(tmp_path / "default"), "--model", directory, "--num-recycles", "0",
+    assert main(["fold", directory, str(fasta), str(tmp_path / "default"), "--num-recycles", "0",
                  "--quiet"]) == 0
-    assert loaded[2] == {"esm_dtype": None}  # the model's default: float32 on a CPU (see the first test)
+    assert loaded[2] == {"stem_precision": None}  # the model's default: float32 on a CPU (see the first test)
 
-    assert main(["fold", str(fasta), str(tmp_path / "x"), "--stem-precision", "float8"]) == 2
+    assert main(["fold", directory, str(fasta), str(tmp_path / "x"), "--stem-precision", "float8"]) == 2
     assert "invalid choice: 'float8'" in capsys.readouterr().err
 
 
@@ -313,7 +313,7 @@ def test_float16_stem_on_a_cpu_under_tensorflow_warns(checkpoints, caplog):
 
     config = EsmConfig.from_pretrained(checkpoints["float16"][0])
     with caplog.at_level(logging.WARNING, logger="tf_esm"):
-        TFEsmForProteinFolding(config, esm_dtype="float16")
+        TFEsmForProteinFolding(config, stem_precision="float16")
     warned = [r.getMessage() for r in caplog.records if "float16 precision on a CPU" in r.getMessage()]
     if keras.backend.backend() == "tensorflow" and precision.runs_on_cpu():
         assert len(warned) == 1 and "use bfloat16" in warned[0]

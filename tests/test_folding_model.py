@@ -238,7 +238,7 @@ def test_convert_folds_as_the_reference(folding_pair, tmp_path):
     reference, directory, _ = folding_pair
     destination = convert_checkpoint(directory, tmp_path / "converted")
     model = TFEsmForProteinFolding.from_pretrained(destination, strict=True)
-    assert model.esm_dtype == "float32"
+    assert model.stem_precision == "float32"
     aatype, mask = _batch(SEQUENCES[:1])
     with torch.no_grad():
         theirs = reference(torch.from_numpy(aatype), attention_mask=torch.from_numpy(mask), num_recycles=0)
@@ -252,7 +252,7 @@ def test_fp16_stem_checkpoint_in_bin_format(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["config.json", "pytorch_model.bin"]
     assert next(reference.esm.parameters()).dtype == torch.float16
     model = TFEsmForProteinFolding.from_pretrained(str(tmp_path), strict=True)
-    assert model.esm_dtype == "float32"
+    assert model.stem_precision == "float32"
     reference.esm.float()
     aatype, mask = _batch(SEQUENCES[1:])
     with torch.no_grad():
@@ -267,7 +267,7 @@ def test_half_precision_stem_matches_reference_half_stem(tmp_path):
     from tf_esm.weights import load_state_dict, read_state_dict
 
     reference = _make_reference(tmp_path, fp16_esm=True, seed=1)
-    model = TFEsmForProteinFolding(EsmConfig.from_pretrained(str(tmp_path)), esm_dtype="mixed_float16")
+    model = TFEsmForProteinFolding(EsmConfig.from_pretrained(str(tmp_path)), stem_precision="mixed_float16")
     model.build()
     load_state_dict(model, read_state_dict(str(tmp_path)), strict=True)
     aatype, mask = _batch(SEQUENCES[1:])

@@ -32,13 +32,13 @@ def rotary(reference_checkpoints):
 
 # 150 tokens: several sequences per batch (padded, masked); 40: mostly one per batch (unpadded, no mask).
 # streams: batches run one at a time, three at once from worker threads, or the default (one per core).
-@pytest.mark.parametrize("toks_per_batch,streams", [(150, 1), (150, 3), (40, None)])
-def test_matches_direct_calls_and_reference_in_input_order(rotary, rng, toks_per_batch, streams):
+@pytest.mark.parametrize("max_tokens_per_batch,streams", [(150, 1), (150, 3), (40, None)])
+def test_matches_direct_calls_and_reference_in_input_order(rotary, rng, max_tokens_per_batch, streams):
     reference, model = rotary
     lengths = rng.permutation([5, 40, 17, 1, 33, 60, 9, 22])
     sequences = random_sequences(rng, lengths)
     results = embed_sequences(model, sequences, repr_layers=(0, 1, -1), include=("mean", "per_tok", "bos"),
-                              toks_per_batch=toks_per_batch, streams=streams)
+                              max_tokens_per_batch=max_tokens_per_batch, streams=streams)
     assert len(results) == len(sequences)
     for sequence, result in zip(sequences, results):
         n = len(sequence)
@@ -72,7 +72,7 @@ def test_truncation_keeps_the_first_residues(rotary, rng):
 def test_contacts_match_predict_contacts(rotary, rng):
     reference, model = rotary
     sequences = random_sequences(rng, [25, 8, 14])
-    results = embed_sequences(model, sequences, include=("contacts",), toks_per_batch=200)
+    results = embed_sequences(model, sequences, include=("contacts",), max_tokens_per_batch=200)
     for sequence, result in zip(sequences, results):
         ids = encode(sequence)
         expected = np.asarray(model.predict_contacts(ids))[0]
@@ -105,16 +105,16 @@ def test_graphs_are_reused_across_lengths_and_calls(reference_checkpoints, rng):
     lengths = rng.integers(1, 200, size=30)
     sequences = random_sequences(rng, lengths)
     progress = []
-    seen = dict(iter_embeddings(model, sequences, toks_per_batch=512,
+    seen = dict(iter_embeddings(model, sequences, max_tokens_per_batch=512,
                                 progress_callback=lambda *done: progress.append(done)))
     assert sorted(seen) == list(range(30))
     buckets = {bucket_length(int(length) + 2, TOKEN_LENGTH_BUCKETS) for length in lengths}
     assert 0 < trace_count(model) <= len(buckets)
     assert progress[-1] == (30, int(lengths.sum()))
-    embed_sequences(model, random_sequences(rng, rng.integers(1, 200, size=30)), toks_per_batch=512)
+    embed_sequences(model, random_sequences(rng, rng.integers(1, 200, size=30)), max_tokens_per_batch=512)
     assert trace_count(model) <= len({bucket_length(n, TOKEN_LENGTH_BUCKETS) for n in range(3, 202)})
     before = trace_count(model)
-    embed_sequences(model, sequences, toks_per_batch=512)  # shapes seen before: nothing new is compiled
+    embed_sequences(model, sequences, max_tokens_per_batch=512)  # shapes seen before: nothing new is compiled
     assert trace_count(model) == before
 
 
@@ -131,7 +131,7 @@ def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(refere
     lengths = rng.integers(1, 60, size=60)
     sequences = random_sequences(rng, lengths)
     batches = []
-    results = embed_sequences(model, sequences, toks_per_batch=128, include=("mean",),
+    results = embed_sequences(model, sequences, max_tokens_per_batch=128, include=("mean",),
                               progress_callback=lambda *done: batches.append(done))
     for index in (0, 59):
         direct = model.esm(encode(sequences[index]), output_hidden_states=True).hidden_states[-1]
@@ -151,7 +151,7 @@ def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(refere
     assert max(collections.Counter(shapes).values()) <= 2
     assert len(shapes) <= 2 * bound and len(shapes) < len(batches), (shapes, len(batches))
     before = len(shapes)
-    embed_sequences(model, random_sequences(rng, rng.permutation(lengths)), toks_per_batch=128, include=("mean",))
+    embed_sequences(model, random_sequences(rng, rng.permutation(lengths)), max_tokens_per_batch=128, include=("mean",))
     assert trace_count(model) == before  # new sequences of the same lengths: nothing new is compiled
 
 
@@ -198,7 +198,7 @@ def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng
 
     _, model = rotary
     sequences = random_sequences(rng, [30] * 12)
-    embeddings = iter_embeddings(model, sequences, toks_per_batch=40, streams=2)
+    embeddings = iter_embeddings(model, sequences, max_tokens_per_batch=40, streams=2)
     index, first = next(embeddings)
     assert first["mean_representations"][2].shape == (32,)
     embeddings.close()  # e.g. the CLI interrupted: queued batches are dropped, running ones finish
@@ -221,7 +221,7 @@ def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng
     monkeypatch.setattr(inference._Runner, "function", failing_function)
     done = []
     with pytest.raises(RuntimeError, match="batch 3 failed"):
-        for index, _ in iter_embeddings(model, sequences, toks_per_batch=40, streams=2):
+        for index, _ in iter_embeddings(model, sequences, max_tokens_per_batch=40, streams=2):
             done.append(index)
     assert len(done) == 2  # the two batches before the failing one were delivered, in plan order
     assert _stream_threads() == []
@@ -240,7 +240,7 @@ def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, 
 
     reference = reference_checkpoints("rotary", model_class="EsmModel")
     sequences = random_sequences(rng, [5, 17, 30, 9])
-    options = dict(repr_layers=(0, 1, 2), include=("mean", "per_tok", "contacts"), toks_per_batch=128)
+    options = dict(repr_layers=(0, 1, 2), include=("mean", "per_tok", "contacts"), max_tokens_per_batch=128)
     programs, results = {}, {}
     for scan in (True, False):
         monkeypatch.setattr(encoder_jax, "SCAN_ENCODER", scan)

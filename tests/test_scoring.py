@@ -66,7 +66,7 @@ def _reference_scores(reference, tokenizer, strategy):
 @pytest.mark.parametrize("strategy", ["masked-marginals", "wt-marginals", "pseudo-ppl"])
 def test_scores_match_reference_formulas(model, checkpoint, tokenizer, strategy):
     expected = _reference_scores(checkpoint.model, tokenizer, strategy)
-    scores = score_mutants(model, SEQUENCE, MUTANTS, strategy=strategy, toks_per_batch=60)
+    scores = score_mutants(model, SEQUENCE, MUTANTS, strategy=strategy, max_tokens_per_batch=60)
     assert np.abs(expected).max() > 0.05  # random weights: non-trivial scores
     np.testing.assert_allclose(scores, expected, atol=2e-4, rtol=1e-4)
     assert scores[MUTANTS.index("M1M")] == pytest.approx(0.0, abs=1e-12)
@@ -79,8 +79,8 @@ def test_marginal_multi_mutants_are_sums_of_single_sites(model):
 
 
 def test_masked_marginals_rows_and_batching(model, checkpoint, tokenizer):
-    full = masked_marginals(model, SEQUENCE, toks_per_batch=17)  # one masked copy per batch
-    batched = masked_marginals(model, SEQUENCE, toks_per_batch=10_000)
+    full = masked_marginals(model, SEQUENCE, max_tokens_per_batch=17)  # one masked copy per batch
+    batched = masked_marginals(model, SEQUENCE, max_tokens_per_batch=10_000)
     np.testing.assert_allclose(full, batched, atol=1e-5)
     ids = np.asarray(tokenizer.encode(SEQUENCE))
     row = ids.copy()
@@ -93,8 +93,8 @@ def test_masked_marginals_rows_and_batching(model, checkpoint, tokenizer):
 
 def test_pseudo_log_likelihoods_independent_of_batching(model):
     sequences = [SEQUENCE, "MKTAYIAKQRQISFW", "GSHMLE"]
-    small = pseudo_log_likelihoods(model, sequences, toks_per_batch=20)
-    large = pseudo_log_likelihoods(model, sequences, toks_per_batch=100_000)
+    small = pseudo_log_likelihoods(model, sequences, max_tokens_per_batch=20)
+    large = pseudo_log_likelihoods(model, sequences, max_tokens_per_batch=100_000)
     np.testing.assert_allclose(small, large, atol=1e-4)
 
 

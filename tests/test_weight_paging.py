@@ -139,7 +139,7 @@ def test_fold_command_pages_weights_on_request_only(converted, tmp_path, monkeyp
     fasta = tmp_path / "one.fasta"
     fasta.write_text(">one\nMKTAYIAKQRQISFVKSHFS\n")
     for outdir, flags in (("paged", ["--page-weights"]), ("resident", [])):
-        assert main(["fold", str(fasta), str(tmp_path / outdir), "--model", directory, "--num-recycles", "0",
+        assert main(["fold", directory, str(fasta), str(tmp_path / outdir), "--num-recycles", "0",
                      *flags]) == 0
     assert [model.page_weights for model in models] == [True, False]
     mapped, total = _resident_pages(models[0].esm.encoder.layer)

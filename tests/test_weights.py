@@ -216,7 +216,7 @@ def test_mapped_weights_cast_on_loading_equal_the_file_rounded_and_the_mapping_g
     model.build()
     model.save_pretrained(tmp_path)
     path = tmp_path / "tf_esm_model.h5"
-    half = TFEsmModel.from_pretrained(tmp_path, dtype="bfloat16", add_pooling_layer=False)
+    half = TFEsmModel.from_pretrained(tmp_path, precision="bfloat16", add_pooling_layer=False)
     for ours, theirs in zip(half.weights, model.weights):
         expected = keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(theirs.value, ours.dtype), "float32"))
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(ours.value, "float32")), expected)

@@ -27,6 +27,32 @@ ESM2_VOCAB = (
 )
 
 
+def check_overrides(config, overrides, where, other_arguments=()):
+    """A TypeError naming every key of `overrides` that is not a setting of `config` (its class's defaults, the
+    label settings, or a key its file holds), so a misspelt keyword argument is not silently kept as a new
+    setting and written into `config.json`. `other_arguments`: the other keywords `where` accepts."""
+    import difflib
+
+    known = set(type(config).defaults) | set(vars(config)) | {"num_labels", "id2label", "label2id"}
+    unknown = [name for name in overrides if name not in known]
+    if not unknown:
+        return
+    accepted = sorted(other_arguments)
+    hints = []
+    for name in unknown:
+        # The caller's own arguments first: `stem_dtype` means `stem_precision` more often than a config's `dtype`.
+        close = (difflib.get_close_matches(name, accepted, n=1, cutoff=0.5)
+                 or difflib.get_close_matches(name, sorted(known), n=1))
+        if close:
+            hints.append(f"{name!r} (did you mean {close[0]!r}?)")
+        else:
+            hints.append(repr(name))
+    listed = f"{', '.join(accepted)}, or " if accepted else ""
+    raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(hints)}. It takes "
+                    f"{listed}a setting of {type(config).__name__} to override (one of: "
+                    f"{', '.join(sorted(name for name in known if not name.startswith('_')))}).")
+
+
 class _Config:
     """A bag of named settings with defaults; unknown keys are kept and written back."""
 
@@ -262,11 +288,13 @@ class EsmConfig(_Config):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, **overrides):
-        """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online)."""
+        """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online);
+        `overrides` replace settings of it (a name that is not one is a TypeError)."""
         from tf_esm.io.hub import resolve_file
 
         path = resolve_file(path_or_hub_id, CONFIG_NAME)
         config = cls.from_json_file(path)
+        check_overrides(config, overrides, f"{cls.__name__}.from_pretrained")
         for name, value in overrides.items():
             setattr(config, name, value)
         config.validate()

@@ -68,8 +68,32 @@ def add_common(parser):
                         help="on errors print the traceback, and let TensorFlow's own log messages through")
 
 
-def add_model_argument(parser):
-    parser.add_argument("model", metavar="MODEL", help="model directory, fair-esm .pt file or hub id")
+def add_model_argument(parser, help_text="model directory, fair-esm .pt file or hub id"):
+    parser.add_argument("model", metavar="MODEL", help=help_text)
+
+
+class _DeprecatedSpelling(argparse.Action):
+    """An option's old spelling: stores into the new option's destination and warns on stderr (while parsing,
+    before anything slow starts)."""
+
+    def __init__(self, option_strings, dest, new_option, **kwargs):
+        self.new_option = new_option
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{PROG}: warning: {option_string} is deprecated; use {self.new_option}.", file=sys.stderr,
+              flush=True)
+        setattr(namespace, self.dest, values)
+
+
+def add_token_budget_argument(parser, help_text, default=4096, old_spelling=None):
+    """`--max-tokens-per-batch N` (every subcommand's name for its batch token budget, as the Python keyword
+    `max_tokens_per_batch`); `old_spelling`, a name it replaced, still works with a warning."""
+    parser.add_argument("--max-tokens-per-batch", type=positive_int, default=default, metavar="N", help=help_text)
+    if old_spelling:
+        parser.add_argument(old_spelling, dest="max_tokens_per_batch", type=positive_int, metavar="N",
+                            default=argparse.SUPPRESS, action=_DeprecatedSpelling,
+                            new_option="--max-tokens-per-batch")
 
 
 def add_fasta_argument(parser, help_text):
@@ -115,22 +139,22 @@ def configure_threads():
     configure_cpu_threads()
 
 
-def load_model(reference, model_class=None, embedding=False, dtype="float32", **model_kwargs):
+def load_model(reference, model_class=None, embedding=False, precision="float32", **model_kwargs):
     """A model from a directory, a fair-esm .pt file or a hub id; the class named by config.json by default.
-    `embedding`: only the encoder's outputs are used, so a base model is built without its pooler. `dtype`: see
-    `from_pretrained` (bfloat16 warns, through the library logger, on a CPU without bfloat16 instructions).
-    `model_kwargs`: constructor arguments of the model class (e.g. ESMFold's `esm_dtype`)."""
+    `embedding`: only the encoder's outputs are used, so a base model is built without its pooler. `precision`:
+    see `from_pretrained` (bfloat16 warns, through the library logger, on a CPU without bfloat16 instructions).
+    `model_kwargs`: constructor arguments of the model class (e.g. ESMFold's `stem_precision`)."""
     from tf_esm.io.weights import CheckpointError
 
     try:
-        return _load_model_unchecked(os.fspath(reference), model_class, embedding, dtype, model_kwargs)
+        return _load_model_unchecked(os.fspath(reference), model_class, embedding, precision, model_kwargs)
     except CheckpointError:
         raise
     except ValueError as error:  # e.g. a configuration this model class cannot use
         raise CliError(f"cannot load MODEL {reference}: {error}") from None
 
 
-def _load_model_unchecked(reference, model_class, embedding, dtype, model_kwargs):
+def _load_model_unchecked(reference, model_class, embedding, precision, model_kwargs):
     from tf_esm.modeling import TFEsmModel
     from tf_esm.pipelines.auto import reference_class
 
@@ -138,8 +162,8 @@ def _load_model_unchecked(reference, model_class, embedding, dtype, model_kwargs
     kwargs = dict(model_kwargs)
     if embedding and model_class is TFEsmModel:
         kwargs["add_pooling_layer"] = False
-    if dtype != "float32":
-        kwargs["dtype"] = dtype
+    if precision != "float32":
+        kwargs["precision"] = precision
     return model_class.from_pretrained(reference, **kwargs)
 
 
@@ -188,6 +212,34 @@ def require_module(module, purpose, code=EXIT_FAILURE):
         importlib.import_module(module)
     except ImportError:
         raise CliError(f"{purpose} needs {module}, which is not installed: pip install {module}", code=code) from None
+
+
+# Optional packages the commands use: the pip name and the extra of setup.cfg that installs it.
+OPTIONAL_PACKAGES = {"pyarrow": ("pyarrow", "parquet"), "apache_beam": ("apache-beam", "beam"),
+                     "matplotlib": ("matplotlib", "plot"), "torch": ("torch", "torch")}
+
+
+def require_installed(module, purpose):
+    """Exit 2 with the install line when the optional package `module` is missing. Called right after parsing
+    (`check_arguments`), before TensorFlow starts: `find_spec` looks the package up without importing it."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pip_name, extra = OPTIONAL_PACKAGES[module]
+        raise CliError(f"{purpose} needs {pip_name}, which is not installed: pip install {pip_name} (or, in the "
+                       f"tf_esm checkout: pip install -e \".[{extra}]\")")
+
+
+def check_model_packages(*references):
+    """A fair-esm .pt file, or a directory whose only weights are PyTorch .bin files, is read with torch."""
+    for reference in references:
+        if reference.endswith(".pt") and os.path.isfile(reference):
+            require_installed("torch", f"MODEL {reference} (a fair-esm .pt file)")
+        elif os.path.isdir(reference):
+            names = os.listdir(reference)
+            if (any(name.endswith(".bin") for name in names)
+                    and not any(name.endswith((".safetensors", ".h5")) for name in names)):
+                require_installed("torch", f"MODEL {reference} (PyTorch .bin weights)")
 
 
 def skipped_note(skipped):

@@ -6,9 +6,9 @@ import os
 
 from tf_esm.io.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
-    add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted, load_model,
-    make_output_directory, positive_int, read_records, require_module, sigterm_as_interrupt, skipped_note,
-    warn_truncated)
+    add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages, check_position_table,
+    configure_threads, interrupted, load_model, make_output_directory, positive_int, read_records,
+    require_installed, sigterm_as_interrupt, skipped_note, warn_truncated)
 from tf_esm.io.embedding_stores import record_key
 
 NAME = "contacts"
@@ -22,7 +22,7 @@ output:
 
 examples:
   tf-esm contacts facebook/esm2_t6_8M_UR50D proteins.fasta contacts/
-  tf-esm contacts esm2_t33_650M_UR50D.pt proteins.fasta contacts/ --png --toks-per-batch 2048
+  tf-esm contacts esm2_t33_650M_UR50D.pt proteins.fasta contacts/ --png --max-tokens-per-batch 2048
 """
 
 
@@ -32,11 +32,18 @@ def add_arguments(parser):
     parser.add_argument("outdir", metavar="OUTDIR", help="output directory (created if needed)")
     parser.add_argument("--png", action="store_true", help="also write a heat-map plot per record "
                                                            "(needs matplotlib)")
-    parser.add_argument("--toks-per-batch", type=positive_int, default=4096, metavar="N",
-                        help="token budget of one batch")
+    add_token_budget_argument(parser, "token budget of one batch (rows x padded length)",
+                              old_spelling="--toks-per-batch")
     parser.add_argument("--truncation-seq-length", type=positive_int, default=1022, metavar="N",
                         help="use only the first N residues of longer sequences (a warning names each one)")
     parser.add_argument("--overwrite", action="store_true", help="recompute records whose files exist")
+
+
+def check_arguments(args, console):
+    """Before TensorFlow starts: the optional packages this run needs."""
+    check_model_packages(args.model)
+    if args.png:
+        require_installed("matplotlib", "--png")
 
 
 def _write_contact_png(path, record_id, contacts):
@@ -59,8 +66,6 @@ def run(args, console):
     import numpy as np
 
     records = read_records(args.fasta)
-    if args.png:
-        require_module("matplotlib", "--png")
     make_output_directory(args.outdir, "OUTDIR")
     remove_stale_partials(args.outdir)
 
@@ -85,7 +90,7 @@ def run(args, console):
     try:
         with sigterm_as_interrupt():
             for index, result in iter_embeddings(model, [record.sequence for record in todo], repr_layers=(),
-                                                 include=("contacts",), toks_per_batch=args.toks_per_batch,
+                                                 include=("contacts",), max_tokens_per_batch=args.max_tokens_per_batch,
                                                  truncation_seq_length=args.truncation_seq_length):
                 record = todo[index]
                 npy_path, png_path = outputs(record)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tf_esm.cli.common import CliError
+from tf_esm.cli.common import CliError, check_model_packages
 
 NAME = "convert"
 HELP = "Convert a fair-esm .pt checkpoint or an HF directory into a tf_esm directory."
@@ -12,7 +12,7 @@ HF model directory (ESM-2, ESM-1b/1v, any task head, or ESMFold). DST receives c
 vocab.txt; it is written to a temporary directory and renamed, so a failed conversion leaves DST as it was.
 tf_esm_model.h5 holds each weight in its Keras variable's layout, so loading DST maps the file instead of
 reading it (for a large model, e.g. ESMFold, that is most of the loading time). For ESMFold,
---stem-precision bfloat16 stores the ESM-2 stem rounded once to bfloat16 (5.6 GB instead of 11): the converted
+--stem-precision bfloat16 stores the ESM-2 stem rounded once to bfloat16 (half its size): the converted
 model then folds with a bfloat16 stem by default, its weights mapped as they are, with no cast on loading.
 
 examples:
@@ -21,6 +21,11 @@ examples:
   tf-esm convert ./esmfold_v1 ./esmfold_v1_tf
   tf-esm convert ./esmfold_v1 ./esmfold_v1_bf16 --stem-precision bfloat16
 """
+
+
+def check_arguments(args, console):
+    """Before TensorFlow starts: torch, where SRC is read with it."""
+    check_model_packages(args.src)
 
 
 def add_arguments(parser):

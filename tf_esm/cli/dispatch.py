@@ -14,6 +14,7 @@ from tf_esm.cli.common import (
     created_directories, remove_empty_created_directories)
 
 SUBCOMMANDS = (embed, score, contacts, fold, convert, export)
+_MODULES = {module.NAME: module for module in SUBCOMMANDS}
 
 _DESCRIPTION = """\
 ESM protein language models and ESMFold in TensorFlow / Keras 3.
@@ -27,7 +28,7 @@ examples:
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta embeddings.h5 --repr-layers -1 --include mean per_tok
   tf-esm score facebook/esm1v_t33_650M_UR90S_1 --sequence MKTAYIAKQR --mutations dms.csv --output scored.csv
   tf-esm contacts facebook/esm2_t6_8M_UR50D proteins.fasta contacts/ --png
-  tf-esm fold proteins.fasta structures/ --num-recycles 4
+  tf-esm fold facebook/esmfold_v1 proteins.fasta structures/ --num-recycles 4
   tf-esm convert esm2_t6_8M_UR50D.pt esm2_t6_8M_tf
   tf-esm export esm2_t6_8M_tf serving/esm2/1
 
@@ -71,14 +72,13 @@ def _input_errors():
             FileNotFoundError)
 
 
-def _offline_message(repo_id, command):
+def _offline_message(repo_id):
     """What to do when a hub id cannot be downloaded, in the command line's terms."""
     from tf_esm.io.hub import offline_reason
 
     directory = repo_id.split("/")[-1]
-    where = f"--model ./{directory}" if command == "fold" else f"./{directory} as MODEL"
     return (f"{offline_reason(repo_id)} On a machine that is online run `hf download {repo_id} --local-dir "
-            f"{directory}` (or copy the model directory from elsewhere), then pass {where}.")
+            f"{directory}` (or copy the model directory from elsewhere), then pass ./{directory} as MODEL.")
 
 
 def _one_line(text):
@@ -147,7 +147,12 @@ def _parse(argv):
             args = parser.parse_args(argv[:cut])
             args.pipeline_args = argv[cut + 1:]
             return args
-    return parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # argparse's own message names the words but not what the command expects
+        usage = getattr(_MODULES[args.command], "USAGE", None)
+        shape = f"usage: {usage}; " if usage else ""
+        raise CliError(f"unrecognized arguments: {' '.join(extras)} ({shape}see 'tf-esm {args.command} --help')")
+    return args
 
 
 def _dispatch(argv, debug):
@@ -159,6 +164,10 @@ def _dispatch(argv, debug):
         except SystemExit as exit_request:  # --help / --version
             return int(exit_request.code or 0)
         console = Console(getattr(args, "quiet", False))
+        # Each command's own checks of its arguments (and of the optional packages they need), before TensorFlow.
+        check = getattr(_MODULES[args.command], "check_arguments", None)
+        if check is not None:
+            check(args, console)
         if not debug:
             import_tensorflow_quietly()
         try:
@@ -179,7 +188,7 @@ def _dispatch(argv, debug):
         if debug:
             _print_traceback(error)
         if getattr(error, "offline_repo", None):  # a hub id while offline (tf_esm.hub.ModelNotFoundError)
-            _print_error(_offline_message(error.offline_repo, getattr(args, "command", None)))
+            _print_error(_offline_message(error.offline_repo))
             return EXIT_USAGE
         if isinstance(error, _input_errors()):
             _print_error(error)

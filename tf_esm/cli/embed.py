@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from tf_esm.cli.common import (
-    EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, check_position_table, configure_threads, interrupted,
-    load_model, make_output_directory, non_negative_float, positive_int, read_records, require_module,
-    sigterm_as_interrupt, skipped_note, warn_truncated)
+    EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
+    check_position_table, configure_threads, interrupted, load_model, make_output_directory, non_negative_float,
+    positive_int, read_records, require_installed, require_module, sigterm_as_interrupt, skipped_note,
+    warn_truncated)
 from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, PARQUET_SUFFIX, NpzStore
 
 NAME = "embed"
@@ -44,11 +45,11 @@ resuming and crash safety:
   An .h5 written by an older tf-esm (one group per record) cannot be resumed; read_embeddings reads it.
   Do not run two commands on the same OUTPUT at once.
 
-many files, many workers (Apache Beam; pip install tf_esm[beam]):
+many files, many workers (Apache Beam; in the tf_esm checkout: pip install -e ".[beam]"):
   With --runner, FASTA is a file pattern (quote it: 'shards/*.fasta'; gs:// and other Beam file systems work),
   OUTPUT a directory of Parquet shards part-NNNNN.parquet (columns id, length, sequence_length, truncated,
   mean_<layer>, bos_<layer>, per_tok_<layer>, contacts), and everything after `--` goes to Beam's
-  PipelineOptions. Each file is read whole (records are never split), batches follow --toks-per-batch, each
+  PipelineOptions. Each file is read whole (records are never split), batches follow --max-tokens-per-batch, each
   worker process loads the model once. A Beam run does not resume: OUTPUT must hold no shards (or --overwrite).
   tf-esm embed esm2_dir 'shards/*.fasta' out/ --runner DirectRunner -- --direct_num_workers=2 \
       --direct_running_mode=multi_processing
@@ -57,7 +58,7 @@ examples:
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta embeddings.h5 --repr-layers -1 --include mean per_tok
   tf-esm embed esm2_t33_650M_UR50D.pt proteins.fasta embeddings/ --repr-layers 0 32 33 --include mean bos
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta shards/ --format parquet
-  tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta contacts.h5 --include contacts --toks-per-batch 2048
+  tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta contacts.h5 --include contacts --max-tokens-per-batch 2048
 
   from tf_esm.io import read_embeddings; ids, means = read_embeddings("embeddings.h5")   # (N, D), last layer
 """
@@ -79,15 +80,15 @@ def add_arguments(parser):
                         help="what to store: mean (average over residues), per_tok (every residue), bos (the "
                              "<cls> token) and/or contacts (predicted contact map); choices: "
                              + ", ".join(INCLUDE_CHOICES))
-    parser.add_argument("--toks-per-batch", type=positive_int, default=4096, metavar="N",
-                        help="token budget of one batch (rows x padded length); lower it if memory runs out")
+    add_token_budget_argument(parser, "token budget of one batch (rows x padded length); lower it if memory runs "
+                                      "out", old_spelling="--toks-per-batch")
     parser.add_argument("--truncation-seq-length", type=positive_int, default=1022, metavar="N",
                         help="embed only the first N residues of longer sequences (a warning names each one)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="bfloat16: weights and matmuls in bfloat16, layer norms, softmax and pooling in "
-                             "float32; about twice as fast on a CPU with bfloat16 instructions (avx512_bf16, "
-                             "amx_bf16; slower without them), mean embeddings within cosine 0.999 of float32. "
-                             "Results are stored as float32 either way")
+                             "float32; faster on a CPU with bfloat16 instructions (avx512_bf16, amx_bf16; slower "
+                             "without them), at a small cost in accuracy (README, benchmarks/RESULTS.md). Results "
+                             "are stored as float32 either way")
     parser.add_argument("--checkpoint-interval", type=non_negative_float, default=300.0, metavar="SECONDS",
                         help="HDF5 and Parquet output: make the records finished so far durable this often")
     parser.add_argument("--runner", choices=BEAM_RUNNERS, metavar="RUNNER",
@@ -100,6 +101,16 @@ def add_arguments(parser):
 
 PRECISIONS = ("float32", "bfloat16")  # tf_esm.modeling.precision.PRECISIONS, without importing Keras for --help
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
+
+
+def check_arguments(args, console):
+    """Before TensorFlow starts: the optional packages this run needs."""
+    check_model_packages(args.model)
+    if args.runner:
+        require_installed("apache_beam", "--runner")
+        require_installed("pyarrow", "--runner (Parquet shards)")
+    elif _output_format(args) == "parquet":
+        require_installed("pyarrow", "Parquet output")
 
 
 def _model_identity(reference):
@@ -137,10 +148,8 @@ def run(args, console):
     output_format = _output_format(args)
     if output_format == "hdf5":
         require_module("h5py", "HDF5 output")
-    if output_format == "parquet":
-        require_module("pyarrow", "Parquet output")
     configure_threads()
-    model = load_model(args.model, embedding=True, dtype=args.precision)
+    model = load_model(args.model, embedding=True, precision=args.precision)
     from tf_esm.pipelines.inference import _resolve_layers, iter_embeddings
 
     try:
@@ -169,7 +178,7 @@ def run(args, console):
     try:
         with sigterm_as_interrupt():
             for index, result in iter_embeddings(model, [record.sequence for record in todo], repr_layers=layers,
-                                                 include=include, toks_per_batch=args.toks_per_batch,
+                                                 include=include, max_tokens_per_batch=args.max_tokens_per_batch,
                                                  truncation_seq_length=args.truncation_seq_length):
                 store.add(todo[index].id, len(todo[index].sequence), result)
                 bar.update(1, work=result["length"])
@@ -226,7 +235,7 @@ def _run_beam(args, pipeline_args, console):
     console.info(f"running the Beam pipeline on {args.runner} ...")
     try:
         summary = beam.embed_files(args.model, [args.fasta], args.output, repr_layers=layers, include=include,
-                                   toks_per_batch=args.toks_per_batch,
+                                   max_tokens_per_batch=args.max_tokens_per_batch,
                                    truncation_seq_length=args.truncation_seq_length,
                                    pipeline_args=["--runner", args.runner, *pipeline_args],
                                    overwrite=args.overwrite, settings=settings)

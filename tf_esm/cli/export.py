@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from tf_esm.cli.common import EXIT_FAILURE, CliError, add_model_argument, load_model, positive_int
+from tf_esm.cli.common import EXIT_FAILURE, CliError, add_model_argument, check_model_packages, load_model, positive_int
 
 NAME = "export"
 HELP = "Export a model as a TensorFlow SavedModel for TF Serving."
@@ -19,6 +19,11 @@ examples:
   tf-esm export facebook/esm2_t6_8M_UR50D serving/esm2/1
   tf-esm export ./my_classifier serving/classifier/1 --max-length 1024 --overwrite
 """
+
+
+def check_arguments(args, console):
+    """Before TensorFlow starts: torch, where MODEL is read with it."""
+    check_model_packages(args.model)
 
 
 def add_arguments(parser):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
 from tf_esm.io.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
-    EXIT_FAILURE, CliError, add_fasta_argument, interrupted, load_model, make_output_directory, non_negative_int,
-    positive_int, sigterm_as_interrupt, skipped_note)
+    EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
+    interrupted, load_model, make_output_directory, non_negative_int, positive_int, sigterm_as_interrupt,
+    skipped_note)
 from tf_esm.io.embedding_stores import record_key
 from tf_esm.progress import format_duration
 
 NAME = "fold"
 HELP = "Predict structures with ESMFold: one PDB per FASTA record and a pLDDT/pTM summary."
 DEFAULT_FOLD_MODEL = "facebook/esmfold_v1"
+USAGE = "tf-esm fold [options] MODEL FASTA OUTDIR"
+EXAMPLE = f"tf-esm fold {DEFAULT_FOLD_MODEL} proteins.fasta structures/"
 SUMMARY_FILE = "summary.tsv"
 EPILOG = """\
 output:
@@ -29,28 +33,32 @@ output:
   A record may hold several chains separated by ':' (folded as a complex with a poly-G linker, as ESMFold).
   Records whose PDB exists are skipped (re-running resumes); --overwrite refolds them.
 
+  MODEL comes first, as in the other commands; the older order `tf-esm fold FASTA OUTDIR [--model MODEL]`
+  still works, with a warning.
+
 examples:
-  tf-esm fold proteins.fasta structures/
-  tf-esm fold proteins.fasta structures/ --model ./esmfold_v1 --num-recycles 4 --chunk-size 64 \\
-      --max-tokens-per-batch 512
-  tf-esm fold proteins.fasta structures/ --stem-precision bfloat16   # the stem's weights in half the memory
+  tf-esm fold facebook/esmfold_v1 proteins.fasta structures/
+  tf-esm fold ./esmfold_v1 proteins.fasta structures/ --num-recycles 4 --chunk-size 64 --max-tokens-per-batch 512
+  tf-esm fold ./esmfold_v1 proteins.fasta structures/ --stem-precision bfloat16   # the stem in half the memory
 """
 
 
 def add_arguments(parser):
+    parser.usage = USAGE.replace("tf-esm fold", "%(prog)s")
+    add_model_argument(parser, f"ESMFold model directory or hub id ({DEFAULT_FOLD_MODEL})")
     add_fasta_argument(parser, "input FASTA file (':' separates the chains of a complex; gzip/bzip2/xz read as "
                                "such; - reads standard input)")
-    parser.add_argument("outdir", metavar="OUTDIR", help="output directory (created if needed)")
-    parser.add_argument("--model", default=DEFAULT_FOLD_MODEL, help="ESMFold model directory or hub id")
+    # Optional only so that the old order (FASTA OUTDIR --model M) parses: `check_arguments` sorts it out.
+    parser.add_argument("outdir", metavar="OUTDIR", nargs="?", help="output directory (created if needed)")
+    parser.add_argument("--model", dest="model_option", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--num-recycles", type=non_negative_int, default=None, metavar="N",
                         help="trunk passes after the first, as transformers' and fair-esm's num_recycles (default: "
                              "the model's max_recycles passes in all, 4 for esmfold_v1, i.e. 3 recycles)")
     parser.add_argument("--chunk-size", type=positive_int, default=None, metavar="N",
                         help="evaluate the pair stack's axial attention in chunks of N rows: less memory for long "
                              "proteins, same result (try 128, 64, 32)")
-    parser.add_argument("--max-tokens-per-batch", type=positive_int, default=1024, metavar="N",
-                        help="fold several short sequences together up to N positions (residues plus linkers) "
-                             "per batch")
+    add_token_budget_argument(parser, "fold several short sequences together up to N positions (residues plus "
+                                      "linkers) per batch", default=1024)
     parser.add_argument("--stem-precision", choices=STEM_PRECISIONS, default=None,
                         help="precision of the ESM-2 stem: float16 or bfloat16 store its weights in half "
                              "precision (half the stem's memory, as HF's fp16_esm stem) and compute in it, with "
@@ -72,6 +80,36 @@ def add_arguments(parser):
 
 # tf_esm.folding.model.STEM_DTYPES without mixed_float16, named here so that --help imports no Keras.
 STEM_PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+_FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna", ".seq", ".txt")
+_MODEL_SUFFIXES = (".pt", ".h5", ".safetensors", ".bin", ".json")
+
+
+def _looks_like_fasta(word):
+    """Whether a first positional argument is a FASTA file (the old order) rather than a MODEL."""
+    name = word.lower()
+    for compressed in (".gz", ".bz2", ".xz"):
+        name = name.removesuffix(compressed)
+    if word == "-" or name.endswith(_FASTA_SUFFIXES):
+        return True
+    return os.path.isfile(word) and not name.endswith(_MODEL_SUFFIXES)
+
+
+def check_arguments(args, console):
+    """Called right after parsing: MODEL FASTA OUTDIR, or the old order FASTA OUTDIR [--model MODEL] (read as such,
+    with a warning); anything else is an error that shows the usage."""
+    if args.outdir is None:
+        first, second = args.model, args.fasta
+        if not _looks_like_fasta(first):
+            raise CliError(f"missing OUTDIR: usage: {USAGE} (e.g. {EXAMPLE})")
+        model = args.model_option or DEFAULT_FOLD_MODEL
+        console.warning(f"`tf-esm fold FASTA OUTDIR [--model MODEL]` is the old order; MODEL now comes first, as in "
+                        f"the other commands: tf-esm fold {model} {first} {second}")
+        args.model, args.fasta, args.outdir = model, first, second
+    elif args.model_option is not None:
+        raise CliError(f"MODEL given twice ({args.model} and --model {args.model_option}): usage: {USAGE}")
+    check_model_packages(args.model)
 
 
 def _fold_records(path):
@@ -163,7 +201,7 @@ def run(args, console):
     if not todo:
         console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")
         return 0
-    model = load_model(args.model, TFEsmForProteinFolding, esm_dtype=args.stem_precision)
+    model = load_model(args.model, TFEsmForProteinFolding, stem_precision=args.stem_precision)
     model.page_weights = args.page_weights
     model.compiled_inference = bool(args.compiled)
     from tf_esm.io.weights import H5_WEIGHTS_NAME
@@ -173,7 +211,7 @@ def run(args, console):
         flag = f" --stem-precision {args.stem_precision}" if half else ""
         console.info(f"tip: run `tf-esm convert {args.model} DIR{flag}` once and fold with DIR: a converted model "
                      "loads as a memory map, without reading and transposing every weight"
-                     + (", and without casting the stem" if half else "") + " (the full ESMFold: ~3x faster).")
+                     + (", and without casting the stem" if half else "") + ".")
 
     def write_summary():
         lines = ["id\tlength\tmean_plddt\tptm\tseconds"]

@@ -6,7 +6,7 @@ import os
 import sys
 
 from tf_esm.io.atomic import write_atomic
-from tf_esm.cli.common import CliError, load_model, positive_int
+from tf_esm.cli.common import CliError, add_token_budget_argument, check_model_packages, load_model
 
 NAME = "score"
 HELP = "Zero-shot variant-effect scores (ESM-1v) for the mutants listed in a CSV file."
@@ -52,8 +52,13 @@ def add_arguments(parser):
     parser.add_argument("--output", metavar="FILE.csv",
                         help="where to write the scored CSV (written to a temporary file and renamed); "
                              "default: standard output")
-    parser.add_argument("--toks-per-batch", type=positive_int, default=4096, metavar="N",
-                        help="token budget of one batch of masked forward passes")
+    add_token_budget_argument(parser, "token budget of one batch of masked forward passes",
+                              old_spelling="--toks-per-batch")
+
+
+def check_arguments(args, console):
+    """Before TensorFlow starts: torch, where a MODEL is read with it."""
+    check_model_packages(*args.models)
 
 
 def _model_name(reference):
@@ -123,7 +128,7 @@ def run(args, console):
         bar = console.progress(count_forward_passes(sequence, mutants, args.strategy), "fwd")
         try:
             columns[name] = score_mutants(model, sequence, mutants, strategy=args.strategy, tokenizer=tokenizer,
-                                          toks_per_batch=args.toks_per_batch,
+                                          max_tokens_per_batch=args.max_tokens_per_batch,
                                           progress_callback=lambda n: bar.update(n))
         except MutationError as error:
             raise CliError(f"MODEL {reference}: {error}") from None

@@ -1,6 +1,7 @@
 """Physical residue-constant tables (ideal amino-acid geometry from AlphaFold2 / OpenFold), transcribed as data.
 
-Generated once from the published tables; the derived arrays are computed in `residue_constants.py`.
+Generated once from the published tables; the derived arrays are computed in `residue_constants.py`. The
+tables come from AlphaFold's and OpenFold's `residue_constants.py` (Apache License 2.0; see NOTICE).
 """
 
 # One-letter codes in AlphaFold order (index 20 is the unknown residue "X").

@@ -4,6 +4,7 @@ confidence heads) as a Keras model that loads HF `EsmForProteinFolding` checkpoi
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_esm._deprecation import renamed_keywords
 from tf_esm.folding import residue_constants as rc
 from tf_esm.folding.atoms import make_atom14_masks
 from tf_esm.folding.heads import (
@@ -37,7 +39,7 @@ DEFAULT_RESIDUE_INDEX_OFFSET = 512
 # Lengths the compiled inference path pads to (longer inputs: the next multiple of the last step, 512), so a
 # handful of compiled programs serve all lengths; padding costs at most ~1.5x in length.
 DEFAULT_LENGTH_BUCKETS = FOLD_LENGTH_BUCKETS
-# Keras dtype policies the ESM stem may be built in (`esm_dtype`). The half ones store the stem's weights in half
+# Keras dtype policies the ESM stem may be built in (`stem_precision`). The half ones store the stem's weights in half
 # precision; the numerics inside follow HF's `.half()` stem on a CPU (float32 layer norms, softmax and rotary,
 # float32 accumulation in the matmuls): tf_esm/modeling/precision.py.
 STEM_DTYPES = ("float32", "float16", "bfloat16", "mixed_float16")
@@ -149,7 +151,7 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     """ESMFold: predicts 3D structure and confidence from a protein sequence.
 
     An ESM-2 stem (run without gradient; in float16 when `esmfold_config.fp16_esm` and a GPU is present, see
-    `esm_dtype`) gives per-layer residue embeddings, combined by learned softmax weights (`esm_s_combine`) and
+    `stem_precision`) gives per-layer residue embeddings, combined by learned softmax weights (`esm_s_combine`) and
     projected (`esm_s_mlp`), plus an amino-acid embedding. The folding trunk refines sequence and pair states with
     recycling; the structure module builds frames, torsion angles and atoms; heads predict distograms, pLDDT,
     pTM and aligned errors. Layer and weight names mirror the PyTorch reference, so HF checkpoints load with
@@ -157,14 +159,16 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
 
     Args:
         config: An `EsmConfig` with `is_folding_model=True` and an `esmfold_config`.
-        esm_dtype: Precision of the stem (`STEM_DTYPES`): "float32"; "float16" or "bfloat16" (the stem's
+        stem_precision: Precision of the stem (`STEM_DTYPES`): "float32"; "float16" or "bfloat16" (the stem's
             weights are stored in that dtype, half the memory, and it computes in it, as HF's `fp16_esm` stem,
             which is `.half()`); "mixed_float16" (float32 weights, float16 compute: no memory saved); or None
             (the default): the precision a saved half stem was stored in (`config.esm_dtype`, written by
             `save_pretrained` and `tf-esm convert --stem-precision`), else "float16" when `fp16_esm` and a GPU is
             available, else "float32". A checkpoint of any dtype loads into any of them, each tensor rounded as it
             is assigned. The stem's hidden states are cast to float32 before the learned layer combination, as in
-            the reference.
+            the reference. The rest of the model is float32 (`from_pretrained(precision=...)` takes float32
+            only). The same word as `tf-esm fold --stem-precision`; `esm_dtype=` is its deprecated name (the
+            config.json key of a saved half stem keeps that name, for the files already written).
 
     Call args:
         input_ids: [B, L] AlphaFold residue indices (`ARNDCQEGHILKMFPSTWYV` then `X` -> 0..20), without
@@ -222,24 +226,29 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     output_type = TFEsmForProteinFoldingOutput
 
     @classmethod
-    def _uses_stored_weights(cls, dtype, model_kwargs):
+    def _uses_stored_weights(cls, precision, model_kwargs):
         # A half-precision stem casts 3B of the 3.5B parameters on loading.
-        return dtype == "float32" and model_kwargs.get("esm_dtype") in (None, "float32")
+        return precision == "float32" and model_kwargs.get("stem_precision") in (None, "float32")
 
     @classmethod
-    def _populated_weights(cls, dtype, model_kwargs):
+    def _populated_weights(cls, precision, model_kwargs):
         # With `page_weights`, the layer stacks' pages are only read ahead: each layer maps its own when it runs
         # (a stack whose weights are cast on loading, a half stem from a float32 file, just reads them once).
-        if cls.page_weights and dtype == "float32":
+        if cls.page_weights and precision == "float32":
             return lambda name: not _STACKED_WEIGHTS.match(name)
-        return cls._uses_stored_weights(dtype, model_kwargs)
+        return cls._uses_stored_weights(precision, model_kwargs)
+
+    @classmethod
+    def _precision_hint(cls):
+        return (" Only the ESM-2 stem takes half precision: pass stem_precision='bfloat16' (or 'float16'), as "
+                "`tf-esm fold --stem-precision`.")
 
     def _saved_config(self):
         # A half-precision stem is written as it is (bfloat16 in a version-3 tf_esm file): the config records it,
         # so the saved model builds its stem in that precision by default and maps those weights without a cast.
         config = self.config_class.from_dict(self.config.to_dict())
-        if self.esm_dtype in ("float16", "bfloat16"):
-            config.esm_dtype = self.esm_dtype
+        if self.stem_precision in ("float16", "bfloat16"):
+            config.esm_dtype = self.stem_precision
         elif hasattr(config, "esm_dtype"):
             del config.esm_dtype
         return config
@@ -249,24 +258,26 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
         # safetensors save has it too, and transformers' loading report lists nothing missing.
         return {"af2_to_esm": self.af2_to_esm.astype(np.int64)}
 
-    def __init__(self, config, esm_dtype=None, **kwargs):
+    @renamed_keywords(esm_dtype="stem_precision")
+    def __init__(self, config, stem_precision=None, **kwargs):
         super().__init__(config, **kwargs)
         config = self.config
         if not getattr(config, "is_folding_model", False) or config.esmfold_config is None:
             raise ValueError("TFEsmForProteinFolding needs an EsmConfig with is_folding_model=True.")
         fold = config.esmfold_config
         trunk = fold.trunk
-        if esm_dtype is None:
-            esm_dtype = getattr(config, "esm_dtype", None)  # a half stem stored as it is (`_saved_config`)
-        if esm_dtype is None:
-            esm_dtype = "float16" if fold.fp16_esm and _gpu_available() else "float32"
-        if esm_dtype not in STEM_DTYPES:
-            raise ValueError(f"esm_dtype must be None or one of {', '.join(STEM_DTYPES)}; got {esm_dtype!r}.")
-        self.esm_dtype = esm_dtype
-        if esm_dtype in ("bfloat16", "float16"):
-            precision.warn_if_slow(esm_dtype)  # bfloat16 on a CPU without its instructions; float16 on a CPU
-        with precision.dtype_policy_scope(esm_dtype):
-            self.esm = TFEsmMainLayer(config, add_pooling_layer=False, name="esm", dtype=esm_dtype)
+        if stem_precision is None:
+            stem_precision = getattr(config, "esm_dtype", None)  # a half stem stored as it is (`_saved_config`)
+        if stem_precision is None:
+            stem_precision = "float16" if fold.fp16_esm and _gpu_available() else "float32"
+        if stem_precision not in STEM_DTYPES:
+            raise ValueError(f"stem_precision must be None or one of {', '.join(STEM_DTYPES)}; got "
+                             f"{stem_precision!r}.")
+        self.stem_precision = stem_precision
+        if stem_precision in ("bfloat16", "float16"):
+            precision.warn_if_slow(stem_precision)  # bfloat16 on a CPU without its instructions; float16 on a CPU
+        with precision.dtype_policy_scope(stem_precision):
+            self.esm = TFEsmMainLayer(config, add_pooling_layer=False, name="esm", dtype=stem_precision)
         self.esm.trainable = False
 
         self.n_tokens_embed = rc.restype_num + 3  # padding 0, residues 1..20, unknown 21, mask 22
@@ -323,8 +334,16 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config["esm_dtype"] = self.esm_dtype
+        config["stem_precision"] = self.stem_precision
         return config
+
+    def __getattr__(self, name):
+        # The deprecated attribute name, outside `dir()` so that Keras' saving (which walks it) does not warn.
+        if name == "esm_dtype":
+            warnings.warn("TFEsmForProteinFolding.esm_dtype is deprecated; use .stem_precision instead.",
+                          DeprecationWarning, stacklevel=2)
+            return self.stem_precision
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def repeated_layer_stacks(self):
         """Lists of layers of one structure applied in turn (the ESM stem's layers): a compiled JAX program loops

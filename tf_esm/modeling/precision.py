@@ -8,7 +8,7 @@ as the reference does under `torch.autocast`; the residual stream between them i
 
 bfloat16 here is an inference precision: training wants float32 master weights (`mixed_bfloat16`).
 
-ESMFold's stem takes float16 or bfloat16 storage the same way (`TFEsmForProteinFolding(esm_dtype=...)`, built in
+ESMFold's stem takes float16 or bfloat16 storage the same way (`TFEsmForProteinFolding(stem_precision=...)`, built in
 `dtype_policy_scope`), to match transformers' `fp16_esm` stem, which is `.half()`: float16 weights and float16
 compute on any device. What torch does on half tensors there, and what the stem does: layer norms accumulate in
 float32 and round once (Keras: the same); the eager attention's scores are float16 matmul outputs, its softmax runs

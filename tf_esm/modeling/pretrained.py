@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 
-from tf_esm.configuration import EsmConfig
+from tf_esm._deprecation import apply_renames, renamed_keywords
+from tf_esm.configuration import EsmConfig, check_overrides
 
 logger = logging.getLogger("tf_esm")
 
@@ -17,7 +18,7 @@ class EsmPretrainedIO:
 
     config_class = EsmConfig
     base_model_prefix = "esm"
-    # Precisions `from_pretrained(dtype=...)` builds this class in (`tf_esm.modeling.precision`).
+    # Precisions `from_pretrained(precision=...)` builds this class in (`tf_esm.modeling.precision`).
     supported_dtypes = ("float32",)
 
     def __init__(self, config, **kwargs):
@@ -50,20 +51,34 @@ class EsmPretrainedIO:
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     @classmethod
-    def _uses_stored_weights(cls, dtype, model_kwargs):
+    def _uses_stored_weights(cls, precision, model_kwargs):
         """Whether a model built with these arguments keeps the checkpoint's float32 values as they are (so a
         memory-mapped file's pages are worth faulting in while the model is built), rather than casting them."""
-        return dtype == "float32"
+        return precision == "float32"
 
     @classmethod
-    def _populated_weights(cls, dtype, model_kwargs):
+    def _populated_weights(cls, precision, model_kwargs):
         """What a memory-mapped checkpoint faults in while the model is built (`read_checkpoint`'s `populate`):
         everything when the stored values are used as they are, nothing when they are cast."""
-        return cls._uses_stored_weights(dtype, model_kwargs)
+        return cls._uses_stored_weights(precision, model_kwargs)
 
     @classmethod
+    def _precision_hint(cls):
+        """What to say after `from_pretrained(precision=...)` names a precision this class is not built in."""
+        return ""
+
+    @classmethod
+    def _constructor_arguments(cls):
+        """Keywords of `from_pretrained` that go to the constructor (the rest override config attributes)."""
+        import inspect
+
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
+        return own | {"name", "trainable"}  # keras.Model's
+
+    @classmethod
+    @renamed_keywords(dtype="precision")
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, config: EsmConfig | None = None,
-                        strict: bool = False, dtype: str = "float32", weights_cache="auto", **kwargs):
+                        strict: bool = False, precision: str = "float32", weights_cache="auto", **kwargs):
         """Build the model and load weights from a local directory, a checkpoint file, or a hub id.
 
         Accepts HF PyTorch directories (`model.safetensors`, `pytorch_model.bin`, sharded with an index json),
@@ -76,44 +91,50 @@ class EsmPretrainedIO:
             path_or_hub_id: Directory, weight file inside a directory, fair-esm `.pt` file, or hub id.
             config: An `EsmConfig` to use instead of the checkpoint's own.
             strict: Raise instead of warning on missing or unexpected tensors.
-            dtype: "float32" (default), or "bfloat16" for inference: every weight is stored in bfloat16 (rounded
-                once, here) and matmuls run in bfloat16, with layer norms and softmax in float32
-                (`tf_esm.modeling.precision`). Warns on a CPU without bfloat16 instructions (slower there).
+            precision: "float32" (default), or "bfloat16" for inference: every weight is stored in bfloat16
+                (rounded once, here) and matmuls run in bfloat16, with layer norms and softmax in float32
+                (`tf_esm.modeling.precision`). Warns on a CPU without bfloat16 instructions (slower there). The
+                same word as `tf-esm embed --precision`; `dtype=` is its deprecated name. ESMFold builds in
+                float32 and takes its stem's precision as `stem_precision=` instead.
             weights_cache: (TensorFlow) load a PyTorch-layout checkpoint (safetensors, `.bin`) through a copy in
                 tf_esm's own layout, converted once into a cache and memory-mapped after, so the weights are
                 file-backed pages the kernel can reclaim instead of the process's own memory (`io/weights_cache.py`):
                 "auto" (default) for checkpoints of 2 GiB or more, True always, False never, or a cache folder.
             **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
-                keyword overrides a config attribute (e.g. `num_labels=3`).
+                keyword overrides a config attribute (e.g. `num_labels=3`). A name that is neither is a
+                TypeError, so a misspelt argument is not silently written into the configuration.
         """
-        import inspect
-
         from tf_esm.io.checkpoints import read_checkpoint
         from tf_esm.io.weights import deferred_initialization, finish_initialization, load_state_dict
         from tf_esm.modeling.precision import building_in, check_precision, warn_if_slow
 
-        dtype = check_precision(dtype)
-        if dtype not in cls.supported_dtypes:
-            raise ValueError(f"{cls.__name__} supports dtype {', '.join(cls.supported_dtypes)}; got {dtype!r}.")
-
-        constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
+        where = f"{cls.__name__}.from_pretrained"
+        precision = check_precision(precision)
+        if precision not in cls.supported_dtypes:
+            raise ValueError(f"{cls.__name__} supports precision {', '.join(cls.supported_dtypes)}; got "
+                             f"{precision!r}.{cls._precision_hint()}")
+        apply_renames(kwargs, getattr(cls.__init__, "renamed_keywords", {}), where)
+        constructor_args = cls._constructor_arguments()
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
+        if config is not None:
+            check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision"})
         config, state_dict, source = read_checkpoint(
-            path_or_hub_id, config, populate=cls._populated_weights(dtype, model_kwargs))
+            path_or_hub_id, config, populate=cls._populated_weights(precision, model_kwargs))
+        check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision"})
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
         # No random values for the weights the checkpoint replaces.
-        with deferred_initialization(), building_in(dtype):
+        with deferred_initialization(), building_in(precision):
             model = cls(config, **model_kwargs)
             model.build()
         state_dict = _through_weights_cache(model, state_dict, source, weights_cache,
-                                            populate=cls._populated_weights(dtype, model_kwargs))
+                                            populate=cls._populated_weights(precision, model_kwargs))
         try:
             load_state_dict(model, state_dict, strict=strict, source=source)
         finally:
             finish_initialization(model)
-        warn_if_slow(dtype)
+        warn_if_slow(precision)
         return model
 
     def _saved_config(self):

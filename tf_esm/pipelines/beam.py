@@ -5,7 +5,7 @@ The pipeline (`build_embed_pipeline`):
   file patterns -> MatchAll -> ReadMatches -> parse each file whole (records are never split across workers)
   -> the record ids checked unique across files (a side input, computed before any record is embedded)
   -> Reshuffle (spreads the records of a few large files over every worker)
-  -> SortAndBatchElements (per bundle: sorted by length, batches of at most `toks_per_batch` tokens)
+  -> SortAndBatchElements (per bundle: sorted by length, batches of at most `max_tokens_per_batch` tokens)
   -> RunInference with `EmbeddingModelHandler` (prebatched: `with_no_batching`)
   -> `result_to_row` -> WriteToParquet: OUT_DIR/part-NNNNN.parquet, the schema of `tf_esm.io.parquet_store`.
 
@@ -43,6 +43,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
     raise ImportError(f"Apache Beam pipelines need apache-beam and pyarrow ({error}): pip install tf_esm[beam]") \
         from error
 
+from tf_esm._deprecation import renamed_keywords
 from tf_esm.io.embedding_stores import EmbeddingStoreError
 from tf_esm.io.fasta import FastaError, parse_fasta_bytes
 from tf_esm.io.parquet_store import embedding_schema, result_to_row
@@ -112,13 +113,14 @@ class EmbeddingModelHandler(ModelHandler):
     yields it. Counters (namespace "tf_esm_embed"): `records` embedded, `truncated`, and `models_used`, the model
     objects that ran inference (one per worker process when the shared handle holds the model, see above)."""
 
-    def __init__(self, model, repr_layers=(-1,), include=("mean",), toks_per_batch=4096,
+    @renamed_keywords(toks_per_batch="max_tokens_per_batch")
+    def __init__(self, model, repr_layers=(-1,), include=("mean",), max_tokens_per_batch=4096,
                  truncation_seq_length=1022, streams=None):
         super().__init__()
         self._model_reference = os.fspath(model)
         self._repr_layers = tuple(repr_layers)
         self._include = tuple(include)
-        self._toks_per_batch = int(toks_per_batch)
+        self._max_tokens_per_batch = int(max_tokens_per_batch)
         self._truncation_seq_length = truncation_seq_length
         self._streams = streams
 
@@ -136,7 +138,7 @@ class EmbeddingModelHandler(ModelHandler):
             _MODELS_USED.add(model)
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, "models_used").inc()
         results = embed_sequences(model, [sequence for _, sequence in records], repr_layers=self._repr_layers,
-                                  include=self._include, toks_per_batch=self._toks_per_batch,
+                                  include=self._include, max_tokens_per_batch=self._max_tokens_per_batch,
                                   truncation_seq_length=self._truncation_seq_length, streams=self._streams)
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records").inc(len(records))
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "truncated").inc(sum(r["truncated"] for r in results))
@@ -197,8 +199,9 @@ def _row(prediction, schema):
 
 
 # ---------------------------------------------------------------------------------------------------- the pipeline
+@renamed_keywords(toks_per_batch="max_tokens_per_batch")
 def build_embed_pipeline(pipeline, model, patterns, output_dir, schema, repr_layers=(-1,), include=("mean",),
-                         toks_per_batch=4096, truncation_seq_length=1022, max_residues=None, streams=None):
+                         max_tokens_per_batch=4096, truncation_seq_length=1022, max_residues=None, streams=None):
     """Add the embedding transforms to `pipeline` (a `beam.Pipeline`); returns the PCollection of written paths.
 
     `schema`: from `tf_esm.io.parquet_store.embedding_schema` for these layers/include and the model's hidden
@@ -216,12 +219,12 @@ def build_embed_pipeline(pipeline, model, patterns, output_dir, schema, repr_lay
                   | "IdAndFile" >> beam.Map(lambda record: (record[0], record[2]))
                   | "GroupById" >> beam.GroupByKey()
                   | "Duplicates" >> beam.FlatMap(_duplicate_ids))
-    handler = EmbeddingModelHandler(model, repr_layers, include, toks_per_batch, truncation_seq_length, streams)
+    handler = EmbeddingModelHandler(model, repr_layers, include, max_tokens_per_batch, truncation_seq_length, streams)
     return (records
             | "UniqueIds" >> beam.Map(_unique, beam.pvalue.AsList(duplicates))
             | "Spread" >> beam.Reshuffle()
             | "TokenBatches" >> beam.SortAndBatchElements(min_batch_size=1, max_batch_size=1 << 20,
-                                                          max_batch_weight=toks_per_batch, element_size_fn=tokens)
+                                                          max_batch_weight=max_tokens_per_batch, element_size_fn=tokens)
             | "Embed" >> RunInference(handler.with_no_batching())
             | "Rows" >> beam.Map(_row, schema)
             | "WriteParquet" >> beam.io.WriteToParquet(
@@ -244,7 +247,8 @@ def matched_files(patterns):
     return sorted(set(files))
 
 
-def embed_files(model, patterns, output_dir, repr_layers=(-1,), include=("mean",), toks_per_batch=4096,
+@renamed_keywords(toks_per_batch="max_tokens_per_batch")
+def embed_files(model, patterns, output_dir, repr_layers=(-1,), include=("mean",), max_tokens_per_batch=4096,
                 truncation_seq_length=1022, pipeline_args=(), overwrite=False, settings=None, streams=None):
     """Embed every record of the FASTA files matching `patterns` into Parquet shards OUTPUT_DIR/part-NNNNN.parquet
     with a Beam pipeline (the runner and its options in `pipeline_args`, as on a command line: "--runner",
@@ -287,7 +291,7 @@ def embed_files(model, patterns, output_dir, repr_layers=(-1,), include=("mean",
     options = PipelineOptions(list(pipeline_args))
     pipeline = beam.Pipeline(options=options)
     build_embed_pipeline(pipeline, model, files, output_dir, schema, repr_layers=layers, include=include,
-                         toks_per_batch=toks_per_batch, truncation_seq_length=truncation_seq_length,
+                         max_tokens_per_batch=max_tokens_per_batch, truncation_seq_length=truncation_seq_length,
                          max_residues=None if limit is None else limit - 2, streams=streams)
     try:
         result = pipeline.run()

@@ -47,7 +47,7 @@ def _write_hf_directory(src, directory, stem_precision=None):
         # ESMFold: the stem in the checkpoint's precision (float32) on any device, unless asked for a half one.
         from tf_esm.folding import TFEsmForProteinFolding
 
-        model_class, kwargs = TFEsmForProteinFolding, {"esm_dtype": stem_precision or "float32"}
+        model_class, kwargs = TFEsmForProteinFolding, {"stem_precision": stem_precision or "float32"}
     else:
         model_class, kwargs = state_dict_class(state_dict), {}
     with deferred_initialization():  # no random values for the weights the checkpoint replaces

@@ -14,8 +14,8 @@ The flow, one step per function (steps 1 and 2 live in `tf_esm.pipelines.records
    `Dataset.map` (`in_graph=True`); both give the same ids, `<cls> residues <eos>`.
 4. **Align labels** for token tasks: `[-100] + residue labels + [-100]` (the `<cls>` shift), padded with -100.
 5. **Shuffle** (optional), **batch by length** (`bucket_by_sequence_length`; a fixed `batch_size` per bucket, or a
-   `token_budget` so that batch rows x padded length stays under the budget), **mask for MLM** (optional,
-   `MlmMasking`, re-drawn every epoch) and **prefetch**.
+   `max_tokens_per_batch` so that batch rows x padded length stays under the budget), **mask for MLM**
+   (optional, `MlmMasking`, re-drawn every epoch) and **prefetch**.
 
 Elements are `({"input_ids", "attention_mask"}, labels)` with int32 ids and mask (padding: `<pad>` id and 0), or
 just the features dict for unlabelled data. Labels are int32 class ids, float32 regression targets or float32
@@ -40,6 +40,7 @@ from tf_esm.backend import require_tensorflow
 
 tf = require_tensorflow("tf_esm.data (tf.data pipelines)")
 
+from tf_esm._deprecation import renamed_keywords
 from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.io.fasta import FastaError
 from tf_esm.modeling.dataset_tf import without_autotune_stall
@@ -181,16 +182,18 @@ def auto_bucket_boundaries(lengths, num_buckets=16):
     return sorted({int(value) for value in quantiles if lengths.min() < value <= lengths.max()})
 
 
-def bucket_batch_sizes(boundaries, max_length, batch_size=None, token_budget=None):
-    """Rows per batch for each bucket: `batch_size`, or as many rows as fit `token_budget` padded tokens."""
-    if (batch_size is None) == (token_budget is None):
-        raise ValueError("Give exactly one of batch_size and token_budget.")
+@renamed_keywords(token_budget="max_tokens_per_batch")
+def bucket_batch_sizes(boundaries, max_length, batch_size=None, max_tokens_per_batch=None):
+    """Rows per batch for each bucket: `batch_size`, or as many rows as fit `max_tokens_per_batch` padded tokens."""
+    if (batch_size is None) == (max_tokens_per_batch is None):
+        raise ValueError("Give exactly one of batch_size and max_tokens_per_batch.")
     if batch_size is not None:
         return [int(batch_size)] * (len(boundaries) + 1)
     widths = [boundary - 1 for boundary in boundaries] + [max_length]
-    if token_budget < max_length:
-        raise ValueError(f"token_budget={token_budget} is smaller than the longest sequence ({max_length} tokens).")
-    return [max(1, int(token_budget) // int(width)) for width in widths]
+    if max_tokens_per_batch < max_length:
+        raise ValueError(f"max_tokens_per_batch={max_tokens_per_batch} is smaller than the longest sequence "
+                         f"({max_length} tokens).")
+    return [max(1, int(max_tokens_per_batch) // int(width)) for width in widths]
 
 
 def padding_stats(dataset):
@@ -210,8 +213,9 @@ def padding_stats(dataset):
             "padding_fraction": 1.0 - real / cells if cells else 0.0}
 
 
+@renamed_keywords(token_budget="max_tokens_per_batch")
 def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = False, max_length: int | None = None,
-                 truncation: str = "error", batch_size: int | None = None, token_budget: int | None = None,
+                 truncation: str = "error", batch_size: int | None = None, max_tokens_per_batch: int | None = None,
                  bucket_boundaries: str | Sequence[int] | None = "auto", num_buckets: int = 16,
                  shuffle: bool = False, seed: int | None = None, mlm=None, return_index: bool = False,
                  drop_remainder: bool = False, prefetch: bool = True) -> tf.data.Dataset:
@@ -222,8 +226,9 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
         tokenizer: an `EsmTokenizer`, a model directory / hub id holding `vocab.txt`, or `None` (ESM-2 vocabulary).
         in_graph: tokenize inside `Dataset.map` with TensorFlow ops (`tf_esm.graph_tokenizer`) instead of in Python.
         max_length, truncation: the length policy (see `apply_length_policy`); `max_length` counts special tokens.
-        batch_size: rows per batch (default 8 unless `token_budget` is given).
-        token_budget: instead of `batch_size`, at most this many padded tokens per batch (rows x bucket width).
+        batch_size: rows per batch (default 8 unless `max_tokens_per_batch` is given).
+        max_tokens_per_batch: instead of `batch_size`, at most this many padded tokens per batch (rows x bucket
+            width); `token_budget` is its deprecated name.
         bucket_boundaries: `"auto"` (length quantiles, `num_buckets` buckets), a sorted list of token lengths, or
             `None` to batch in order without bucketing (padding to the longest row of each batch).
         num_buckets: number of buckets for `"auto"`.
@@ -242,7 +247,7 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
         raise ValueError("No records to build a dataset from.")
     if mlm and records.labels is not None:
         raise ValueError("MLM masking makes its own labels; build the dataset from unlabelled records.")
-    if batch_size is None and token_budget is None:
+    if batch_size is None and max_tokens_per_batch is None:
         batch_size = 8
     records = apply_length_policy(records, max_length, truncation)
     tokenizer = resolve_tokenizer(tokenizer)
@@ -297,7 +302,7 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
         boundaries = [int(boundary) for boundary in bucket_boundaries]
         if boundaries != sorted(set(boundaries)) or boundaries[0] < 1:
             raise ValueError(f"bucket_boundaries must be increasing positive lengths, got {bucket_boundaries}.")
-        sizes = bucket_batch_sizes(boundaries, max(token_lengths), batch_size, token_budget)
+        sizes = bucket_batch_sizes(boundaries, max(token_lengths), batch_size, max_tokens_per_batch)
         dataset = dataset.bucket_by_sequence_length(
             element_length_func=lambda features, *rest: tf.shape(features["input_ids"])[0],
             bucket_boundaries=boundaries, bucket_batch_sizes=sizes, padding_values=padding,
@@ -305,7 +310,7 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
         bucket_counts = np.bincount(np.searchsorted(boundaries, token_lengths, side="right"),
                                     minlength=len(sizes))
     else:
-        rows = batch_size if batch_size is not None else max(1, token_budget // max(token_lengths))
+        rows = batch_size if batch_size is not None else max(1, max_tokens_per_batch // max(token_lengths))
         dataset = dataset.padded_batch(rows, padding_values=padding, drop_remainder=drop_remainder)
         sizes, bucket_counts = [rows], [len(token_lengths)]
     # Whatever the shuffle order, each bucket yields the same number of batches; a known count lets Keras show

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_esm._deprecation import renamed_keywords
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.io.embedding_stores import INCLUDE_CHOICES
 from tf_esm.modeling.attention import uses_blocked_attention
@@ -48,7 +49,7 @@ _ALIGNMENT = 8
 # On a CPU, forward passes of about this many tokens (rows x padded length) run fastest: the activations and
 # attention scores of one pass stay in cache. One stream at a time on all cores: 1024; one stream per core: 512
 # (measured at every ESM-2 size up to 150M; figures in benchmarks/RESULTS.md, "Pass sizes and threads").
-# `toks_per_batch` still caps the pass size; this only splits batches further.
+# `max_tokens_per_batch` still caps the pass size; this only splits batches further.
 _CPU_PASS_TOKENS = 1024
 _CPU_STREAM_PASS_TOKENS = 512
 # Compile the TensorFlow graph with XLA. Off: on CPU, XLA's dot emitter is ~3x slower than the oneDNN kernels.
@@ -84,10 +85,10 @@ class _Runner:
             return cpu_count()
         return 1
 
-    def batch_tokens(self, toks_per_batch, streams):
+    def batch_tokens(self, max_tokens_per_batch, streams):
         if not self.on_cpu:
-            return toks_per_batch
-        return min(toks_per_batch, _CPU_STREAM_PASS_TOKENS if streams > 1 else _CPU_PASS_TOKENS)
+            return max_tokens_per_batch
+        return min(max_tokens_per_batch, _CPU_STREAM_PASS_TOKENS if streams > 1 else _CPU_PASS_TOKENS)
 
     def padded_length(self, tokens):
         if self.per_shape:
@@ -252,7 +253,7 @@ def _resolve_layers(repr_layers, num_layers):
     return tuple(dict.fromkeys(resolved))
 
 
-def _plan_batches(token_lengths, toks_per_batch, padded_length, pad_single_rows=True):
+def _plan_batches(token_lengths, max_tokens_per_batch, padded_length, pad_single_rows=True):
     """Longest first, cut into batches of rows x padded length (of the batch's longest) within the budget.
 
     With `pad_single_rows=False` a batch of one sequence keeps its exact length (it then needs no mask).
@@ -266,7 +267,7 @@ def _plan_batches(token_lengths, toks_per_batch, padded_length, pad_single_rows=
         batches.append((current, exact if len(current) == 1 and not pad_single_rows else width))
 
     for index in order:
-        if current and (len(current) + 1) * width > toks_per_batch:
+        if current and (len(current) + 1) * width > max_tokens_per_batch:
             close()
             current = []
         if not current:
@@ -277,8 +278,9 @@ def _plan_batches(token_lengths, toks_per_batch, padded_length, pad_single_rows=
     return batches
 
 
+@renamed_keywords(toks_per_batch="max_tokens_per_batch")
 def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] = (-1,),
-                    include: Sequence[str] = ("mean",), toks_per_batch: int = 4096,
+                    include: Sequence[str] = ("mean",), max_tokens_per_batch: int = 4096,
                     truncation_seq_length: int | None = 1022, tokenizer=None,
                     progress_callback: Callable[[int, int], None] | None = None,
                     streams: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -290,7 +292,8 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
         repr_layers: hidden-state indices to return: 0 is the embedding output, `num_layers` the final layer
             (after the final layer norm, as fair-esm); negative indices count from the end (-1 = last).
         include: any of "mean", "per_tok", "bos", "contacts".
-        toks_per_batch: the most tokens (rows x padded length) in one forward pass. On a CPU passes are kept
+        max_tokens_per_batch: the most tokens (rows x padded length) in one forward pass (`toks_per_batch`, its
+            deprecated name, still works). On a CPU passes are kept
             to about 1024 tokens whatever this says, which is faster there; the results do not depend on it.
         truncation_seq_length: residues kept per sequence (longer ones are cut; `result["truncated"]` says so).
             None keeps every residue.
@@ -339,7 +342,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
     if int(streams) < 1:
         raise ValueError(f"streams must be at least 1, got {streams!r}.")
     streams = int(streams)
-    batch_tokens = runner.batch_tokens(toks_per_batch, streams)
+    batch_tokens = runner.batch_tokens(max_tokens_per_batch, streams)
 
     def prepare(batch, length):
         rows = runner.padded_rows(len(batch), max(1, batch_tokens // length))

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tf_esm._deprecation import renamed_keywords
 from tf_esm.io.fasta import RESIDUES
 
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl")
-DEFAULT_TOKS_PER_BATCH = 4096
+DEFAULT_MAX_TOKENS_PER_BATCH = 4096
 _SUBSTITUTION = re.compile(r"^([A-Z])(-?\d+)([A-Z])$")
 
 
@@ -173,8 +174,8 @@ def _masked_rows(input_ids, positions, mask_id):
     return rows
 
 
-def _rows_per_batch(num_tokens, toks_per_batch):
-    return max(1, int(toks_per_batch) // int(num_tokens))
+def _rows_per_batch(num_tokens, max_tokens_per_batch):
+    return max(1, int(max_tokens_per_batch) // int(num_tokens))
 
 
 def wt_marginals(model, sequence, tokenizer=None):
@@ -185,13 +186,14 @@ def wt_marginals(model, sequence, tokenizer=None):
     return _LogitsFunction.of(model).log_probs(input_ids[None])[0, 1:-1]
 
 
-def masked_marginals(model, sequence, positions=None, tokenizer=None, toks_per_batch=DEFAULT_TOKS_PER_BATCH,
-                     progress_callback=None):
+@renamed_keywords(toks_per_batch="max_tokens_per_batch")
+def masked_marginals(model, sequence, positions=None, tokenizer=None,
+                     max_tokens_per_batch=DEFAULT_MAX_TOKENS_PER_BATCH, progress_callback=None):
     """Log-probabilities (L, vocab): row i from a forward pass of `sequence` with residue i masked.
 
     Args:
         positions: 0-based residue indices to compute (default: all); the other rows are NaN.
-        toks_per_batch: token budget per batch of masked copies.
+        max_tokens_per_batch: token budget per batch of masked copies (`toks_per_batch`: its deprecated name).
         progress_callback: called with the number of forward passes (masked copies) finished in each batch.
     """
     tokenizer = _tokenizer(tokenizer)
@@ -200,7 +202,7 @@ def masked_marginals(model, sequence, positions=None, tokenizer=None, toks_per_b
     positions = np.arange(len(sequence)) if positions is None else np.unique(np.asarray(positions, dtype=np.int64))
     logits = _LogitsFunction.of(model)
     result = np.full((len(sequence), tokenizer.vocab_size), np.nan)
-    step = _rows_per_batch(len(input_ids), toks_per_batch)
+    step = _rows_per_batch(len(input_ids), max_tokens_per_batch)
     for start in range(0, len(positions), step):
         chunk = positions[start:start + step]
         log_probs = logits.log_probs(_masked_rows(input_ids, chunk + 1, tokenizer.mask_token_id))
@@ -210,11 +212,13 @@ def masked_marginals(model, sequence, positions=None, tokenizer=None, toks_per_b
     return result
 
 
-def pseudo_log_likelihoods(model, sequences, tokenizer=None, toks_per_batch=DEFAULT_TOKS_PER_BATCH,
+@renamed_keywords(toks_per_batch="max_tokens_per_batch")
+def pseudo_log_likelihoods(model, sequences, tokenizer=None, max_tokens_per_batch=DEFAULT_MAX_TOKENS_PER_BATCH,
                            progress_callback=None):
     """`sum_i log p(x_i | x_-i)` over all residues of each sequence (one masked forward pass per residue).
 
-    Rows of equal-length sequences share batches. `progress_callback` as in `masked_marginals`.
+    Rows of equal-length sequences share batches. `max_tokens_per_batch` and `progress_callback` as in
+    `masked_marginals`.
     """
     tokenizer = _tokenizer(tokenizer)
     logits = _LogitsFunction.of(model)
@@ -228,7 +232,7 @@ def pseudo_log_likelihoods(model, sequences, tokenizer=None, toks_per_batch=DEFA
     for num_tokens, indices in by_length.items():
         # Every (sequence, residue) pair of this length, in one stream cut into batches.
         pairs = [(index, position) for index in indices for position in range(1, num_tokens - 1)]
-        step = _rows_per_batch(num_tokens, toks_per_batch)
+        step = _rows_per_batch(num_tokens, max_tokens_per_batch)
         for start in range(0, len(pairs), step):
             chunk = pairs[start:start + step]
             rows = np.stack([encoded[index] for index, _ in chunk])
@@ -252,8 +256,9 @@ def count_forward_passes(sequence, mutants, strategy):
     return len(distinct) * len(sequence)
 
 
+@renamed_keywords(toks_per_batch="max_tokens_per_batch")
 def score_mutants(model, sequence, mutants, strategy="masked-marginals", offset_idx=1, tokenizer=None,
-                  toks_per_batch=DEFAULT_TOKS_PER_BATCH, progress_callback=None):
+                  max_tokens_per_batch=DEFAULT_MAX_TOKENS_PER_BATCH, progress_callback=None):
     """Score each mutant of `sequence` with a masked language model (see the module docstring).
 
     Args:
@@ -263,7 +268,8 @@ def score_mutants(model, sequence, mutants, strategy="masked-marginals", offset_
         strategy: "masked-marginals", "wt-marginals" or "pseudo-ppl".
         offset_idx: the position number of the first residue in the mutant strings.
         tokenizer: an `EsmTokenizer` (default: the standard ESM vocabulary).
-        toks_per_batch: token budget of one batch of forward passes.
+        max_tokens_per_batch: token budget of one batch of forward passes (`toks_per_batch`: its deprecated
+            name).
         progress_callback: called with the number of forward passes finished after each batch.
 
     Returns:
@@ -275,7 +281,7 @@ def score_mutants(model, sequence, mutants, strategy="masked-marginals", offset_
     tokenizer = _tokenizer(tokenizer)
     if strategy == "pseudo-ppl":
         variants = list(dict.fromkeys([sequence] + [apply_mutant(sequence, mutant) for mutant in parsed]))
-        pll = dict(zip(variants, pseudo_log_likelihoods(model, variants, tokenizer, toks_per_batch,
+        pll = dict(zip(variants, pseudo_log_likelihoods(model, variants, tokenizer, max_tokens_per_batch,
                                                         progress_callback)))
         return np.asarray([pll[apply_mutant(sequence, mutant)] - pll[sequence] for mutant in parsed])
     if strategy == "wt-marginals":
@@ -284,7 +290,7 @@ def score_mutants(model, sequence, mutants, strategy="masked-marginals", offset_
             progress_callback(1)
     else:
         positions = sorted({s.position for mutant in parsed for s in mutant})
-        log_probs = masked_marginals(model, sequence, positions, tokenizer, toks_per_batch, progress_callback)
+        log_probs = masked_marginals(model, sequence, positions, tokenizer, max_tokens_per_batch, progress_callback)
     vocab = tokenizer.get_vocab()
     return np.asarray([
         sum(log_probs[s.position, vocab[s.mutant]] - log_probs[s.position, vocab[s.wild_type]] for s in mutant)
