@@ -111,6 +111,18 @@ class EsmPretrainedIO:
         """The configuration `save_pretrained` writes (the model's own; subclasses may note how it was built)."""
         return self.config
 
+    @classmethod
+    def reference_architecture(cls):
+        """The transformers name of this class (`TFEsmForSequenceClassification` -> `EsmForSequenceClassification`).
+
+        `save_pretrained` writes it as `architectures`, so a saved directory loads (and exports) as the class that
+        was saved, not as the checkpoint it was first loaded from. A user subclass names its nearest tf_esm base.
+        """
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("tf_esm.") and klass.__name__.startswith("TFEsm"):
+                return klass.__name__.removeprefix("TF")
+        return cls.__name__
+
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "h5", tokenizer=None,
                         overwrite: bool = False) -> None:
         """Write `config.json`, the weights (`tf_esm_model.h5`, or `model.safetensors`, which PyTorch
@@ -143,7 +155,9 @@ class EsmPretrainedIO:
             )
         check_target(save_directory, overwrite)
         with StagedFiles(save_directory) as staged:
-            write_text_atomic(staged.path(CONFIG_NAME), self._saved_config().to_json_string())
+            config = self._saved_config()
+            config = type(config).from_dict(config.to_dict(), architectures=[self.reference_architecture()])
+            write_text_atomic(staged.path(CONFIG_NAME), config.to_json_string())
             if format == "h5":
                 save_weights_h5(self, staged.path(H5_WEIGHTS_NAME))
             else:
