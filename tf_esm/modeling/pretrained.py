@@ -91,8 +91,11 @@ class EsmPretrainedIO:
 
         constructor_args = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "kwargs"}
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
+        # The checkpoint's own `architectures` (not a config passed in) names the class its heads belong to.
+        own_config = config is None
         config, state_dict, source = read_checkpoint(
             path_or_hub_id, config, populate=cls._populated_weights(dtype, model_kwargs))
+        architectures = getattr(config, "architectures", None) if own_config else None
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
@@ -101,7 +104,7 @@ class EsmPretrainedIO:
             model = cls(config, **model_kwargs)
             model.build()
         try:
-            load_state_dict(model, state_dict, strict=strict, source=source)
+            load_state_dict(model, state_dict, strict=strict, source=source, architectures=architectures)
         finally:
             finish_initialization(model)
         warn_if_slow(dtype)
