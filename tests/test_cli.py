@@ -100,7 +100,7 @@ def _h5_records(path):
     for name in names:
         kind, _, layer = name.partition("/")
         read_ids, values = read_embeddings(path, kind, int(layer) if layer else -1)
-        assert read_ids == ids
+        assert sorted(read_ids) == sorted(ids)  # read in input order; the file's rows are in computed order
         for record_id, value in zip(read_ids, values):
             records[record_id][name] = value
     return records
@@ -132,6 +132,7 @@ def test_embed_hdf5_with_the_console_script(tmp_path, checkpoint, fasta, expecte
     assert sorted(os.listdir(tmp_path)) == ["embeddings.h5"]  # no temporary file left
     stored = _h5_records(output)
     assert sorted(stored) == sorted(RECORDS)
+    assert read_embeddings(output)[0] == list(RECORDS)  # FASTA order
     for record_id, record in expected.items():
         assert stored[record_id]["truncated"] == (record_id == "long")
         assert stored[record_id]["sequence_length"] == len(RECORDS[record_id])
@@ -151,14 +152,15 @@ def test_embed_npz_directory(tmp_path, capsys, checkpoint, fasta, expected):
     assert sorted(os.listdir(output)) == sorted([record_key(r) + ".npz" for r in RECORDS] + ["tf_esm_embed.json"])
     for record_id, record in expected.items():
         with np.load(output / (record_key(record_id) + ".npz")) as arrays:
-            assert sorted(arrays) == ["bos_2", "id", "length", "mean_2", "sequence_length", "truncated"]
+            assert sorted(arrays) == ["bos_2", "id", "input_index", "length", "mean_2", "sequence_length",
+                                      "sequence_sha256", "truncated"]
             assert str(arrays["id"]) == record_id and int(arrays["length"]) == record["length"]
             np.testing.assert_allclose(arrays["mean_2"], record[("mean", 2)], atol=ATOL)
             np.testing.assert_allclose(arrays["bos_2"], record[("bos", 2)], atol=ATOL)
 
 
 def test_resume_skips_finished_records_and_keeps_their_data(tmp_path, capsys, checkpoint, expected):
-    first = _write_fasta(tmp_path / "first.fasta", {k: RECORDS[k] for k in ("alpha", "gamma/2")})
+    first = _write_fasta(tmp_path / "first.fasta", {k: RECORDS[k] for k in ("alpha", "beta")})  # a prefix
     full = _write_fasta(tmp_path / "full.fasta", RECORDS)
     output = tmp_path / "out.h5"
     options = ["--repr-layers", "0", "-1", "--include", "mean", "per_tok", "--truncation-seq-length", TRUNCATION]
