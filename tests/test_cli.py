@@ -453,8 +453,13 @@ def test_contacts_npy_and_png(tmp_path, capsys, checkpoint, fasta, expected):
         np.testing.assert_allclose(contacts, record["contacts"], atol=ATOL)
         with open(outdir / (record_key(record_id) + ".png"), "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, "--png")
+    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, "--png", "--truncation-seq-length",
+                         TRUNCATION)
     assert code == 0 and "nothing to do" in err
+    changed = _write_fasta(tmp_path / "changed.fasta", {**RECORDS, "gamma/2": "WCYNQAA"})  # a resumed run compares
+    _one_error_line(_main(capsys, "contacts", checkpoint.path, changed, outdir, "--truncation-seq-length",
+                          TRUNCATION), 2, "the contact map of 1 record(s) does not fit this FASTA's sequence "
+                                          "('gamma/2')")
 
 
 def test_png_without_matplotlib_says_how_to_install(tmp_path, capsys, monkeypatch, checkpoint, fasta):
@@ -533,6 +538,9 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     assert model.inference_trace_count == 1
     code, _, err = _main(capsys, "fold", fasta, alone, "--model", model_dir)
     assert code == 0 and "nothing to do" in err
+    changed = _write_fasta(tmp_path / "changed.fasta", {**records, "two/b": "GSH:WCW"})  # a resumed run compares
+    _one_error_line(_main(capsys, "fold", changed, alone, "--model", model_dir), 2,
+                    "the structure of 1 record(s) was folded from another sequence than this FASTA's ('two/b')")
     bad = tmp_path / "bad.fasta"
     bad.write_text(">x\nMK::TA\n")
     _one_error_line(_main(capsys, "fold", bad, alone, "--model", model_dir), 2, "record 'x', chain 2")
