@@ -100,7 +100,7 @@ def _h5_records(path):
     for name in names:
         kind, _, layer = name.partition("/")
         read_ids, values = read_embeddings(path, kind, int(layer) if layer else -1)
-        assert read_ids == ids
+        assert sorted(read_ids) == sorted(ids)  # read in input order; the file's rows are in computed order
         for record_id, value in zip(read_ids, values):
             records[record_id][name] = value
     return records
@@ -132,6 +132,7 @@ def test_embed_hdf5_with_the_console_script(tmp_path, checkpoint, fasta, expecte
     assert sorted(os.listdir(tmp_path)) == ["embeddings.h5"]  # no temporary file left
     stored = _h5_records(output)
     assert sorted(stored) == sorted(RECORDS)
+    assert read_embeddings(output)[0] == list(RECORDS)  # FASTA order
     for record_id, record in expected.items():
         assert stored[record_id]["truncated"] == (record_id == "long")
         assert stored[record_id]["sequence_length"] == len(RECORDS[record_id])
@@ -151,14 +152,15 @@ def test_embed_npz_directory(tmp_path, capsys, checkpoint, fasta, expected):
     assert sorted(os.listdir(output)) == sorted([record_key(r) + ".npz" for r in RECORDS] + ["tf_esm_embed.json"])
     for record_id, record in expected.items():
         with np.load(output / (record_key(record_id) + ".npz")) as arrays:
-            assert sorted(arrays) == ["bos_2", "id", "length", "mean_2", "sequence_length", "truncated"]
+            assert sorted(arrays) == ["bos_2", "id", "input_index", "length", "mean_2", "sequence_length",
+                                      "sequence_sha256", "truncated"]
             assert str(arrays["id"]) == record_id and int(arrays["length"]) == record["length"]
             np.testing.assert_allclose(arrays["mean_2"], record[("mean", 2)], atol=ATOL)
             np.testing.assert_allclose(arrays["bos_2"], record[("bos", 2)], atol=ATOL)
 
 
 def test_resume_skips_finished_records_and_keeps_their_data(tmp_path, capsys, checkpoint, expected):
-    first = _write_fasta(tmp_path / "first.fasta", {k: RECORDS[k] for k in ("alpha", "gamma/2")})
+    first = _write_fasta(tmp_path / "first.fasta", {k: RECORDS[k] for k in ("alpha", "beta")})  # a prefix
     full = _write_fasta(tmp_path / "full.fasta", RECORDS)
     output = tmp_path / "out.h5"
     options = ["--repr-layers", "0", "-1", "--include", "mean", "per_tok", "--truncation-seq-length", TRUNCATION]
@@ -451,8 +453,13 @@ def test_contacts_npy_and_png(tmp_path, capsys, checkpoint, fasta, expected):
         np.testing.assert_allclose(contacts, record["contacts"], atol=ATOL)
         with open(outdir / (record_key(record_id) + ".png"), "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, "--png")
+    code, _, err = _main(capsys, "contacts", checkpoint.path, fasta, outdir, "--png", "--truncation-seq-length",
+                         TRUNCATION)
     assert code == 0 and "nothing to do" in err
+    changed = _write_fasta(tmp_path / "changed.fasta", {**RECORDS, "gamma/2": "WCYNQAA"})  # a resumed run compares
+    _one_error_line(_main(capsys, "contacts", checkpoint.path, changed, outdir, "--truncation-seq-length",
+                          TRUNCATION), 2, "the contact map of 1 record(s) does not fit this FASTA's sequence "
+                                          "('gamma/2')")
 
 
 def test_png_without_matplotlib_says_how_to_install(tmp_path, capsys, monkeypatch, checkpoint, fasta):
@@ -536,6 +543,9 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     model.compiled_inference = None
     code, _, err = _main(capsys, "fold", model_dir, fasta, alone)
     assert code == 0 and "nothing to do" in err
+    changed = _write_fasta(tmp_path / "changed.fasta", {**records, "two/b": "GSH:WCW"})  # a resumed run compares
+    _one_error_line(_main(capsys, "fold", changed, alone, "--model", model_dir), 2,
+                    "the structure of 1 record(s) was folded from another sequence than this FASTA's ('two/b')")
     bad = tmp_path / "bad.fasta"
     bad.write_text(">x\nMK::TA\n")
     _one_error_line(_main(capsys, "fold", model_dir, bad, alone), 2, "record 'x', chain 2")

@@ -24,7 +24,7 @@ from tests._tiny_mlm_fixtures import checkpoint, model  # noqa: F401 (pytest fix
 from tf_esm.cli import main
 from tf_esm.io import read_embeddings
 from tf_esm.io.embedding_reader import EmbeddingReadError
-from tf_esm.io.embedding_stores import EmbeddingStoreError
+from tf_esm.io.embedding_stores import EmbeddingStoreError, sequence_digest
 from tf_esm.io.hdf5_store import LAYOUT, Hdf5Store
 from tf_esm.io.parquet_store import ParquetStore, embedding_schema, result_to_row, rows_to_table, shard_paths
 from tf_esm.pipelines.inference import embed_sequences
@@ -59,18 +59,19 @@ def expected(model):
 
 
 def _check_reader(path, expected):
-    """Every kind and layer through read_embeddings equals the in-process results, in the stored order."""
+    """Every kind and layer through read_embeddings equals the in-process results, in FASTA order."""
     for kind, field in (("mean", "mean_representations"), ("bos", "bos_representations"),
                         ("per_tok", "representations")):
         for layer in (0, 2, -1):
             ids, values = read_embeddings(path, kind, layer)
-            assert sorted(ids) == sorted(RECORDS)
+            assert ids == list(RECORDS)
             absolute = 2 if layer == -1 else layer
             for record_id, value in zip(ids, values):
                 np.testing.assert_allclose(value, expected[record_id][field][absolute], atol=1e-6)
             if kind != "per_tok":
                 assert values.shape == (len(RECORDS), DIM) and values.dtype == np.float32
     ids, contacts = read_embeddings(path, "contacts")
+    assert ids == list(RECORDS)
     for record_id, value in zip(ids, contacts):
         np.testing.assert_allclose(value, expected[record_id]["contacts"], atol=1e-6)
 
@@ -83,8 +84,11 @@ def test_hdf5_layout_and_round_trip(tmp_path, capsys, checkpoint, expected):
         assert handle.attrs["tf_esm_layout"] == LAYOUT
         settings = json.loads(handle.attrs["tf_esm_embed"])
         assert settings["repr_layers"] == [0, 2] and settings["hidden_size"] == DIM
-        assert sorted(handle) == ["bos", "contacts", "contacts_offsets", "ids", "lengths", "mean", "per_tok",
-                                  "per_tok_offsets", "sequence_lengths", "truncated"]
+        assert sorted(handle) == ["bos", "contacts", "contacts_offsets", "ids", "input_indices", "lengths", "mean",
+                                  "per_tok", "per_tok_offsets", "sequence_lengths", "sequence_sha256",
+                                  "truncated"]
+        # Rows in computed order (longest first), each with its FASTA position.
+        assert [list(RECORDS)[i] for i in handle["input_indices"][()]] == list(handle["ids"].asstr()[()])
         ids = list(handle["ids"].asstr()[()])
         assert sorted(ids) == sorted(RECORDS)
         lengths = [min(len(RECORDS[i]), TRUNCATION) for i in ids]
@@ -114,8 +118,8 @@ def test_parquet_round_trip_and_other_readers(tmp_path, capsys, checkpoint, expe
         assert sorted(os.listdir(tmp_path)) == ["in.fasta", "out.parquet"]  # the .parts directory is gone
     _check_reader(output, expected)
     table = pq.read_table(output)  # plain pyarrow: a file or a directory of shards
-    assert table.column_names == ["id", "length", "sequence_length", "truncated", "mean_0", "mean_2", "bos_0",
-                                  "bos_2", "per_tok_0", "per_tok_2", "contacts"]
+    assert table.column_names == ["id", "length", "sequence_length", "truncated", "input_index", "sequence_sha256",
+                                  "mean_0", "mean_2", "bos_0", "bos_2", "per_tok_0", "per_tok_2", "contacts"]
     assert table.schema.field("mean_2").type == pa.list_(pa.float32(), DIM)
     assert table.schema.field("per_tok_2").type == pa.list_(pa.list_(pa.float32(), DIM))
     row = table.column("id").to_pylist().index("gamma/2")
@@ -143,16 +147,17 @@ def test_parquet_round_trip_and_other_readers(tmp_path, capsys, checkpoint, expe
 def test_schema_and_rows_for_other_writers(expected):
     """What a Beam pipeline does: rows of `result_to_row` into `pyarrow` by the schema (row by row, as its sink)."""
     schema = embedding_schema(["mean", "per_tok"], [0, 2], DIM, settings={"model": "x"})
-    rows = [result_to_row(expected[key], key, len(RECORDS[key]), schema) for key in RECORDS]
+    rows = [result_to_row(expected[key], key, len(RECORDS[key]), schema, index, sequence_digest(RECORDS[key]))
+            for index, key in enumerate(RECORDS)]
     assert pa.Table.from_pylist(rows, schema=schema).equals(rows_to_table(rows, schema))
     with pytest.raises(ValueError, match=r"record 'alpha': no mean representation of layer 5"):
-        result_to_row(expected["alpha"], "alpha", 18, embedding_schema(["mean"], [5], DIM))
+        result_to_row(expected["alpha"], "alpha", 18, embedding_schema(["mean"], [5], DIM), 0)
     with pytest.raises(ValueError, match=r"record 'alpha': mean_2 has shape \(32,\), expected \(4,\)"):
-        result_to_row(expected["alpha"], "alpha", 18, embedding_schema(["mean"], [2], 4))
+        result_to_row(expected["alpha"], "alpha", 18, embedding_schema(["mean"], [2], 4), 0)
 
 
 def test_resume_keeps_old_rows_and_refuses_other_settings(tmp_path, capsys, checkpoint, expected):
-    first = _fasta(tmp_path / "first.fasta", {key: RECORDS[key] for key in ("alpha", "gamma/2")})
+    first = _fasta(tmp_path / "first.fasta", {key: RECORDS[key] for key in ("alpha", "beta")})  # a prefix
     full = _fasta(tmp_path / "full.fasta", RECORDS)
     for output in (tmp_path / "out.h5", tmp_path / "out.parquet", tmp_path / "shards"):
         extra = ["--format", "parquet"] if output.name == "shards" else []
@@ -168,6 +173,74 @@ def test_resume_keeps_old_rows_and_refuses_other_settings(tmp_path, capsys, chec
         code = main([str(a) for a in ("embed", checkpoint.path, full, output, "--include", "bos", *extra)])
         err = capsys.readouterr().err
         assert code == 2 and "was written with other settings" in err, err
+
+
+FORMATS = [("out.h5", []), ("out.parquet", []), ("shards", ["--format", "parquet"]), ("npz", [])]
+
+
+@pytest.mark.parametrize("name,extra", FORMATS)
+def test_records_read_back_in_fasta_order(tmp_path, capsys, checkpoint, model, name, extra):
+    """Stored as computed (longest first), read back in FASTA order (lengths 18, 12, 5, 40 here), each vector the
+    one-sequence embedding; `embed_sequences` returns the same order."""
+    output = tmp_path / name
+    _embed(capsys, "embed", checkpoint.path, _fasta(tmp_path / "in.fasta", RECORDS), output, *extra)
+    ids, means = read_embeddings(output)
+    assert ids == list(RECORDS)
+    together = embed_sequences(model, list(RECORDS.values()))
+    for index, (record_id, sequence) in enumerate(RECORDS.items()):
+        alone = embed_sequences(model, [sequence])[0]["mean_representations"][2]
+        np.testing.assert_allclose(means[index], alone, atol=1e-5)
+        np.testing.assert_allclose(together[index]["mean_representations"][2], alone, atol=1e-5)
+
+
+def _refused(capsys, *args):
+    code = main([str(arg) for arg in args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tf-esm: error: OUTPUT "), err
+    assert "--overwrite" in err, err
+    return err
+
+
+@pytest.mark.parametrize("name,extra", FORMATS)
+def test_resume_refuses_changed_sequences_other_fastas_and_moved_records(tmp_path, capsys, checkpoint, name,
+                                                                         extra):
+    """Resume compares each stored record with the FASTA: never a stale vector, never another file's records."""
+    output = tmp_path / name
+    _embed(capsys, "embed", checkpoint.path, _fasta(tmp_path / "in.fasta", RECORDS), output, *extra)
+    before = read_embeddings(output)
+
+    changed = _fasta(tmp_path / "changed.fasta", {**RECORDS, "beta": "GSHMLEDPVAAW"})
+    err = _refused(capsys, "embed", checkpoint.path, changed, output, *extra)
+    assert "the sequence of 1 record(s) in this FASTA differs from the one embedded ('beta')" in err, err
+    other = _fasta(tmp_path / "other.fasta", {"delta": "MKV", **RECORDS})
+    err = _refused(capsys, "embed", checkpoint.path, other, output, *extra)
+    assert "record 'alpha' is record 2 of this FASTA but was record 1" in err, err
+    subset = _fasta(tmp_path / "subset.fasta", {"alpha": RECORDS["alpha"], "delta": "MKV"})
+    err = _refused(capsys, "embed", checkpoint.path, subset, output, *extra)
+    assert "holds 3 record(s) that are not in this FASTA ('beta', 'gamma/2', 'long')" in err, err
+    ids, means = read_embeddings(output)
+    assert ids == before[0]
+    np.testing.assert_array_equal(means, before[1])  # nothing was written
+
+    _embed(capsys, "embed", checkpoint.path, changed, output, *extra, "--overwrite")
+    ids, means = read_embeddings(output)
+    assert ids == list(RECORDS) and not np.allclose(means[1], before[1][1])
+
+
+def test_resume_refuses_another_model_saved_under_the_same_path(tmp_path, capsys, checkpoint):
+    """The settings carry a fingerprint of the model: a directory re-saved after fine-tuning is another model."""
+    from tf_esm import TFEsmForMaskedLM
+
+    model_dir = tmp_path / "model"
+    TFEsmForMaskedLM.from_pretrained(checkpoint.path).save_pretrained(model_dir)
+    fasta, output = _fasta(tmp_path / "in.fasta", RECORDS), tmp_path / "out.h5"
+    _embed(capsys, "embed", model_dir, fasta, output)
+    tuned = TFEsmForMaskedLM.from_pretrained(model_dir)
+    embeddings = tuned.esm.embeddings.word_embeddings.embeddings
+    embeddings.assign(embeddings.numpy() + 0.01)
+    tuned.save_pretrained(model_dir, overwrite=True)
+    err = _refused(capsys, "embed", model_dir, fasta, output)
+    assert "was written with other settings (model_sha256: " in err, err
 
 
 def test_old_per_record_layout_is_not_resumed_but_is_read(tmp_path, capsys, checkpoint, expected):
@@ -365,7 +438,7 @@ def test_a_kill_between_merge_and_cleanup_adds_no_duplicates(tmp_path, monkeypat
     monkeypatch.undo()
     assert [entry for entry in os.listdir(tmp_path) if entry.startswith(".")]
     second = store_class(path, {"model": "m"}, False, 1e9, ["mean"], [2], 8)
-    assert second.done == set(list(results)[:20])
+    assert set(second.done) == set(list(results)[:20])
     for record_id in list(results)[20:]:
         second.add(record_id, 20, results[record_id])
     second.commit()

@@ -229,3 +229,33 @@ def test_vocabulary_must_match_the_model(exported):
         EsmServingModule(exported["models"]["base"], vocab=["<cls>", "<pad>", "<eos>", "<unk>", "A"])
     with pytest.raises(TypeError, match="Expected one of"):
         EsmServingModule(object())
+
+
+def test_a_classifier_fine_tuned_from_a_masked_lm_exports_as_the_classifier(reference_checkpoints, tokenizer,
+                                                                            tmp_path, capsys):
+    """save_pretrained records the saved class, so exporting the saved directory by path serves the classifier's
+    logits, not a masked LM with a random head (which is what the source checkpoint's `architectures` named)."""
+    import keras
+    import tensorflow as tf
+
+    from tf_esm.cli import main
+
+    mlm = reference_checkpoints("rotary", "EsmForMaskedLM")
+    model = TFEsmForSequenceClassification.from_pretrained(mlm.path, num_labels=2)
+    batch = tokenizer(["MKTAYIAK", "GSHML"], padding=True, return_tensors="np")
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    model.compile(optimizer="adam", jit_compile=False)
+    model.fit(tf.data.Dataset.from_tensors((inputs, np.array([0, 1]))), epochs=1, verbose=0)
+    saved = tmp_path / "my_classifier"
+    model.save_pretrained(saved)
+    with open(saved / "config.json") as handle:
+        assert json.load(handle)["architectures"] == ["EsmForSequenceClassification"]
+    expected = keras.ops.convert_to_numpy(model(inputs).logits)
+
+    export_pretrained(str(saved), tmp_path / "python" / "1")
+    assert main(["export", str(saved), str(tmp_path / "cli" / "1")]) == 0, capsys.readouterr().err
+    for path in (tmp_path / "python" / "1", tmp_path / "cli" / "1"):
+        outputs = tf.saved_model.load(str(path)).signatures["serving_default"](
+            sequences=tf.constant(["MKTAYIAK", "GSHML"]))
+        assert outputs["logits"].shape == (2, 2)
+        np.testing.assert_allclose(outputs["logits"].numpy(), expected, atol=1e-5)

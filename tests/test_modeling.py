@@ -354,6 +354,23 @@ def test_base_model_from_task_checkpoint_warns_unused(reference_checkpoints, cap
     with caplog.at_level(logging.WARNING, logger="tf_esm"):
         TFEsmModel.from_pretrained(ref.path)
     assert "were not used" in caplog.text and "lm_head.dense.weight" in caplog.text
+    assert "lost" not in caplog.text  # leaving the masked-LM head behind is how fine-tuning starts
+
+
+@pytest.mark.parametrize("model_class", [TFEsmModel, TFEsmForMaskedLM])
+def test_dropping_a_trained_task_head_is_a_plain_warning_naming_the_class(reference_checkpoints, caplog,
+                                                                          model_class):
+    """A classifier checkpoint loaded into a base or masked-LM model loses its trained head: the warning says so,
+    names the head and the class that keeps it, and never calls it expected."""
+    ref = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=3)
+    with caplog.at_level(logging.WARNING, logger="tf_esm"):
+        model_class.from_pretrained(ref.path)
+    warnings = [record for record in caplog.records if "classifier" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, caplog.text
+    message = warnings[0].getMessage()
+    assert "trained classifier" in message and "trained weights are lost" in message, message
+    assert "classifier.out_proj.weight" in message and "expected" not in message, message
+    assert "load it with TFEsmForSequenceClassification" in message, message
 
 
 def test_mis_shaped_tensor_is_named(reference_checkpoints, tmp_path):

@@ -6,9 +6,9 @@ import os
 
 from tf_esm.io.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
-    add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages, check_position_table,
-    configure_threads, interrupted, load_model, make_output_directory, positive_int, read_records,
-    require_installed, sigterm_as_interrupt, skipped_note, warn_truncated)
+    CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
+    check_position_table, configure_threads, interrupted, load_model, make_output_directory, positive_int,
+    read_records, require_installed, sigterm_as_interrupt, skipped_note, warn_truncated)
 from tf_esm.io.embedding_stores import record_key
 
 NAME = "contacts"
@@ -18,7 +18,8 @@ output:
   OUTDIR/<id>.npy  contact probabilities, float32 (L, L) over the residues (fair-esm's predict_contacts);
   OUTDIR/<id>.png  with --png, a heat map (needs matplotlib: pip install matplotlib).
   Ids are FASTA ids with '%' and '/' written %25 and %2F. Records whose files exist are skipped (re-running
-  resumes); --overwrite recomputes them. Every file is written to a temporary name and renamed.
+  resumes; a stored map whose size does not fit its record's sequence is an error); --overwrite recomputes
+  them. Every file is written to a temporary name and renamed.
 
 examples:
   tf-esm contacts facebook/esm2_t6_8M_UR50D proteins.fasta contacts/
@@ -62,6 +63,22 @@ def _write_contact_png(path, record_id, contacts):
     write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
 
 
+def _check_lengths(outdir, done, truncation_seq_length):
+    """Refuse to resume into OUTDIR when a stored map's size is not its FASTA record's length (`done`: (record,
+    .npy path)): that record's sequence changed, and skipping it would keep a stale map. (A .npy holds no more
+    than the map, so a substitution that keeps the length is not seen: --overwrite recomputes.)"""
+    import numpy as np
+
+    stale = [record.id for record, path in done
+             if np.load(path, mmap_mode="r").shape != (min(len(record.sequence), truncation_seq_length),) * 2]
+    if stale:
+        shown = ", ".join(repr(record_id) for record_id in stale[:3]) + (
+            f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        raise CliError(f"OUTDIR {outdir}: the contact map of {len(stale)} record(s) does not fit this FASTA's "
+                       f"sequence ({shown}): it was computed from another sequence or --truncation-seq-length; "
+                       "choose another OUTDIR or pass --overwrite.")
+
+
 def run(args, console):
     import numpy as np
 
@@ -75,6 +92,10 @@ def run(args, console):
 
     todo = [record for record in records
             if args.overwrite or not all(p is None or os.path.exists(p) for p in outputs(record))]
+    if not args.overwrite:
+        computing = {record.id for record in todo}
+        _check_lengths(args.outdir, [(record, outputs(record)[0]) for record in records if record.id not in computing],
+                       args.truncation_seq_length)
     skipped = len(records) - len(todo)
     if not todo:
         console.info(f"all {len(records)} records already have contact maps in {args.outdir}; nothing to do.")

@@ -9,7 +9,8 @@ from tf_esm.cli.common import (
     check_position_table, configure_threads, interrupted, load_model, make_output_directory, non_negative_float,
     positive_int, read_records, require_installed, require_module, sigterm_as_interrupt, skipped_note,
     warn_truncated)
-from tf_esm.io.embedding_stores import HDF5_SUFFIXES, INCLUDE_CHOICES, PARQUET_SUFFIX, NpzStore
+from tf_esm.io.embedding_stores import (
+    HDF5_SUFFIXES, INCLUDE_CHOICES, PARQUET_SUFFIX, NpzStore, check_resume, sequence_digest)
 
 NAME = "embed"
 HELP = "Per-residue, mean-pooled and <cls> representations and contacts for a FASTA file."
@@ -17,6 +18,7 @@ EPILOG = """\
 output formats (chosen by OUTPUT's name, or --format):
   *.h5 / *.hdf5  one HDF5 file, columnar (N records, D = hidden size):
                    ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool
+                   input_indices (N,) int64 (FASTA position); sequence_sha256 (N,) strings
                    mean/<layer>, bos/<layer>  (N, D) float32
                    per_tok/<layer> (sum of lengths, D) float32 with per_tok_offsets (N+1,): record i is rows
                      per_tok_offsets[i]:per_tok_offsets[i+1]
@@ -24,18 +26,23 @@ output formats (chosen by OUTPUT's name, or --format):
                      reshaped (length, length)
                  root attributes tf_esm_embed (the run's settings, JSON) and tf_esm_layout.
   *.parquet      one Parquet file; a directory with --format parquet: shards part-00000.parquet, ...
-                 columns id, length, sequence_length, truncated, mean_<layer> and bos_<layer>
+                 columns id, length, sequence_length, truncated, input_index, sequence_sha256,
+                 mean_<layer> and bos_<layer>
                  (fixed_size_list<float32>[D]), per_tok_<layer> (list of them), contacts (list<float32>,
                  length*length row-major); the settings are in the schema metadata key tf_esm_embed.
   anything else  a directory with one <id>.npz per record holding arrays mean_<layer>, per_tok_<layer>,
-                 bos_<layer>, contacts, id, length, sequence_length and truncated, plus tf_esm_embed.json
-                 with the settings.
+                 bos_<layer>, contacts, id, length, sequence_length, truncated, input_index and
+                 sequence_sha256, plus tf_esm_embed.json with the settings.
   <layer> is the non-negative layer number (with 6 layers, --repr-layers -1 is stored as 6; 0 is the
   embedding output). Representations are float32 and exclude <cls>/<eos>; bos is the <cls> position.
+  Records are stored as computed (longest first) with their FASTA position; tf_esm.io.read_embeddings returns
+  them in FASTA order (sort by input_index / input_indices when reading the files otherwise).
 
 resuming and crash safety:
   Records already in OUTPUT are skipped, so re-running the same command after an interruption finishes the
-  job (other options must match the first run's, else it is an error; --overwrite starts over). OUTPUT is never
+  job. Other options or another model must match the first run's, and every stored record must be in FASTA
+  at the same position with the same sequence (records may be appended to FASTA), else it is an error that
+  names them, never a stale vector; --overwrite starts over. OUTPUT is never
   left half-written. HDF5: new records go to segment files in a hidden journal (.NAME.journal/ next to it),
   each closed durably every --checkpoint-interval seconds; at the end (and on Ctrl-C / SIGTERM) OUTPUT's old
   records and the journal are written to a new file that replaces OUTPUT by an atomic rename. A killed run
@@ -117,6 +124,27 @@ def _model_identity(reference):
     return os.path.abspath(reference) if os.path.exists(reference) else reference
 
 
+# Configuration keys of the task heads: they do not change the encoder's vectors.
+_HEAD_KEYS = ("architectures", "id2label", "label2id", "num_labels", "problem_type")
+
+
+def _model_fingerprint(model):
+    """sha256 of the model's configuration and of its token embeddings and final layer norm: a model directory
+    saved again after fine-tuning gives other vectors under the same path, and a resumed run must not mix them."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    config = {key: value for key, value in model.config.to_dict().items() if key not in _HEAD_KEYS}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
+    for weight in model.weights:
+        if "word_embeddings" in weight.path or "emb_layer_norm_after" in weight.path:
+            digest.update(weight.path.split("/", 1)[-1].encode("utf-8"))
+            digest.update(np.asarray(np.asarray(weight.value), dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def _output_format(args):
     if args.format != "auto":
         return args.format
@@ -162,10 +190,16 @@ def run(args, console):
     settings = {"model": _model_identity(args.model), "repr_layers": list(layers) if include != ["contacts"] else [],
                 "include": include, "truncation_seq_length": args.truncation_seq_length,
                 "num_layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
-                "precision": args.precision}
+                "precision": args.precision, "model_sha256": _model_fingerprint(model)}
     check_position_table(model, records, args.truncation_seq_length)
     store = _open_store(args, output_format, settings, include, settings["repr_layers"],
                         model.config.hidden_size)
+    try:
+        check_resume(args.output, store.done, records)
+    except BaseException:
+        store.discard()
+        raise
+    positions = {record.id: index for index, record in enumerate(records)}
     todo = [record for record in records if record.id not in store.done]
     skipped = len(records) - len(todo)
     if not todo:
@@ -180,7 +214,9 @@ def run(args, console):
             for index, result in iter_embeddings(model, [record.sequence for record in todo], repr_layers=layers,
                                                  include=include, max_tokens_per_batch=args.max_tokens_per_batch,
                                                  truncation_seq_length=args.truncation_seq_length):
-                store.add(todo[index].id, len(todo[index].sequence), result)
+                record = todo[index]
+                store.add(record.id, len(record.sequence), result, input_index=positions[record.id],
+                          sequence_sha256=sequence_digest(record.sequence))
                 bar.update(1, work=result["length"])
             store.commit()
     except KeyboardInterrupt:

@@ -31,7 +31,8 @@ output:
   Records are folded longest first, so each length bucket is compiled once and reused; the progress bar shows
   residues/s and the ETA, and the last line the time per protein.
   A record may hold several chains separated by ':' (folded as a complex with a poly-G linker, as ESMFold).
-  Records whose PDB exists are skipped (re-running resumes); --overwrite refolds them.
+  Records whose PDB exists are skipped (re-running resumes; a PDB whose residues are not the record's sequence is
+  an error); --overwrite refolds them.
 
   MODEL comes first, as in the other commands; the older order `tf-esm fold FASTA OUTDIR [--model MODEL]`
   still works, with a warning.
@@ -162,6 +163,29 @@ def fold_summary(output, lengths):
     return [(float(m), p) for m, p in zip(mean_plddt, ptm)]
 
 
+def _pdb_residues(path):
+    """The one-letter residues of a PDB file's CA atoms, in file order (chains joined; `X` for UNK)."""
+    from tf_esm.folding.residue_constants import restype_3to1
+
+    with open(path, encoding="utf-8") as handle:
+        return "".join(restype_3to1.get(line[17:20], "X") for line in handle
+                       if line.startswith("ATOM") and line[12:16].strip() == "CA")
+
+
+def _check_folded(outdir, folded):
+    """Refuse to resume into OUTDIR when a structure there was folded from another sequence than the FASTA's
+    (`folded`: (id, sequence, pdb path)): skipping it would keep a stale structure."""
+    from tf_esm.folding.residue_constants import restype_1to3
+
+    stale = [record_id for record_id, sequence, path in folded
+             if _pdb_residues(path) != "".join(c if c in restype_1to3 else "X" for c in sequence.replace(":", ""))]
+    if stale:
+        shown = ", ".join(repr(record_id) for record_id in stale[:3]) + (
+            f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        raise CliError(f"OUTDIR {outdir}: the structure of {len(stale)} record(s) was folded from another sequence "
+                       f"than this FASTA's ({shown}); choose another OUTDIR or pass --overwrite to refold.")
+
+
 def _read_summary(path):
     rows = {}
     if os.path.exists(path):
@@ -197,6 +221,9 @@ def run(args, console):
         return os.path.join(args.outdir, record_key(record_id) + ".pdb")
 
     todo = [r for r in records if args.overwrite or not os.path.exists(pdb_path(r[0]))]
+    if not args.overwrite:
+        _check_folded(args.outdir, [(record_id, sequence, pdb_path(record_id)) for record_id, sequence in records
+                                    if os.path.exists(pdb_path(record_id))])
     skipped = len(records) - len(todo)
     if not todo:
         console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")

@@ -4,6 +4,10 @@ It reads the columnar `.h5` (and the per-record `.h5` of earlier versions), a `.
 Parquet shards (`part-NNNNN.parquet`, as `tf-esm embed --format parquet` or a Beam pipeline writes them) and a
 directory of `.npz` files. No TensorFlow: numpy, and h5py or pyarrow when the file needs them.
 
+Records come back in input (FASTA) order, as `tf_esm.pipelines.inference.embed_sequences` returns them: the
+stores write them as they are computed (longest first) with each record's input position, and the reader sorts
+by it. Outputs of tf-esm versions that did not record positions come back in stored order.
+
 Example:
     from tf_esm.io import read_embeddings
     ids, means = read_embeddings("embeddings.h5")                    # (N, D) float32, last stored layer
@@ -22,7 +26,7 @@ class EmbeddingReadError(ValueError):
 
 
 def read_embeddings(path, kind="mean", layer=-1):
-    """The ids and one kind of array of an embedding output, in stored order.
+    """The ids and one kind of array of an embedding output, in input (FASTA) order.
 
     Args:
         path: an `.h5`/`.hdf5` file, a `.parquet` file, or a directory of Parquet shards or `.npz` files.
@@ -84,18 +88,31 @@ def _read_hdf5(path, kind, layer):
         if handle.attrs.get(LAYOUT_ATTRIBUTE) != LAYOUT:
             return _read_hdf5_groups(path, handle, kind, layer)
         ids = list(handle["ids"].asstr()[()])
+        order = handle["input_indices"][()] if "input_indices" in handle else None
         available = list(_columns(handle))
         if kind == "contacts":
             _pick_layer(path, kind, layer, [0] if "contacts" in handle else [], available)
             flat, offsets = handle["contacts"][()], handle["contacts_offsets"][()]
-            return ids, [flat[a:b].reshape(int(round((b - a) ** 0.5)), -1) for a, b in zip(offsets[:-1], offsets[1:])]
+            return _in_input_order(order, ids, [flat[a:b].reshape(int(round((b - a) ** 0.5)), -1)
+                                                for a, b in zip(offsets[:-1], offsets[1:])])
         stored = [int(name) for name in handle[kind]] if kind in handle else []
         chosen = _pick_layer(path, kind, layer, stored, available)
         values = handle[f"{kind}/{chosen}"][()]
         if kind == "per_tok":
             offsets = handle["per_tok_offsets"][()]
-            return ids, np.split(values, offsets[1:-1])
+            return _in_input_order(order, ids, np.split(values, offsets[1:-1]))
+        return _in_input_order(order, ids, values)
+
+
+def _in_input_order(input_indices, ids, values):
+    """`ids` and `values` (a matrix or a list) sorted by the records' input positions (None: as they are)."""
+    import numpy as np
+
+    if input_indices is None:
         return ids, values
+    order = np.argsort(np.asarray(input_indices), kind="stable")
+    values = values[order] if isinstance(values, np.ndarray) else [values[i] for i in order]
+    return [ids[i] for i in order], values
 
 
 def _columns(handle):
@@ -142,27 +159,30 @@ def _read_parquet(path, kind, layer):
         stored = [0] if ("contacts", None) in parsed else []
     chosen = _pick_layer(path, kind, layer, stored, available)
     column = column_name(kind, chosen)
-    table = pa.concat_tables([pq.read_table(file, columns=["id", column]) for file in files])
+    row_columns = ["id"] + (["input_index"] if "input_index" in schema.names else [])
+    table = pa.concat_tables([pq.read_table(file, columns=row_columns + [column]) for file in files])
     ids = table.column("id").to_pylist()
+    order = table.column("input_index").to_numpy() if "input_index" in row_columns else None
     values = table.column(column).combine_chunks()
     if kind in ("mean", "bos"):
         dim = values.type.list_size
-        return ids, values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        return _in_input_order(order, ids, values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
     offsets = values.offsets.to_numpy()
     flat = values.flatten()
     if kind == "per_tok":
         dim = flat.type.list_size
         flat = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        return ids, [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        return _in_input_order(order, ids, [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])])
     flat = flat.to_numpy(zero_copy_only=False)
-    return ids, [flat[a:b].reshape(int(round((b - a) ** 0.5)), -1) for a, b in zip(offsets[:-1], offsets[1:])]
+    return _in_input_order(order, ids, [flat[a:b].reshape(int(round((b - a) ** 0.5)), -1)
+                                        for a, b in zip(offsets[:-1], offsets[1:])])
 
 
 def _read_npz_directory(path, kind, layer):
     import numpy as np
 
     names = sorted(name for name in os.listdir(path) if name.endswith(".npz") and not name.startswith("."))
-    ids, values, stored = [], [], None
+    ids, values, indices, stored = [], [], [], None
     for name in names:
         with np.load(os.path.join(path, name)) as arrays:
             if stored is None:
@@ -176,4 +196,6 @@ def _read_npz_directory(path, kind, layer):
                 key = "contacts" if kind == "contacts" else f"{kind}_{chosen}"
             ids.append(str(arrays["id"]))
             values.append(arrays[key])
-    return ids, values if kind in ("per_tok", "contacts") else np.stack(values)
+            indices.append(int(arrays["input_index"]) if "input_index" in arrays.files else None)
+    order = None if None in indices else indices
+    return _in_input_order(order, ids, values if kind in ("per_tok", "contacts") else np.stack(values))

@@ -2,6 +2,8 @@
 
 Layout of OUTPUT (N records, D = hidden size, T = sum of lengths, C = sum of length**2):
   ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool
+  input_indices (N,) int64             each record's position in the input FASTA (rows are in computed order)
+  sequence_sha256 (N,) strings         sha256 of each record's sequence (what a resumed run compares)
   mean/<layer>, bos/<layer>            (N, D) float32
   per_tok/<layer> (T, D) float32       rows per_tok_offsets[i]:per_tok_offsets[i+1] are record i's residues
   per_tok_offsets (N+1,) int64
@@ -31,11 +33,12 @@ import shutil
 import time
 
 from tf_esm.io.atomic import PARTIAL_SUFFIX, fsync_file, replace_durably
-from tf_esm.io.embedding_stores import SETTINGS_ATTRIBUTE, EmbeddingStoreError, check_settings
+from tf_esm.io.embedding_stores import (
+    SETTINGS_ATTRIBUTE, EmbeddingStoreError, check_settings, next_input_index, stored_record)
 
 LAYOUT_ATTRIBUTE = "tf_esm_layout"
 LAYOUT = "columnar/1"
-ROW_DATASETS = ("ids", "lengths", "sequence_lengths", "truncated")
+ROW_DATASETS = ("ids", "lengths", "sequence_lengths", "truncated", "input_indices", "sequence_sha256")
 CHUNK_BYTES = 1 << 20
 # Rows are buffered in memory up to these sizes, then written as one slice per dataset (a row's Python objects
 # cost about 1 KB besides its arrays, hence the row limit).
@@ -70,7 +73,8 @@ class ColumnarFile:
         totals = totals or {}
         handle.attrs[LAYOUT_ATTRIBUTE] = LAYOUT
         specs = {"ids": ((), h5py.string_dtype("utf-8"), 16), "lengths": ((), np.int32, 4),
-                 "sequence_lengths": ((), np.int32, 4), "truncated": ((), np.bool_, 1)}
+                 "sequence_lengths": ((), np.int32, 4), "truncated": ((), np.bool_, 1),
+                 "input_indices": ((), np.int64, 8), "sequence_sha256": ((), h5py.string_dtype("utf-8"), 64)}
         for name in self.names:
             if name == "contacts":
                 specs["contacts"] = ((), np.float32, 4)
@@ -111,16 +115,19 @@ class ColumnarFile:
 
 
 def block_from_rows(rows, names, dim):
-    """Rows `(record_id, sequence_length, result)` as one dict of stacked arrays, named as the datasets."""
+    """Rows `(record_id, sequence_length, result, input_index, sequence_sha256)` as one dict of stacked arrays,
+    named as the datasets."""
     import numpy as np
 
     block = {"ids": np.array([row[0] for row in rows], dtype=object),
              "lengths": np.array([int(row[2]["length"]) for row in rows], dtype=np.int32),
              "sequence_lengths": np.array([int(row[1]) for row in rows], dtype=np.int32),
-             "truncated": np.array([bool(row[2]["truncated"]) for row in rows], dtype=np.bool_)}
+             "truncated": np.array([bool(row[2]["truncated"]) for row in rows], dtype=np.bool_),
+             "input_indices": np.array([int(row[3]) for row in rows], dtype=np.int64),
+             "sequence_sha256": np.array([row[4] or "" for row in rows], dtype=object)}
     for name in names:
         values = []
-        for record_id, _, result in rows:
+        for record_id, _, result, *_ in rows:
             length = int(result["length"])
             if name == "contacts":
                 value, expected = result.get("contacts"), (length, length)
@@ -146,7 +153,12 @@ def block_from_rows(rows, names, dim):
 
 def read_block(handle, names, start, stop):
     """Rows [start, stop) of a columnar file as a block (the inverse of `ColumnarFile.append`)."""
-    block = {name: handle[name][start:stop] for name in ROW_DATASETS}
+    import numpy as np
+
+    block = {name: handle[name][start:stop] for name in ROW_DATASETS if name in handle}
+    # A file written before input positions and digests were recorded: -1 and "" mean not recorded.
+    block.setdefault("input_indices", np.full(len(block["ids"]), -1, np.int64))
+    block.setdefault("sequence_sha256", np.full(len(block["ids"]), "", object))
     for name in names:
         if name.startswith("per_tok/") or name == "contacts":
             offsets = handle["contacts_offsets" if name == "contacts" else "per_tok_offsets"][start:stop + 1]
@@ -198,15 +210,20 @@ class Hdf5Store:
             if entry.endswith(PARTIAL_SUFFIX) or overwrite:
                 os.remove(os.path.join(self.journal, entry))
         self.keep_output = os.path.exists(self.path) and not overwrite
-        self.done = set()
+        self.done = {}
         for source in self._sources():
             with open_columnar(h5py, source) as handle:
                 check_settings(path, json.loads(handle.attrs[SETTINGS_ATTRIBUTE]), settings)
                 ids = handle["ids"].asstr()[()]
-            if source != self.path and self.done.intersection(ids):
+                indices = handle["input_indices"][()] if "input_indices" in handle else [None] * len(ids)
+                digests = (handle["sequence_sha256"].asstr()[()] if "sequence_sha256" in handle
+                           else [None] * len(ids))
+            if source != self.path and not self.done.keys().isdisjoint(ids):
                 os.remove(source)  # merged into OUTPUT by a run killed before it removed the journal
                 continue
-            self.done.update(ids)
+            self.done.update((record_id, stored_record(index, digest))
+                             for record_id, index, digest in zip(ids, indices, digests))
+        self.next_index = next_input_index(self.done)
         segments = self._segments()
         self.next_segment = int(segments[-1][-8:-3]) + 1 if segments else 0
         self.saved = len(self.done)
@@ -223,8 +240,11 @@ class Hdf5Store:
     def _sources(self):
         return ([self.path] if self.keep_output else []) + self._segments()
 
-    def add(self, record_id, sequence_length, result):
-        self.rows.append((record_id, sequence_length, result))
+    def add(self, record_id, sequence_length, result, input_index=None, sequence_sha256=None):
+        """Buffer one record; `input_index` is its FASTA position (default: after every record added so far)."""
+        input_index = self.next_index if input_index is None else int(input_index)
+        self.next_index = max(self.next_index, input_index + 1)
+        self.rows.append((record_id, sequence_length, result, input_index, sequence_sha256))
         self.buffered += sum(getattr(value, "nbytes", 0) for field in RESULT_FIELDS.values()
                              for value in result.get(field, {}).values())
         self.buffered += getattr(result.get("contacts"), "nbytes", 0)

@@ -10,6 +10,8 @@ Columns (names usable in SQL as they are):
   length           int32        residues embedded (after truncation)
   sequence_length  int32        residues in the record
   truncated        bool         length < sequence_length
+  input_index      int64        the record's position in the input (rows are in computed order; readers sort)
+  sequence_sha256  string       sha256 of the record's sequence (what a resumed run compares); null if unknown
   mean_<layer>     fixed_size_list<float32>[D]                 mean over residues
   bos_<layer>      fixed_size_list<float32>[D]                 the <cls> position
   per_tok_<layer>  list<fixed_size_list<float32>[D]>           one D-vector per residue (length of them)
@@ -29,11 +31,11 @@ import re
 import time
 
 from tf_esm.io.atomic import PARTIAL_SUFFIX, fsync_file, remove_stale_partials, replace_durably
-from tf_esm.io.embedding_stores import EmbeddingStoreError, check_settings
+from tf_esm.io.embedding_stores import EmbeddingStoreError, check_settings, next_input_index, stored_record
 
 KINDS = ("mean", "per_tok", "bos", "contacts")
 SETTINGS_KEY = "tf_esm_embed"
-ROW_COLUMNS = ("id", "length", "sequence_length", "truncated")
+ROW_COLUMNS = ("id", "length", "sequence_length", "truncated", "input_index", "sequence_sha256")
 BLOCK_ROWS = 1024  # rows buffered as Python dicts before they become one compact Arrow batch
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 # Where a result of `tf_esm.pipelines.inference.iter_embeddings` keeps each kind ({layer: array}).
@@ -77,7 +79,8 @@ def embedding_schema(include, layers, dim, settings=None):
     vector = pa.list_(pa.float32(), int(dim))
     fields = [pa.field("id", pa.string(), nullable=False), pa.field("length", pa.int32(), nullable=False),
               pa.field("sequence_length", pa.int32(), nullable=False),
-              pa.field("truncated", pa.bool_(), nullable=False)]
+              pa.field("truncated", pa.bool_(), nullable=False),
+              pa.field("input_index", pa.int64(), nullable=False), pa.field("sequence_sha256", pa.string())]
     for kind in ("mean", "bos", "per_tok"):
         if kind in include:
             for layer in sorted({int(layer) for layer in layers}):
@@ -95,8 +98,11 @@ def schema_settings(schema):
     return None if stored is None else json.loads(stored)
 
 
-def result_to_row(result, record_id, sequence_length, schema):
+def result_to_row(result, record_id, sequence_length, schema, input_index, sequence_sha256=None):
     """One `iter_embeddings` result as a dict with exactly `schema`'s columns (what `WriteToParquet` takes).
+
+    `input_index` orders the record among the input's (readers sort by it); `sequence_sha256` is
+    `tf_esm.io.embedding_stores.sequence_digest` of its sequence (None: not recorded).
 
     Vectors stay numpy float32 arrays (a per-token value is a list of per-residue vectors, as pyarrow converts
     a list column element by element). A missing layer or a wrong size is an error naming the record.
@@ -105,7 +111,8 @@ def result_to_row(result, record_id, sequence_length, schema):
 
     length = int(result["length"])
     row = {"id": str(record_id), "length": length, "sequence_length": int(sequence_length),
-           "truncated": bool(result["truncated"])}
+           "truncated": bool(result["truncated"]), "input_index": int(input_index),
+           "sequence_sha256": sequence_sha256}
     for field in schema:
         parsed = parse_column_name(field.name)
         if parsed is None:
@@ -225,7 +232,7 @@ class ParquetStore:
             self.directory = self.path
         os.makedirs(self.directory, exist_ok=True)
         remove_stale_partials(self.directory)
-        self.done = set()
+        self.done = {}
         if overwrite:
             for shard in shard_paths(self.directory):
                 os.remove(shard)
@@ -238,6 +245,7 @@ class ParquetStore:
         self.rows, self.batches, self.batch_bytes = [], [], 0
         self.writer = self.shard_rows = self.shard_written = None
         self.saved = len(self.done)
+        self.next_index = next_input_index(self.done)
         self.last_checkpoint = time.monotonic()
 
     def _sources(self):
@@ -261,14 +269,24 @@ class ParquetStore:
                 raise ParquetStoreError(f"OUTPUT {source} exists but was not written by 'tf-esm embed'; choose "
                                         "another OUTPUT or pass --overwrite.")
             check_settings(path, stored, self.settings)
-            ids = self.pq.read_table(source, columns=["id"]).column("id").to_pylist()
-            if self.single_file and source != self.path and self.done.intersection(ids):
+            columns = [name for name in ("id", "input_index", "sequence_sha256") if name in schema.names]
+            table = self.pq.read_table(source, columns=columns)
+            ids = table.column("id").to_pylist()
+            if self.single_file and source != self.path and not self.done.keys().isdisjoint(ids):
                 os.remove(source)  # merged into the file by a run killed before it removed the shard
                 continue
-            self.done.update(ids)
+            unknown = [None] * len(ids)
+            indices = table.column("input_index").to_pylist() if "input_index" in columns else unknown
+            digests = table.column("sequence_sha256").to_pylist() if "sequence_sha256" in columns else unknown
+            self.done.update((record_id, stored_record(index, digest))
+                             for record_id, index, digest in zip(ids, indices, digests))
 
-    def add(self, record_id, sequence_length, result):
-        self.rows.append(result_to_row(result, record_id, sequence_length, self.schema))
+    def add(self, record_id, sequence_length, result, input_index=None, sequence_sha256=None):
+        """Buffer one record; `input_index` is its FASTA position (default: after every record added so far)."""
+        input_index = self.next_index if input_index is None else int(input_index)
+        self.next_index = max(self.next_index, input_index + 1)
+        self.rows.append(result_to_row(result, record_id, sequence_length, self.schema, input_index,
+                                       sequence_sha256))
         if len(self.rows) >= BLOCK_ROWS:
             self._convert()
         if time.monotonic() - self.last_checkpoint >= self.checkpoint_interval:

@@ -76,6 +76,14 @@ IGNORED = (
 # Keras variables a checkpoint may lack without a warning (their defaults are exact).
 OPTIONAL = (re.compile(r"rotary_embeddings\.inv_freq$"),)
 
+# The pretraining (masked-LM) head: every pretrained ESM checkpoint has one, and leaving it behind is how
+# fine-tuning for a new task starts, so an unused one is only noted.
+PRETRAINING_HEAD = "lm_head"
+# Reference-name prefix of a trained head -> the transformers class that holds it (first match wins).
+HEAD_ARCHITECTURES = (("classifier.out_proj.", "EsmForSequenceClassification"),
+                      ("classifier.", "EsmForTokenClassification"),
+                      ("trunk.", "EsmForProteinFolding"))
+
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
@@ -293,12 +301,15 @@ def matched_state_dict(state_dict, variables, source="checkpoint"):
     return with_stacks(state_dict, variables, source)
 
 
-def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
+def load_state_dict(model, state_dict, strict=False, source="checkpoint", architectures=None):
     """Assign a {reference name: array} dict to `model`'s variables. Returns (missing, unexpected) name lists.
 
     A tensor whose shape does not fit is always an error naming it. Missing tensors (new weights, e.g. a task
-    head on a base checkpoint) and unexpected ones (e.g. an LM head when loading a base model) are warnings, or
-    errors when `strict`. A pooler in the checkpoint of a model built without one is skipped silently.
+    head on a base checkpoint) and unexpected ones are warnings, or errors when `strict`. An unused masked-LM
+    head is the normal start of fine-tuning; an unused trained task head (a classifier, ESMFold's trunk) loses
+    weights somebody trained, so its warning says so and names the class that keeps them (from the checkpoint's
+    `architectures` when given, else from the head's names). A pooler in the checkpoint of a model built without
+    one is skipped silently.
     """
     variables = model_variables(model)
     state_dict = matched_state_dict(state_dict, variables, source)
@@ -338,9 +349,39 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint"):
         logger.warning("Some weights of %s were not in %s and are newly initialised: %s (expected for a new task "
                        "head: train the model before using its outputs)", type(model).__name__, source, missing)
     if unexpected:
-        logger.warning("Some tensors of %s were not used by %s: %s (expected when the checkpoint's own head is "
-                       "for another task)", source, type(model).__name__, unexpected)
+        _warn_unused(model, source, unexpected, architectures)
     return missing, unexpected
+
+
+def _head(name):
+    """The head (top-level module) a reference name belongs to: `classifier`, `lm_head`, `esm.contact_head`, ..."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "esm" and len(parts) > 2 else parts[0]
+
+
+def _warn_unused(model, source, unexpected, architectures):
+    heads = collections.defaultdict(list)
+    for name in unexpected:
+        heads[_head(name)].append(name)
+    pretraining = heads.pop(PRETRAINING_HEAD, None)
+    if pretraining:
+        logger.warning("Some tensors of %s were not used by %s: %s (the masked-LM head of pretraining: expected "
+                       "when fine-tuning a pretrained checkpoint for a new task)", source, type(model).__name__,
+                       pretraining)
+    if not heads:
+        return
+    names = [name for group in heads.values() for name in group]
+    own = getattr(model, "reference_architecture", lambda: type(model).__name__.removeprefix("TF"))()
+    saved_as = next((name.removeprefix("TF") for name in architectures or () if name.removeprefix("TF") != own),
+                    None)
+    holder = saved_as or next((cls for prefix, cls in HEAD_ARCHITECTURES
+                               if any(name.startswith(prefix) for name in names)), None)
+    hint = ""
+    if holder:
+        origin = "its config.json's architectures" if saved_as else "the names of those tensors"
+        hint = f" The checkpoint was saved as {holder} ({origin}): load it with TF{holder} to keep them."
+    logger.warning("%s did not use the trained %s of %s, so those trained weights are lost: %s.%s",
+                   type(model).__name__, " and ".join(sorted(heads)), source, names, hint)
 
 
 def model_state_dict(model):

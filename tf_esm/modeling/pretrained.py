@@ -118,9 +118,12 @@ class EsmPretrainedIO:
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
         if config is not None:
             check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision"})
+        # The checkpoint's own `architectures` (not a config passed in) names the class its heads belong to.
+        own_config = config is None
         config, state_dict, source = read_checkpoint(
             path_or_hub_id, config, populate=cls._populated_weights(precision, model_kwargs))
         check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision"})
+        architectures = getattr(config, "architectures", None) if own_config else None
         for name, value in kwargs.items():
             setattr(config, name, value)
         config.validate()
@@ -131,7 +134,7 @@ class EsmPretrainedIO:
         state_dict = _through_weights_cache(model, state_dict, source, weights_cache,
                                             populate=cls._populated_weights(precision, model_kwargs))
         try:
-            load_state_dict(model, state_dict, strict=strict, source=source)
+            load_state_dict(model, state_dict, strict=strict, source=source, architectures=architectures)
         finally:
             finish_initialization(model)
         warn_if_slow(precision)
@@ -140,6 +143,18 @@ class EsmPretrainedIO:
     def _saved_config(self):
         """The configuration `save_pretrained` writes (the model's own; subclasses may note how it was built)."""
         return self.config
+
+    @classmethod
+    def reference_architecture(cls):
+        """The transformers name of this class (`TFEsmForSequenceClassification` -> `EsmForSequenceClassification`).
+
+        `save_pretrained` writes it as `architectures`, so a saved directory loads (and exports) as the class that
+        was saved, not as the checkpoint it was first loaded from. A user subclass names its nearest tf_esm base.
+        """
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("tf_esm.") and klass.__name__.startswith("TFEsm"):
+                return klass.__name__.removeprefix("TF")
+        return cls.__name__
 
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "h5", tokenizer=None,
                         overwrite: bool = False) -> None:
@@ -173,7 +188,9 @@ class EsmPretrainedIO:
             )
         check_target(save_directory, overwrite)
         with StagedFiles(save_directory) as staged:
-            write_text_atomic(staged.path(CONFIG_NAME), self._saved_config().to_json_string())
+            config = self._saved_config()
+            config = type(config).from_dict(config.to_dict(), architectures=[self.reference_architecture()])
+            write_text_atomic(staged.path(CONFIG_NAME), config.to_json_string())
             if format == "h5":
                 save_weights_h5(self, staged.path(H5_WEIGHTS_NAME))
             else:

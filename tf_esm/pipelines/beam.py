@@ -9,6 +9,9 @@ The pipeline (`build_embed_pipeline`):
   -> RunInference with `EmbeddingModelHandler` (prebatched: `with_no_batching`)
   -> `result_to_row` -> WriteToParquet: OUT_DIR/part-NNNNN.parquet, the schema of `tf_esm.io.parquet_store`.
 
+Input order: each row's `input_index` is its position in the input, counting the matched files in sorted order
+(file k's records from k * 2**32 on), so `tf_esm.io.read_embeddings` returns the records in that order.
+
 Batching: RunInference's own BatchElements counts elements, not tokens, and does not sort, so the batches are made
 upstream by Beam's SortAndBatchElements with each record weighing its token count (residues kept + <cls>/<eos>).
 Inside a batch, `run_inference` calls `embed_sequences`, the code `tf-esm embed` runs, which plans its forward
@@ -44,7 +47,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
         from error
 
 from tf_esm._deprecation import renamed_keywords
-from tf_esm.io.embedding_stores import EmbeddingStoreError
+from tf_esm.io.embedding_stores import EmbeddingStoreError, sequence_digest
 from tf_esm.io.fasta import FastaError, parse_fasta_bytes
 from tf_esm.io.parquet_store import embedding_schema, result_to_row
 
@@ -107,10 +110,11 @@ _MODELS_USED = weakref.WeakSet()
 
 
 class EmbeddingModelHandler(ModelHandler):
-    """Beam ML `ModelHandler` running `tf_esm.pipelines.inference.embed_sequences` on batches of (id, sequence).
+    """Beam ML `ModelHandler` running `tf_esm.pipelines.inference.embed_sequences` on batches of records
+    (id, sequence, input index).
 
-    Each prediction is `PredictionResult(example=(id, sequence), inference=result)`, `result` as `iter_embeddings`
-    yields it. Counters (namespace "tf_esm_embed"): `records` embedded, `truncated`, and `models_used`, the model
+    Each prediction is `PredictionResult(example=record, inference=result)`, `result` as `iter_embeddings` yields
+    it. Counters (namespace "tf_esm_embed"): `records` embedded, `truncated`, and `models_used`, the model
     objects that ran inference (one per worker process when the shared handle holds the model, see above)."""
 
     @renamed_keywords(toks_per_batch="max_tokens_per_batch")
@@ -137,7 +141,7 @@ class EmbeddingModelHandler(ModelHandler):
         if model not in _MODELS_USED:
             _MODELS_USED.add(model)
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, "models_used").inc()
-        results = embed_sequences(model, [sequence for _, sequence in records], repr_layers=self._repr_layers,
+        results = embed_sequences(model, [record[1] for record in records], repr_layers=self._repr_layers,
                                   include=self._include, max_tokens_per_batch=self._max_tokens_per_batch,
                                   truncation_seq_length=self._truncation_seq_length, streams=self._streams)
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records").inc(len(records))
@@ -145,7 +149,7 @@ class EmbeddingModelHandler(ModelHandler):
         return [PredictionResult(record, result) for record, result in zip(records, results)]
 
     def get_num_bytes(self, batch):
-        return sum(len(sequence) for _, sequence in batch)
+        return sum(len(record[1]) for record in batch)
 
     def get_metrics_namespace(self):
         return METRICS_NAMESPACE
@@ -153,19 +157,22 @@ class EmbeddingModelHandler(ModelHandler):
 
 # ------------------------------------------------------------------------------------------------------- the input
 class ParseFastaFile(beam.DoFn):
-    """One whole FASTA file (a `fileio.ReadableFile`) -> (id, sequence, path) per record, validated and decompressed
-    as `tf-esm embed` reads a file; a record longer than an absolute-position table (`max_residues`) after
-    truncation is an error naming it, as in the one-process command."""
+    """One whole FASTA file (a `fileio.ReadableFile`) -> (id, sequence, path, input index) per record, validated
+    and decompressed as `tf-esm embed` reads a file; a record longer than an absolute-position table
+    (`max_residues`) after truncation is an error naming it, as in the one-process command. `files`: the matched
+    files in input order (a record's input index is its file's rank * 2**32 + its position in the file)."""
 
-    def __init__(self, truncation_seq_length, max_residues):
+    def __init__(self, truncation_seq_length, max_residues, files=()):
         self._truncation = truncation_seq_length
         self._max_residues = max_residues
+        self._file_rank = {path: rank for rank, path in enumerate(files)}
 
     def process(self, readable_file):
         path = readable_file.metadata.path
         with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             data = handle.read()
-        for record in parse_fasta_bytes(data, path):
+        offset = self._file_rank.get(path, 0) << 32
+        for position, record in enumerate(parse_fasta_bytes(data, path)):
             kept = len(record.sequence) if self._truncation is None else min(len(record.sequence), self._truncation)
             if self._max_residues is not None and kept > self._max_residues:
                 raise FastaError(
@@ -175,7 +182,7 @@ class ParseFastaFile(beam.DoFn):
             if self._truncation is not None and len(record.sequence) > self._truncation:
                 logger.warning("record %r has %d residues; using the first %d (--truncation-seq-length).",
                                record.id, len(record.sequence), self._truncation)
-            yield record.id, record.sequence, path
+            yield record.id, record.sequence, path, offset + position
 
 
 def _duplicate_ids(keyed_paths):
@@ -190,12 +197,12 @@ def _unique(record, duplicates):
         record_id, paths = sorted(duplicates)[0]
         raise FastaError(f"duplicate record id {record_id!r} in {', '.join(paths)} ({len(duplicates)} duplicate "
                          "ids in all): ids must be unique across the input files.")
-    return record[0], record[1]
+    return record[0], record[1], record[3]
 
 
 def _row(prediction, schema):
-    (record_id, sequence), result = prediction.example, prediction.inference
-    return result_to_row(result, record_id, len(sequence), schema)
+    (record_id, sequence, input_index), result = prediction.example, prediction.inference
+    return result_to_row(result, record_id, len(sequence), schema, input_index, sequence_digest(sequence))
 
 
 # ---------------------------------------------------------------------------------------------------- the pipeline
@@ -214,7 +221,7 @@ def build_embed_pipeline(pipeline, model, patterns, output_dir, schema, repr_lay
                | "FilePatterns" >> beam.Create(list(patterns))
                | "MatchFiles" >> fileio.MatchAll()
                | "ReadFiles" >> fileio.ReadMatches()
-               | "ParseFasta" >> beam.ParDo(ParseFastaFile(truncation_seq_length, max_residues)))
+               | "ParseFasta" >> beam.ParDo(ParseFastaFile(truncation_seq_length, max_residues, patterns)))
     duplicates = (records
                   | "IdAndFile" >> beam.Map(lambda record: (record[0], record[2]))
                   | "GroupById" >> beam.GroupByKey()
