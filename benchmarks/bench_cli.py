@@ -70,14 +70,14 @@ checkpoint, fasta, output = sys.argv[1:4]
 from tf_esm.cli import common, dispatch
 from tf_esm.io.hdf5_store import Hdf5Store
 dispatch.import_tensorflow_quietly()
-import keras, tf_esm.modeling, tf_esm.inference
+import keras, tf_esm.modeling, tf_esm.pipelines.inference
 marks.append(("imports (TensorFlow, Keras, tf_esm)", time.time()))
 records = common.read_records(fasta)
 marks.append(("read FASTA", time.time()))
 common.configure_threads()
 model = common.load_model(checkpoint, embedding=True)
 marks.append(("build model + load weights", time.time()))
-results = tf_esm.inference.iter_embeddings(model, [r.sequence for r in records], include=("mean",))
+results = tf_esm.pipelines.inference.iter_embeddings(model, [r.sequence for r in records], include=("mean",))
 first = [next(results)]
 marks.append(("first results (trace + first batches)", time.time()))
 rest = list(results)

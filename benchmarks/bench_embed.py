@@ -1,4 +1,4 @@
-"""Embedding throughput: tf_esm's default path (`tf_esm.inference.embed_sequences`) vs HF transformers (PyTorch).
+"""Embedding throughput: tf_esm's default path (`tf_esm.pipelines.inference.embed_sequences`) vs HF transformers (PyTorch).
 
 One run builds a random-weight checkpoint per shape with transformers, loads the same weights into tf_esm, and times
 both frameworks on the same workload, each in its own process (so peak RSS is each framework's own, imports

@@ -107,8 +107,8 @@ def worker_keras(args):
 
     import tensorflow as tf
 
-    # A tf.data pipeline, as tf_esm.data.make_dataset gives; fit turns its autotuning off (see
-    # tf_esm.data.without_autotune_stall), so no epoch starts with TensorFlow's ~15 s iterator-deletion stall.
+    # A tf.data pipeline, as tf_esm.pipelines.data.make_dataset gives; fit turns its autotuning off (see
+    # tf_esm.pipelines.data.without_autotune_stall), so no epoch starts with TensorFlow's ~15 s iterator-deletion stall.
     data = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(8)
     history = model.fit(data, epochs=1 + args.epochs, verbose=0, callbacks=[Timer()])
     seconds = sum(epoch_times[1:])

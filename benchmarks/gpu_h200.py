@@ -111,7 +111,7 @@ def worker_parity(args):
     from tests._reference import make_reference_checkpoint
     from tf_esm import TFEsmForMaskedLM
     from tf_esm.folding import TFEsmForProteinFolding
-    from tf_esm.inference import embed_sequences
+    from tf_esm.pipelines.inference import embed_sequences
 
     emit(jax_device=str(jax.devices()[0]))
     torch.set_grad_enabled(False)

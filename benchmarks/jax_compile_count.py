@@ -10,7 +10,7 @@ import time
 import numpy as np
 from tf_esm import TFEsmModel
 from tf_esm.configuration import EsmConfig
-from tf_esm.inference import embed_sequences, traced_shapes, bucket_length
+from tf_esm.pipelines.inference import embed_sequences, traced_shapes, bucket_length
 cfg = EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                 max_position_embeddings=1026, pad_token_id=1, mask_token_id=32, position_embedding_type="rotary",
                 token_dropout=True)

@@ -23,8 +23,8 @@ def main(argv=None):
     from tf_esm import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from tf_esm.fair_esm import convert_checkpoint
-    from tf_esm.weights import CheckpointError
+    from tf_esm.pipelines.convert import convert_checkpoint
+    from tf_esm.io.weights import CheckpointError
 
     try:
         convert_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite, stem_precision=args.stem_precision)

@@ -11,8 +11,8 @@ import os
 
 import keras
 
-from tf_esm.data import resolve_tokenizer
-from tf_esm.export import default_max_length
+from tf_esm.pipelines.data import resolve_tokenizer
+from tf_esm.pipelines.export import default_max_length
 
 
 def training_parser(doc, *, train_help, validation_help, output_help, learning_rate, label_column=None,
@@ -50,7 +50,7 @@ def parse_training_args(parser, argv=None):
     """Parse; refuse a non-empty --output-dir now rather than after training, and --freeze-encoder with
     --lora-rank."""
     args = parser.parse_args(argv)
-    from tf_esm.atomic import check_target
+    from tf_esm.io.atomic import check_target
 
     check_target(args.output_dir, args.overwrite)
     if getattr(args, "freeze_encoder", False) and getattr(args, "lora_rank", 0):
@@ -97,7 +97,7 @@ def save(model, args, tokenizer):
     """`save_pretrained` into --output-dir; with --lora-rank the merged model, and the adapter on its own."""
     os.makedirs(args.output_dir, exist_ok=True)
     if getattr(args, "lora_rank", 0):
-        from tf_esm.training import merge_lora
+        from tf_esm.modeling.lora import merge_lora
 
         merge_lora(model).save_pretrained(args.output_dir, format=args.format, tokenizer=tokenizer,
                                           overwrite=args.overwrite)

@@ -1,6 +1,6 @@
 """Continue the masked-language-model pre-training of an ESM model on your own proteins, with `model.fit`.
 
-Input: FASTA files. Each epoch draws a new mask (`tf_esm.data.MlmMasking`): 15% of the residues are selected; of
+Input: FASTA files. Each epoch draws a new mask (`tf_esm.pipelines.data.MlmMasking`): 15% of the residues are selected; of
 those 80% become `<mask>`, 10% a random amino acid and 10% stay unchanged; the loss is the cross-entropy at the
 selected positions (labels -100 elsewhere), the model's built-in loss. Reported: loss, masked-token accuracy and,
 with `--validation`, the validation perplexity exp(loss). The model is saved with `save_pretrained` (`--format
@@ -22,7 +22,7 @@ import math
 import sys
 
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.data import MlmMasking, make_dataset, read_fasta_records
+from tf_esm.pipelines.data import MlmMasking, make_dataset, read_fasta_records
 
 # examples/_common.py: the script's own folder is on sys.path.
 from _common import dataset_options, evaluate, fit, save_and_report, set_up_run

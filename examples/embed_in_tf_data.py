@@ -1,6 +1,6 @@
 """Embed the proteins of a FASTA file with an ESM model through a `tf.data` pipeline.
 
-FASTA -> `tf_esm.data` (validation, tokenization, length-bucketed batches) -> `TFEsmModel` -> per-sequence
+FASTA -> `tf_esm.pipelines.data` (validation, tokenization, length-bucketed batches) -> `TFEsmModel` -> per-sequence
 embeddings (mean over residues, `<cls>`/`<eos>`/padding excluded), written in FASTA order as
 
 * `.npy`: a float32 array `[records, hidden]`, with the record ids in `<output stem>.ids.txt` next to it;
@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_esm import TFEsmModel
-from tf_esm.data import make_dataset, read_fasta_records
-from tf_esm.export import default_max_length, mean_over_residues, residue_mask
+from tf_esm.pipelines.data import make_dataset, read_fasta_records
+from tf_esm.pipelines.export import default_max_length, mean_over_residues, residue_mask
 
 
 def parse_args(argv=None):
@@ -110,7 +110,7 @@ def write_output(path, ids, sequence_embeddings, residues):
 
 def main(argv=None):
     args = parse_args(argv)
-    from tf_esm.data import resolve_tokenizer
+    from tf_esm.pipelines.data import resolve_tokenizer
 
     tokenizer = resolve_tokenizer(args.model)
     model = TFEsmModel.from_pretrained(args.model)

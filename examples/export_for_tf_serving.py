@@ -1,6 +1,6 @@
 """Export an ESM model as a SavedModel for TensorFlow Serving, then try it and print example REST requests.
 
-The export has two signatures (see `tf_esm.export`): `serving_default` takes raw protein strings, `token_ids` takes
+The export has two signatures (see `tf_esm.pipelines.export`): `serving_default` takes raw protein strings, `token_ids` takes
 `input_ids` + `attention_mask`; both return `sequence_embedding`, `residue_embeddings`, `residue_mask` and, for
 task models, `logits` (and `probabilities` for classifiers).
 
@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from tf_esm.export import export_pretrained
+from tf_esm.pipelines.export import export_pretrained
 from tf_esm.modeling import (
     TFEsmForMaskedLM,
     TFEsmForSequenceClassification,
@@ -81,8 +81,8 @@ def main(argv=None):
         results = loaded.signatures["serving_default"](sequences=tf.constant(args.check))
         for key in sorted(results):
             print(f"  {key}: shape {results[key].shape.as_list()}")
-    from tf_esm.data import resolve_tokenizer
-    from tf_esm.hub import ModelNotFoundError
+    from tf_esm.pipelines.data import resolve_tokenizer
+    from tf_esm.io.hub import ModelNotFoundError
 
     try:
         tokenizer = resolve_tokenizer(args.model)

@@ -27,7 +27,7 @@ import sys
 import keras
 
 from tf_esm import TFEsmForSequenceClassification
-from tf_esm.data import make_dataset, read_table
+from tf_esm.pipelines.data import make_dataset, read_table
 
 # examples/_common.py: the script's own folder is on sys.path.
 from _common import dataset_options, fine_tune, save_and_report, set_up_run

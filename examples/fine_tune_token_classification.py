@@ -21,7 +21,7 @@ tf_esm.import_tensorflow_quietly()  # first: TensorFlow prints its C++ start-up 
 import sys
 
 from tf_esm import TFEsmForTokenClassification
-from tf_esm.data import make_dataset, read_table
+from tf_esm.pipelines.data import make_dataset, read_table
 
 # examples/_common.py: the script's own folder is on sys.path.
 from _common import dataset_options, fine_tune, save_and_report, set_up_run

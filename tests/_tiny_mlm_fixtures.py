@@ -8,7 +8,7 @@ the same weights loaded as a `TFEsmForMaskedLM`, and `tokenizer` the default ESM
 import pytest
 
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.data import resolve_tokenizer
+from tf_esm.pipelines.data import resolve_tokenizer
 
 
 @pytest.fixture(scope="module")

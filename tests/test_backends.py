@@ -20,7 +20,7 @@ from tf_esm.io import read_embeddings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLE", "W", "MKVLAAGIVGLLLAQPAMAAEKTHVQSSANPL"]
-TF_ONLY_MODULES = ("tf_esm.data", "tf_esm.export", "tf_esm.graph_tokenizer", "tf_esm.modeling.attention_tf",
+TF_ONLY_MODULES = ("tf_esm.pipelines.data", "tf_esm.pipelines.export", "tf_esm.graph_tokenizer", "tf_esm.modeling.attention_tf",
                    "tf_esm.modeling.dataset_tf")
 
 # Runs in the subprocess. `sys.modules["tensorflow"] = None` is how Python marks a module as absent: every

@@ -3,7 +3,7 @@
 One table (`CASES`) gives, for each bad input, the documented behaviour of
 * the tokenizers (`EsmTokenizer`, identical to transformers', and the in-graph `tokenize_strings`): token ids,
   `?` standing for one `<unk>`;
-* the validating paths (`tf_esm.data` and the `tf-esm` command, both through `tf_esm.fasta.clean_sequence`): the
+* the validating paths (`tf_esm.pipelines.data` and the `tf-esm` command, both through `tf_esm.io.fasta.clean_sequence`): the
   normalised residues, or the error (character and 1-based position among the residues, or "empty");
 * the SavedModel's string signature (`validate=True`): the normalised residues, or the error (character and
   1-based position in the request string, or "empty").
@@ -21,9 +21,9 @@ from tests._reference import assert_close, share_directory, torch_outputs
 from tf_esm import TFEsmForMaskedLM
 from tf_esm.cli import main
 from tf_esm.configuration import ESM2_VOCAB
-from tf_esm.data import SequenceTooLongError, read_fasta_records, sequences_dataset
-from tf_esm.export import EsmServingModule, default_max_length, export_saved_model
-from tf_esm.fasta import FastaError, parse_fasta, read_fasta
+from tf_esm.pipelines.data import SequenceTooLongError, read_fasta_records, sequences_dataset
+from tf_esm.pipelines.export import EsmServingModule, default_max_length, export_saved_model
+from tf_esm.io.fasta import FastaError, parse_fasta, read_fasta
 from tf_esm.graph_tokenizer import tokenize_strings
 
 LONG = "MKTAYIAKQR" * 110  # 1100 residues: past ESM-2's 1024 positions and the CLI's default truncation (1022)
@@ -47,7 +47,7 @@ class Case:
     name: str
     raw: str
     tokens: object  # tokenizers: str (one token per character, "?" = <unk>) or list of tokens
-    validated: object  # tf_esm.data / CLI: normalised residues or Bad
+    validated: object  # tf_esm.pipelines.data / CLI: normalised residues or Bad
     served: object  # SavedModel serving_default: normalised residues / tokens or Bad
 
 
@@ -72,7 +72,7 @@ CASES = [
     Case("very_long_rotary", LONG, LONG, LONG, LONG),  # the CLI keeps the first 1022 (--truncation-seq-length)
 ]
 ENTRY_POINTS = ["tokenizer", "graph_tokenizer", "data", "cli", "saved_model"]
-VALID = [case for case in CASES if not isinstance(case.validated, Bad)]  # accepted by tf_esm.data and the CLI
+VALID = [case for case in CASES if not isinstance(case.validated, Bad)]  # accepted by tf_esm.pipelines.data and the CLI
 
 
 def ids(tokens):
@@ -147,7 +147,7 @@ def _embed(capsys, *args):
 
 @pytest.fixture(scope="module")
 def data_rows():
-    """{in_graph: {case name: ids}} from one `sequences_dataset` over every case tf_esm.data accepts."""
+    """{in_graph: {case name: ids}} from one `sequences_dataset` over every case tf_esm.pipelines.data accepts."""
     rows = {}
     for in_graph in (False, True):
         dataset = sequences_dataset([case.raw for case in VALID], batch_size=len(VALID), bucket_boundaries=None,
@@ -195,7 +195,7 @@ def check_data(case, request, **_):
             with pytest.raises(FastaError) as error:
                 sequences_dataset(["MKV", case.raw], in_graph=in_graph)
             assert fasta_error("sequences[1]", case.validated) in str(error.value)
-        # FASTA text (tf_esm.fasta.parse_fasta, which tf_esm.data and the CLI read files with) names the record.
+        # FASTA text (tf_esm.io.fasta.parse_fasta, which tf_esm.pipelines.data and the CLI read files with) names the record.
         with pytest.raises(FastaError) as error:
             parse_fasta(f">ok\nMKV\n>bad\n{case.raw}\n")
         assert fasta_error("record 'bad'", case.validated) in str(error.value)
@@ -208,7 +208,7 @@ def check_data(case, request, **_):
 def check_cli(case, capsys, tmp_path, rotary, rotary_model, request, **_):
     if isinstance(case.validated, Bad):
         path = _write_fasta(tmp_path / "in.fasta", {"ok": "MKV", "bad": case.raw})
-        for reader in (read_fasta, read_fasta_records):  # the readers under the CLI and tf_esm.data
+        for reader in (read_fasta, read_fasta_records):  # the readers under the CLI and tf_esm.pipelines.data
             with pytest.raises(FastaError) as error:
                 reader(path)
             assert fasta_error("record 'bad'", case.validated) in str(error.value), reader.__name__
@@ -265,7 +265,7 @@ def test_non_ascii_letters_are_not_upper_cased_into_residues():
 
 
 def test_hand_built_records_with_an_empty_sequence_are_refused():
-    from tf_esm.data import SequenceRecords, make_dataset
+    from tf_esm.pipelines.data import SequenceRecords, make_dataset
 
     with pytest.raises(FastaError, match="^b: the sequence is empty"):
         make_dataset(SequenceRecords(ids=["a", "b"], sequences=["MKV", ""]))

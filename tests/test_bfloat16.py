@@ -13,7 +13,7 @@ import torch
 
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.cli import main
-from tf_esm.inference import embed_sequences
+from tf_esm.pipelines.inference import embed_sequences
 from tf_esm.io import read_embeddings
 from tf_esm.modeling import precision
 
@@ -28,7 +28,7 @@ ARCHITECTURES = ["rotary", "absolute"]  # ESM-2 and ESM-1b layouts
 
 def reference_means(torch_model, sequences, autocast=False):
     """The reference's last-layer mean over residues of each sequence alone, float32 or under bf16 autocast."""
-    from tf_esm.data import resolve_tokenizer
+    from tf_esm.pipelines.data import resolve_tokenizer
 
     tokenizer = resolve_tokenizer(None)
     means = []

@@ -189,9 +189,9 @@ def test_resume_skips_finished_records_and_keeps_their_data(tmp_path, capsys, ch
 
 def test_interrupt_saves_finished_records_and_a_failure_leaves_no_output(tmp_path, capsys, monkeypatch,
                                                                          checkpoint, fasta, expected):
-    import tf_esm.inference
+    import tf_esm.pipelines.inference
 
-    real = tf_esm.inference.iter_embeddings
+    real = tf_esm.pipelines.inference.iter_embeddings
 
     def stopping_after(count, exception):
         def iter_embeddings(*args, **kwargs):
@@ -203,7 +203,7 @@ def test_interrupt_saves_finished_records_and_a_failure_leaves_no_output(tmp_pat
 
     output = tmp_path / "out.h5"
     options = ["--include", "mean", "--repr-layers", "0", "-1", "--truncation-seq-length", TRUNCATION]
-    monkeypatch.setattr(tf_esm.inference, "iter_embeddings", stopping_after(2, KeyboardInterrupt()))
+    monkeypatch.setattr(tf_esm.pipelines.inference, "iter_embeddings", stopping_after(2, KeyboardInterrupt()))
     code, _, err = _main(capsys, "embed", checkpoint.path, fasta, output, *options, "--checkpoint-interval", "1e9")
     assert code == 130
     assert err.splitlines()[-1] == (f"tf-esm: error: interrupted; 2 records are saved in {output}. Run the same "
@@ -213,12 +213,12 @@ def test_interrupt_saves_finished_records_and_a_failure_leaves_no_output(tmp_pat
     for record_id, record in stored.items():
         _check_h5_record(record, expected[record_id], ("mean",))
 
-    monkeypatch.setattr(tf_esm.inference, "iter_embeddings", real)
+    monkeypatch.setattr(tf_esm.pipelines.inference, "iter_embeddings", real)
     code, _, err = _main(capsys, "embed", checkpoint.path, fasta, output, *options)
     assert code == 0 and err.endswith("(2 already there, skipped).\n")
 
     fresh = tmp_path / "fresh.h5"
-    monkeypatch.setattr(tf_esm.inference, "iter_embeddings", stopping_after(1, RuntimeError("device lost")))
+    monkeypatch.setattr(tf_esm.pipelines.inference, "iter_embeddings", stopping_after(1, RuntimeError("device lost")))
     code, _, err = _main(capsys, "embed", checkpoint.path, fasta, fresh, *options)
     assert code == 1
     assert err.splitlines()[-1] == "tf-esm: error: RuntimeError: device lost (run with --debug for the traceback)"

@@ -25,7 +25,7 @@ import transformers
 from tests._reference import make_reference_checkpoint, torch_outputs
 from tf_esm import TFEsmForMaskedLM
 from tf_esm.cli import main
-from tf_esm.fasta import FastaError, read_fasta
+from tf_esm.io.fasta import FastaError, read_fasta
 from tf_esm.io import read_embeddings
 from tf_esm.tokenization import EsmTokenizer, write_default_vocab
 
@@ -185,7 +185,7 @@ def test_compressed_fasta_and_standard_input(tmp_path, capsys, monkeypatch, hub_
 @pytest.mark.parametrize("compress", [lambda data: data, gzip.compress, bz2.compress, lzma.compress],
                          ids=["plain", "gzip", "bzip2", "xz"])
 def test_read_fasta_decompresses_by_magic_bytes(tmp_path, compress):
-    from tf_esm.data import read_fasta_records
+    from tf_esm.pipelines.data import read_fasta_records
 
     path = tmp_path / "proteins.fa"
     path.write_bytes(compress(FASTA_TEXT.encode()))

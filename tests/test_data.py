@@ -1,4 +1,4 @@
-"""`tf_esm.data`: ids against the reference tokenizer, label alignment, bucketing, MLM masking, input errors."""
+"""`tf_esm.pipelines.data`: ids against the reference tokenizer, label alignment, bucketing, MLM masking, input errors."""
 
 import collections
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_esm.data import (
+from tf_esm.pipelines.data import (
     IGNORE_INDEX,
     LabelError,
     MlmMasking,
@@ -21,7 +21,7 @@ from tf_esm.data import (
     sequences_dataset,
     table_dataset,
 )
-from tf_esm.fasta import FastaError
+from tf_esm.io.fasta import FastaError
 from tf_esm.tokenization import EsmTokenizer
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO-."

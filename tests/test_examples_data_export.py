@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests._reference import share_directory, torch_outputs
-from tf_esm.fasta import read_fasta
+from tf_esm.io.fasta import read_fasta
 from tf_esm.tokenization import EsmTokenizer, write_default_vocab
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)

@@ -13,7 +13,7 @@ import transformers
 
 from tests._reference import assert_close, share_directory, torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmForSequenceClassification, TFEsmForTokenClassification
-from tf_esm.data import make_dataset, read_table
+from tf_esm.pipelines.data import make_dataset, read_table
 from tf_esm.tokenization import write_default_vocab
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)

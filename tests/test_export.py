@@ -1,4 +1,4 @@
-"""`tf_esm.export`: SavedModels loaded in a fresh TensorFlow-only process match the Keras and PyTorch models."""
+"""`tf_esm.pipelines.export`: SavedModels loaded in a fresh TensorFlow-only process match the Keras and PyTorch models."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from tf_esm import (
     TFEsmForTokenClassification,
     TFEsmModel,
 )
-from tf_esm.export import EsmServingModule, export_pretrained, export_saved_model
+from tf_esm.pipelines.export import EsmServingModule, export_pretrained, export_saved_model
 from tf_esm.tokenization import EsmTokenizer, write_default_vocab
 
 SEQUENCES = ["MKTAYIAKQRQISFVK", "GV L", "<mask>ACD", "W"]
@@ -98,7 +98,7 @@ def exported(reference_checkpoints, tokenizer, tmp_path_factory):
 
 
 def expected_outputs(model, input_ids, attention_mask):
-    """The Keras model's outputs, pooled with NumPy (independently of tf_esm.export)."""
+    """The Keras model's outputs, pooled with NumPy (independently of tf_esm.pipelines.export)."""
     outputs = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
     hidden = outputs.hidden_states[-1].numpy()
     mask = (attention_mask == 1) & ~np.isin(input_ids, [0, 1, 2])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tf_esm import TFEsmForSequenceClassification
-from tf_esm.data import sequences_dataset
+from tf_esm.pipelines.data import sequences_dataset
 
 
 def _sequences(count, seed):

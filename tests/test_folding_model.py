@@ -264,7 +264,7 @@ def test_half_precision_stem_matches_reference_half_stem(tmp_path):
     """fp16_esm on a GPU runs the stem with float16 compute; checked here on CPU against the reference's
     float16 stem (differences are half-precision rounding, ~1e-2 Angstrom)."""
     from tf_esm.configuration import EsmConfig
-    from tf_esm.weights import load_state_dict, read_state_dict
+    from tf_esm.io.weights import load_state_dict, read_state_dict
 
     reference = _make_reference(tmp_path, fp16_esm=True, seed=1)
     model = TFEsmForProteinFolding(EsmConfig.from_pretrained(str(tmp_path)), stem_precision="mixed_float16")

@@ -1,4 +1,4 @@
-"""Batched embedding extraction (`tf_esm.inference`) gives the numbers of a direct per-sequence model call."""
+"""Batched embedding extraction (`tf_esm.pipelines.inference`) gives the numbers of a direct per-sequence model call."""
 
 import collections
 
@@ -7,7 +7,7 @@ import pytest
 
 from tests._reference import torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
-from tf_esm.inference import bucket_length, embed_sequences, iter_embeddings, trace_count, traced_shapes
+from tf_esm.pipelines.inference import bucket_length, embed_sequences, iter_embeddings, trace_count, traced_shapes
 from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWC"
@@ -124,7 +124,7 @@ def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(refere
     the programs are bounded by buckets x row counts whatever the number of batches."""
     import keras
 
-    from tf_esm.inference import _runner
+    from tf_esm.pipelines.inference import _runner
 
     reference = reference_checkpoints("rotary", model_class="EsmModel")
     model = TFEsmModel.from_pretrained(reference.path)
@@ -194,7 +194,7 @@ def _stream_threads():
 
 
 def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng, monkeypatch):
-    from tf_esm import inference
+    from tf_esm.pipelines import inference
 
     _, model = rotary
     sequences = random_sequences(rng, [30] * 12)
@@ -235,7 +235,7 @@ def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, 
     """Under JAX the embedding programs run the encoder's layers as one `lax.scan` over their stacked weights
     (tf_esm/modeling/encoder_jax.py): every layer's hidden states, means and contacts equal the unrolled program's
     and a direct call's, to fp32 rounding (XLA fuses the two programs differently)."""
-    from tf_esm.inference import _runner
+    from tf_esm.pipelines.inference import _runner
     from tf_esm.modeling import encoder_jax
 
     reference = reference_checkpoints("rotary", model_class="EsmModel")
@@ -272,7 +272,7 @@ def test_jax_programs_use_full_float32_products_on_a_gpu(reference_checkpoints, 
     traced at "highest" there unless the user chose a precision. (The GPU is simulated: only tracing is checked.)"""
     import jax
 
-    from tf_esm.inference import _runner
+    from tf_esm.pipelines.inference import _runner
 
     reference = reference_checkpoints("rotary", model_class="EsmModel")
     ids, lengths = np.zeros((1, 16), dtype=np.int32), np.zeros(1, np.int32)

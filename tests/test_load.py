@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_esm import TFEsmForMaskedLM
-from tf_esm.export import export_saved_model
+from tf_esm.pipelines.export import export_saved_model
 
 NUM_SEQUENCES = 1000
 BATCH = 50

@@ -18,7 +18,7 @@ from tf_esm import (
     TFEsmForTokenClassification,
     TFEsmModel,
 )
-from tf_esm.weights import CheckpointError
+from tf_esm.io.weights import CheckpointError
 
 # fp32 on CPU: differences come from summation order only (measured max ~1e-6); 2e-5 leaves room for oneDNN.
 ATOL = 2e-5

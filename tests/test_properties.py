@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from tf_esm import EsmConfig, EsmTokenizer
 from tf_esm.configuration import ESM2_VOCAB
-from tf_esm.fasta import FastaError, parse_fasta, read_fasta
+from tf_esm.io.fasta import FastaError, parse_fasta, read_fasta
 from tf_esm.graph_tokenizer import EsmStringTokenizer
 from tf_esm.tokenization import write_default_vocab
-from tf_esm.weights import CheckpointError, read_state_dict
+from tf_esm.io.weights import CheckpointError, read_state_dict
 
 RESIDUE_TOKENS = [t for t in ESM2_VOCAB if not t.startswith("<")]
 ALL_TOKENS = list(ESM2_VOCAB)

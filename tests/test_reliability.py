@@ -9,7 +9,7 @@ import pytest
 
 from tests._reference import assert_close, torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
-from tf_esm.weights import CheckpointError, read_state_dict
+from tf_esm.io.weights import CheckpointError, read_state_dict
 
 
 class _Payload:

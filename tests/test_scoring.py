@@ -1,4 +1,4 @@
-"""Variant-effect scores (`tf_esm.scoring`) against the ESM-1v definitions computed directly from the PyTorch
+"""Variant-effect scores (`tf_esm.pipelines.scoring`) against the ESM-1v definitions computed directly from the PyTorch
 reference model's logits, plus mutant parsing and its errors."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tf_esm import EsmConfig, TFEsmForMaskedLM
-from tf_esm.scoring import (
+from tf_esm.pipelines.scoring import (
     MutationError,
     Substitution,
     apply_mutant,

@@ -21,7 +21,7 @@ from tf_esm import (
 )
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.modeling.outputs import ModelOutput
-from tf_esm.training import is_lora_variable, merge_lora
+from tf_esm.modeling.lora import is_lora_variable, merge_lora
 
 CLS, PAD, EOS = ESM2_VOCAB.index("<cls>"), ESM2_VOCAB.index("<pad>"), ESM2_VOCAB.index("<eos>")
 AMINO_ACIDS = [ESM2_VOCAB.index(letter) for letter in "LAGVSERTIDPKQNFYMHWC"]
@@ -186,7 +186,7 @@ def test_token_classification_learns_with_keras_loss_and_with_builtin_loss(check
 
 
 def test_masked_lm_continued_pretraining_with_dynamic_masking(checkpoints):
-    from tf_esm.data import MlmMasking
+    from tf_esm.pipelines.data import MlmMasking
 
     inputs = mlm_task()
     # 15% of residues selected and re-drawn every epoch; 80% of them <mask>, 10% random, 10% unchanged.
@@ -341,7 +341,7 @@ PARITY = {  # name: (model class, task, Keras loss whose value must agree too, o
 def test_builtin_and_keras_losses_match_transformers(checkpoints, name):
     model_class, task, keras_loss = PARITY[name]
     if task is None:  # masked LM: mask 15% of the residues, -100 elsewhere (padding included)
-        from tf_esm.data import MlmMasking
+        from tf_esm.pipelines.data import MlmMasking
 
         inputs, labels = MlmMasking(seed=0)(mlm_task())
         inputs = {key: np.asarray(value) for key, value in inputs.items()}
@@ -365,7 +365,7 @@ def test_builtin_and_keras_losses_match_transformers(checkpoints, name):
 def test_tf_data_inputs_reach_keras_with_autotuning_off_unless_the_user_chose(checkpoints, monkeypatch):
     """Deleting an autotuned tf.data iterator after multi-second steps stalls ~15 s (TF 2.21) and Keras makes one
     per epoch, so fit/evaluate/predict hand Keras their datasets with autotuning off (see without_autotune_stall)."""
-    from tf_esm.data import without_autotune_stall
+    from tf_esm.pipelines.data import without_autotune_stall
 
     inputs, labels = single_label_task()
     model = load(checkpoints, "single_label", TFEsmForSequenceClassification)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.io import weights as weights_module
-from tf_esm.weights import CheckpointError, read_state_dict
+from tf_esm.io.weights import CheckpointError, read_state_dict
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
           torch.int8, torch.uint8, torch.bool)

@@ -2,8 +2,8 @@
 
 The models, tokenizer, checkpoint readers and batch embedding are written in `keras.ops` and run under any Keras 3
 backend (KERAS_BACKEND=tensorflow, jax or torch); under JAX or PyTorch they import no TensorFlow. A few features are
-TensorFlow programs by nature — `tf.data` pipelines (`tf_esm.data`), the in-graph string tokenizer
-(`tf_esm.graph_tokenizer`), SavedModel export (`tf_esm.export`) and the blocked CPU attention — and their modules call
+TensorFlow programs by nature — `tf.data` pipelines (`tf_esm.pipelines.data`), the in-graph string tokenizer
+(`tf_esm.graph_tokenizer`), SavedModel export (`tf_esm.pipelines.export`) and the blocked CPU attention — and their modules call
 `require_tensorflow` first, so that using one elsewhere fails with one sentence saying what to do rather than a
 `ModuleNotFoundError` or a type error from deep inside another backend.
 """

@@ -133,7 +133,7 @@ def read_records(path):
 
 
 def configure_threads():
-    """Throughput threading for the batch-embedding commands (see `tf_esm.inference.configure_cpu_threads`)."""
+    """Throughput threading for the batch-embedding commands (see `tf_esm.pipelines.inference.configure_cpu_threads`)."""
     from tf_esm.pipelines.inference import configure_cpu_threads
 
     configure_cpu_threads()

@@ -39,7 +39,7 @@ def add_arguments(parser):
 
 
 def run(args, console):
-    from tf_esm.fair_esm import convert_checkpoint
+    from tf_esm.pipelines.convert import convert_checkpoint
 
     try:
         convert_checkpoint(args.src, args.dst, overwrite=args.overwrite, stem_precision=args.stem_precision)

@@ -187,7 +187,7 @@ def _dispatch(argv, debug):
     except Exception as error:  # noqa: BLE001 - the command line reports every failure as one line
         if debug:
             _print_traceback(error)
-        if getattr(error, "offline_repo", None):  # a hub id while offline (tf_esm.hub.ModelNotFoundError)
+        if getattr(error, "offline_repo", None):  # a hub id while offline (tf_esm.io.hub.ModelNotFoundError)
             _print_error(_offline_message(error.offline_repo))
             return EXIT_USAGE
         if isinstance(error, _input_errors()):

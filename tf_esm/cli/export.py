@@ -13,7 +13,7 @@ EPILOG = """\
 Writes a TensorFlow SavedModel for TF Serving with two signatures: serving_default (a string tensor of protein
 sequences, tokenized in the graph) and token_ids (input_ids, attention_mask). Outputs: sequence_embedding,
 residue_embeddings, residue_mask, plus logits/probabilities for task models. DIR is written to a temporary
-directory and renamed. See tf_esm.export.
+directory and renamed. See tf_esm.pipelines.export.
 
 examples:
   tf-esm export facebook/esm2_t6_8M_UR50D serving/esm2/1
@@ -49,7 +49,7 @@ def run(args, console):
     try:
         from tf_esm.pipelines.export import export_saved_model
     except ImportError as error:
-        raise CliError(f"'export' needs tf_esm.export, which cannot be imported here: {error}",
+        raise CliError(f"'export' needs tf_esm.pipelines.export, which cannot be imported here: {error}",
                        code=EXIT_FAILURE) from None
     max_length = _max_length(args.max_length)
     model = args.model

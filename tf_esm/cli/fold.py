@@ -114,7 +114,7 @@ def check_arguments(args, console):
 
 
 def _fold_records(path):
-    """FASTA records whose chains (split at ':') each follow the sequence policy of tf_esm.fasta."""
+    """FASTA records whose chains (split at ':') each follow the sequence policy of tf_esm.io.fasta."""
     from tf_esm.io.fasta import clean_sequence, read_fasta
 
     records = []

@@ -2,7 +2,7 @@
 multi-head attention with additive biases, and chunked evaluation along one axis.
 
 Layer and weight names follow the PyTorch reference (`linear_q`, `kernel`/`bias`, ...), so checkpoints map
-onto them with the generic name rule of `tf_esm.weights`.
+onto them with the generic name rule of `tf_esm.io.weights`.
 """
 
 from __future__ import annotations

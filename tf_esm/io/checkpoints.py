@@ -2,7 +2,7 @@
 
 `read_checkpoint` turns a reference (hub id, HF or tf_esm directory, a weight file inside one, a fair-esm `.pt`
 file) into `(config, state_dict, source)`: the state dict uses the HF reference names, which
-`tf_esm.weights.load_state_dict` maps onto Keras variables through its one name table.
+`tf_esm.io.weights.load_state_dict` maps onto Keras variables through its one name table.
 """
 
 from __future__ import annotations

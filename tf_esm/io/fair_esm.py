@@ -12,7 +12,7 @@ names contain "esm1v"). Files are read with `torch.load(weights_only=True)`; `ar
 class allowed besides tensors, so a pickle that needs any other code is refused, never run.
 
 fair-esm names are renamed to the HF reference names by `FAIR_ESM_RENAMES`, the one table of this module; the
-result then goes through `tf_esm.weights.load_state_dict` like every other checkpoint format. Reading only: turning
+result then goes through `tf_esm.io.weights.load_state_dict` like every other checkpoint format. Reading only: turning
 a checkpoint into a tf_esm model directory is `tf_esm.pipelines.convert`.
 """
 

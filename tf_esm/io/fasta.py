@@ -1,4 +1,4 @@
-"""FASTA reading and protein-sequence validation (pure Python, shared by the CLI, tf_esm.data and the tests).
+"""FASTA reading and protein-sequence validation (pure Python, shared by the CLI, tf_esm.pipelines.data and the tests).
 
 Policy for sequence characters (documented in README):
 * ASCII letters are upper-cased (only ASCII: `"ß".upper()` would be "SS"); whitespace inside a record is removed;

@@ -11,7 +11,7 @@ such as `tf_esm_for_masked_lm/esm/encoder/layer.0/attention/self/query/kernel` t
 `REFERENCE_ALIASES` lists how each file format's names are brought to those reference names (transformers 5.x
 `gamma`/`beta` layer norms, the per-layer rotary `inv_freq` buffers of 4.x checkpoints, ...), and `IGNORED` the
 reference tensors that have no Keras variable (the tied LM decoder, constant buffers). Every loader (safetensors,
-sharded safetensors, `.bin`, fair-esm `.pt` after `tf_esm.fair_esm` renames it, our own HDF5) yields a
+sharded safetensors, `.bin`, fair-esm `.pt` after `tf_esm.io.fair_esm` renames it, our own HDF5) yields a
 `{reference name: numpy array}` mapping that goes through `load_state_dict`; every saver goes through
 `model_state_dict` (our HDF5 writer, `io/native_h5.py`, through `model_variables`: it stores the Keras layout).
 Safetensors files are read one tensor at a time as `load_state_dict` assigns them, and our HDF5 files are memory

@@ -19,7 +19,7 @@ Examples:
 >>> model.save_lora_weights("adapter.safetensors")   # the adapters and the head, a few KB
 >>> fresh = TFEsmForSequenceClassification.from_pretrained("facebook/esm2_t6_8M_UR50D", num_labels=2)
 >>> fresh.load_lora_weights("adapter.safetensors")   # enables LoRA with the saved rank, then loads
->>> from tf_esm.training import merge_lora
+>>> from tf_esm.modeling.lora import merge_lora
 >>> merge_lora(fresh).save_pretrained("merged", format="safetensors")  # plain; PyTorch transformers loads it
 ```
 """

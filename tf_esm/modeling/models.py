@@ -75,7 +75,7 @@ class TFEsmPreTrainedModel(EsmPretrainedIO, EsmKerasTask, keras.Model):
     ```python
     >>> import keras
     >>> from tf_esm import TFEsmForSequenceClassification
-    >>> from tf_esm.data import table_dataset
+    >>> from tf_esm.pipelines.data import table_dataset
     >>> model = TFEsmForSequenceClassification.from_pretrained("facebook/esm2_t6_8M_UR50D", num_labels=2)
     >>> train = table_dataset("examples/data/classification_toy.csv", tokenizer="facebook/esm2_t6_8M_UR50D")
     >>> model.compile(optimizer=keras.optimizers.AdamW(1e-4), metrics=["accuracy"])  # built-in loss

@@ -3,7 +3,7 @@
 A bfloat16 model stores its weights in bfloat16 (Keras dtype policy "bfloat16", set while the model is built), so no
 float32 variable is cast on every call as under the `mixed_bfloat16` training policy, and its matmuls run on the
 CPU's bfloat16 units (oneDNN: AMX or AVX512_BF16). Layer norms (Keras computes them in float32 for half-precision
-inputs), the softmax of the attention, the rotary tables and the mean pooling of `tf_esm.inference` work in float32,
+inputs), the softmax of the attention, the rotary tables and the mean pooling of `tf_esm.pipelines.inference` work in float32,
 as the reference does under `torch.autocast`; the residual stream between them is bfloat16.
 
 bfloat16 here is an inference precision: training wants float32 master weights (`mixed_bfloat16`).

@@ -184,7 +184,7 @@ class EsmPretrainedIO:
         if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers(include_self=False)):
             raise ValueError(
                 "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
-                "checkpoint with tf_esm.training.merge_lora(model).save_pretrained(directory)."
+                "checkpoint with tf_esm.modeling.lora.merge_lora(model).save_pretrained(directory)."
             )
         check_target(save_directory, overwrite)
         with StagedFiles(save_directory) as staged:

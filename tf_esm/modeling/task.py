@@ -71,13 +71,13 @@ class EsmKerasTask:
     def enable_lora(self, rank, lora_alpha=None, targets=("query", "value"), freeze_encoder=True):
         """Keras LoRA adapters of rank `rank` on the attention projections `targets` (any of query/key/value)
         of every layer; the rest of the encoder is frozen unless `freeze_encoder=False`, the head stays
-        trainable. See `tf_esm.training.enable_lora`."""
+        trainable. See `tf_esm.modeling.lora.enable_lora`."""
         from tf_esm.modeling.lora import enable_lora
 
         return enable_lora(self, rank, lora_alpha=lora_alpha, targets=targets, freeze_encoder=freeze_encoder)
 
     def save_lora_weights(self, path):
-        """Save only the LoRA adapters and the task head (a safetensors file). See `tf_esm.training`."""
+        """Save only the LoRA adapters and the task head (a safetensors file). See `tf_esm.modeling.lora`."""
         from tf_esm.modeling.lora import save_lora_weights
 
         return save_lora_weights(self, path)

@@ -1,6 +1,6 @@
 """fair-esm `.pt` checkpoints and HF directories -> tf_esm model directories (`tf-esm convert`).
 
-Reading the checkpoints is `tf_esm.io.fair_esm` / `tf_esm.weights`; this module builds the model they describe and
+Reading the checkpoints is `tf_esm.io.fair_esm` / `tf_esm.io.weights`; this module builds the model they describe and
 saves it, all inside a staging directory that replaces the destination in one rename.
 """
 
@@ -96,7 +96,7 @@ def convert_checkpoint(src, dst, overwrite=False, stem_precision=None):
     Examples:
 
     ```python
-    >>> from tf_esm.fair_esm import convert_checkpoint  # or tf_esm.pipelines.convert
+    >>> from tf_esm.pipelines.convert import convert_checkpoint  # or tf_esm.pipelines.convert
     >>> from tf_esm import TFEsmForMaskedLM
     >>> convert_checkpoint("esm2_t6_8M_UR50D.pt", "esm2_t6_8M_tf")
     'esm2_t6_8M_tf'

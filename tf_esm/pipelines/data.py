@@ -3,7 +3,7 @@
 The flow, one step per function (steps 1 and 2 live in `tf_esm.pipelines.records`, which needs no TensorFlow):
 
 1. **Read** into `SequenceRecords` (`read_fasta_records`, `read_table`, `records_from_lists`). Every sequence goes
-   through `tf_esm.fasta.clean_sequence` (upper-cased, whitespace and a trailing `*` removed; any other character
+   through `tf_esm.io.fasta.clean_sequence` (upper-cased, whitespace and a trailing `*` removed; any other character
    outside the 25 residue letters and `-` `.` is a `FastaError` naming the record, the 1-based position and the
    character). Labels are parsed here, and errors name the record.
 2. **Length policy** (`max_length` counts `<cls>` and `<eos>`): a sequence longer than `max_length - 2` residues
@@ -38,13 +38,13 @@ import numpy as np
 
 from tf_esm.backend import require_tensorflow
 
-tf = require_tensorflow("tf_esm.data (tf.data pipelines)")
+tf = require_tensorflow("tf_esm.pipelines.data (tf.data pipelines)")
 
 from tf_esm._deprecation import renamed_keywords
 from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.io.fasta import FastaError
 from tf_esm.modeling.dataset_tf import without_autotune_stall
-from tf_esm.pipelines.records import (  # noqa: F401  (the reading half, importable from tf_esm.data as before)
+from tf_esm.pipelines.records import (  # noqa: F401  (the reading half, importable from tf_esm.pipelines.data as before)
     STANDARD_RESIDUES,
     TASKS,
     TRUNCATION_POLICIES,
@@ -56,7 +56,7 @@ from tf_esm.pipelines.records import (  # noqa: F401  (the reading half, importa
     read_table,
     records_from_lists,
 )
-from tf_esm.tokenization import resolve_tokenizer  # noqa: F401  (tf_esm.data.resolve_tokenizer, its older home)
+from tf_esm.tokenization import resolve_tokenizer  # noqa: F401  (tf_esm.pipelines.data.resolve_tokenizer, its older home)
 
 # ---------------------------------------------------------------------------------------------------- tokenizing
 

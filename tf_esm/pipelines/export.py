@@ -18,7 +18,7 @@ Both return, aligned with the tokens (position 0 is `<cls>`, residue `j` (0-base
 * `serving_default` also returns the `input_ids` and `attention_mask` it built.
 
 Requests are checked inside the graph (`validate=True`, the default): a final `*` (stop codon, optionally followed by
-whitespace) is dropped as in `tf_esm.fasta`; a sequence holding a character that is not part of any vocabulary token
+whitespace) is dropped as in `tf_esm.io.fasta`; a sequence holding a character that is not part of any vocabulary token
 (lower-case letters, digits, an inner `*`, ...) fails with the batch index, the 1-based character position in the
 request string and the character; an empty (or all-whitespace) sequence fails with its batch index. A sequence longer
 than `max_length` tokens fails with its batch index and length (no silent truncation), in both signatures (for
@@ -44,7 +44,7 @@ from keras import ops
 
 from tf_esm.backend import require_tensorflow
 
-tf = require_tensorflow("tf_esm.export (SavedModel export)")
+tf = require_tensorflow("tf_esm.pipelines.export (SavedModel export)")
 
 from tf_esm.io.atomic import atomic_directory, check_target, write_text_atomic
 from tf_esm.configuration import ESM2_VOCAB
@@ -174,7 +174,7 @@ class EsmServingModule(tf.Module):
     def _tokenize(self, sequences):
         checks = []
         if self.validate:
-            if "*" not in self.tokenizer.vocab:  # a final stop codon is dropped, as tf_esm.fasta does
+            if "*" not in self.tokenizer.vocab:  # a final stop codon is dropped, as tf_esm.io.fasta does
                 sequences = tf.strings.regex_replace(sequences, _TRAILING_STOP_PATTERN, "")
             checks.append(self._check_characters(sequences))
         ids = self.tokenizer(sequences)["input_ids"]

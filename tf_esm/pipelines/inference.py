@@ -18,7 +18,7 @@ Examples:
 
 ```python
 >>> from tf_esm import TFEsmModel
->>> from tf_esm.inference import embed_sequences
+>>> from tf_esm.pipelines.inference import embed_sequences
 >>> model = TFEsmModel.from_pretrained("facebook/esm2_t6_8M_UR50D")
 >>> results = embed_sequences(model, ["MKTAYIAK", "GSHMLE"], include=("mean", "per_tok"))
 >>> results[0]["mean_representations"][6].shape, results[1]["representations"][6].shape

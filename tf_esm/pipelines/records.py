@@ -1,7 +1,7 @@
 """Reading training and embedding inputs into `SequenceRecords`, without TensorFlow: FASTA, CSV/TSV or Python
 lists, with their labels parsed and checked, and the length policy applied.
 
-Steps 1 and 2 of the flow described in `tf_esm.data` (the tf.data pipeline that batches these records).
+Steps 1 and 2 of the flow described in `tf_esm.pipelines.data` (the tf.data pipeline that batches these records).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class SequenceRecords:
 
     Attributes:
         ids: one name per record, used in error and warning messages (FASTA record id, or `file, line N`).
-        sequences: cleaned protein sequences (see `tf_esm.fasta.clean_sequence`).
+        sequences: cleaned protein sequences (see `tf_esm.io.fasta.clean_sequence`).
         labels: `None`, or one label per record: an int class id, a float target, a list of floats
             (multi-label), or for `task="token"` a list of int ids, one per residue (-100 = ignored residue).
         task: `"sequence"`, `"token"`, or `None` for unlabelled records.
@@ -140,7 +140,7 @@ def records_from_lists(sequences, labels=None, ids=None, task=None, label_names=
         ids: record names for messages; default `sequences[i]`.
         task: `"sequence"` (default when labels are given) or `"token"`.
         label_names: class names in id order (see `read_table`).
-        validate: clean and check the sequences with `tf_esm.fasta.clean_sequence`.
+        validate: clean and check the sequences with `tf_esm.io.fasta.clean_sequence`.
     """
     sequences = list(sequences)
     ids = [f"sequences[{index}]" for index in range(len(sequences))] if ids is None else [str(i) for i in ids]

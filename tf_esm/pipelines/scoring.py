@@ -19,7 +19,7 @@ Examples:
 
 ```python
 >>> from tf_esm import TFEsmForMaskedLM
->>> from tf_esm.scoring import score_mutants
+>>> from tf_esm.pipelines.scoring import score_mutants
 >>> model = TFEsmForMaskedLM.from_pretrained("facebook/esm1v_t33_650M_UR90S_1")
 >>> score_mutants(model, "MKTAYIAKQR", ["K2A", "T3G:Y5F"], strategy="masked-marginals")
 array([...])
