@@ -59,16 +59,70 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(reference_checkpoints, tmp_path):
-    checkpoint = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=2)
-    script = tmp_path / "train_mirrored.py"
-    script.write_text(SCRIPT)
+# The encoder's layer traced once (modeling/layers_tf.py) under MirroredStrategy: `evaluate` runs it (inference),
+# `fit` trains through the unrolled layers and validates through it.
+TRACED_ONCE_SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from tf_esm import TFEsmForSequenceClassification
+    from tf_esm.modeling import layers_tf
+
+    traced_under_strategy = []
+    trace_once = layers_tf._traced_once
+
+    def counting_trace_once(*args, **kwargs):
+        traced_under_strategy.append(tf.distribute.has_strategy())
+        return trace_once(*args, **kwargs)
+
+    layers_tf._traced_once = counting_trace_once
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 16).astype(np.int32)
+    ids = rng.integers(4, 24, size=(16, 10)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 0, 2
+    data = tf.data.Dataset.from_tensor_slices(({"input_ids": ids}, labels)).batch(8)
+
+    def run(strategy, trace_once):
+        layers_tf.TRACE_ONCE = trace_once
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = TFEsmForSequenceClassification.from_pretrained(sys.argv[1])
+            model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
+        evaluated = model.evaluate(data, verbose=0, return_dict=True)["loss"]
+        history = model.fit(data, validation_data=data, epochs=2, verbose=0).history
+        return {"evaluate": evaluated, "loss": history["loss"], "val_loss": history["val_loss"]}
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    results = {"mirrored_traced": run(mirrored, True)}
+    results["traced_under_strategy"] = any(traced_under_strategy)
+    results["mirrored_unrolled"] = run(mirrored, False)
+    results["single_traced"] = run(tf.distribute.get_strategy(), True)
+    print(json.dumps(results))
+''')
+
+
+def _run_script(text, checkpoint, tmp_path):
+    """Run `text` in a fresh Python process (logical devices are set before TensorFlow starts) on `checkpoint`;
+    its last line of output, as JSON."""
+    script = tmp_path / "mirrored.py"
+    script.write_text(text)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     completed = subprocess.run([sys.executable, str(script), checkpoint.path], capture_output=True, text=True,
                                env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(reference_checkpoints, tmp_path):
+    checkpoint = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=2)
+    result = _run_script(SCRIPT, checkpoint, tmp_path)
 
     assert result["replicas"] == 2 and len(result["devices"]) == 2
     assert result["mirrored_variables"]
@@ -81,3 +135,16 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(reference_chec
     assert result["max_weight_difference"] < 1e-4
     # Evaluating with a compiled Keras loss across replicas gives the full-batch built-in loss.
     assert result["keras_loss_evaluation"] == pytest.approx(result["builtin_loss"], rel=1e-4)
+
+
+def test_layers_traced_once_under_mirrored_strategy_match_unrolled_and_one_device(reference_checkpoints, tmp_path):
+    """Each replica's traced layer must run with that layer's weights (a distributed variable passed to a traced
+    function is captured by it, not fed: every layer then ran with the first layer's weights)."""
+    checkpoint = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=2)
+    result = _run_script(TRACED_ONCE_SCRIPT, checkpoint, tmp_path)
+
+    assert result["traced_under_strategy"]
+    traced, unrolled, single = result["mirrored_traced"], result["mirrored_unrolled"], result["single_traced"]
+    for name in ("evaluate", "loss", "val_loss"):
+        assert traced[name] == pytest.approx(unrolled[name], abs=1e-6), name
+        assert traced[name] == pytest.approx(single[name], abs=1e-6), name

@@ -394,6 +394,7 @@ MEMORY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 @pytest.mark.parametrize("kind", ["h5", "parquet"])
 def test_store_memory_is_flat(tmp_path, kind):
     """The store's own resident memory over the last 60 % of 50,000 records (no model: the store alone; the

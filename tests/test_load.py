@@ -16,10 +16,13 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tf_esm import TFEsmForMaskedLM
 from tf_esm.pipelines.export import export_saved_model
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
 
 NUM_SEQUENCES = 1000
 BATCH = 50

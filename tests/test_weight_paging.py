@@ -3,6 +3,7 @@ loaded from tf_esm's own file holds each stem layer's and trunk block's weights 
 the reference does, and never drops a page that holds the only copy of a value (a weight written in place)."""
 
 import ctypes
+import sys
 
 import keras
 import numpy as np
@@ -16,8 +17,11 @@ from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.io import buffers
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                                reason="variables adopt the file's memory map under TensorFlow only")
+pytestmark = [
+    pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                       reason="variables adopt the file's memory map under TensorFlow only"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages per use and reads /proc/self/pagemap"),
+]
 
 # A stem wide enough that each of its matrices spans whole pages (the tiny parity stem's fit inside one page).
 WIDE_STEM = dict(vocab_size=33, hidden_size=256, num_hidden_layers=3, num_attention_heads=4, intermediate_size=1024,

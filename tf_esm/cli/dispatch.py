@@ -122,18 +122,9 @@ def main(argv=None):
 
 
 def console_main():
-    """The `tf-esm` executable: `main()`, then exit. Once TensorFlow is loaded, the interpreter's own shutdown (its
-    thread pools, the module graph's teardown) takes about half a second after the work is done and written, so
-    the process leaves at once instead: Python's buffers and the log handlers are flushed first, and every file
-    the commands write is closed (and renamed into place) before `main` returns. Apache Beam's runners keep
-    workers that its exit handlers stop, so after `embed --runner` the ordinary shutdown runs."""
-    status = main()
-    if "tensorflow" in sys.modules and "apache_beam" not in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(status)
-    sys.exit(status)
+    """The `tf-esm` executable: `main()`, then exit with its status through the interpreter's ordinary shutdown
+    (exit handlers, buffered files and other libraries' clean-up all run)."""
+    sys.exit(main())
 
 
 def _parse(argv):

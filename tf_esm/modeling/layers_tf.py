@@ -103,10 +103,6 @@ def traceable_once(layers):
         return False
     if not all(layer.built for layer in layers):  # building inside the nested function would create variables there
         return False
-    if tf.distribute.has_strategy():
-        # Under a distribution strategy the weights are per-replica variables: keep the plain loop (measured:
-        # MirroredStrategy's `evaluate` gave wrong losses through the nested function).
-        return False
     first = _signature(layers[0])
     return bool(first) and all(_signature(layer) == first for layer in layers[1:])
 
@@ -145,6 +141,14 @@ def _traced_once(variables, step_of_values):
     return call
 
 
+def _weight_values(layer):
+    """The values of `layer`'s weights as tensors (under a distribution strategy, this replica's copies).
+
+    Not the variables themselves: a traced function captures a distributed (per-replica) variable passed to it
+    rather than taking it as an argument, so every later call would run with the first layer's weights."""
+    return [tf.convert_to_tensor(variable.value) for variable in layer.variables]
+
+
 def apply_layers(layers, step, carry, with_outputs=False):
     """`carry = step(layer, carry)` for each of `layers`, `step` traced once (for `layers[0]`, its variables mapped
     to each layer's weights in turn). `carry` is a tensor or a nested structure of tensors; `step` may also use
@@ -157,7 +161,7 @@ def apply_layers(layers, step, carry, with_outputs=False):
         traced = _traced_once(first.variables, lambda state: step(first, state))
 
         def call(index, state):
-            return traced([variable.value for variable in layers[index].variables], state)
+            return traced(_weight_values(layers[index]), state)
     else:
         def call(index, state):
             return step(layers[index], state)
@@ -168,12 +172,10 @@ def apply_layers(layers, step, carry, with_outputs=False):
 
 def traceable_stack(stack):
     """Whether `apply_stack` may run this `LayerStack` (modeling/layer_stack.py): inside a graph being built, or
-    eagerly inside `traced_in_eager()`; not under a distribution strategy (per-replica variables)."""
+    eagerly inside `traced_in_eager()`."""
     if not TRACE_ONCE or not stack.built:
         return False
-    if tf.executing_eagerly() and not _EAGER:
-        return False
-    return not tf.distribute.has_strategy()
+    return not tf.executing_eagerly() or bool(_EAGER)
 
 
 def _stack_spans(stack):

@@ -38,22 +38,6 @@ def _set_keras_mask(tensor, mask):
     set_keras_mask(tensor, mask)
 
 
-def _tf_data_inputs(args, kwargs, *names):
-    """`tf.data` inputs of fit/evaluate/predict passed through `without_autotune_stall` (dataset_tf.py)."""
-    if keras.backend.backend() != "tensorflow":
-        return args, kwargs
-    from tf_esm.modeling.dataset_tf import without_autotune_stall
-
-    args, kwargs = list(args), dict(kwargs)
-    if args:
-        args[0] = without_autotune_stall(args[0])
-    elif "x" in kwargs:
-        kwargs["x"] = without_autotune_stall(kwargs["x"])
-    if "validation_data" in names and kwargs.get("validation_data") is not None:
-        kwargs["validation_data"] = without_autotune_stall(kwargs["validation_data"])
-    return tuple(args), kwargs
-
-
 def _is_tf_dataset(value):
     tf = sys.modules.get("tensorflow")
     return tf is not None and isinstance(value, tf.data.Dataset)
@@ -103,7 +87,6 @@ class EsmKerasTask:
             self._keras_loop_depth -= 1
 
     def fit(self, *args, **kwargs):
-        args, kwargs = _tf_data_inputs(args, kwargs, "x", "validation_data")
         x = args[0] if args else kwargs.get("x")
         if len(args) < 9 and "shuffle" not in kwargs and _is_tf_dataset(x):
             # Keras ignores `shuffle` for a tf.data input (shuffling is the dataset's job) but warns about its
@@ -142,12 +125,10 @@ class EsmKerasTask:
         return logs_for_multi_worker_reduce(logs)
 
     def evaluate(self, *args, **kwargs):
-        args, kwargs = _tf_data_inputs(args, kwargs, "x")
         with self._keras_loop():
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
-        args, kwargs = _tf_data_inputs(args, kwargs, "x")
         with self._keras_loop():
             return super().predict(*args, **kwargs)
 
