@@ -4,11 +4,14 @@ What a user waits for: start the interpreter, import, load the checkpoint, embed
 HDF5 file, exit. Both run on the same random-weight checkpoint, saved the way the hub's are (transformers
 `save_pretrained` of the model and its tokenizer in one directory), and the same workload FASTA (bench_embed.py's:
 256 proteins, lognormal lengths, median 300). Each repeat runs the two processes back to back, alternating which goes
-first; the table reports the best of the repeats (and every time), peak RSS of each process, and the max abs
-difference of their mean embeddings.
+first; the table reports the best of the repeats (and every time), each process's memory as
+`shared/tools/memwatch.py` measures it (peak anonymous memory, the machine's unreclaimable-memory rise, VmHWM), the
+CPU, and the max abs difference of their mean embeddings.
 
-The PyTorch script is what an HF user writes: `EsmTokenizer` / `EsmModel.from_pretrained`, batches of 8 in file order
-padded to their longest (naive batching), `torch.inference_mode`, means over residues, one HDF5 dataset.
+The PyTorch script is what a careful HF user writes: `EsmTokenizer` / `EsmModel.from_pretrained`, the records sorted
+by length and batched under the same token budget as `tf-esm embed` (4096 tokens with the special ones), each batch
+padded to its longest (dynamic padding), `torch.inference_mode`, transformers' default attention (SDPA), means over
+residues, one HDF5 dataset in file order (`--hf-batching naive`: batches of 8 in file order instead).
 
 Where tf_esm's fixed costs go is measured in one more process that runs the command's steps one by one
 (`--phases`): interpreter start, imports, reading the FASTA, loading the model, the first batch (tracing the graph),
@@ -47,16 +50,28 @@ with open(fasta) as handle:
             records.append([name, ""])
         elif line:
             records[-1][1] += line
+batching = sys.argv[4]
 tokenizer = transformers.EsmTokenizer.from_pretrained(checkpoint)
 model = transformers.EsmModel.from_pretrained(checkpoint, add_pooling_layer=False).eval()
-means = []
+if batching == "naive":
+    batches = [list(range(start, min(start + 8, len(records)))) for start in range(0, len(records), 8)]
+else:  # longest first, as many as fit 4096 tokens (special tokens included) padded to the batch's longest
+    order = sorted(range(len(records)), key=lambda i: -len(records[i][1]))
+    batches, current = [], []
+    for index in order:
+        if current and (len(current) + 1) * (len(records[current[0]][1]) + 2) > 4096:
+            batches.append(current)
+            current = []
+        current.append(index)
+    batches.append(current)
+means = [None] * len(records)
 with torch.inference_mode():
-    for start in range(0, len(records), 8):
-        batch = [sequence for _, sequence in records[start:start + 8]]
-        encoded = tokenizer(batch, padding=True, return_tensors="pt")
+    for batch in batches:
+        sequences = [records[i][1] for i in batch]
+        encoded = tokenizer(sequences, padding=True, return_tensors="pt")
         hidden = model(**encoded).last_hidden_state
-        for row, sequence in enumerate(batch):
-            means.append(hidden[row, 1:len(sequence) + 1].mean(0).numpy())
+        for row, (index, sequence) in enumerate(zip(batch, sequences)):
+            means[index] = hidden[row, 1:len(sequence) + 1].mean(0).numpy()
 with h5py.File(output, "w") as handle:
     handle["ids"] = [name for name, _ in records]
     handle["mean"] = np.stack(means)
@@ -96,19 +111,26 @@ print("PHASES " + __import__("json").dumps(phases))
 '''
 
 
+MEMWATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "tools",
+                        "memwatch.py")
+
+
 def run_process(command, env):
-    """Wall seconds, peak RSS (MB, from the kernel's accounting of this one child) and stdout of one process."""
+    """Wall seconds, memory (`memwatch.py`'s report: anon_peak_gib, used_rise_gib, vmhwm_gib) and stdout of one
+    process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen([sys.executable, MEMWATCH, "--json", "--"] + command, env=env, stdout=out,
+                                   stderr=err)
+        process.wait()
         seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        errors = err.read().decode()
         if process.returncode != 0:
-            raise RuntimeError(f"{command[:3]} failed ({process.returncode}):\n{err.read().decode()[-3000:]}")
-        return seconds, usage.ru_maxrss / 1024.0, out.read().decode()
+            raise RuntimeError(f"{command[:3]} failed ({process.returncode}):\n{errors[-3000:]}")
+        memory = json.loads(errors.strip().splitlines()[-1])
+        return seconds, memory, out.read().decode()
 
 
 def read_means(path, kind):
@@ -127,6 +149,7 @@ def main():
     parser.add_argument("--shape", default="t6", choices=sorted(SHAPE_NAMES))
     parser.add_argument("--num-seqs", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hf-batching", default="sorted", choices=["sorted", "naive"])
     parser.add_argument("--write", metavar="RESULTS.md", help="append the table to this file")
     args = parser.parse_args()
 
@@ -150,7 +173,7 @@ def main():
         commands = {
             "tf_esm": [tf_esm_command, "embed", checkpoint, fasta, os.path.join(work, "tf_esm.h5"), "--include",
                        "mean", "--overwrite", "-q"],
-            "hf": [sys.executable, hf_script, checkpoint, fasta, os.path.join(work, "hf.h5")],
+            "hf": [sys.executable, hf_script, checkpoint, fasta, os.path.join(work, "hf.h5"), args.hf_batching],
         }
         times = {name: [] for name in commands}
         peaks = {name: [] for name in commands}
@@ -180,14 +203,16 @@ def main():
         "",
         "Command: `python benchmarks/bench_cli.py " + " ".join(sys.argv[1:]) + "`. Start to exit of each process "
         "(interpreter, imports, load, embed, write the means to HDF5); HF = transformers EsmModel in eager PyTorch "
-        "from a script, batches of 8 in file order. Best of the repeats, every time in brackets.",
+        f"from a script, {args.hf_batching} batching. Best of the repeats, every time listed. CPU: {cpu_name()}.",
         "",
-        "| | whole process s | all repeats s | residues/s | peak RSS MB |",
-        "|---|---|---|---|---|",
+        "| | whole process s | all repeats s | residues/s | anon peak GiB | unreclaimable rise GiB | VmHWM GiB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, label in (("hf", "HF PyTorch eager, naive batching"), ("tf_esm", "`tf-esm embed`")):
+    for name, label in (("hf", f"HF PyTorch eager, {args.hf_batching} batching"), ("tf_esm", "`tf-esm embed`")):
+        memory = max(peaks[name], key=lambda report: report["anon_peak_gib"])
         lines.append(f"| {label} | {best[name]:.2f} | {', '.join(f'{t:.2f}' for t in times[name])} | "
-                     f"{residues / best[name]:,.0f} | {max(peaks[name]):,.0f} |")
+                     f"{residues / best[name]:,.0f} | {memory['anon_peak_gib']:.2f} | {memory['used_rise_gib']:.2f} | "
+                     f"{memory['vmhwm_gib']:.2f} |")
     lines += ["", f"**tf_esm / HF whole process: {best['hf'] / best['tf_esm']:.2f}x** (best of each); "
               f"max abs diff of the mean embeddings {max_diff:.1e}.", "",
               "Where `tf-esm embed`'s time goes (one more process running the command's steps one by one):", "",
@@ -198,6 +223,31 @@ def main():
     if args.write:
         with open(args.write, "a", encoding="utf-8") as handle:
             handle.write("\n" + text)
+
+
+def cpu_name():
+    """The CPU model and whether it has AVX-512 / bfloat16 / AMX instructions (Linux /proc/cpuinfo)."""
+    model, flags, family, number = "unknown CPU", "", "?", "?"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and model == "unknown CPU":
+                    model = value
+                elif key == "cpu family" and family == "?":
+                    family = value
+                elif key == "model" and number == "?":
+                    number = value
+                elif key == "flags" and not flags:
+                    flags = " " + value
+    except OSError:
+        pass
+    isa = [name for name in ("avx512f", "avx512_bf16", "amx_bf16") if f" {name}" in flags]
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"{model} (family {family}, model {number}), {os.cpu_count()} cores, {', '.join(isa) or 'AVX2 only'}"
+            + (f" (capped: ONEDNN_MAX_CPU_ISA={capped}, ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY')})"
+               if capped else ""))
 
 
 if __name__ == "__main__":

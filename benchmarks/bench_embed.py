@@ -38,8 +38,9 @@ SHAPES = {  # name: (layers, hidden, heads, ffn)
     "t6": (6, 320, 20, 1280),
     "t12": (12, 480, 20, 1920),
     "t30": (30, 640, 20, 2560),
+    "t33": (33, 1280, 20, 5120),
 }
-SHAPE_NAMES = {"t6": "esm2_t6_8M", "t12": "esm2_t12_35M", "t30": "esm2_t30_150M"}
+SHAPE_NAMES = {"t6": "esm2_t6_8M", "t12": "esm2_t12_35M", "t30": "esm2_t30_150M", "t33": "esm2_t33_650M"}
 RESIDUES = "LAGVSERTIDPKQNFYMHWC"
 # Peers' sorted-batching figures from the issue (residues/s, CPU fp32), for the 1.1x target.
 PEERS = {

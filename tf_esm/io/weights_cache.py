@@ -23,9 +23,9 @@ import os
 import numpy as np
 
 # Checkpoints at least this large (bytes) are converted by default (`from_pretrained(weights_cache="auto")`): the
-# full ESMFold (14 GB) and ESM-2 3B / 15B; smaller models load directly, where the copy costs less than the
-# conversion's disk and time.
-AUTO_THRESHOLD = 2 << 30
+# full ESMFold (14 GB) and ESM-2 3B / 15B; smaller ones (ESM-2 650M, ESM-1b, ESM-1v: 2.6 GB) load directly, where
+# the process's copy costs less than the conversion's disk and first-load time.
+AUTO_THRESHOLD = 8 << 30
 _FORMAT_TAG = "tf_esm-converted-1"
 
 

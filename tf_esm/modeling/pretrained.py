@@ -99,7 +99,7 @@ class EsmPretrainedIO:
             weights_cache: (TensorFlow) load a PyTorch-layout checkpoint (safetensors, `.bin`) through a copy in
                 tf_esm's own layout, converted once into a cache and memory-mapped after, so the weights are
                 file-backed pages the kernel can reclaim instead of the process's own memory (`io/weights_cache.py`):
-                "auto" (default) for checkpoints of 2 GiB or more, True always, False never, or a cache folder.
+                "auto" (default) for checkpoints of 8 GiB or more, True always, False never, or a cache folder.
             **kwargs: Arguments of the model's constructor (e.g. `add_pooling_layer=False`); every other
                 keyword overrides a config attribute (e.g. `num_labels=3`). A name that is neither is a
                 TypeError, so a misspelt argument is not silently written into the configuration.
