@@ -20,12 +20,8 @@ import torch
 
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.configuration import ESM2_VOCAB
-from tf_esm.io.fair_esm import (
-    FAIR_ESM_RENAMES,
-    convert_checkpoint,
-    fair_esm_to_reference_name,
-    read_fair_esm_checkpoint,
-)
+from tf_esm.io.fair_esm import FAIR_ESM_RENAMES, fair_esm_to_reference_name, read_fair_esm_checkpoint
+from tf_esm.pipelines.convert import convert_checkpoint
 from tf_esm.io.weights import CheckpointError
 from tests._reference import share_directory
 from tests._fair_esm_helpers import ALPHABET, fair_esm_load, write_esm1b, write_esm1v, write_esm2
