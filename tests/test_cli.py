@@ -544,7 +544,7 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     code, _, err = _main(capsys, "fold", model_dir, fasta, alone)
     assert code == 0 and "nothing to do" in err
     changed = _write_fasta(tmp_path / "changed.fasta", {**records, "two/b": "GSH:WCW"})  # a resumed run compares
-    _one_error_line(_main(capsys, "fold", changed, alone, "--model", model_dir), 2,
+    _one_error_line(_main(capsys, "fold", model_dir, changed, alone), 2,
                     "the structure of 1 record(s) was folded from another sequence than this FASTA's ('two/b')")
     bad = tmp_path / "bad.fasta"
     bad.write_text(">x\nMK::TA\n")
