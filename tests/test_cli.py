@@ -555,7 +555,8 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     assert code == 0 and "nothing to do" in err
     assert "warning: `tf-esm fold FASTA OUTDIR [--model MODEL]` is the old order; MODEL now comes first" in err
     assert f"tf-esm fold {model_dir} {fasta} {alone}" in err
-    assert loaded == [model_dir, model_dir]  # nothing was left to fold: no model loaded by the last three runs
+    # alone, together, --compiled; nothing was left to fold by the later runs: no model loaded by them
+    assert loaded == [model_dir, model_dir, model_dir]
 
 
 def test_fold_wrong_calls_show_the_usage(tmp_path, capsys):
