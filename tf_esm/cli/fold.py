@@ -70,8 +70,8 @@ def add_arguments(parser):
                              "float16 when the checkpoint sets fp16_esm (esmfold_v1 does)")
     parser.add_argument("--compiled", action="store_true",
                         help="fold through one compiled program per length bucket: faster per protein when many "
-                             "proteins share a bucket, after one compile per bucket (default: eager, no compile; "
-                             "the two agree to float32 rounding)")
+                             "proteins share a bucket, after one compile per bucket (default: the backend's own "
+                             "path, eager under TensorFlow, compiled under JAX; the two agree to float32 rounding)")
     parser.add_argument("--page-weights", action="store_true",
                         help="(Linux, a model converted with `tf-esm convert`) map each stem layer's and trunk "
                              "block's weights only while it runs: a smaller resident set, not less memory in use "
@@ -230,7 +230,7 @@ def run(args, console):
         return 0
     model = load_model(args.model, TFEsmForProteinFolding, stem_precision=args.stem_precision)
     model.page_weights = args.page_weights
-    model.compiled_inference = bool(args.compiled)
+    model.compiled_inference = True if args.compiled else None  # None: the backend's default path
     from tf_esm.io.weights import H5_WEIGHTS_NAME
 
     if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, H5_WEIGHTS_NAME)):
