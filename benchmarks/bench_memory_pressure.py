@@ -1,7 +1,8 @@
 """Full-size ESMFold under a memory limit: does each framework fold, and at what cost, when only N GiB are free?
 
 A balloon process takes all of the machine's available memory but N GiB (anonymous pages it writes, so they are
-never reclaimable; its `oom_score_adj` is -1000 so the kernel's OOM killer picks the folding process instead). Then,
+never reclaimable; the folding process sets its own `oom_score_adj` to 1000, and the balloon its own to -1000 where
+it may, so the kernel's OOM killer picks the folding process; a run during which the balloon died is an error). Then,
 one process per (framework, source), each framework loads the model and folds one protein with the model's default
 recycling (4 passes), measured by `shared/tools/memwatch.py`: finished or killed, wall time from the process's
 start (imports, load, fold), peak anonymous memory (RssAnon, what nothing but the process's exit gives back), peak
@@ -12,11 +13,12 @@ memory rise (MemTotal - MemAvailable). Sources:
   default, maps its converted copy from the weights cache (`tf_esm/io/weights_cache.py`), which this script writes
   first, outside the timed runs (its time and memory are printed), and tf_esm with `weights_cache=False` reads and
   transposes every tensor into its own memory (`hf-direct`).
-* `converted`: tf_esm's own file from `tf-esm convert` (tf_esm only).
+* `converted`: tf_esm's own file from `tf-esm convert` (tf_esm only); `converted-paged` the same with the opt-in
+  `page_weights = True`.
 
     python benchmarks/bench_memory_pressure.py --checkpoint /work/bench_cache/esmfold_full --free-gib 8 4
 
-Needs root (oom_score_adj), Linux, and nothing else running. The checkpoint: `benchmarks/full_esmfold.py`
+Linux, and nothing else running. The checkpoint: `benchmarks/full_esmfold.py`
 (`build_full_checkpoint`). Run with one framework's file in the page cache at a time or not: the balloon evicts
 what it needs, as a real memory limit would.
 """
@@ -41,8 +43,11 @@ def sequence(length, seed=0):
     return "".join(np.random.default_rng(seed).choice(list(RESIDUES), length))
 
 
-def worker(framework, path, length, weights_cache):
-    """One fold, in this process: prints a JSON line with the load and fold times."""
+def worker(framework, path, length, weights_cache, page_weights=False):
+    """One fold, in this process: prints a JSON line with the load and fold times. This process is the OOM
+    killer's first choice (oom_score_adj 1000, which needs no privilege), never the balloon."""
+    with open("/proc/self/oom_score_adj", "w") as handle:
+        handle.write("1000")
     start = time.perf_counter()
     if framework == "torch":
         import torch
@@ -59,6 +64,7 @@ def worker(framework, path, length, weights_cache):
         from tf_esm import TFEsmForProteinFolding
 
         model = TFEsmForProteinFolding.from_pretrained(path, weights_cache=weights_cache)
+        model.page_weights = page_weights
         loaded = time.perf_counter()
         output = model.infer(sequence(length))
         plddt = float(output["plddt"].mean())
@@ -79,8 +85,12 @@ def balloon(free_gib):
     """A process holding all available memory but `free_gib` GiB, protected from the OOM killer."""
     hold_kib = available_kib() - int(free_gib * 2**20)
     code = (
-        "import mmap, sys\n"
-        "open('/proc/self/oom_score_adj', 'w').write('-1000')\n"
+        "import mmap, os, sys\n"
+        "try:\n"
+        "    descriptor = os.open('/proc/self/oom_score_adj', os.O_WRONLY)\n"
+        "    os.write(descriptor, b'-1000')\n"
+        "except OSError:\n"
+        "    pass  # lowering it needs CAP_SYS_RESOURCE; the worker raises its own instead\n"
         f"size = {hold_kib} * 1024\n"
         "block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
         "for offset in range(0, size, 4096):\n"
@@ -93,9 +103,10 @@ def balloon(free_gib):
     return process, hold_kib
 
 
-def measured(framework, path, length, weights_cache):
+def measured(framework, path, length, weights_cache, page_weights=False):
     command = [sys.executable, MEMWATCH, "--json", "--", sys.executable, os.path.abspath(__file__), "--worker",
                framework, "--path", path, "--length", str(length), "--weights-cache", json.dumps(weights_cache)]
+    command += ["--page-weights"] if page_weights else []
     result = subprocess.run(command, capture_output=True, text=True)
     report = json.loads(result.stderr.strip().splitlines()[-1])
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -117,9 +128,10 @@ def main():
     parser.add_argument("--worker", default=None)
     parser.add_argument("--path", default=None)
     parser.add_argument("--weights-cache", default='"auto"')
+    parser.add_argument("--page-weights", action="store_true")
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.path, args.length, json.loads(args.weights_cache))
+        return worker(args.worker, args.path, args.length, json.loads(args.weights_cache), args.page_weights)
 
     converted = args.converted or args.checkpoint.rstrip("/") + "_tf_esm"
     cache = args.cache or args.checkpoint.rstrip("/") + "_weights_cache"
@@ -128,22 +140,27 @@ def main():
           "default recycling (4 passes)", flush=True)
     if any(run.startswith("tf_esm:hf") and not run.endswith("direct") for run in args.runs):
         # Fill the weights cache once (its one-time cost, reported, not part of the runs below).
+        filled = os.path.isdir(os.path.join(cache, "converted"))
         report = measured("tf_esm", args.checkpoint, 8, "auto")
-        print(f"weights cache filled (first load from the HF directory + a tiny fold): {report['wall_s']} s, "
+        print(f"weights cache {'already filled: a load' if filled else 'filled (first load from the HF directory'} "
+              f"+ a tiny fold{'' if filled else ')'}: {report['wall_s']} s, "
               f"anon peak {report['anon_peak_gib']} GiB, unreclaimable rise {report['used_rise_gib']} GiB",
               flush=True)
     rows = []
     for free in args.free_gib:
         for run in args.runs:
             framework, source = run.split(":")
-            path = converted if source == "converted" else args.checkpoint
+            path = converted if source.startswith("converted") else args.checkpoint
             weights_cache = False if source == "hf-direct" else "auto"
             process, hold = balloon(free)
             try:
-                report = measured(framework, path, args.length, weights_cache)
+                report = measured(framework, path, args.length, weights_cache, source == "converted-paged")
+                balloon_alive = process.poll() is None
             finally:
                 process.stdin.close()
                 process.wait()
+            if not balloon_alive:
+                raise RuntimeError(f"the balloon was killed during {run} at {free} GiB free: the run is not valid")
             row = dict(free_gib=free, framework=framework, source=source, **report)
             rows.append(row)
             print(json.dumps(row), flush=True)
