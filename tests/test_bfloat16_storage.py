@@ -1,6 +1,6 @@
 """bfloat16 weights stored as they are (tf_esm weight file version 3): `save_pretrained` of a bfloat16 model and
 `tf-esm convert --stem-precision bfloat16` of an ESMFold checkpoint. The stored values are the model's own bit for
-bit; loading maps them (no cast, so no copy) and pages the stem per use like float32 weights; loading them into a
+bit; loading maps them (no cast, so no copy) like float32 weights; loading them into a
 float32 model widens them exactly; a tf_esm that predates version 3 finds no group it knows."""
 
 import json
@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from tests.test_folding_model import SEQUENCES, _batch
-from tests.test_weight_paging import _resident_pages, save_wide_stem_reference
+from tests.test_mapped_esmfold import save_wide_stem_reference
 from tf_esm import TFEsmModel
 from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.io import buffers, native_h5
@@ -77,22 +77,12 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
 
 
 @pytest.mark.tensorflow_only("variables adopt the file's memory map under TensorFlow only")
-def test_converted_bfloat16_stem_is_mapped_and_paged_per_use(esmfold):
+def test_converted_bfloat16_stem_is_mapped(esmfold):
     _, converted = esmfold
     model = TFEsmForProteinFolding.from_pretrained(converted, strict=True)
-    model.page_weights = True  # the opt-in
     kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
     assert kernel.dtype == "bfloat16"
-    assert buffers.mapped_span(np.asarray(kernel.value.value()).ctypes.data) is not None  # no cast, no copy
-    stem = list(model.esm.encoder.layer)
-    mapped, total = _resident_pages(stem)
-    # Read ahead on loading, not mapped: at most the pages a stem layer shares with a neighbour in the file.
-    assert total > 100 and mapped <= 2 * len(stem), f"{mapped} of {total} pages of the stem mapped on loading"
-    aatype, mask = _batch(SEQUENCES[:1])
-    for call, compiled in (("eager call", False), ("compiled program", True)):
-        model(aatype, attention_mask=mask, num_recycles=0, compiled=compiled)
-        mapped, total = _resident_pages(stem)
-        assert mapped <= 16 * len(stem), f"{call}: {mapped} of {total} pages of the stem still mapped"
+    assert buffers.is_mapped(np.asarray(kernel.value.value()))  # no cast, no copy
 
 
 def test_save_pretrained_of_a_bfloat16_encoder_round_trips(tmp_path):

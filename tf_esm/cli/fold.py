@@ -72,10 +72,6 @@ def add_arguments(parser):
                         help="fold through one compiled program per length bucket: faster per protein when many "
                              "proteins share a bucket, after one compile per bucket (default: the backend's own "
                              "path, eager under TensorFlow, compiled under JAX; the two agree to float32 rounding)")
-    parser.add_argument("--page-weights", action="store_true",
-                        help="(Linux, a model converted with `tf-esm convert`) map each stem layer's and trunk "
-                             "block's weights only while it runs: a smaller resident set, not less memory in use "
-                             "(the weights stay in the page cache), for a little time per fold")
     parser.add_argument("--overwrite", action="store_true", help="refold records whose PDB exists")
 
 
@@ -229,7 +225,6 @@ def run(args, console):
         console.info(f"all {len(records)} records already have structures in {args.outdir}; nothing to do.")
         return 0
     model = load_model(args.model, TFEsmForProteinFolding, stem_precision=args.stem_precision)
-    model.page_weights = args.page_weights
     model.compiled_inference = True if args.compiled else None  # None: the backend's default path
     from tf_esm.io.weights import H5_WEIGHTS_NAME
 

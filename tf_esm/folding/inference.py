@@ -1,10 +1,9 @@
 """ESMFold's compiled inference path, backend-neutral: the length buckets the inputs are padded to, the program per
-(bucket, chunk size) traced on first use (`compiled_tf.py`, `compiled_jax.py`), the eager first call under
-TensorFlow, and the weights paged per use around them (`TFEsmForProteinFolding` documents the behaviour)."""
+(bucket, chunk size) traced on first use (`compiled_tf.py`, `compiled_jax.py`), and the eager path under TensorFlow
+(`TFEsmForProteinFolding` documents the behaviour)."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 
 import keras
@@ -75,8 +74,7 @@ class CompiledInference:
             compiled = keras.backend.backend() != "tensorflow" or self._compiled_before(arguments)
         if not compiled:
             return self._eager_call(args, kwargs)
-        with self._weight_paging():
-            return self._compiled_call(**arguments)
+        return self._compiled_call(**arguments)
 
     def _compiled_before(self, arguments):
         """"auto" under TensorFlow: False (fold eagerly) the first time a length bucket is seen, True after."""
@@ -96,20 +94,13 @@ class CompiledInference:
         from tf_esm.folding import compiled_tf
         from tf_esm.modeling import layers_tf
 
-        with layers_tf.traced_in_eager(), compiled_tf.structure_module_traced(), self._weight_paging():
+        with layers_tf.traced_in_eager(), compiled_tf.structure_module_traced():
             return super().__call__(*args, **kwargs)
-
-    def _weight_paging(self):
-        if not (self.page_weights and keras.backend.backend() == "tensorflow"):
-            return contextlib.nullcontext()
-        from tf_esm.modeling import layers_tf
-
-        return layers_tf.paged_weights()
 
     def _inference_key(self, length, chunk_size):
         jit_compile = bool(self.inference_jit_compile) and keras.backend.backend() == "tensorflow"
         chunk_size = self.trunk.chunk_size if chunk_size is None else chunk_size
-        return bucket_length(length, self.length_buckets), chunk_size, jit_compile, bool(self.page_weights)
+        return bucket_length(length, self.length_buckets), chunk_size, jit_compile
 
     def _compilable_arguments(self, args, kwargs):
         """The bound `call` arguments if this call can take the compiled path, else None."""

@@ -3,7 +3,6 @@ confidence heads) as a Keras model that loads HF `EsmForProteinFolding` checkpoi
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +43,6 @@ DEFAULT_LENGTH_BUCKETS = FOLD_LENGTH_BUCKETS
 # float32 accumulation in the matmuls): tf_esm/modeling/precision.py.
 STEM_DTYPES = ("float32", "float16", "bfloat16", "mixed_float16")
 
-# Reference names of the weights of `repeated_layer_stacks()`: paged in per use (`page_weights`).
-_STACKED_WEIGHTS = re.compile(r"(esm\.encoder\.layer\.\d+|trunk\.blocks\.(\d+|\*))\.")
 
 
 @dataclass(repr=False, eq=False)
@@ -207,11 +204,6 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     The two paths agree to float32 rounding (~1e-5 Angstrom); pTM is computed, as in the reference, over the
     batch's own length, not the bucket's. Inside either, `chunk_size` runs the pair operations in a sequential
     loop, so it bounds their memory.
-    Weights paged per use (`page_weights`, opt-in, off by default; TensorFlow, weights loaded from tf_esm's own
-    file in their stored precision): each stem layer and trunk block maps its weights just before it runs and
-    drops them from the process after it (`layers_tf.paged_weights`, `io/buffers.py`; Linux). This lowers the
-    process's resident set, not the memory the machine can reclaim: the pages stay in the page cache. Set it
-    before a length's first call.
 
     Examples:
 
@@ -222,21 +214,12 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
     ```
     """
 
-    page_weights = False
     output_type = TFEsmForProteinFoldingOutput
 
     @classmethod
     def _uses_stored_weights(cls, precision, model_kwargs):
         # A half-precision stem casts 3B of the 3.5B parameters on loading.
         return precision == "float32" and model_kwargs.get("stem_precision") in (None, "float32")
-
-    @classmethod
-    def _populated_weights(cls, precision, model_kwargs):
-        # With `page_weights`, the layer stacks' pages are only read ahead: each layer maps its own when it runs
-        # (a stack whose weights are cast on loading, a half stem from a float32 file, just reads them once).
-        if cls.page_weights and precision == "float32":
-            return lambda name: not _STACKED_WEIGHTS.match(name)
-        return cls._uses_stored_weights(precision, model_kwargs)
 
     @classmethod
     def _precision_hint(cls):

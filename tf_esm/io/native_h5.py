@@ -81,9 +81,8 @@ def save_weights_h5(model, path):
 
 
 def read_h5(path, populate=True):
-    """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version). `populate`
-    (true, or a predicate on the reference names): ask the kernel to read the file ahead into the page cache
-    (`buffers.read_ahead`)."""
+    """A lazy {reference name: array} view of a tf_esm HDF5 weight file (any version). `populate`: ask
+    the kernel to read the file ahead into the page cache (`buffers.read_ahead`)."""
     import h5py
 
     from tf_esm.io.stacked_weights import matrix_ndim

@@ -22,7 +22,6 @@ import numpy as np
 
 from tf_esm._switch import ThreadSwitch
 from tf_esm.backend import require_tensorflow
-from tf_esm.io import buffers
 
 tf = require_tensorflow("tf_esm.modeling.layers_tf (layers traced once)")
 
@@ -33,7 +32,6 @@ TRACE_ONCE = True
 NOINLINE = True
 
 _EAGER = ThreadSwitch()
-_PAGING = ThreadSwitch()
 
 
 def traced_in_eager():
@@ -41,52 +39,6 @@ def traced_in_eager():
     function (traced afresh on each call: its cost is one layer's trace, paid per stack and call). ESMFold's first
     call at a new length runs this way (`TFEsmForProteinFolding`), without tracing the whole model."""
     return _EAGER.on()
-
-
-def paged_weights():
-    """Within this context `apply_layers` pages in each layer's memory-mapped weights (a float32 model loaded
-    from tf_esm's own file, `io/native_h5.py`) just before the layer runs and drops them from the process after
-    it (`io.buffers.paged_in` / `paged_out`; in a graph, as `numpy_function` ops ordered by the layers' values).
-    The pages stay in the page cache, so the next use maps them again without a disk read while memory allows.
-    The process then holds one layer of a stack at a time instead of the whole stack: ESMFold's inference
-    (`TFEsmForProteinFolding.page_weights`). Weights that are not mapped (read, cast) are left alone."""
-    return _PAGING.on()
-
-
-def _variable_spans(variables):
-    """The spans (`buffers.mapped_span`) of those of `variables` whose memory is a view of a file mapping."""
-    spans = []
-    with tf.init_scope():  # the variables' current buffers, also while a graph is traced
-        for variable in variables:
-            value = variable.value
-            tensor = value.value() if isinstance(value, tf.Variable) else value
-            if tensor.dtype in (tf.float32, tf.float16, tf.bfloat16):
-                span = buffers.mapped_span(np.asarray(tensor).ctypes.data)
-                if span is not None:
-                    spans.append(span)
-    return spans
-
-
-def _mapped_spans(layer):
-    """The mapped spans of the variables of `layer`, merged."""
-    return buffers.merge_spans(_variable_spans(layer.variables))
-
-
-def _after(carry, action):
-    """Run `action()` (Python) once the tensors of `carry` are computed, and return `carry` as values that are only
-    available after it: eagerly, a call; in a graph, a `numpy_function` op between the two."""
-    if tf.executing_eagerly():
-        action()
-        return carry
-
-    def run():
-        action()
-        return np.int32(0)
-
-    with tf.control_dependencies([t for t in tf.nest.flatten(carry) if tf.is_tensor(t)]):
-        done = tf.numpy_function(run, [], tf.int32, stateful=True, name="page_weights")
-    with tf.control_dependencies([done]):
-        return tf.nest.map_structure(lambda t: tf.identity(t) if tf.is_tensor(t) else t, carry)
 
 
 def _signature(layer):
@@ -107,15 +59,11 @@ def traceable_once(layers):
     return bool(first) and all(_signature(layer) == first for layer in layers[1:])
 
 
-def _apply(count, call, carry, spans, with_outputs=False):
-    """`carry = call(index, carry)` for index < count, paging in `spans[index]` around each call."""
+def _apply(count, call, carry, with_outputs=False):
+    """`carry = call(index, carry)` for index < count."""
     outputs = []
     for index in range(count):
-        if spans[index]:
-            carry = _after(carry, lambda spans=spans[index]: buffers.paged_in(spans))
         carry = call(index, carry)
-        if spans[index]:
-            carry = _after(carry, lambda spans=spans[index]: buffers.paged_out(spans))
         if with_outputs:
             carry, out = carry
             outputs.append(out)
@@ -166,8 +114,7 @@ def apply_layers(layers, step, carry, with_outputs=False):
         def call(index, state):
             return step(layers[index], state)
 
-    spans = [_mapped_spans(layer) for layer in layers] if _PAGING else [[] for _ in layers]
-    return _apply(len(layers), call, carry, spans, with_outputs=with_outputs)
+    return _apply(len(layers), call, carry, with_outputs=with_outputs)
 
 
 def traceable_stack(stack):
@@ -176,16 +123,6 @@ def traceable_stack(stack):
     if not TRACE_ONCE or not stack.built:
         return False
     return not tf.executing_eagerly() or bool(_EAGER)
-
-
-def _stack_spans(stack):
-    """Per layer of `stack`, the spans of its slices of the stacked weights that are views of a file mapping."""
-    per_layer = [[] for _ in range(stack.count)]
-    for address, nbytes, mapping in _variable_spans(stack.stacked_weights):
-        size = nbytes // stack.count
-        for index in range(stack.count):
-            per_layer[index].append((address + index * size, size, mapping))
-    return [buffers.merge_spans(spans) for spans in per_layer]
 
 
 # Eagerly, step -> stack -> {carry signature: traced step}: a caller that applies a stack several times with one
@@ -214,7 +151,7 @@ def _traced_step(stack, step, carry):
 def apply_stack(stack, step, carry):
     """`carry = step(layer, carry)` for each layer of a `LayerStack`: the template traced once, its weights mapped
     to the function's arguments, and called with each layer's slices of the stacked weights (`tf.unstack`: views
-    of the stacked buffers, no copy). Paged per layer like `apply_layers`. Eagerly, the trace is reused by later
+    of the stacked buffers, no copy). Eagerly, the trace is reused by later
     calls with the same `step` object and carry shapes."""
     traced = _traced_step(stack, step, carry)
     per_weight = [tf.unstack(variable.value, num=stack.count) for variable in stack.stacked_weights]
@@ -222,5 +159,4 @@ def apply_stack(stack, step, carry):
     def call(index, state):
         return traced([slices[index] for slices in per_weight], state)
 
-    spans = _stack_spans(stack) if _PAGING else [[] for _ in range(stack.count)]
-    return _apply(stack.count, call, carry, spans)
+    return _apply(stack.count, call, carry)
