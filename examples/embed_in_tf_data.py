@@ -113,7 +113,7 @@ def main(argv=None):
     from tf_esm.pipelines.data import resolve_tokenizer
 
     tokenizer = resolve_tokenizer(args.model)
-    model = TFEsmModel.from_pretrained(args.model)
+    model = TFEsmModel.from_pretrained(args.model, add_pooling_layer=False)
     max_length = args.max_length if args.max_length is not None else default_max_length(model.config)
     records = read_fasta_records(args.fasta)
     dataset = make_dataset(records, tokenizer=tokenizer, in_graph=args.in_graph_tokenizer, max_length=max_length,

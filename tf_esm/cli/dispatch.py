@@ -28,7 +28,7 @@ examples:
   tf-esm embed facebook/esm2_t6_8M_UR50D proteins.fasta embeddings.h5 --repr-layers -1 --include mean per_tok
   tf-esm score facebook/esm1v_t33_650M_UR90S_1 --sequence MKTAYIAKQR --mutations dms.csv --output scored.csv
   tf-esm contacts facebook/esm2_t6_8M_UR50D proteins.fasta contacts/ --png
-  tf-esm fold facebook/esmfold_v1 proteins.fasta structures/ --num-recycles 4
+  tf-esm fold facebook/esmfold_v1 proteins.fasta structures/ --num-recycles 0
   tf-esm convert esm2_t6_8M_UR50D.pt esm2_t6_8M_tf
   tf-esm export esm2_t6_8M_tf serving/esm2/1
 

@@ -39,7 +39,7 @@ output:
 
 examples:
   tf-esm fold facebook/esmfold_v1 proteins.fasta structures/
-  tf-esm fold ./esmfold_v1 proteins.fasta structures/ --num-recycles 4 --chunk-size 64 --max-tokens-per-batch 512
+  tf-esm fold ./esmfold_v1 proteins.fasta structures/ --num-recycles 0 --chunk-size 64 --max-tokens-per-batch 512
   tf-esm fold ./esmfold_v1 proteins.fasta structures/ --stem-precision bfloat16   # the stem in half the memory
 """
 
@@ -226,15 +226,6 @@ def run(args, console):
         return 0
     model = load_model(args.model, TFEsmForProteinFolding, stem_precision=args.stem_precision)
     model.compiled_inference = True if args.compiled else None  # None: the backend's default path
-    from tf_esm.io.weights import H5_WEIGHTS_NAME
-
-    if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, H5_WEIGHTS_NAME)):
-        half = args.stem_precision in ("float16", "bfloat16")
-        flag = f" --stem-precision {args.stem_precision}" if half else ""
-        console.info(f"tip: run `tf-esm convert {args.model} DIR{flag}` once and fold with DIR: a converted model "
-                     "loads as a memory map, without reading and transposing every weight"
-                     + (", and without casting the stem" if half else "") + ".")
-
     def write_summary():
         lines = ["id\tlength\tmean_plddt\tptm\tseconds"]
         lines += ["\t".join(summary[record_id]) for record_id, _ in records if record_id in summary]

@@ -117,12 +117,12 @@ class EsmPretrainedIO:
         constructor_args = cls._constructor_arguments()
         model_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in constructor_args}
         if config is not None:
-            check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision"})
+            check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision", "weights_cache"})
         # The checkpoint's own `architectures` (not a config passed in) names the class its heads belong to.
         own_config = config is None
         config, state_dict, source = read_checkpoint(
             path_or_hub_id, config, populate=cls._populated_weights(precision, model_kwargs))
-        check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision"})
+        check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision", "weights_cache"})
         architectures = getattr(config, "architectures", None) if own_config else None
         for name, value in kwargs.items():
             setattr(config, name, value)
