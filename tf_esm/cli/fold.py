@@ -226,6 +226,13 @@ def run(args, console):
         return 0
     model = load_model(args.model, TFEsmForProteinFolding, stem_precision=args.stem_precision)
     model.compiled_inference = True if args.compiled else None  # None: the backend's default path
+    from tf_esm.io.weights import H5_WEIGHTS_NAME
+
+    half = args.stem_precision in ("float16", "bfloat16")
+    if half and os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, H5_WEIGHTS_NAME)):
+        # The weights cache keeps the checkpoint's float32: a half stem is cast from it on every load.
+        console.info(f"tip: run `tf-esm convert {args.model} DIR --stem-precision {args.stem_precision}` once and "
+                     "fold with DIR: its stem is stored in that precision and mapped without a cast.")
     def write_summary():
         lines = ["id\tlength\tmean_plddt\tptm\tseconds"]
         lines += ["\t".join(summary[record_id]) for record_id, _ in records if record_id in summary]
