@@ -223,3 +223,23 @@ def test_mapped_weights_cast_on_loading_equal_the_file_rounded_and_the_mapping_g
     del half
     gc.collect()
     assert not _mapped_ranges(path), "the mapping outlived the model"
+
+
+def test_a_load_report_names_a_few_tensors_and_counts_the_rest(tmp_path, caplog):
+    """An ESMFold checkpoint loaded as an encoder leaves its trunk and heads unused: the warning names five of
+    them and says how many there are, rather than listing every one (thousands for the real model)."""
+    import logging
+
+    from tests.test_folding_model import _make_reference
+    from tf_esm.io.weights import name_list
+
+    assert name_list(["a", "b"]) == "[a, b]"
+    assert name_list([f"t{i}" for i in range(9)]) == "[t0, t1, t2, t3, t4, ... and 4 more (9 in all)]"
+    _make_reference(tmp_path, fp16_esm=False)
+    with caplog.at_level(logging.WARNING, logger="tf_esm"):
+        TFEsmModel.from_pretrained(str(tmp_path), add_pooling_layer=False)
+    unused = [record.getMessage() for record in caplog.records if "did not use the trained" in record.getMessage()]
+    assert len(unused) == 1 and "more (" in unused[0] and "in all)" in unused[0], caplog.text
+    listed = unused[0].split(": [", 1)[1].split(", ... and", 1)[0]
+    assert listed.count(", ") == 4  # five names
+

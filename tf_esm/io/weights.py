@@ -347,7 +347,8 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint", archit
         raise CheckpointError(f"{source}: missing tensors {missing}; unexpected tensors {unexpected}.")
     if missing:
         logger.warning("Some weights of %s were not in %s and are newly initialised: %s (expected for a new task "
-                       "head: train the model before using its outputs)", type(model).__name__, source, missing)
+                       "head: train the model before using its outputs)", type(model).__name__, source,
+                       name_list(missing))
     if unexpected:
         _warn_unused(model, source, unexpected, architectures)
     return missing, unexpected
@@ -367,7 +368,7 @@ def _warn_unused(model, source, unexpected, architectures):
     if pretraining:
         logger.warning("Some tensors of %s were not used by %s: %s (the masked-LM head of pretraining: expected "
                        "when fine-tuning a pretrained checkpoint for a new task)", source, type(model).__name__,
-                       pretraining)
+                       name_list(pretraining))
     if not heads:
         return
     names = [name for group in heads.values() for name in group]
@@ -381,7 +382,16 @@ def _warn_unused(model, source, unexpected, architectures):
         origin = "its config.json's architectures" if saved_as else "the names of those tensors"
         hint = f" The checkpoint was saved as {holder} ({origin}): load it with TF{holder} to keep them."
     logger.warning("%s did not use the trained %s of %s, so those trained weights are lost: %s.%s",
-                   type(model).__name__, " and ".join(sorted(heads)), source, names, hint)
+                   type(model).__name__, " and ".join(sorted(heads)), source, name_list(names), hint)
+
+
+def name_list(names, shown=5):
+    """`names` for a one-line report: all of them when few, else the first `shown` and how many more (a full
+    ESMFold checkpoint loaded as an encoder leaves thousands of tensors unused)."""
+    names = list(names)
+    if len(names) <= shown + 1:
+        return "[" + ", ".join(names) + "]"
+    return "[" + ", ".join(names[:shown]) + f", ... and {len(names) - shown} more ({len(names)} in all)]"
 
 
 def model_state_dict(model):
