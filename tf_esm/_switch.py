@@ -1,7 +1,8 @@
 """A per-thread on/off switch for code that runs inside a `with` block (a context the callee asks about).
 
-Three places need one: ESMFold's JAX tracing (`folding.primitives.compiling`), eager layer stacks traced once
-(`modeling.layers_tf.traced_in_eager`) and the loader's staging buffer (`io.weights`). Threads do not see each
+Four places need one: ESMFold's JAX tracing (`folding.primitives.compiling`), eager layer stacks traced once
+(`modeling.layers_tf.traced_in_eager`), the eager structure module's one program
+(`folding.compiled_tf.structure_module_traced`) and the loader's staging buffer (`io.buffers.staged_reads`). Threads do not see each
 other's switch, and nested blocks restore the outer state.
 """
 
