@@ -515,9 +515,13 @@ def test_fold_writes_pdbs_and_summary(tmp_path, capsys, monkeypatch):
     fasta = _write_fasta(tmp_path / "fold.fasta", records)
     alone, together = tmp_path / "alone", tmp_path / "together"
     options = ["--num-recycles", "0", "--chunk-size", "4"]
-    code, _, err = _main(capsys, "fold", model_dir, fasta, alone, *options, "--max-tokens-per-batch", "31")
+    batch_sizes, infer = [], model.infer
+    monkeypatch.setattr(model, "infer", lambda sequences, **kw: batch_sizes.append(len(sequences)) or infer(sequences, **kw))
+    code, _, err = _main(capsys, "fold", model_dir, fasta, alone, *options)
     assert code == 0, err
-    code, _, err = _main(capsys, "fold", model_dir, fasta, together, *options)  # both records in one batch
+    assert batch_sizes == [1, 1]  # the default: one record per call, whatever else the file holds
+    monkeypatch.setattr(model, "infer", infer)
+    code, _, err = _main(capsys, "fold", model_dir, fasta, together, *options, "--max-tokens-per-batch", "31")
     assert code == 0, err
     assert re.search(r"folded 2 records into .* in \d+:\d\d \(\d+\.\d\d s per protein\)", err), err
     assert loaded == [model_dir, model_dir]

@@ -26,8 +26,8 @@ output:
   OUTDIR/summary.tsv  columns id, length (residues), mean_plddt (0-100, averaged over the atoms present, as
   esm-fold reports it), ptm and seconds, one row per record folded so far (in FASTA order). pTM is each
   record's own (the reference computes one pTM over a whole padded batch; here batching does not change the
-  numbers). seconds: the wall time of the record's batch, shared among its records by length; the first batch
-  at a new length bucket includes compiling the model for it.
+  numbers). seconds: the wall time of the record's fold (of its batch, shared among its records by length,
+  with --max-tokens-per-batch); with --compiled, the first fold at a new length bucket includes compiling for it.
   Records are folded longest first, so each length bucket is compiled once and reused; the progress bar shows
   residues/s and the ETA, and the last line the time per protein.
   A record may hold several chains separated by ':' (folded as a complex with a poly-G linker, as ESMFold).
@@ -59,7 +59,10 @@ def add_arguments(parser):
                         help="evaluate the pair stack's axial attention in chunks of N rows: less memory for long "
                              "proteins, same result (try 128, 64, 32)")
     add_token_budget_argument(parser, "fold several short sequences together up to N positions (residues plus "
-                                      "linkers) per batch", default=1024)
+                                      "linkers) per batch (default: one protein per call, so that a protein's "
+                                      "structure never depends on the other records in the file; batches pad to "
+                                      "their longest member, which costs more than it saves on a CPU; on a GPU "
+                                      "try 1024)", default=None)
     parser.add_argument("--stem-precision", choices=STEM_PRECISIONS, default=None,
                         help="precision of the ESM-2 stem: float16 or bfloat16 store its weights in half "
                              "precision (half the stem's memory, as HF's fp16_esm stem) and compute in it, with "
@@ -125,8 +128,10 @@ def _fold_records(path):
 
 def _fold_batches(lengths, max_tokens):
     """Indices grouped longest first, several per batch while their lengths sum to at most `max_tokens`
-    (at least one per batch), as esm-fold batches."""
+    (at least one per batch), as esm-fold batches; one per batch when `max_tokens` is None."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if max_tokens is None:
+        return [[index] for index in order]
     batches, current, tokens = [], [], 0
     for index in order:
         if current and tokens + lengths[index] > max_tokens:
