@@ -2,8 +2,8 @@
 
 One run builds a random-weight checkpoint per shape with transformers, loads the same weights into tf_esm, and times
 both frameworks on the same workload, each in its own process (so peak RSS is each framework's own, imports
-included). Reported: residues/s, ratios, MFU (real-residue matmul FLOPs / time / the fp32 GEMM rate measured in this
-run), peak RSS, trace counts, and the max abs difference of the mean embeddings against PyTorch.
+included). Reported: residues/s, ratios, the fraction of the measured GEMM rate ("of GEMM rate": real-residue
+matmul FLOPs / time / the fp32 GEMM rate measured in this run; not MFU, which would be against the CPU's peak), peak RSS, trace counts, and the max abs difference of the mean embeddings against PyTorch.
 
     python benchmarks/bench_embed.py                      # full workload: 256 sequences, t6, t12, t30
     python benchmarks/bench_embed.py --shapes t6 --num-seqs 64   # quick
@@ -142,7 +142,7 @@ def worker_gemm(args):
 
     ta, tb = tf.constant(a.numpy()), tf.constant(b.numpy())
     rates["tensorflow"] = rate(lambda: tf.matmul(ta, tb).numpy(), size, 10)
-    # bfloat16 (AMX / AVX512_BF16 where the CPU has them): the peak bfloat16 rows' MFU is taken against.
+    # bfloat16 (AMX / AVX512_BF16 where the CPU has them): the rate the bfloat16 rows' GEMM fraction is taken against.
     a16, b16 = a.bfloat16(), b.bfloat16()
     ta16, tb16 = tf.cast(ta, tf.bfloat16), tf.cast(tb, tf.bfloat16)
     bf16 = {"torch": rate(lambda: a16 @ b16, size, 10), "tensorflow": rate(lambda: tf.matmul(ta16, tb16).numpy(),
@@ -433,15 +433,15 @@ def render(rows, gemm, args, residues):
         command += " --device gpu"
         machine = (f"{gemm['gpu']}; matmul rates measured in this run (8192^3, PyTorch): fp32 "
                    f"{gemm['gemm_by_dtype']['float32'] / 1e12:.0f}, bf16 {gemm['gemm_bf16_flops'] / 1e12:.0f}, "
-                   f"fp16 {gemm['gemm_by_dtype']['float16'] / 1e12:.0f} TFLOP/s; MFU of fp32 rows against the "
+                   f"fp16 {gemm['gemm_by_dtype']['float16'] / 1e12:.0f} TFLOP/s; fraction of fp32 rows against the "
                    f"fp32 rate, of mixed rows against the bf16 rate")
     else:
         around = [g for r in rows for g in r["keras"].get("gemm_flops_around", [])]
         machine = (f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs; fp32 GEMM (2048^3) "
                    f"measured in this run at the start ({gemm['gemm_flops'] / 1e9:.0f} GFLOP/s, best of "
                    f"PyTorch/TensorFlow) and again after each tf_esm timing ({min(around or [0]) / 1e9:.0f}-"
-                   f"{max(around or [0]) / 1e9:.0f} GFLOP/s, own process); MFU uses the highest of them; "
-                   f"bf16 GEMM at the start {gemm.get('gemm_bf16_flops', 0) / 1e9:.0f} GFLOP/s (MFU of the "
+                   f"{max(around or [0]) / 1e9:.0f} GFLOP/s, own process); the GEMM fraction uses the highest of them; "
+                   f"bf16 GEMM at the start {gemm.get('gemm_bf16_flops', 0) / 1e9:.0f} GFLOP/s (GEMM fraction of the "
                    f"reduced-precision rows)")
     backend = rows[0]["keras"]["backend"] if rows else "?"
     lines = [
@@ -453,7 +453,7 @@ def render(rows, gemm, args, residues):
         f"Command: `{command}`",
         "",
         "| shape | precision | HF naive res/s | HF sorted res/s | tf_esm res/s (warm) | tf_esm cold res/s "
-        "| / HF naive | / HF sorted | MFU | graphs traced (bucket lengths) | peak RSS MB HF / tf_esm "
+        "| / HF naive | / HF sorted | of GEMM rate | graphs traced (bucket lengths) | peak RSS MB HF / tf_esm "
         "| of which imports MB HF / tf_esm | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

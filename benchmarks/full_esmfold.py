@@ -37,6 +37,8 @@ import numpy as np
 
 from bench_fold import _status_bytes, sequence  # bench_fold.py puts this folder on sys.path before importing us
 
+MEMWATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "tools",
+                        "memwatch.py")
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "tf_esm_bench", "esmfold_full")
 SHARD_BYTES = 2 * 10**9
 
@@ -213,11 +215,10 @@ def drop_page_cache():
 
 
 def prime_page_cache(directory):
-    """Read every file of `directory` once, so that its pages are in the page cache. Returns (bytes, seconds)."""
+    """Read every file under `directory` once, so that its pages are in the page cache. Returns (bytes, seconds)."""
     start, total = time.perf_counter(), 0
     buffer = bytearray(64 << 20)
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
+    for path in sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names):
         if os.path.isfile(path):
             with open(path, "rb", buffering=0) as handle:
                 while count := handle.readinto(buffer):
@@ -236,17 +237,24 @@ def run(args, script):
         native, convert_s = build_native_copy(checkpoint, args.stem)
         if convert_s is not None:
             print(f"tf-esm convert {checkpoint} {native}: {convert_s:.1f} s (once)")
+    # tf_esm maps the HF checkpoint's converted copy from its weights cache (filled by the first load): that copy,
+    # not the HF files, is what its process reads.
+    weights_cache = os.environ.get("TF_ESM_CACHE")
     for framework in args.frameworks:
         source = native if framework == "tf_esm_native" else checkpoint
+        read = os.path.join(weights_cache, "converted") if framework == "tf_esm" and weights_cache else source
         dropped = drop_page_cache()
-        primed, seconds = prime_page_cache(source)
-        print(f"{framework}: {primed / 1e9:.1f} GB of {source} read into the page cache in {seconds:.1f} s (not timed)"
+        primed, seconds = prime_page_cache(read)
+        print(f"{framework}: {primed / 1e9:.1f} GB of {read} read into the page cache in {seconds:.1f} s (not timed)"
               + ("; the page cache was emptied first" if dropped else "; the page cache could not be emptied first"))
-        command = [sys.executable, script, "--full-worker", framework, "--checkpoint", source,
+        command = [sys.executable, MEMWATCH, "--json", "--", sys.executable, script, "--full-worker", framework, "--checkpoint", source,
                    "--repeats", str(args.repeats), "--stem", args.stem, "--num-recycles", str(args.num_recycles),
                    "--steps", json.dumps(steps)]
         completed = subprocess.run(command, capture_output=True, text=True)
         lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+        memory = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
+        if memory:  # memwatch's line: the whole process's peak anonymous memory and unreclaimable-memory rise
+            lines.append(dict(memory[-1], event="memory"))
         if completed.returncode != 0:
             sys.stderr.write(completed.stderr[-4000:])
             print(f"{framework} worker exited {completed.returncode} after {len(lines)} results", file=sys.stderr)
@@ -261,8 +269,9 @@ def render(results, args):
           f"step after the first (warm: the fastest after the second, where tf_esm compiles; none with --repeats 1), "
           f"{os.cpu_count()} CPUs\n")
     torch_lines = {(r["length"], r["chunk"]): r for r in results.get("torch", []) if r["event"] == "fold"}
-    print("| framework | load (s) | time to first structure (s) | vs torch |")
-    print("|---|---|---|---|")
+    print("| framework | load (s) | time to first structure (s) | vs torch | whole process s | anon peak GiB | "
+          "unreclaimable rise GiB | VmHWM GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     first_structure = {}
     for framework, lines in results.items():
         load = next((r for r in lines if r["event"] == "load"), None)
@@ -273,7 +282,10 @@ def render(results, args):
         first_structure[framework] = load["load_s"] + folds[0]["first_s"]
         ratio = (f"{first_structure[framework] / first_structure['torch']:.2f}x"
                  if "torch" in first_structure else "-")
-        print(f"| {framework} | {load['load_s']:.1f} | {first_structure[framework]:.1f} | {ratio} |")
+        memory = next((r for r in lines if r["event"] == "memory"), {})
+        print(f"| {framework} | {load['load_s']:.1f} | {first_structure[framework]:.1f} | {ratio} | "
+              + " | ".join(str(memory.get(key, "-")) for key in ("wall_s", "anon_peak_gib", "used_rise_gib",
+                                                                  "vmhwm_gib")) + " |")
     print("\n| L | chunk | framework | first fold (s) | second fold (s) | warm fold (s) | warm vs torch | "
           "peak RSS (GiB) | peak vs torch | max \\|dpos\\| vs torch (A) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -285,6 +297,8 @@ def render(results, args):
             if reference is not None and framework != "torch":
                 if r["warm_s"] and reference["warm_s"]:
                     ratio = f"{r['warm_s'] / reference['warm_s']:.2f}x"
+                elif r.get("second_s") and reference.get("second_s"):  # --repeats 1: the second folds
+                    ratio = f"{r['second_s'] / reference['second_s']:.2f}x (second)"
                 peak_ratio = f"{r['peak_rss'] / reference['peak_rss']:.2f}x"
                 diff = f"{np.max(np.abs(np.asarray(r['positions']) - np.asarray(reference['positions']))):.1e}"
             second = "-" if r.get("second_s") is None else f"{r['second_s']:.1f}"

@@ -14,8 +14,8 @@ Parts, each in its own processes and guarded (a failure is reported and the next
   b. ESM-2 650M shape (33 layers, 1280 hidden, 20 heads, 5120 ffn), random weights built once with transformers
      and saved as safetensors, loaded by tf_esm; 1,024 sequences of bench_embed's workload. HF PyTorch: bf16
      weights, sdpa attention, length-sorted token-budget batches (several budgets), and fp32. tf_esm on JAX:
-     mixed_bfloat16 and float32 (tf_esm's GPU default: float32 products at "highest"). Residues/s, ratios, MFU
-     against the measured bf16 (or fp32) rate, programs compiled and compile seconds apart from the warm pass,
+     mixed_bfloat16 and float32 (tf_esm's GPU default: float32 products at "highest"). Residues/s, ratios, the
+     fraction of the measured bf16 (or fp32) GEMM rate (not MFU: not against the GPU's peak), programs compiled and compile seconds apart from the warm pass,
      max abs diff and cosine of the means against HF fp32.
   c. ESMFold, esmfold_v1's architecture (48-block trunk, 3B stem, random weights made on the GPU by torch and
      handed to tf_esm's loader as a numpy state dict: nothing written to disk), 256 and 512 residues: HF with its
@@ -577,8 +577,8 @@ def render(results, tiny):
     residues = hf.get("residues") or sum(len(x) for x in workload(s["num_seqs"]))
     flops = matmul_flops([len(x) for x in workload(s["num_seqs"])], s["shape"][0], s["shape"][1], s["shape"][3])
     lines += ["", f"b. embedding, shape {s['shape']}, {s['num_seqs']} sequences, {residues} residues "
-              "(res/s; MFU against the measured bf16 rate, fp32 rows against the fp32 rate)", "",
-              "| run | res/s | vs HF (best bf16 budget; fp32: HF fp32) | MFU | programs | compile s (cold) "
+              "(res/s; fraction of the measured bf16 rate, fp32 rows against the fp32 rate)", "",
+              "| run | res/s | vs HF (best bf16 budget; fp32: HF fp32) | of GEMM rate | programs | compile s (cold) "
               "| max abs / min cos vs HF fp32 |",
               "|---|---|---|---|---|---|---|"]
     hf_best = min([v for k, v in hf.items() if k.startswith("hf_bf16_") and k.endswith("_s")] or [None],
