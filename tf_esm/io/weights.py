@@ -41,6 +41,7 @@ from tf_esm.io.buffers import (
     staged_reads,
 )
 from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
+from tf_esm.keras_compat import assign_weight, forget_initialization
 
 logger = logging.getLogger("tf_esm")
 
@@ -183,64 +184,11 @@ def _add_base_prefix(state_dict, model_names, prefix="esm."):
 
 
 # ------------------------------------------------------------------------------------- deferred initialisation
-# Building a model to load into without computing random initial values for the weights the checkpoint replaces.
-# Creating a Keras variable runs its initializer (a truncated normal for every ESM projection), which loading then
-# overwrites: that was most of the time to build a model to load into (benchmarks/RESULTS.md). Inside
-# `deferred_initialization` (a `keras.StatelessScope`) Keras defers each variable's initialisation; `assign_weight`
-# gives a deferred variable the checkpoint value as its first value, and `finish_initialization` runs the real
-# initializer only for the weights the checkpoint lacks (a new task head). The numbers are those of build-then-
-# assign. This relies on how Keras 3 defers initialisation (`Variable._initialize_with_initializer`, the
-# `uninitialized_variables` registry); without that registry the model is built as usual.
-
-
-def _keras_global_state():
-    from keras.src.backend.common import global_state
-
-    return global_state
-
-
-@contextlib.contextmanager
-def deferred_initialization():
-    """Variables created in the block get their first value from `assign_weight` or `finish_initialization`."""
-    import keras
-
-    try:
-        _keras_global_state()
-    except ImportError:  # another Keras layout: build as usual
-        yield
-        return
-    with keras.StatelessScope(initialize_variables=False):
-        yield
-
-
-def _is_deferred(variable):
-    return getattr(variable, "_value", 0) is None and getattr(variable, "_initializer", None) is not None
-
-
-def assign_weight(variable, value):
-    """`variable.assign(value)`, or `value` as the first value of a variable whose initialisation was deferred."""
-    if _is_deferred(variable):
-        variable._initialize_with_initializer(lambda shape, dtype: value)
-        variable._initializer = None
-    else:
-        variable.assign(value)
-
-
-def forget_initialization(variables, initialize=False):
-    """Take `variables` off Keras' registry of variables to initialise when a stateless scope exits; with
-    `initialize`, first give those still deferred their initializer's values. Without initialising, a deferred
-    variable never gets memory of its own (a `LayerStack` template's, whose values are always mapped in)."""
-    try:
-        global_state = _keras_global_state()
-    except ImportError:
-        return
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    ours = {id(variable) for variable in variables}
-    if initialize:
-        for variable in pending:
-            if id(variable) in ours and _is_deferred(variable):
-                variable._deferred_initialize()
-    global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+# Building a model to load into without computing random initial values for the weights the checkpoint replaces
+# (`tf_esm.keras_compat.deferred_initialization`, a private Keras interface with a build-then-assign fallback):
+# `assign_weight` gives each variable the checkpoint value as its first value, and `finish_initialization` runs
+# the real initializer only for the weights the checkpoint lacks (a new task head). The numbers are those of
+# build-then-assign (benchmarks/RESULTS.md has the time it saves).
 
 
 def finish_initialization(model):
