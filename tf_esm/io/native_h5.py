@@ -56,7 +56,7 @@ def save_weights_h5(model, path):
 
     from tf_esm.io.atomic import atomic_path
     from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
-    from tf_esm.io.weights import model_variables
+    from tf_esm.io.names import model_variables
 
     variables = sorted(model_variables(model).items())
     version = FORMAT_VERSION
@@ -86,7 +86,7 @@ def read_h5(path, populate=True):
     import h5py
 
     from tf_esm.io.stacked_weights import matrix_ndim
-    from tf_esm.io.weights import CheckpointError, LazyTensors
+    from tf_esm.io.names import CheckpointError, LazyTensors
 
     def open_weights(handle):
         for group in (GROUPS[4], GROUPS[3], GROUPS[2], GROUPS[1]):

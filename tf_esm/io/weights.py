@@ -40,18 +40,18 @@ from tf_esm.io.buffers import (
     read_buffer,
     staged_reads,
 )
-from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
+from tf_esm.io.names import (  # the name rule and the shared reader types, imported from here too
+    LEAF_RULES,
+    STACK_WILDCARD,
+    CheckpointError,
+    LazyTensors,
+    model_variables,
+    reference_name,
+)
+from tf_esm.io.stacked_weights import is_stacked, matrix_ndim, swapped, with_stacks
 from tf_esm.keras_compat import assign_weight, forget_initialization
 
 logger = logging.getLogger("tf_esm")
-
-# Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
-LEAF_RULES = {
-    "kernel": ("weight", True),
-    "embeddings": ("weight", False),
-    "gamma": ("weight", False),
-    "beta": ("bias", False),
-}
 
 # (pattern on a checkpoint name, replacement): applied in order to bring every format to reference names.
 REFERENCE_ALIASES = (
@@ -95,51 +95,6 @@ WEIGHT_FILES = (H5_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TOR
                 TORCH_WEIGHTS_INDEX_NAME)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
-
-
-def reference_name(variable_path):
-    """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
-    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
-    parts = variable_path.split("/")[1:]  # drop the top-level model name
-    if not parts:
-        raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
-    inner, leaf = "", parts[-1]
-    if leaf.startswith(STACK_WILDCARD + "."):
-        inner, _, leaf = leaf.rpartition(".")
-    leaf, transpose = LEAF_RULES.get(leaf, (leaf, False))
-    return ".".join(parts[:-1] + ([inner] if inner else []) + [leaf]), transpose
-
-
-class LazyTensors(collections.abc.Mapping):
-    """A read-only {name: numpy array} mapping whose arrays are read from the file when looked up.
-
-    Args:
-        names: the tensor names, in file order.
-        read: `read(name) -> numpy array`.
-    """
-
-    def __init__(self, names, read):
-        self._names = list(dict.fromkeys(names))
-        self._known = set(self._names)
-        self._read = read
-
-    def __getitem__(self, name):
-        if name not in self._known:
-            raise KeyError(name)
-        return self._read(name)
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)
-
-    def __contains__(self, name):
-        return name in self._known
-
-
 def _renamed(state_dict, rename):
     """`state_dict` under new names (`rename(old) -> new`), without reading any tensor; the first tensor wins
     when several names collapse to one (identical copies)."""
@@ -161,17 +116,6 @@ def normalize_reference_names(state_dict):
 
 def _is(patterns, name):
     return any(p.search(name) for p in patterns)
-
-
-def model_variables(model):
-    """{reference name: (keras variable, transpose?)} over the model's trainable and non-trainable weights."""
-    table = {}
-    for variable in model.weights:
-        name, transpose = reference_name(variable.path)
-        if name in table and table[name][0] is not variable:
-            raise CheckpointError(f"Two Keras variables map to {name!r}: {table[name][0].path} and {variable.path}.")
-        table[name] = (variable, transpose)
-    return table
 
 
 def _add_base_prefix(state_dict, model_names, prefix="esm."):
