@@ -29,6 +29,8 @@ a file truncated in place by another program makes the next page-in fail (SIGBUS
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from tf_esm.io.buffers import own_array, read_ahead
@@ -133,7 +135,7 @@ def read_h5(path, populate=True):
         if offset is not None and mapping is not None:
             count = int(np.prod(shape, dtype=np.int64))
             value = own_array(mapping[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape),
-                              mapped=True)
+                              mapped=os.fspath(path))
         else:
             try:
                 with h5py.File(path, "r") as handle:

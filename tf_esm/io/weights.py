@@ -135,6 +135,27 @@ def _add_base_prefix(state_dict, model_names, prefix="esm."):
 # build-then-assign (benchmarks/RESULTS.md has the time it saves).
 
 
+def check_not_mapped_from(model, directory):
+    """Where a mapped file cannot be replaced (`buffers.MAPPED_FILES_LOCKED`, Windows): raise if `model`'s
+    weights are a memory map of a file in `directory`, which saving into it would have to replace."""
+    from tf_esm.io import buffers
+
+    if not buffers.MAPPED_FILES_LOCKED or not os.path.isdir(directory):
+        return
+    target = os.path.realpath(directory)
+    for variable in model.weights:
+        try:
+            value = np.asarray(variable.value)
+        except Exception:  # a backend whose tensors NumPy cannot view: nothing of ours is mapped there
+            return
+        path = buffers.mapped_file(value)
+        if path is not None and os.path.dirname(os.path.realpath(path)) == target:
+            raise OSError(
+                f"{path}: this model's weights are a memory map of this file, which this platform cannot replace "
+                f"while it is mapped, so the model cannot be saved over it. Save to another directory, or release "
+                f"the model (del model) before writing into {directory}.")
+
+
 def finish_initialization(model):
     """Initialise the variables of `model` that were given no value, with their own initializers."""
     forget_initialization(model.variables, initialize=True)

@@ -174,6 +174,7 @@ class EsmPretrainedIO:
         from tf_esm.io.weights import (
             H5_WEIGHTS_NAME,
             SAFE_WEIGHTS_NAME,
+            check_not_mapped_from,
             model_state_dict,
             save_weights_safetensors,
         )
@@ -189,6 +190,7 @@ class EsmPretrainedIO:
                 "checkpoint with tf_esm.modeling.lora.merge_lora(model).save_pretrained(directory)."
             )
         check_target(save_directory, overwrite)
+        check_not_mapped_from(self, save_directory)
         with StagedFiles(save_directory) as staged:
             config = self._saved_config()
             config = type(config).from_dict(config.to_dict(), architectures=[self.reference_architecture()])
