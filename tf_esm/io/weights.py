@@ -135,6 +135,16 @@ def _add_base_prefix(state_dict, model_names, prefix="esm."):
 # build-then-assign (benchmarks/RESULTS.md has the time it saves).
 
 
+def variable_memory(variable):
+    """The current value of the Keras `variable` as a NumPy array over the variable's own memory where the backend
+    allows it. Under TensorFlow the Keras variable's `value` is a `tf.Variable`, which NumPy copies; the tensor it
+    reads (`.value()`) shares the variable's buffer, so a variable that adopted a view of a file mapping
+    (`load_state_dict`) is seen as that view."""
+    value = variable.value
+    read = getattr(value, "value", None)
+    return np.asarray(read() if callable(read) else value)
+
+
 def check_not_mapped_from(model, directory):
     """Where a mapped file cannot be replaced (`buffers.MAPPED_FILES_LOCKED`, Windows): raise if `model`'s
     weights are a memory map of a file in `directory`, which saving into it would have to replace."""
@@ -145,7 +155,7 @@ def check_not_mapped_from(model, directory):
     target = os.path.realpath(directory)
     for variable in model.weights:
         try:
-            value = np.asarray(variable.value)
+            value = variable_memory(variable)
         except Exception:  # a backend whose tensors NumPy cannot view: nothing of ours is mapped there
             return
         path = buffers.mapped_file(value)
