@@ -36,6 +36,7 @@ EVERY_BACKEND_MODULES = (
     "test_folding_half_stem.py",
     "test_hub.py",
     "test_inference.py",
+    "test_keras_compat.py",
     "test_layer_stack.py",
     "test_modeling.py",
     "test_tokenization.py",

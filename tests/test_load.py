@@ -22,7 +22,7 @@ import tensorflow as tf
 from tf_esm import TFEsmForMaskedLM
 from tf_esm.pipelines.export import export_saved_model
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
+reads_proc_status = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
 
 NUM_SEQUENCES = 1000
 BATCH = 50
@@ -61,6 +61,7 @@ def _sequences():
     return ["".join(rng.choice(residues, size=length)) for length in rng.integers(5, 201, size=NUM_SEQUENCES)]
 
 
+@reads_proc_status
 def test_saved_model_string_signature_memory_is_flat(reference_checkpoints, tmp_path):
     sequences = _sequences()
     rss = {"start": _rss_mb()}
@@ -84,6 +85,7 @@ def test_saved_model_string_signature_memory_is_flat(reference_checkpoints, tmp_
     assert rss["end"] - rss["half"] <= SAVED_MODEL_GROWTH_MB, f"memory grew over the last 500 sequences: {report}"
 
 
+@reads_proc_status
 def test_cli_embed_memory_is_flat(reference_checkpoints, tmp_path):
     sequences = _sequences()
     fasta = tmp_path / "proteins.fasta"

@@ -16,6 +16,11 @@ from tf_esm._switch import ThreadSwitch
 # caller's array is always copied.
 _OWN_ARRAYS = {}
 _ALIGNMENT = 64  # TensorFlow's CPU buffer alignment (io/weights_tf.py)
+# Platform capabilities (tests switch them to exercise the other branch on Linux):
+# the kernel can be asked to read a file ahead into the page cache (`posix_fadvise`, Linux and other POSIX);
+READ_AHEAD = hasattr(os, "posix_fadvise")
+# a file that is memory-mapped cannot be replaced (Windows), so a model cannot overwrite the file it maps.
+MAPPED_FILES_LOCKED = os.name == "nt"
 
 
 def _root(array):
@@ -27,7 +32,8 @@ def _root(array):
 
 
 def own_array(array, mapped=False):
-    """Register `array` (read by a reader into its own buffer; `mapped`: a view of a file mapping)."""
+    """Register `array` (read by a reader into its own buffer; `mapped`: a view of a file mapping, given as the
+    file's path or True)."""
     key = array.ctypes.data
 
     def forget(ref, key=key):
@@ -50,7 +56,13 @@ def is_mapped(array):
     """Whether `array` starts at the first byte of a live array registered by `own_array(..., mapped=True)` (the
     memory of a variable that adopted a view of a file mapping)."""
     root, _, _, mapped = _OWN_ARRAYS.get(array.ctypes.data, (lambda: None, 0, None, False))
-    return mapped and root() is not None
+    return bool(mapped) and root() is not None
+
+
+def mapped_file(array):
+    """The path of the file `array` is a mapping of (as `own_array` registered it), or None."""
+    root, _, _, mapped = _OWN_ARRAYS.get(array.ctypes.data, (lambda: None, 0, None, False))
+    return mapped if isinstance(mapped, str) and root() is not None else None
 
 
 STAGING = ThreadSwitch()  # `.buffer`: the staging buffer of the load in progress in this thread
@@ -85,7 +97,7 @@ def read_ahead(paths):
     without waiting for the reads), so the disk reads overlap the model's construction instead of following it.
     Page cache is not the process's memory; where the call is missing (not POSIX) nothing happens."""
     advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
+    if not READ_AHEAD or advise is None:
         return
     for path in paths:
         try:

@@ -29,6 +29,8 @@ a file truncated in place by another program makes the next page-in fail (SIGBUS
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from tf_esm.io.buffers import own_array, read_ahead
@@ -56,7 +58,7 @@ def save_weights_h5(model, path):
 
     from tf_esm.io.atomic import atomic_path
     from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
-    from tf_esm.io.weights import model_variables
+    from tf_esm.io.names import model_variables
 
     variables = sorted(model_variables(model).items())
     version = FORMAT_VERSION
@@ -86,7 +88,7 @@ def read_h5(path, populate=True):
     import h5py
 
     from tf_esm.io.stacked_weights import matrix_ndim
-    from tf_esm.io.weights import CheckpointError, LazyTensors
+    from tf_esm.io.names import CheckpointError, LazyTensors
 
     def open_weights(handle):
         for group in (GROUPS[4], GROUPS[3], GROUPS[2], GROUPS[1]):
@@ -133,7 +135,7 @@ def read_h5(path, populate=True):
         if offset is not None and mapping is not None:
             count = int(np.prod(shape, dtype=np.int64))
             value = own_array(mapping[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape),
-                              mapped=True)
+                              mapped=os.fspath(path))
         else:
             try:
                 with h5py.File(path, "r") as handle:

@@ -10,10 +10,8 @@ import re
 import numpy as np
 
 from tf_esm.io.buffers import is_own_array, own_array, read_buffer
+from tf_esm.io.names import STACK_WILDCARD, CheckpointError, LazyTensors
 
-# The layer axis of a stacked weight (`modeling/layer_stack.py`): `trunk.blocks.*.mlp_seq.mlp.1.weight` is
-# `trunk.blocks.{i}.mlp_seq.mlp.1.weight` for every i, stacked along a leading axis.
-STACK_WILDCARD = "*"
 
 
 def is_stacked(name):
@@ -34,7 +32,6 @@ def with_stacks(state_dict, variables, source):
     """`state_dict` with the per-layer tensors of each stacked weight (`trunk.blocks.{i}.x`, in transformers'
     checkpoints and tf_esm files before stacks) gathered under the stacked name (`trunk.blocks.*.x`) and stacked
     when looked up. A checkpoint with another number of layers than the model is an error naming the tensor."""
-    from tf_esm.io.weights import CheckpointError, LazyTensors
 
     groups = {}  # stacked name -> {index: checkpoint name}
     patterns = []
@@ -78,7 +75,6 @@ def _stacked(state_dict, members, transpose, source):
     """The tensors `members` ({index: name}) stacked along a new leading axis, in a buffer of our own. Matrices
     stored in the Keras layout (a version-2 tf_esm file hands out transposed views of its mapping) are stacked in
     that layout and handed out as the same kind of view, so loading does not transpose them twice."""
-    from tf_esm.io.weights import CheckpointError
 
     stack, keras_layout = None, False
     for index in sorted(members):

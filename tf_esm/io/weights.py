@@ -40,17 +40,18 @@ from tf_esm.io.buffers import (
     read_buffer,
     staged_reads,
 )
-from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
+from tf_esm.io.names import (  # the name rule and the shared reader types, imported from here too
+    LEAF_RULES,
+    STACK_WILDCARD,
+    CheckpointError,
+    LazyTensors,
+    model_variables,
+    reference_name,
+)
+from tf_esm.io.stacked_weights import is_stacked, matrix_ndim, swapped, with_stacks
+from tf_esm.keras_compat import assign_weight, forget_initialization
 
 logger = logging.getLogger("tf_esm")
-
-# Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
-LEAF_RULES = {
-    "kernel": ("weight", True),
-    "embeddings": ("weight", False),
-    "gamma": ("weight", False),
-    "beta": ("bias", False),
-}
 
 # (pattern on a checkpoint name, replacement): applied in order to bring every format to reference names.
 REFERENCE_ALIASES = (
@@ -94,51 +95,6 @@ WEIGHT_FILES = (H5_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TOR
                 TORCH_WEIGHTS_INDEX_NAME)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
-
-
-def reference_name(variable_path):
-    """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
-    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
-    parts = variable_path.split("/")[1:]  # drop the top-level model name
-    if not parts:
-        raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
-    inner, leaf = "", parts[-1]
-    if leaf.startswith(STACK_WILDCARD + "."):
-        inner, _, leaf = leaf.rpartition(".")
-    leaf, transpose = LEAF_RULES.get(leaf, (leaf, False))
-    return ".".join(parts[:-1] + ([inner] if inner else []) + [leaf]), transpose
-
-
-class LazyTensors(collections.abc.Mapping):
-    """A read-only {name: numpy array} mapping whose arrays are read from the file when looked up.
-
-    Args:
-        names: the tensor names, in file order.
-        read: `read(name) -> numpy array`.
-    """
-
-    def __init__(self, names, read):
-        self._names = list(dict.fromkeys(names))
-        self._known = set(self._names)
-        self._read = read
-
-    def __getitem__(self, name):
-        if name not in self._known:
-            raise KeyError(name)
-        return self._read(name)
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)
-
-    def __contains__(self, name):
-        return name in self._known
-
-
 def _renamed(state_dict, rename):
     """`state_dict` under new names (`rename(old) -> new`), without reading any tensor; the first tensor wins
     when several names collapse to one (identical copies)."""
@@ -162,17 +118,6 @@ def _is(patterns, name):
     return any(p.search(name) for p in patterns)
 
 
-def model_variables(model):
-    """{reference name: (keras variable, transpose?)} over the model's trainable and non-trainable weights."""
-    table = {}
-    for variable in model.weights:
-        name, transpose = reference_name(variable.path)
-        if name in table and table[name][0] is not variable:
-            raise CheckpointError(f"Two Keras variables map to {name!r}: {table[name][0].path} and {variable.path}.")
-        table[name] = (variable, transpose)
-    return table
-
-
 def _add_base_prefix(state_dict, model_names, prefix="esm."):
     """Base-model checkpoints (EsmModel) have no 'esm.' prefix; our models always do."""
     if any(k.startswith(prefix) for k in state_dict):
@@ -183,64 +128,42 @@ def _add_base_prefix(state_dict, model_names, prefix="esm."):
 
 
 # ------------------------------------------------------------------------------------- deferred initialisation
-# Building a model to load into without computing random initial values for the weights the checkpoint replaces.
-# Creating a Keras variable runs its initializer (a truncated normal for every ESM projection), which loading then
-# overwrites: that was most of the time to build a model to load into (benchmarks/RESULTS.md). Inside
-# `deferred_initialization` (a `keras.StatelessScope`) Keras defers each variable's initialisation; `assign_weight`
-# gives a deferred variable the checkpoint value as its first value, and `finish_initialization` runs the real
-# initializer only for the weights the checkpoint lacks (a new task head). The numbers are those of build-then-
-# assign. This relies on how Keras 3 defers initialisation (`Variable._initialize_with_initializer`, the
-# `uninitialized_variables` registry); without that registry the model is built as usual.
+# Building a model to load into without computing random initial values for the weights the checkpoint replaces
+# (`tf_esm.keras_compat.deferred_initialization`, a private Keras interface with a build-then-assign fallback):
+# `assign_weight` gives each variable the checkpoint value as its first value, and `finish_initialization` runs
+# the real initializer only for the weights the checkpoint lacks (a new task head). The numbers are those of
+# build-then-assign (benchmarks/RESULTS.md has the time it saves).
 
 
-def _keras_global_state():
-    from keras.src.backend.common import global_state
+def variable_memory(variable):
+    """The current value of the Keras `variable` as a NumPy array over the variable's own memory where the backend
+    allows it. Under TensorFlow the Keras variable's `value` is a `tf.Variable`, which NumPy copies; the tensor it
+    reads (`.value()`) shares the variable's buffer, so a variable that adopted a view of a file mapping
+    (`load_state_dict`) is seen as that view."""
+    value = variable.value
+    read = getattr(value, "value", None)
+    return np.asarray(read() if callable(read) else value)
 
-    return global_state
 
+def check_not_mapped_from(model, directory):
+    """Where a mapped file cannot be replaced (`buffers.MAPPED_FILES_LOCKED`, Windows): raise if `model`'s
+    weights are a memory map of a file in `directory`, which saving into it would have to replace."""
+    from tf_esm.io import buffers
 
-@contextlib.contextmanager
-def deferred_initialization():
-    """Variables created in the block get their first value from `assign_weight` or `finish_initialization`."""
-    import keras
-
-    try:
-        _keras_global_state()
-    except ImportError:  # another Keras layout: build as usual
-        yield
+    if not buffers.MAPPED_FILES_LOCKED or not os.path.isdir(directory):
         return
-    with keras.StatelessScope(initialize_variables=False):
-        yield
-
-
-def _is_deferred(variable):
-    return getattr(variable, "_value", 0) is None and getattr(variable, "_initializer", None) is not None
-
-
-def assign_weight(variable, value):
-    """`variable.assign(value)`, or `value` as the first value of a variable whose initialisation was deferred."""
-    if _is_deferred(variable):
-        variable._initialize_with_initializer(lambda shape, dtype: value)
-        variable._initializer = None
-    else:
-        variable.assign(value)
-
-
-def forget_initialization(variables, initialize=False):
-    """Take `variables` off Keras' registry of variables to initialise when a stateless scope exits; with
-    `initialize`, first give those still deferred their initializer's values. Without initialising, a deferred
-    variable never gets memory of its own (a `LayerStack` template's, whose values are always mapped in)."""
-    try:
-        global_state = _keras_global_state()
-    except ImportError:
-        return
-    pending = global_state.get_global_attribute("uninitialized_variables") or []
-    ours = {id(variable) for variable in variables}
-    if initialize:
-        for variable in pending:
-            if id(variable) in ours and _is_deferred(variable):
-                variable._deferred_initialize()
-    global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+    target = os.path.realpath(directory)
+    for variable in model.weights:
+        try:
+            value = variable_memory(variable)
+        except Exception:  # a backend whose tensors NumPy cannot view: nothing of ours is mapped there
+            return
+        path = buffers.mapped_file(value)
+        if path is not None and os.path.dirname(os.path.realpath(path)) == target:
+            raise OSError(
+                f"{path}: this model's weights are a memory map of this file, which this platform cannot replace "
+                f"while it is mapped, so the model cannot be saved over it. Save to another directory, or release "
+                f"the model (del model) before writing into {directory}.")
 
 
 def finish_initialization(model):

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_esm.keras_compat import in_multi_worker_mode
+
 
 def is_multi_worker(strategy):
     """Whether `strategy` is a collective (MultiWorkerMirrored) strategy with more than one worker."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
-    return bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+    return in_multi_worker_mode(strategy)
 
 
 def local_build_batch(strategy, epoch_iterator):

@@ -26,23 +26,51 @@ generator, for a rate above 0) shares it across the layers, and the seed state a
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from tf_esm.io.stacked_weights import STACK_WILDCARD
-from tf_esm.io.weights import forget_initialization
+from tf_esm import keras_compat
 
 
 
 class _StackedInitializer:
-    """The template weight's initializer, drawn once per layer and stacked (what N separate layers would get)."""
+    """The template weight's initializer, drawn once per layer and stacked (what N separate layers would get);
+    where Keras does not say which initializer that is (`keras_compat.initializer_of`), weight `index` of `count`
+    freshly built templates (`fresh`)."""
 
-    def __init__(self, initializer, count):
-        self.initializer, self.count = initializer, count
+    def __init__(self, initializer, count, fresh=None, index=None):
+        self.initializer, self.count, self.fresh, self.index = initializer, count, fresh, index
 
     def __call__(self, shape, dtype=None):
         if self.initializer is None:
-            return ops.zeros(shape, dtype=dtype)
-        return ops.stack([self.initializer(tuple(shape[1:]), dtype=dtype) for _ in range(self.count)])
+            return self.fresh.draw(self.index)
+        # A Keras initializer without a seed draws the same values at every call; a clone (as each of N separate
+        # layers has) draws its own.
+        clone = getattr(self.initializer, "clone", lambda: self.initializer)
+        return ops.stack([clone()(tuple(shape[1:]), dtype=dtype) for _ in range(self.count)])
+
+
+class _FreshTemplates:
+    """Initial values of `count` templates made and built as ordinary layers, drawn weight by weight; the
+    templates' values are dropped once every weight has been drawn."""
+
+    def __init__(self, make_layer, shapes, count, num_weights):
+        self.make_layer, self.shapes, self.count, self.remaining = make_layer, shapes, count, num_weights
+        self.values = None
+
+    def draw(self, index):
+        if self.values is None:
+            self.values = []
+            for _ in range(self.count):
+                layer = self.make_layer()
+                layer.build(*self.shapes)
+                self.values.append([ops.convert_to_numpy(weight.value) for weight in layer.weights])
+        stacked = np.stack([values[index] for values in self.values])
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.values = None
+        return stacked
 
 
 class LayerStack(keras.layers.Layer):
@@ -77,6 +105,7 @@ class LayerStack(keras.layers.Layer):
         self.count = int(count)
         # Not an attribute Keras tracks: the template's (unset) variables are not the stack's weights.
         object.__setattr__(self, "_template", make_layer())
+        object.__setattr__(self, "_make_layer", make_layer)
 
     @property
     def template(self):
@@ -88,22 +117,23 @@ class LayerStack(keras.layers.Layer):
     def __dir__(self):
         # Keras' `.keras` saving walks a layer's attributes by `dir()`: the template's variables (never set) are
         # not the stack's state; its own stacked variables are.
-        return [name for name in super().__dir__() if name not in ("template", "_template", "_pairs")]
+        hidden = ("template", "_template", "_pairs", "_make_layer")
+        return [name for name in super().__dir__() if name not in hidden]
 
     def build(self, *shapes):
         template = self._template
-        with keras.StatelessScope(initialize_variables=False):  # no values: slices are mapped in at each call
-            template.build(*shapes)
+        keras_compat.build_without_values(template, *shapes)  # slices are mapped in at each call
         template_weights = list(template.weights)
-        forget_initialization(template.variables)  # never initialised: no memory of their own
+        initializers = [keras_compat.initializer_of(weight) for weight in template_weights]
+        fresh = _FreshTemplates(self._make_layer, shapes, self.count, sum(each is None for each in initializers))
         prefix = template.path + "/"
         stacked = []
-        for weight in template_weights:
+        for index, weight in enumerate(template_weights):
             relative = weight.path[len(prefix):] if weight.path.startswith(prefix) else weight.name
             stacked.append(self.add_weight(
                 name=".".join([STACK_WILDCARD] + relative.split("/")),
                 shape=(self.count,) + tuple(weight.shape), dtype=weight.dtype, trainable=weight.trainable,
-                initializer=_StackedInitializer(getattr(weight, "_initializer", None), self.count)))
+                initializer=_StackedInitializer(initializers[index], self.count, fresh, index)))
         # (template weight, stacked weight); a plain attribute (Keras would track the template's in a list).
         object.__setattr__(self, "_pairs", tuple(zip(template_weights, stacked)))
         self.built = True
@@ -125,15 +155,13 @@ class LayerStack(keras.layers.Layer):
         """`step(template, carry)` with the template's weights mapped to `values`. Inside another stateless scope
         (a JAX program's arguments, Keras' stateless training step) its mapping stays in force; the template's
         other state (seed generators) is updated where it lives, as an ordinary layer's would be."""
-        with mapped_scope(list(zip(self.template_weights, values))) as scope:
-            result = step(self._template, carry)
         mapped = {id(weight) for weight in self.template_weights}
-        for variable in self._template.variables:
-            if id(variable) not in mapped and (value := scope.get_current_value(variable)) is not None:
-                if scope.outer is not None:
-                    scope.outer.add_update((variable, value))
-                else:
-                    variable.assign(value)
+        others = [variable for variable in self._template.variables if id(variable) not in mapped]
+        with mapped_scope(list(zip(self.template_weights, values)), others) as scope:
+            result = step(self._template, carry)
+        for variable in others:
+            if (value := scope.get_current_value(variable)) is not None:
+                variable.assign(value)  # an update of the enclosing stateless scope, if any
         return result
 
     def apply(self, step, carry, training=False):
@@ -162,18 +190,20 @@ class LayerStack(keras.layers.Layer):
 
 class mapped_scope(keras.StatelessScope):
     """A `keras.StatelessScope` mapping `pairs` (variable, value), which also keeps the mapping of the scope it is
-    entered in (Keras' own scopes replace it: a variable mapped outside would read its stored value inside).
-    `outer` is that enclosing scope, or None."""
+    entered in (Keras' own scopes replace it: a variable mapped outside would read its stored value inside): all
+    of it where Keras says which scope that is (`keras_compat.current_stateless_scope`), else the values the
+    variables `others` have there."""
 
-    def __init__(self, pairs):
+    def __init__(self, pairs, others=()):
         super().__init__(state_mapping=pairs, initialize_variables=False)
-        self.outer = None
+        self.others = list(others)
 
     def __enter__(self):
-        from keras.src.backend.common.stateless_scope import get_stateless_scope
-
-        self.outer = get_stateless_scope()
-        if self.outer is not None:
-            for key, value in self.outer.state_mapping.items():
+        outer = keras_compat.current_stateless_scope()
+        if outer is not None:
+            for key, value in outer.state_mapping.items():
                 self.state_mapping.setdefault(key, value)
+        else:
+            for variable in self.others:
+                self.state_mapping.setdefault(id(variable), variable.value)
         return super().__enter__()

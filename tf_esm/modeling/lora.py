@@ -31,6 +31,8 @@ import os
 
 import numpy as np
 
+from tf_esm.keras_compat import all_sublayers
+
 LORA_TARGETS = ("query", "key", "value")
 DEFAULT_LORA_TARGETS = ("query", "value")  # as keras-hub and PEFT default for BERT-style attention
 LORA_FORMAT = "tf_esm-lora"
@@ -65,7 +67,7 @@ def is_lora_variable(variable):
 
 def lora_enabled_layers(model):
     """The Dense layers of `model` that carry LoRA adapters."""
-    return [layer for layer in model._flatten_layers(include_self=False) if getattr(layer, "lora_enabled", False)]
+    return [layer for layer in all_sublayers(model) if getattr(layer, "lora_enabled", False)]
 
 
 def enable_lora(model, rank, lora_alpha=None, targets=DEFAULT_LORA_TARGETS, freeze_encoder=True):

@@ -24,6 +24,8 @@ a projection's outputs differ by one half-precision ulp; matching it would need 
 
 from __future__ import annotations
 
+import sys
+
 import contextlib
 import logging
 
@@ -43,8 +45,15 @@ def check_precision(precision):
     return name
 
 
-def cpu_flags(path="/proc/cpuinfo"):
+# Where the CPU's feature flags are read (Linux only; elsewhere they are unknown and the checks that use them pass).
+CPU_FLAGS_FILE = "/proc/cpuinfo" if sys.platform.startswith("linux") else None
+
+
+def cpu_flags(path=None):
     """The CPU's feature flags (Linux), or None where they cannot be read."""
+    path = path or CPU_FLAGS_FILE
+    if path is None:
+        return None
     try:
         with open(path) as handle:
             for line in handle:

@@ -8,6 +8,7 @@ import os
 
 from tf_esm._deprecation import apply_renames, renamed_keywords
 from tf_esm.configuration import EsmConfig, check_overrides
+from tf_esm.keras_compat import all_sublayers
 
 logger = logging.getLogger("tf_esm")
 
@@ -105,7 +106,8 @@ class EsmPretrainedIO:
                 TypeError, so a misspelt argument is not silently written into the configuration.
         """
         from tf_esm.io.checkpoints import read_checkpoint
-        from tf_esm.io.weights import deferred_initialization, finish_initialization, load_state_dict
+        from tf_esm.io.weights import finish_initialization, load_state_dict
+        from tf_esm.keras_compat import deferred_initialization
         from tf_esm.modeling.precision import building_in, check_precision, warn_if_slow
 
         where = f"{cls.__name__}.from_pretrained"
@@ -172,6 +174,7 @@ class EsmPretrainedIO:
         from tf_esm.io.weights import (
             H5_WEIGHTS_NAME,
             SAFE_WEIGHTS_NAME,
+            check_not_mapped_from,
             model_state_dict,
             save_weights_safetensors,
         )
@@ -181,12 +184,13 @@ class EsmPretrainedIO:
             raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
         if not self.built:
             self.build()
-        if any(getattr(layer, "lora_enabled", False) for layer in self._flatten_layers(include_self=False)):
+        if any(getattr(layer, "lora_enabled", False) for layer in all_sublayers(self)):
             raise ValueError(
                 "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
                 "checkpoint with tf_esm.modeling.lora.merge_lora(model).save_pretrained(directory)."
             )
         check_target(save_directory, overwrite)
+        check_not_mapped_from(self, save_directory)
         with StagedFiles(save_directory) as staged:
             config = self._saved_config()
             config = type(config).from_dict(config.to_dict(), architectures=[self.reference_architecture()])

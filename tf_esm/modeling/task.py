@@ -9,6 +9,7 @@ import sys
 import keras
 from keras import ops
 
+from tf_esm import keras_compat
 from tf_esm.configuration import IGNORE_INDEX
 
 
@@ -19,23 +20,6 @@ def _labels_of(x, y):
     if isinstance(x, dict):
         return x.get("labels")
     return None
-
-
-# Two Keras conventions the built-in training path must follow; Keras exposes no public function for either.
-def _scale_for_replicas(loss):
-    # Keras divides each replica's loss by the replica count (and undoes it for the logged value); the built-in
-    # loss must follow the same convention or tf.distribute would sum, not average, the replicas' gradients.
-    from keras.src.losses.loss import scale_loss_for_distribution
-
-    return scale_loss_for_distribution(loss)
-
-
-def _set_keras_mask(tensor, mask):
-    # A tensor's Keras mask is what Keras losses (a mean over unmasked entries) and all compiled metrics
-    # (`metrics=` ignores sample weights) honour, as for padded time steps.
-    from keras.src.backend.common.masking import set_keras_mask
-
-    set_keras_mask(tensor, mask)
 
 
 def _is_tf_dataset(value):
@@ -98,11 +82,13 @@ class EsmKerasTask:
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' TensorFlow trainer averages the first batch across replicas to learn its shapes, which fails for
         # nested batches under MultiWorkerMirroredStrategy with several workers: see distribute_tf.py.
-        if iterator is not None and data_batch is None and keras.backend.backend() == "tensorflow":
+        # A private Keras hook (tf_esm/keras_compat.py): without it, Keras' own build runs.
+        if (iterator is not None and data_batch is None and keras.backend.backend() == "tensorflow"
+                and keras_compat.symbolic_build_hook()):
             from tf_esm.modeling.distribute_tf import is_multi_worker, local_build_batch
 
-            strategy = getattr(self, "_distribute_strategy", None)
-            if strategy is not None and is_multi_worker(strategy):
+            strategy = self.distribute_strategy
+            if is_multi_worker(strategy):
                 return super()._maybe_symbolic_build(data_batch=local_build_batch(strategy, iterator))
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
@@ -119,8 +105,7 @@ class EsmKerasTask:
             return logs
         from tf_esm.modeling.distribute_tf import is_multi_worker, logs_for_multi_worker_reduce
 
-        strategy = getattr(self, "_distribute_strategy", None)
-        if strategy is None or not is_multi_worker(strategy):
+        if not is_multi_worker(self.distribute_strategy):
             return logs
         return logs_for_multi_worker_reduce(logs)
 
@@ -152,20 +137,19 @@ class EsmKerasTask:
         )
 
     def _keras_targets(self, x, y, y_pred):
-        """Labels for compiled losses and metrics. Token-level labels of -100 become 0 and are masked out
-        through the logits' Keras mask, so Keras losses average over the other tokens (as torch's
+        """Labels and logits for compiled losses and metrics. Token-level labels of -100 become 0 and are masked
+        out through the logits' Keras mask, so Keras losses average over the other tokens (as torch's
         CrossEntropyLoss(ignore_index=-100) does) and metrics skip them."""
         labels = _labels_of(x, y)
         if labels is None or not self._token_level_labels:
-            return labels
+            return labels, y_pred
         keep = ops.not_equal(labels, IGNORE_INDEX)
-        _set_keras_mask(y_pred, keep)
-        return ops.where(keep, labels, ops.zeros_like(labels))
+        return ops.where(keep, labels, ops.zeros_like(labels)), keras_compat.with_keras_mask(y_pred, keep)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled Keras loss on the logits if `compile` was given one, else the built-in loss."""
-        if self._compile_loss is not None:
-            labels = self._keras_targets(x, y, y_pred)
+        if self.loss is not None:  # compiled with a loss
+            labels, y_pred = self._keras_targets(x, y, y_pred)
             return super().compute_loss(x, labels, y_pred, sample_weight, training=training)
         labels = _labels_of(x, y)
         if labels is None:
@@ -178,11 +162,11 @@ class EsmKerasTask:
             raise ValueError(
                 "sample_weight is not supported by the built-in loss; compile with a Keras loss to weight samples."
             )
-        loss = _scale_for_replicas(self.hf_compute_loss(labels, y_pred))
+        loss = keras_compat.scale_loss_for_replicas(self.hf_compute_loss(labels, y_pred))
         for extra in self.losses:  # e.g. regularisers
-            loss = loss + self._aggregate_additional_loss(extra)
+            loss = loss + keras_compat.additional_loss(extra)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        labels = self._keras_targets(x, y, y_pred)
+        labels, y_pred = self._keras_targets(x, y, y_pred)
         return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)

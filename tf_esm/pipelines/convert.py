@@ -14,9 +14,9 @@ from tf_esm.configuration import EsmConfig
 from tf_esm.io.fair_esm import REGRESSION_NAMES, has_regression_weights, read_fair_esm_checkpoint, regression_path
 from tf_esm.modeling.models import TFEsmForMaskedLM
 from tf_esm.pipelines.auto import state_dict_class
+from tf_esm.keras_compat import deferred_initialization
 from tf_esm.io.weights import (
     CheckpointError,
-    deferred_initialization,
     finish_initialization,
     load_state_dict,
     read_state_dict,

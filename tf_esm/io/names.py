@@ -1,0 +1,75 @@
+"""The rule from a Keras variable path to its reference (PyTorch) name, and what every checkpoint reader shares: the
+error that names a tensor and the lazy {name: array} mapping. The bottom of `tf_esm.io`: it imports no other
+module of the package, so the readers (`io/weights.py`, `io/native_h5.py`, `io/stacked_weights.py`) all import it
+and not each other. The rest of the name table (aliases, ignored tensors) is in `io/weights.py`."""
+
+from __future__ import annotations
+
+import collections.abc
+
+# The layer axis of a stacked weight (`modeling/layer_stack.py`): `trunk.blocks.*.mlp_seq.mlp.1.weight` is
+# `trunk.blocks.{i}.mlp_seq.mlp.1.weight` for every i, stacked along a leading axis.
+STACK_WILDCARD = "*"
+
+# Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
+LEAF_RULES = {
+    "kernel": ("weight", True),
+    "embeddings": ("weight", False),
+    "gamma": ("weight", False),
+    "beta": ("bias", False),
+}
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
+
+
+def reference_name(variable_path):
+    """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
+    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
+    parts = variable_path.split("/")[1:]  # drop the top-level model name
+    if not parts:
+        raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
+    inner, leaf = "", parts[-1]
+    if leaf.startswith(STACK_WILDCARD + "."):
+        inner, _, leaf = leaf.rpartition(".")
+    leaf, transpose = LEAF_RULES.get(leaf, (leaf, False))
+    return ".".join(parts[:-1] + ([inner] if inner else []) + [leaf]), transpose
+
+
+class LazyTensors(collections.abc.Mapping):
+    """A read-only {name: numpy array} mapping whose arrays are read from the file when looked up.
+
+    Args:
+        names: the tensor names, in file order.
+        read: `read(name) -> numpy array`.
+    """
+
+    def __init__(self, names, read):
+        self._names = list(dict.fromkeys(names))
+        self._known = set(self._names)
+        self._read = read
+
+    def __getitem__(self, name):
+        if name not in self._known:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __contains__(self, name):
+        return name in self._known
+
+
+def model_variables(model):
+    """{reference name: (keras variable, transpose?)} over the model's trainable and non-trainable weights."""
+    table = {}
+    for variable in model.weights:
+        name, transpose = reference_name(variable.path)
+        if name in table and table[name][0] is not variable:
+            raise CheckpointError(f"Two Keras variables map to {name!r}: {table[name][0].path} and {variable.path}.")
+        table[name] = (variable, transpose)
+    return table
