@@ -149,7 +149,9 @@ PARITY_REPORT = {}
 
 def assert_close(ours, theirs, atol, what, case=None):
     """Assert max |ours - theirs| <= atol (shapes equal) and record the measured difference for the report."""
-    ours = np.asarray(ours)
+    from tf_esm.backend import to_numpy
+
+    ours = to_numpy(ours)  # (a torch-backend output requires grad: np.asarray refuses it)
     theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
     assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
     assert np.all(np.isfinite(ours)), f"{what}: non-finite values"

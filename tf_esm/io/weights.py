@@ -1,10 +1,11 @@
 """Checkpoint files <-> Keras variables, through ONE name-mapping table.
 
 Every Keras layer in tf_esm is named after the PyTorch reference module it reproduces, so a Keras variable path
-such as `tf_esm_for_masked_lm/esm/encoder/layer.0/attention/self/query/kernel` translates to the reference name
+such as `tf_esm_for_masked_lm/esm/encoder/layer-0/attention/self/query/kernel` translates to the reference name
 `esm.encoder.layer.0.attention.self.query.weight` by a fixed rule:
 
-* drop the top-level model name, join the rest with '.';
+* drop the top-level model name, join the rest with '.' (a '-' inside a name is a '.' of the reference's module
+  path, `KERAS_DOT`; tf_esm before 2026-12 named its layers with the '.' itself, which the rule still reads);
 * rename the leaf by `LEAF_RULES` (Keras `kernel` is the transposed torch `weight`, `embeddings`/`gamma`/`beta`
   are `weight`/`weight`/`bias`); any other leaf is a raw parameter with the reference's own name and layout.
 
@@ -43,6 +44,11 @@ from tf_esm.io.buffers import (
 from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
 
 logger = logging.getLogger("tf_esm")
+
+# A Keras name holds no '/' (Keras' path separator) and, under the PyTorch backend, no '.' (Keras registers each
+# variable as a torch parameter keyed by its path, and torch refuses a '.' in that key). A '.' of a reference module
+# path (`layer.0`) is written '-' in the Keras name (`layer-0`): never part of a PyTorch module's attribute name.
+KERAS_DOT = "-"
 
 # Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
 LEAF_RULES = {
@@ -94,14 +100,19 @@ WEIGHT_FILES = (H5_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TOR
                 TORCH_WEIGHTS_INDEX_NAME)
 
 
+def keras_name(reference_path):
+    """The Keras layer or variable name for a dotted reference module path: `layer.0` -> `layer-0`."""
+    return reference_path.replace(".", KERAS_DOT)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
 
 
 def reference_name(variable_path):
     """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
-    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
-    parts = variable_path.split("/")[1:]  # drop the top-level model name
+    stacked layer (`*-tri_mul_out-linear_z-kernel`; Keras names cannot hold '/')."""
+    parts = [part.replace(KERAS_DOT, ".") for part in variable_path.split("/")[1:]]  # without the model's name
     if not parts:
         raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
     inner, leaf = "", parts[-1]
@@ -397,9 +408,11 @@ def name_list(names, shown=5):
 def model_state_dict(model):
     """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back), stacked weights
     under their per-layer names (`trunk.blocks.0.x`, ...), as the reference has them."""
+    from tf_esm.backend import to_numpy
+
     out = {}
     for name, (variable, transpose) in model_variables(model).items():
-        value = np.asarray(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
+        value = to_numpy(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
         value = swapped(value) if transpose and value.ndim == matrix_ndim(name) else value
         if is_stacked(name):
             out.update((name.replace(f".{STACK_WILDCARD}.", f".{index}.", 1), layer)

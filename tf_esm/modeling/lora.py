@@ -31,6 +31,8 @@ import os
 
 import numpy as np
 
+from tf_esm.io.weights import KERAS_DOT
+
 LORA_TARGETS = ("query", "key", "value")
 DEFAULT_LORA_TARGETS = ("query", "value")  # as keras-hub and PEFT default for BERT-style attention
 LORA_FORMAT = "tf_esm-lora"
@@ -55,8 +57,10 @@ def attention_projections(model, targets=DEFAULT_LORA_TARGETS):
 
 
 def _relative_path(variable):
-    """A variable's path without the top-level model name (which differs between instances)."""
-    return variable.path.split("/", 1)[1]
+    """A variable's path without the top-level model name (which differs between instances), with the reference's
+    '.' where the Keras name has `-` (`esm/encoder/layer.0/...`): the adapter file's key, the same whatever
+    tf_esm version named the layers."""
+    return variable.path.split("/", 1)[1].replace(KERAS_DOT, ".")
 
 
 def is_lora_variable(variable):
