@@ -66,6 +66,16 @@ def to_numpy(value):
     return np.asarray(value)
 
 
+def contiguous(tensor):
+    """`tensor` in a dense row-major buffer of its own where it is a strided view (a transposed checkpoint matrix):
+    under PyTorch, a variable holding a view computes its products with other kernels than one loaded from a file
+    in the Keras layout, so the same weights would give results a few last bits apart. Elsewhere the tensor as it
+    is (TensorFlow and JAX tensors have no strides)."""
+    if keras_backend() != "torch":
+        return tensor
+    return tensor.contiguous()
+
+
 def no_gradients():
     """A context in which model calls record nothing for a backward pass: `torch.no_grad()` under PyTorch, whose
     autograd otherwise keeps every intermediate activation of an eager call alive until its outputs are freed.

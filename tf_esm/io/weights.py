@@ -276,6 +276,8 @@ def _as_variable_value(value, dtype, transpose):
     import keras
     from keras import ops
 
+    from tf_esm.backend import contiguous
+
     original, tensor = value, None
     tensorflow = keras.backend.backend() == "tensorflow"
     if tensorflow:
@@ -302,7 +304,7 @@ def _as_variable_value(value, dtype, transpose):
             return tensor
     if tensor is None:
         tensor = ops.convert_to_tensor(value)
-    return ops.swapaxes(tensor, -1, -2) if transpose else tensor
+    return contiguous(ops.swapaxes(tensor, -1, -2)) if transpose else tensor
 
 
 def matched_state_dict(state_dict, variables, source="checkpoint"):
