@@ -147,9 +147,18 @@ def changed_shared_directories():
 PARITY_REPORT = {}
 
 
+def as_numpy(value):
+    """A backend tensor (or a list of them, stacked) as a NumPy array, under every backend (`backend.to_numpy`)."""
+    from tf_esm.backend import to_numpy
+
+    if isinstance(value, (list, tuple)):
+        return np.stack([as_numpy(item) for item in value])
+    return to_numpy(value)
+
+
 def assert_close(ours, theirs, atol, what, case=None):
     """Assert max |ours - theirs| <= atol (shapes equal) and record the measured difference for the report."""
-    ours = np.asarray(ours)
+    ours = as_numpy(ours)  # (a torch-backend output requires grad: np.asarray refuses it)
     theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
     assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
     assert np.all(np.isfinite(ours)), f"{what}: non-finite values"

@@ -24,8 +24,8 @@ import keras  # noqa: E402  (reads KERAS_BACKEND)
 
 BACKEND = keras.backend.backend()
 
-# The test modules that run under every Keras backend: CI runs them a second time with KERAS_BACKEND=jax (the
-# README's test command). Under a backend other than TensorFlow the other modules are not collected (they test
+# The test modules that run under every Keras backend: CI runs them again with KERAS_BACKEND=jax and with
+# KERAS_BACKEND=torch (the README's test command). Under a backend other than TensorFlow the other modules are not collected (they test
 # TensorFlow programs: tf.data, SavedModel, the string tokenizer, distribution strategies, ...), and tests in these
 # modules that need TensorFlow are marked `tensorflow_only` and skipped with their reason.
 EVERY_BACKEND_MODULES = (

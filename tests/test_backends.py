@@ -1,9 +1,9 @@
-"""The models run under Keras' JAX backend without TensorFlow: a subprocess with KERAS_BACKEND=jax in which
-`import tensorflow` fails (as if it were not installed) loads checkpoints of every format, runs the models, the
+"""The models run under Keras' JAX and PyTorch backends without TensorFlow: a subprocess with KERAS_BACKEND=jax (or
+torch) in which `import tensorflow` fails (as if it were not installed) loads checkpoints of every format, runs the models, the
 batch embedding and the `tf-esm embed` command, and its numbers are compared here with the PyTorch references and
 with the TensorFlow path. The TensorFlow-only modules refuse with a sentence that says so.
 
-(The parity suite itself runs a second time under KERAS_BACKEND=jax in CI: tests/conftest.py, EVERY_BACKEND_MODULES.)
+(The parity suite itself runs again under KERAS_BACKEND=jax and torch in CI: tests/conftest.py, EVERY_BACKEND_MODULES.)
 """
 
 import json
@@ -49,6 +49,7 @@ out["tokenizer_ids"] = batch["input_ids"]
 fair = TFEsmForMaskedLM.from_pretrained(args["fair"])               # fair-esm .pt
 fair_tokens = np.asarray(args["fair_tokens"])
 out["fair_logits"] = keras.ops.convert_to_numpy(fair(fair_tokens, attention_mask=fair_tokens != 1).logits)
+out["logits_plain"] = keras.ops.convert_to_numpy(mlm(input_ids, attention_mask=attention_mask).logits)
 for fmt in ("h5", "safetensors"):                                  # our own formats, written and read back
     mlm.save_pretrained(os.path.join(args["tmp"], fmt), format=fmt)
     again = TFEsmForMaskedLM.from_pretrained(os.path.join(args["tmp"], fmt))
@@ -109,32 +110,34 @@ def fair_checkpoint(tmp_path_factory):
     return path, tokens.numpy(), logits
 
 
-def test_jax_without_tensorflow_matches_the_references_and_the_tensorflow_path(reference_checkpoints,
-                                                                               esm_vocab_file, fair_checkpoint, tmp_path):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_without_tensorflow_matches_the_references_and_the_tensorflow_path(backend, reference_checkpoints,
+                                                                           esm_vocab_file, fair_checkpoint, tmp_path):
     from tf_esm import TFEsmForMaskedLM, embed_sequences
 
     reference = reference_checkpoints("rotary")
     fair_path, fair_tokens, fair_logits = fair_checkpoint
-    outputs, messages, args = run_under("jax", tmp_path, reference.path, esm_vocab_file, fair_path, fair_tokens)
-    assert str(outputs["backend"]) == "jax"
+    outputs, messages, args = run_under(backend, tmp_path, reference.path, esm_vocab_file, fair_path, fair_tokens)
+    assert str(outputs["backend"]) == backend
 
     # Models and checkpoint formats against PyTorch (transformers, fair-esm).
     input_ids, attention_mask = batch_with_padding_and_masks()
     expected = torch_outputs(reference.model, input_ids, attention_mask, output_hidden_states=True,
                              output_attentions=True)
-    assert_close(outputs["logits"], expected.logits, 2e-5, "logits", "jax")
-    assert_close(outputs["hidden_last"], expected.hidden_states[-1], 2e-5, "last hidden state", "jax")
-    assert_close(outputs["attentions_last"], expected.attentions[-1], 2e-5, "last attentions", "jax")
+    assert_close(outputs["logits"], expected.logits, 2e-5, "logits", backend)
+    assert_close(outputs["hidden_last"], expected.hidden_states[-1], 2e-5, "last hidden state", backend)
+    assert_close(outputs["attentions_last"], expected.attentions[-1], 2e-5, "last attentions", backend)
     torch_contacts = reference.model.predict_contacts(*_torch(input_ids, attention_mask)).detach().numpy()
-    assert_close(outputs["contacts"], torch_contacts, 2e-5, "contacts", "jax")
+    assert_close(outputs["contacts"], torch_contacts, 2e-5, "contacts", backend)
     # 1e-5 relative to the logits' scale (they reach ~20, where one fp32 ulp is ~2e-6), as tests/test_fair_esm.py.
     scale = max(1.0, float(np.abs(fair_logits).max()))
-    assert_close(outputs["fair_logits"], fair_logits, 1e-5 * scale, "fair-esm .pt logits", "jax")
+    assert_close(outputs["fair_logits"], fair_logits, 1e-5 * scale, "fair-esm .pt logits", backend)
     for fmt in ("h5", "safetensors"):
-        np.testing.assert_array_equal(outputs["reloaded_" + fmt], outputs["logits"])
+        # the same call as before saving (asking for attentions may take another attention kernel: torch's)
+        np.testing.assert_array_equal(outputs["reloaded_" + fmt], outputs["logits_plain"])
     np.testing.assert_array_equal(outputs["tokenizer_ids"][0, :3], [0, 20, 15])  # <cls> M K
 
-    # embed_sequences under JAX equals the TensorFlow path (this process) and the reference.
+    # embed_sequences under JAX / PyTorch equals the TensorFlow path (this process) and the reference.
     model = TFEsmForMaskedLM.from_pretrained(reference.path)
     on_tensorflow = embed_sequences(model, SEQUENCES, repr_layers=(0, -1), include=("mean", "per_tok", "bos",
                                                                                      "contacts"))
@@ -146,9 +149,9 @@ def test_jax_without_tensorflow_matches_the_references_and_the_tensorflow_path(r
         np.testing.assert_allclose(outputs[f"embed_{i}_contacts"], record["contacts"], atol=1e-5)
         ids = _ids(sequence)
         hidden = torch_outputs(reference.model, ids, output_hidden_states=True).hidden_states[-1]
-        assert_close(outputs[f"embed_{i}_per_tok"], hidden[0, 1:-1], 2e-5, "embed_sequences per_tok", f"jax {i}")
+        assert_close(outputs[f"embed_{i}_per_tok"], hidden[0, 1:-1], 2e-5, "embed_sequences per_tok", f"{backend} {i}")
 
-    # `tf-esm embed` under JAX wrote what embed_sequences computes.
+    # `tf-esm embed` under JAX / PyTorch wrote what embed_sequences computes.
     assert int(outputs["cli_status"]) == 0
     ids, means = read_embeddings(args["h5"], "mean", 2)
     per_tok_ids, per_tok = read_embeddings(args["h5"], "per_tok", 2)
@@ -162,7 +165,7 @@ def test_jax_without_tensorflow_matches_the_references_and_the_tensorflow_path(r
     # TensorFlow-only features say so.
     assert sorted(messages) == sorted(TF_ONLY_MODULES + ("return_tensors='tf'",))
     for feature, message in messages.items():
-        assert "needs TensorFlow (KERAS_BACKEND=tensorflow); you are on jax" in message, (feature, message)
+        assert f"needs TensorFlow (KERAS_BACKEND=tensorflow); you are on {backend}" in message, (feature, message)
     assert "return_tensors='np'" in messages["return_tensors='tf'"]
 
 

@@ -17,6 +17,7 @@ import transformers
 from tests.test_folding_model import SEQUENCES, _batch
 from tests.test_mapped_esmfold import save_wide_stem_reference
 from tf_esm import TFEsmModel
+from tf_esm.backend import to_numpy
 from tf_esm.folding import TFEsmForProteinFolding
 from tf_esm.io import buffers, native_h5
 from tf_esm.io.weights import H5_WEIGHTS_NAME
@@ -66,8 +67,8 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
         np.testing.assert_array_equal(_values(ours), _values(theirs), err_msg=ours.path)
     aatype, mask = _batch(SEQUENCES[:2])
     for call in ("first call", "compiled program"):  # each path against the same path of the cast model
-        expected = np.asarray(cast(aatype, attention_mask=mask, num_recycles=0)["positions"])
-        positions = np.asarray(model(aatype, attention_mask=mask, num_recycles=0)["positions"])
+        expected = to_numpy(cast(aatype, attention_mask=mask, num_recycles=0)["positions"])
+        positions = to_numpy(model(aatype, attention_mask=mask, num_recycles=0)["positions"])
         np.testing.assert_array_equal(positions, expected, err_msg=call)
 
     widened = TFEsmForProteinFolding.from_pretrained(converted, stem_precision="float32", strict=True)

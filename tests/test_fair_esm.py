@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
+from tf_esm.backend import to_numpy
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.io.fair_esm import FAIR_ESM_RENAMES, fair_esm_to_reference_name, read_fair_esm_checkpoint
 from tf_esm.pipelines.convert import convert_checkpoint
@@ -49,14 +50,14 @@ def our_outputs(model, tokens):
     attention_mask = (tokens != ALPHABET.padding_idx).astype("int32")
     out = model(tokens, attention_mask=attention_mask, output_hidden_states=True)
     return {
-        "logits": np.asarray(out.logits),
-        "representations": [np.asarray(h) for h in out.hidden_states],
-        "contacts": np.asarray(model.predict_contacts(tokens, attention_mask=attention_mask)),
+        "logits": to_numpy(out.logits),
+        "representations": [to_numpy(h) for h in out.hidden_states],
+        "contacts": to_numpy(model.predict_contacts(tokens, attention_mask=attention_mask)),
     }
 
 
 def max_diff(a, b):
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = to_numpy(a), to_numpy(b)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b)))
 
@@ -141,7 +142,7 @@ def test_converted_directory_layout_and_base_model(cases):
         assert handle.read().split() == list(ESM2_VOCAB)
     base = TFEsmModel.from_pretrained(converted)
     attention_mask = (tokens != 1).astype("int32")
-    hidden = np.asarray(base(tokens, attention_mask=attention_mask).last_hidden_state)
+    hidden = to_numpy(base(tokens, attention_mask=attention_mask).last_hidden_state)
     diff = max_diff(hidden, reference["representations"][-1])
     print("TFEsmModel last_hidden_state", f"{diff:.1e}")
     assert_close({"last_hidden_state": diff}, {"last_hidden_state": reference["representations"][-1]})

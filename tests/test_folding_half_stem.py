@@ -21,6 +21,7 @@ import transformers
 from tests._reference import assert_within, share_directory, share_model
 from tests.folding_reference import max_abs_diff
 from tests.test_folding_model import SEQUENCES, _batch, _make_reference
+from tf_esm.backend import to_numpy
 from tf_esm.folding import TFEsmForProteinFolding
 
 HALF = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}  # numpy types of the half dtypes
@@ -79,7 +80,7 @@ def _bfloat16_reference(reference):
 
 
 def _numpy(variable):
-    return np.asarray(variable.value)
+    return to_numpy(variable.value)
 
 
 def _stem_bytes(model):

@@ -7,6 +7,7 @@ import pytest
 
 from tests._reference import torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
+from tf_esm.backend import to_numpy
 from tf_esm.pipelines.inference import bucket_length, embed_sequences, iter_embeddings, trace_count, traced_shapes
 from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS
 
@@ -50,10 +51,10 @@ def test_matches_direct_calls_and_reference_in_input_order(rotary, rng, max_toke
         for index in (0, 1, 2):
             per_tok = result["representations"][index]
             assert per_tok.shape == (n, 32)
-            np.testing.assert_allclose(per_tok, np.asarray(direct[index])[0, 1:n + 1], atol=1e-5)
+            np.testing.assert_allclose(per_tok, to_numpy(direct[index])[0, 1:n + 1], atol=1e-5)
             np.testing.assert_allclose(per_tok, expected[index][0, 1:n + 1].numpy(), atol=1e-5)
             np.testing.assert_allclose(result["mean_representations"][index], per_tok.mean(0), atol=1e-5)
-            np.testing.assert_allclose(result["bos_representations"][index], np.asarray(direct[index])[0, 0],
+            np.testing.assert_allclose(result["bos_representations"][index], to_numpy(direct[index])[0, 0],
                                        atol=1e-5)
 
 
@@ -64,8 +65,8 @@ def test_truncation_keeps_the_first_residues(rotary, rng):
     assert [r["length"] for r in results] == [20, 12]
     assert [r["truncated"] for r in results] == [True, False]
     direct = model.esm(encode(sequences[0][:20]), output_hidden_states=True).hidden_states[-1]
-    np.testing.assert_allclose(results[0]["representations"][2], np.asarray(direct)[0, 1:21], atol=1e-5)
-    np.testing.assert_allclose(results[0]["mean_representations"][2], np.asarray(direct)[0, 1:21].mean(0),
+    np.testing.assert_allclose(results[0]["representations"][2], to_numpy(direct)[0, 1:21], atol=1e-5)
+    np.testing.assert_allclose(results[0]["mean_representations"][2], to_numpy(direct)[0, 1:21].mean(0),
                                atol=1e-5)
 
 
@@ -75,7 +76,7 @@ def test_contacts_match_predict_contacts(rotary, rng):
     results = embed_sequences(model, sequences, include=("contacts",), max_tokens_per_batch=200)
     for sequence, result in zip(sequences, results):
         ids = encode(sequence)
-        expected = np.asarray(model.predict_contacts(ids))[0]
+        expected = to_numpy(model.predict_contacts(ids))[0]
         assert result["contacts"].shape == (len(sequence), len(sequence))
         np.testing.assert_allclose(result["contacts"], expected, atol=1e-5)
         torch_contacts = reference.model.predict_contacts(*_torch_ids(ids)).detach().numpy()[0]
@@ -108,9 +109,12 @@ def test_graphs_are_reused_across_lengths_and_calls(reference_checkpoints, rng):
     seen = dict(iter_embeddings(model, sequences, max_tokens_per_batch=512,
                                 progress_callback=lambda *done: progress.append(done)))
     assert sorted(seen) == list(range(30))
+    assert progress[-1] == (30, int(lengths.sum()))
+    if __import__("keras").backend.backend() == "torch":  # eager passes: nothing is traced
+        assert trace_count(model) == 0 and traced_shapes(model) == []
+        return
     buckets = {bucket_length(int(length) + 2, TOKEN_LENGTH_BUCKETS) for length in lengths}
     assert 0 < trace_count(model) <= len(buckets)
-    assert progress[-1] == (30, int(lengths.sum()))
     embed_sequences(model, random_sequences(rng, rng.integers(1, 200, size=30)), max_tokens_per_batch=512)
     assert trace_count(model) <= len({bucket_length(n, TOKEN_LENGTH_BUCKETS) for n in range(3, 202)})
     before = trace_count(model)
@@ -119,9 +123,10 @@ def test_graphs_are_reused_across_lengths_and_calls(reference_checkpoints, rng):
 
 
 def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(reference_checkpoints, rng):
-    """Under TensorFlow one shape-polymorphic graph serves every batch. Under JAX each input shape is a program
-    compiled once: batches are padded to bucket lengths and to power-of-two row counts (or the budget's rows), so
-    the programs are bounded by buckets x row counts whatever the number of batches."""
+    """Under TensorFlow one shape-polymorphic graph serves every batch; under PyTorch the passes run eagerly. Under
+    JAX each input shape is a program compiled once: batches are padded to bucket lengths and to power-of-two row
+    counts (or the budget's rows), so the programs are bounded by buckets x row counts whatever the number of
+    batches."""
     import keras
 
     from tf_esm.pipelines.inference import _runner
@@ -135,12 +140,15 @@ def test_compiled_programs_are_buckets_times_row_counts_not_one_per_batch(refere
                               progress_callback=lambda *done: batches.append(done))
     for index in (0, 59):
         direct = model.esm(encode(sequences[index]), output_hidden_states=True).hidden_states[-1]
-        np.testing.assert_allclose(results[index]["mean_representations"][2], np.asarray(direct)[0, 1:-1].mean(0),
+        np.testing.assert_allclose(results[index]["mean_representations"][2], to_numpy(direct)[0, 1:-1].mean(0),
                                    atol=1e-5)
     shapes = traced_shapes(model)
     assert len(shapes) == trace_count(model) and len(batches) >= 10
     if keras.backend.backend() == "tensorflow":
         assert shapes == [(None, None)]
+        return
+    if keras.backend.backend() == "torch":  # eager passes: nothing is compiled
+        assert shapes == []
         return
     runner = _runner(model)
     used_buckets = {bucket_length(int(n) + 2, TOKEN_LENGTH_BUCKETS) for n in lengths}
@@ -164,7 +172,7 @@ def test_a_model_never_called_before_embeds(reference_checkpoints):
     model = TFEsmModel(config, add_pooling_layer=False)
     result = embed_sequences(model, ["MKTAYIAK"], include=("per_tok",))[0]
     direct = model.esm(encode("MKTAYIAK"), output_hidden_states=True).hidden_states[-1]
-    np.testing.assert_allclose(result["representations"][2], np.asarray(direct)[0, 1:-1], atol=1e-5)
+    np.testing.assert_allclose(result["representations"][2], to_numpy(direct)[0, 1:-1], atol=1e-5)
 
 
 def test_rejects_bad_arguments(rotary):
@@ -253,13 +261,13 @@ def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, 
     model = TFEsmModel.from_pretrained(reference.path)
     for index, sequence in enumerate(sequences):
         direct = model.esm(encode(sequence), output_hidden_states=True)
-        contacts = np.asarray(model.esm.predict_contacts(encode(sequence)))[0]
+        contacts = to_numpy(model.esm.predict_contacts(encode(sequence)))[0]
         scanned, unrolled = results[True][index], results[False][index]
         for layer in (0, 1, 2):
             np.testing.assert_allclose(scanned["representations"][layer], unrolled["representations"][layer],
                                        atol=1e-5)
             np.testing.assert_allclose(scanned["representations"][layer],
-                                       np.asarray(direct.hidden_states[layer])[0, 1:-1], atol=1e-5)
+                                       to_numpy(direct.hidden_states[layer])[0, 1:-1], atol=1e-5)
             np.testing.assert_allclose(scanned["mean_representations"][layer],
                                        unrolled["mean_representations"][layer], atol=1e-5)
         np.testing.assert_allclose(scanned["contacts"], unrolled["contacts"], atol=1e-5)

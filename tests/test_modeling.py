@@ -18,6 +18,7 @@ from tf_esm import (
     TFEsmForTokenClassification,
     TFEsmModel,
 )
+from tf_esm.backend import to_numpy
 from tf_esm.io.weights import CheckpointError
 
 # fp32 on CPU: differences come from summation order only (measured max ~1e-6); 2e-5 leaves room for oneDNN.
@@ -211,7 +212,7 @@ def test_head_mask_matches_the_reference_with_masked_heads(reference_checkpoints
             patch.setattr(modeling_esm, "eager_attention_forward",
                           head_masked_eager_attention(np.broadcast_to(mask, (2, 4)), layers))
             expected = torch_outputs(ref.model, input_ids, attention_mask, output_attentions=True)
-        assert np.max(np.abs(expected.last_hidden_state.numpy() - np.asarray(unmasked.last_hidden_state))) > 1e-2
+        assert np.max(np.abs(expected.last_hidden_state.numpy() - to_numpy(unmasked.last_hidden_state))) > 1e-2
         out = model(input_ids, attention_mask=attention_mask, head_mask=mask, output_attentions=True)
         assert_close(out.last_hidden_state, expected.last_hidden_state, what=f"last_hidden_state, {what}")
         for index, (ours, theirs) in enumerate(zip(out.attentions, expected.attentions)):
@@ -229,8 +230,8 @@ def test_dict_inputs_like_tokenizer_output(reference_checkpoints, batch):
     ref = reference_checkpoints("rotary")
     input_ids, attention_mask = batch
     model = TFEsmForMaskedLM.from_pretrained(ref.path)
-    a = np.asarray(model({"input_ids": input_ids, "attention_mask": attention_mask}).logits)
-    b = np.asarray(model(input_ids, attention_mask=attention_mask).logits)
+    a = to_numpy(model({"input_ids": input_ids, "attention_mask": attention_mask}).logits)
+    b = to_numpy(model(input_ids, attention_mask=attention_mask).logits)
     np.testing.assert_array_equal(a, b)
 
 
@@ -320,8 +321,8 @@ def test_save_load_round_trip_bit_exact(reference_checkpoints, batch, tmp_path, 
         assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     input_ids, attention_mask = batch
-    np.testing.assert_array_equal(np.asarray(model(input_ids, attention_mask=attention_mask).logits),
-                                  np.asarray(reloaded(input_ids, attention_mask=attention_mask).logits))
+    np.testing.assert_array_equal(to_numpy(model(input_ids, attention_mask=attention_mask).logits),
+                                  to_numpy(reloaded(input_ids, attention_mask=attention_mask).logits))
     assert reloaded.config == model.config
 
 

@@ -11,6 +11,7 @@ import pytest
 import safetensors.numpy
 
 from tests._reference import assert_close as _assert_close
+from tests._reference import as_numpy
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "transformers4")
@@ -32,8 +33,8 @@ def test_masked_lm_matches_transformers4(case):
     out = model(ref["input_ids"], attention_mask=ref["attention_mask"], labels=ref["labels"],
                 output_hidden_states=True, output_attentions=True)
     assert_close(out.logits, ref["logits"], "logits")
-    assert_close(np.stack(out.hidden_states), ref["hidden_states"], "hidden_states")
-    assert_close(np.stack(out.attentions), ref["attentions"], "attentions")
+    assert_close(as_numpy(out.hidden_states), ref["hidden_states"], "hidden_states")
+    assert_close(as_numpy(out.attentions), ref["attentions"], "attentions")
     assert_close(out.loss, ref["loss"], "loss")
     # The probability-free path gives the same logits.
     assert_close(model(ref["input_ids"], attention_mask=ref["attention_mask"]).logits, ref["logits"], "logits (fast)")
@@ -46,7 +47,7 @@ def test_relative_positions_matter():
     for layer in model.esm.encoder.layer:
         table = layer.attention.self_attention.distance_embedding.embeddings
         table.assign(np.zeros(table.shape, np.float32))
-    out = np.asarray(model(ref["input_ids"], attention_mask=ref["attention_mask"]).logits)
+    out = as_numpy(model(ref["input_ids"], attention_mask=ref["attention_mask"]).logits)
     assert np.max(np.abs(out - ref["logits"])) > 1e-2
 
 
@@ -64,20 +65,20 @@ def test_decoder_cross_attention_full_pass(decoder):
                 output_hidden_states=True, output_attentions=True)
     assert_close(out.last_hidden_state, ref["last_hidden_state"], "last_hidden_state")
     assert_close(out.pooler_output, ref["pooler_output"], "pooler_output")
-    assert_close(np.stack(out.hidden_states), ref["hidden_states"], "hidden_states")
-    assert_close(np.stack(out.attentions), ref["attentions"], "attentions")
-    assert_close(np.stack(out.cross_attentions), ref["cross_attentions"], "cross_attentions")
+    assert_close(as_numpy(out.hidden_states), ref["hidden_states"], "hidden_states")
+    assert_close(as_numpy(out.attentions), ref["attentions"], "attentions")
+    assert_close(as_numpy(out.cross_attentions), ref["cross_attentions"], "cross_attentions")
     # Cache: self keys are stored after rotary, values as projected; cross values as projected.
     cache = out.past_key_values
     assert len(cache) == 2 and all(len(layer) == 4 for layer in cache)
-    assert_close(np.stack([[layer[0], layer[1]] for layer in cache]), ref["past_self_kv_rotated"], "self k/v")
-    assert_close(np.stack([layer[3] for layer in cache]), ref["past_key_values"][:, 3], "cross values")
+    assert_close(as_numpy([[layer[0], layer[1]] for layer in cache]), ref["past_self_kv_rotated"], "self k/v")
+    assert_close(as_numpy([layer[3] for layer in cache]), ref["past_key_values"][:, 3], "cross values")
     # Cross keys are stored after rotary at the encoder positions 0..S-1 (4.46 stores the raw projections, which it
     # rotates at each step): the reference's, rotated here with its own rotary table and formula.
     state = safetensors.numpy.load_file(os.path.join(FIXTURES, "decoder_cache", "model.safetensors"))
     inv_freq = [state[f"encoder.layer.{index}.crossattention.self.rotary_embeddings.inv_freq"] for index in range(2)]
     expected = np.stack([rotate(ref["past_key_values"][index, 2], inv_freq[index]) for index in range(2)])
-    assert_close(np.stack([layer[2] for layer in cache]), expected, "cross keys")
+    assert_close(as_numpy([layer[2] for layer in cache]), expected, "cross keys")
 
 
 def rotate(keys, inv_freq):
@@ -115,5 +116,5 @@ def test_decoder_incremental_step_equals_full_pass(decoder):
     assert_close(step.last_hidden_state, ref["step_last_hidden_state"], "step")
     # ...and equals our own full pass at that position.
     full = model(ref["input_ids"][:, :prefix + 1], attention_mask=ref["attention_mask"][:, :prefix + 1], **common)
-    np.testing.assert_allclose(np.asarray(step.last_hidden_state)[:, 0], np.asarray(full.last_hidden_state)[:, prefix],
+    np.testing.assert_allclose(as_numpy(step.last_hidden_state)[:, 0], as_numpy(full.last_hidden_state)[:, prefix],
                                atol=ATOL)

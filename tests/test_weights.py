@@ -243,3 +243,67 @@ def test_a_load_report_names_a_few_tensors_and_counts_the_rest(tmp_path, caplog)
     listed = unused[0].split(": [", 1)[1].split(", ... and", 1)[0]
     assert listed.count(", ") == 4  # five names
 
+
+
+# A model directory and LoRA adapter saved by tf_esm when its Keras layers carried the reference's '.' in their names
+# (`encoder/layer.0/...`; now `layer-0`: the PyTorch backend refuses a '.' in a variable's path).
+# conversion_scripts/make_dotted_name_fixture.py wrote them, at the last commit with those names.
+DOTTED_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "dotted_layer_names")
+
+
+def _reference_from_tf_esm_file(directory):
+    """transformers' model for `directory`'s config, holding the tensors of its tf_esm weight file as h5py reads
+    them (datasets named by reference names, `/` for `.`; a `keras_layout` matrix is the transposed reference one)."""
+    import transformers
+
+    state = {}
+
+    def visit(location, item):
+        if isinstance(item, h5py.Dataset):
+            value = item[()]
+            state[location.replace("/", ".")] = value.T if item.attrs.get("keras_layout", False) else value
+
+    with h5py.File(os.path.join(directory, "tf_esm_model.h5"), "r") as handle:
+        assert handle.attrs["format_version"] == 2
+        handle["weights_keras_layout"].visititems(visit)
+    config = transformers.EsmConfig.from_pretrained(directory)
+    config._attn_implementation = "eager"
+    model = transformers.EsmForSequenceClassification(config).eval()
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                                                 for k, v in state.items()}, strict=False)
+    assert not unexpected and all("inv_freq" in name or "position_ids" in name for name in missing), missing
+    return model
+
+
+def test_a_checkpoint_and_adapter_saved_with_dotted_layer_names_load(tmp_path):
+    from safetensors.numpy import load_file
+
+    from tf_esm import TFEsmForSequenceClassification
+
+    model = TFEsmForSequenceClassification.from_pretrained(DOTTED_NAMES, strict=True)
+    assert not [variable.path for variable in model.weights if "." in variable.path]
+    reference = _reference_from_tf_esm_file(DOTTED_NAMES)
+    input_ids, attention_mask = batch_with_padding_and_masks()
+    assert_close(model(input_ids, attention_mask=attention_mask).logits,
+                 torch_outputs(reference, input_ids, attention_mask).logits, 2e-5, "logits, dotted-name checkpoint")
+
+    # The adapter's tensors are keyed by the dotted Keras paths; loaded, the model computes the reference's
+    # projections plus alpha / rank * (a @ b) (Keras' LoRA), and the adapter's classifier head.
+    adapter = load_file(os.path.join(DOTTED_NAMES, "adapter.safetensors"))
+    assert "esm/encoder/layer.0/attention/self/query/lora_kernel_a" in adapter
+    model.load_lora_weights(os.path.join(DOTTED_NAMES, "adapter.safetensors"))
+    scale = 4 / 2  # the adapter's alpha / rank
+    with torch.no_grad():
+        for index, layer in enumerate(reference.esm.encoder.layer):
+            for target in ("query", "value"):
+                prefix = f"esm/encoder/layer.{index}/attention/self/{target}/"
+                update = adapter[prefix + "lora_kernel_a"] @ adapter[prefix + "lora_kernel_b"]
+                getattr(layer.attention.self, target).weight.add_(torch.from_numpy(scale * update.T))
+        for name in ("dense", "out_proj"):
+            getattr(reference.classifier, name).weight.copy_(torch.from_numpy(adapter[f"classifier/{name}/kernel"].T))
+            getattr(reference.classifier, name).bias.copy_(torch.from_numpy(adapter[f"classifier/{name}/bias"]))
+    assert_close(model(input_ids, attention_mask=attention_mask).logits,
+                 torch_outputs(reference, input_ids, attention_mask).logits, 2e-5, "logits, dotted-name LoRA adapter")
+    # Saved again, the adapter keeps the same keys (the reference's '.'), whatever the Keras names.
+    model.save_lora_weights(str(tmp_path / "again.safetensors"))
+    assert sorted(load_file(str(tmp_path / "again.safetensors"))) == sorted(adapter)

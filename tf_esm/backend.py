@@ -47,6 +47,48 @@ def keras_backend():
     return keras.backend.backend()
 
 
+def to_numpy(value):
+    """A backend tensor or Keras variable value as a NumPy array, without a copy where the backend allows it (a
+    CPU tensor under TensorFlow, JAX or PyTorch). Under PyTorch a tensor that requires grad (every variable's, and
+    every output computed from one outside `no_gradients`) refuses `np.asarray`: it is detached first."""
+    import numpy as np
+
+    if keras_backend() == "torch":
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            if value.dtype == torch.bfloat16:  # no NumPy bfloat16 in torch: the same values through float32
+                import ml_dtypes
+
+                return value.float().numpy().astype(ml_dtypes.bfloat16)
+            return value.numpy()
+    return np.asarray(value)
+
+
+def contiguous(tensor):
+    """`tensor` in a dense row-major buffer of its own where it is a strided view (a transposed checkpoint matrix):
+    under PyTorch, a variable holding a view computes its products with other kernels than one loaded from a file
+    in the Keras layout, so the same weights would give results a few last bits apart. Elsewhere the tensor as it
+    is (TensorFlow and JAX tensors have no strides)."""
+    if keras_backend() != "torch":
+        return tensor
+    return tensor.contiguous()
+
+
+def no_gradients():
+    """A context in which model calls record nothing for a backward pass: `torch.no_grad()` under PyTorch, whose
+    autograd otherwise keeps every intermediate activation of an eager call alive until its outputs are freed.
+    Elsewhere nothing (TensorFlow and JAX record gradients only inside a GradientTape or `jax.grad`)."""
+    import contextlib
+
+    if keras_backend() != "torch":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.no_grad()
+
+
 def require_tensorflow(feature, instead="The models, tokenizer, checkpoints and embed_sequences work under every "
                                       "backend."):
     """Return the `tensorflow` module, or raise `TensorFlowRequiredError` naming `feature` when the Keras backend is

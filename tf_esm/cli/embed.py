@@ -136,12 +136,14 @@ def _model_fingerprint(model):
 
     import numpy as np
 
+    from tf_esm.backend import to_numpy
+
     config = {key: value for key, value in model.config.to_dict().items() if key not in _HEAD_KEYS}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8"))
     for weight in model.weights:
         if "word_embeddings" in weight.path or "emb_layer_norm_after" in weight.path:
             digest.update(weight.path.split("/", 1)[-1].encode("utf-8"))
-            digest.update(np.asarray(np.asarray(weight.value), dtype=np.float32).tobytes())
+            digest.update(np.asarray(to_numpy(weight.value), dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 

@@ -1,16 +1,17 @@
 """ESMFold's compiled inference path, backend-neutral: the length buckets the inputs are padded to, the program per
 (bucket, chunk size) traced on first use (`compiled_tf.py`, `compiled_jax.py`), and the eager path under TensorFlow
-(`TFEsmForProteinFolding` documents the behaviour)."""
+(`TFEsmForProteinFolding` documents the behaviour). PyTorch has no compiled path here: every call runs eagerly."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import keras
 import numpy as np
 from keras import ops
 
-from tf_esm.backend import matmul_precision
+from tf_esm.backend import matmul_precision, no_gradients
 from tf_esm.folding.structure_module import BLOCK_OUTPUTS
 from tf_esm.modeling.buckets import bucket_length
 
@@ -67,14 +68,24 @@ class CompiledInference:
         if compiled not in (True, False, "auto"):
             raise ValueError(f"compiled must be True, False or 'auto'; got {compiled!r}.")
         arguments = self._compilable_arguments(args, kwargs)
-        if arguments is None:  # training, symbolic inputs, or a backend with no compiled path
-            with matmul_precision():  # true float32 products under JAX on a GPU, as the reference
+        if arguments is None:  # training, symbolic inputs, or a backend with no compiled path (PyTorch)
+            # true float32 products under JAX on a GPU, as the reference; no autograd record of inference under
+            # PyTorch (its eager path would otherwise keep every block's activations)
+            with matmul_precision(), self._recording(args, kwargs):
                 return super().__call__(*args, **kwargs)
         if compiled == "auto":
             compiled = keras.backend.backend() != "tensorflow" or self._compiled_before(arguments)
         if not compiled:
             return self._eager_call(args, kwargs)
         return self._compiled_call(**arguments)
+
+    def _recording(self, args, kwargs):
+        """Gradients are recorded for a training call only (`backend.no_gradients` otherwise)."""
+        try:
+            training = inspect.signature(self.call).bind(*args, **kwargs).arguments.get("training", False)
+        except TypeError:
+            training = False  # let Keras report it
+        return contextlib.nullcontext() if training else no_gradients()
 
     def _compiled_before(self, arguments):
         """"auto" under TensorFlow: False (fold eagerly) the first time a length bucket is seen, True after."""

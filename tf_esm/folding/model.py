@@ -326,6 +326,11 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
             warnings.warn("TFEsmForProteinFolding.esm_dtype is deprecated; use .stem_precision instead.",
                           DeprecationWarning, stacklevel=2)
             return self.stem_precision
+        # Under the PyTorch backend a layer is a torch Module, which keeps its sub-layers (`esm`, `trunk`, ...)
+        # outside `__dict__` and finds them in its own `__getattr__`.
+        module_getattr = getattr(super(), "__getattr__", None)
+        if module_getattr is not None:
+            return module_getattr(name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def repeated_layer_stacks(self):

@@ -2,7 +2,8 @@
 resnet, turning the trunk's sequence and pair states into frames, torsion angles and atom coordinates
 (AlphaFold Algorithms 20-24).
 
-Layer names follow the PyTorch reference (`ipa/linear_q_points`, `angle_resnet/layers.0/linear_1`, ...).
+Layer names follow the PyTorch reference (`ipa/linear_q_points`, `angle_resnet/layers-0/linear_1`, ...: `-` for
+the reference's '.', `io/weights.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tf_esm.configuration import StructureModuleConfig
 from tf_esm.folding.primitives import (ConfiguredLayer, LayerNorm, Linear, absent_position_bias, in_compiled_graph,
                                       traced_structure_module)
 from tf_esm.folding.rigid import Rigid, Rotation
+from tf_esm.io.weights import keras_name
 
 _SOFTPLUS_INVERSE_OF_1 = 0.541324854612918
 # The outputs with one entry per structure-module block (a leading block axis).
@@ -146,7 +148,7 @@ class AngleResnetBlock(keras.layers.Layer):
 class AngleResnet(ConfiguredLayer):
     """Predicts the seven torsion angles (omega, phi, psi, chi1..4) as (sin, cos) pairs (Algorithm 20, 11-14).
 
-    Sub-layers: `linear_in`, `linear_initial`, `layers.{i}`, `linear_out`.
+    Sub-layers: `linear_in`, `linear_initial`, `layers-{i}`, `linear_out`.
 
     Returns:
         `(unnormalized_angles, angles)`, both [*, 7, 2]; `angles` has unit norm.
@@ -159,7 +161,8 @@ class AngleResnet(ConfiguredLayer):
         config = self.config
         self.linear_in = Linear(config.resnet_dim, name="linear_in")
         self.linear_initial = Linear(config.resnet_dim, name="linear_initial")
-        self.blocks = [AngleResnetBlock(config.resnet_dim, name=f"layers.{i}") for i in range(config.num_resnet_blocks)]
+        self.blocks = [AngleResnetBlock(config.resnet_dim, name=keras_name(f"layers.{i}"))
+                       for i in range(config.num_resnet_blocks)]
         self.linear_out = Linear(config.num_angles * 2, name="linear_out")
 
     def build(self, s_shape, s_initial_shape=None):
@@ -183,7 +186,7 @@ class AngleResnet(ConfiguredLayer):
 
 @keras.saving.register_keras_serializable(package="tf_esm")
 class StructureModuleTransition(ConfiguredLayer):
-    """Residual three-layer MLP(s) then dropout and layer norm. Sub-layers: `layers.{i}` (`linear_1..3`),
+    """Residual three-layer MLP(s) then dropout and layer norm. Sub-layers: `layers-{i}` (`linear_1..3`),
     `layer_norm`."""
 
     config_class = StructureModuleConfig
@@ -192,7 +195,7 @@ class StructureModuleTransition(ConfiguredLayer):
         super().__init__(config, **kwargs)
         config = self.config
         dim = config.sequence_dim
-        self.mlps = [_TransitionLayer(dim, name=f"layers.{i}") for i in range(config.num_transition_layers)]
+        self.mlps = [_TransitionLayer(dim, name=keras_name(f"layers.{i}")) for i in range(config.num_transition_layers)]
         self.dropout = keras.layers.Dropout(config.dropout_rate)
         self.layer_norm = LayerNorm("layer_norm")
 

@@ -11,6 +11,11 @@ import collections.abc
 # `trunk.blocks.{i}.mlp_seq.mlp.1.weight` for every i, stacked along a leading axis.
 STACK_WILDCARD = "*"
 
+# A Keras name holds no '/' (Keras' path separator) and, under the PyTorch backend, no '.' (Keras registers each
+# variable as a torch parameter keyed by its path, and torch refuses a '.' in that key). A '.' of a reference module
+# path (`layer.0`) is written '-' in the Keras name (`layer-0`): never part of a PyTorch module's attribute name.
+KERAS_DOT = "-"
+
 # Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
 LEAF_RULES = {
     "kernel": ("weight", True),
@@ -19,14 +24,21 @@ LEAF_RULES = {
     "beta": ("bias", False),
 }
 
+
+def keras_name(reference_path):
+    """The Keras layer or variable name for a dotted reference module path: `layer.0` -> `layer-0`."""
+    return reference_path.replace(".", KERAS_DOT)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
 
 
 def reference_name(variable_path):
     """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
-    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
-    parts = variable_path.split("/")[1:]  # drop the top-level model name
+    stacked layer (`*-tri_mul_out-linear_z-kernel`; Keras names cannot hold '/'). Names saved before the PyTorch
+    backend wrote '.' where they now write '-' (`layer.0`): both read the same."""
+    parts = [part.replace(KERAS_DOT, ".") for part in variable_path.split("/")[1:]]  # without the model's name
     if not parts:
         raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
     inner, leaf = "", parts[-1]

@@ -56,6 +56,7 @@ def save_weights_h5(model, path):
     some weights are bfloat16 (stored as they are), version 4 when some are stacked."""
     import h5py
 
+    from tf_esm.backend import to_numpy
     from tf_esm.io.atomic import atomic_path
     from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
     from tf_esm.io.names import model_variables
@@ -72,7 +73,7 @@ def save_weights_h5(model, path):
             handle.attrs["format_version"] = version
             group = handle.create_group(GROUPS[version])
             for name, (variable, transpose) in variables:
-                value = np.asarray(variable.value)  # no copy under TensorFlow
+                value = to_numpy(variable.value)  # no copy under TensorFlow
                 bfloat16 = value.dtype.name == "bfloat16"
                 dataset = group.create_dataset(name.replace(".", "/"),
                                                data=value.view(_BFLOAT16_BITS) if bfloat16 else value)

@@ -1,10 +1,11 @@
 """Checkpoint files <-> Keras variables, through ONE name-mapping table.
 
 Every Keras layer in tf_esm is named after the PyTorch reference module it reproduces, so a Keras variable path
-such as `tf_esm_for_masked_lm/esm/encoder/layer.0/attention/self/query/kernel` translates to the reference name
+such as `tf_esm_for_masked_lm/esm/encoder/layer-0/attention/self/query/kernel` translates to the reference name
 `esm.encoder.layer.0.attention.self.query.weight` by a fixed rule:
 
-* drop the top-level model name, join the rest with '.';
+* drop the top-level model name, join the rest with '.' (a '-' inside a name is a '.' of the reference's module
+  path, `KERAS_DOT`; tf_esm before 2026-12 named its layers with the '.' itself, which the rule still reads);
 * rename the leaf by `LEAF_RULES` (Keras `kernel` is the transposed torch `weight`, `embeddings`/`gamma`/`beta`
   are `weight`/`weight`/`bias`); any other leaf is a raw parameter with the reference's own name and layout.
 
@@ -41,10 +42,12 @@ from tf_esm.io.buffers import (
     staged_reads,
 )
 from tf_esm.io.names import (  # the name rule and the shared reader types, imported from here too
+    KERAS_DOT,
     LEAF_RULES,
     STACK_WILDCARD,
     CheckpointError,
     LazyTensors,
+    keras_name,
     model_variables,
     reference_name,
 )
@@ -188,6 +191,8 @@ def _as_variable_value(value, dtype, transpose):
     import keras
     from keras import ops
 
+    from tf_esm.backend import contiguous
+
     original, tensor = value, None
     tensorflow = keras.backend.backend() == "tensorflow"
     if tensorflow:
@@ -214,7 +219,7 @@ def _as_variable_value(value, dtype, transpose):
             return tensor
     if tensor is None:
         tensor = ops.convert_to_tensor(value)
-    return ops.swapaxes(tensor, -1, -2) if transpose else tensor
+    return contiguous(ops.swapaxes(tensor, -1, -2)) if transpose else tensor
 
 
 def matched_state_dict(state_dict, variables, source="checkpoint"):
@@ -320,9 +325,11 @@ def name_list(names, shown=5):
 def model_state_dict(model):
     """{reference name: numpy array} in the reference layout (what `load_state_dict` reads back), stacked weights
     under their per-layer names (`trunk.blocks.0.x`, ...), as the reference has them."""
+    from tf_esm.backend import to_numpy
+
     out = {}
     for name, (variable, transpose) in model_variables(model).items():
-        value = np.asarray(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
+        value = to_numpy(variable.value)  # (Keras' `numpy()` warns under NumPy 2: no `copy` argument)
         value = swapped(value) if transpose and value.ndim == matrix_ndim(name) else value
         if is_stacked(name):
             out.update((name.replace(f".{STACK_WILDCARD}.", f".{index}.", 1), layer)

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tf_esm.backend import matmul_precision
+from tf_esm.io.weights import keras_name
 from tf_esm.modeling.attention import TFEsmAttention
 from tf_esm.modeling.embeddings import (
     TFEsmEmbeddings,
@@ -106,7 +107,7 @@ class TFEsmEncoder(keras.layers.Layer):
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.layer = [TFEsmLayer(config, name=f"layer.{i}") for i in range(config.num_hidden_layers)]
+        self.layer = [TFEsmLayer(config, name=keras_name(f"layer.{i}")) for i in range(config.num_hidden_layers)]
         self.emb_layer_norm_after = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps,
                                                                     name="emb_layer_norm_after")
 
@@ -222,8 +223,8 @@ def _broadcast_head_mask(head_mask, num_layers):
 class TFEsmMainLayer(keras.layers.Layer):
     """The ESM encoder shared by every task model: embeddings -> transformer stack -> optional pooler.
 
-    Its sub-layers are named like the PyTorch reference's modules (`embeddings`, `encoder/layer.0/attention/self/
-    query`, ...), which is what lets one mapping rule translate checkpoints.
+    Its sub-layers are named like the PyTorch reference's modules (`embeddings`, `encoder/layer-0/attention/
+    self/query`, ...: `-` for the reference's '.'), which is what lets one mapping rule translate checkpoints.
 
     Args:
         config: An `EsmConfig`.

@@ -14,10 +14,11 @@ slice i of the stacked ones (a `keras.StatelessScope`, as the traced and scanned
 * elsewhere (eager calls, training) a Python loop over `ops.take(stacked, i)` (under TensorFlow its gradient is a
   sparse update of slice i, not a dense one of the whole stack per layer).
 
-Weight names: a stacked variable is named `*.<path in the template>.<leaf>` (`trunk/blocks/*.tri_mul_out.linear_z.
-kernel`), so the reference name rule of `io/weights.py` gives `trunk.blocks.*.tri_mul_out.linear_z.weight`: the `*`
-stands for the layer index, as in transformers 5's wildcard keys. Checkpoints with per-layer names
-(`trunk.blocks.0...`) are stacked on loading; tf_esm's own file stores the stacks as they are (`io/native_h5.py`).
+Weight names: a stacked variable is named `*.<path in the template>.<leaf>`, each '.' written '-' (`KERAS_DOT` of
+`io/weights.py`: `trunk/blocks/*-tri_mul_out-linear_z-kernel`), so the reference name rule of `io/weights.py` gives
+`trunk.blocks.*.tri_mul_out.linear_z.weight`: the `*` stands for the layer index, as in transformers 5's wildcard
+keys. Checkpoints with per-layer names (`trunk.blocks.0...`) are stacked on loading; tf_esm's own file stores the
+stacks as they are (`io/native_h5.py`).
 
 Only the template's weights (`layer.weights`) are stacked: a template with other state (a dropout's seed
 generator, for a rate above 0) shares it across the layers, and the seed state advances per call, not per layer.
@@ -31,6 +32,7 @@ from keras import ops
 
 from tf_esm.io.stacked_weights import STACK_WILDCARD
 from tf_esm import keras_compat
+from tf_esm.io.names import keras_name
 
 
 
@@ -131,7 +133,7 @@ class LayerStack(keras.layers.Layer):
         for index, weight in enumerate(template_weights):
             relative = weight.path[len(prefix):] if weight.path.startswith(prefix) else weight.name
             stacked.append(self.add_weight(
-                name=".".join([STACK_WILDCARD] + relative.split("/")),
+                name=keras_name(".".join([STACK_WILDCARD] + relative.split("/"))),
                 shape=(self.count,) + tuple(weight.shape), dtype=weight.dtype, trainable=weight.trainable,
                 initializer=_StackedInitializer(initializers[index], self.count, fresh, index)))
         # (template weight, stacked weight); a plain attribute (Keras would track the template's in a list).

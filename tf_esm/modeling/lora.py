@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from tf_esm.io.names import KERAS_DOT
 from tf_esm.keras_compat import all_sublayers
 
 LORA_TARGETS = ("query", "key", "value")
@@ -57,8 +58,10 @@ def attention_projections(model, targets=DEFAULT_LORA_TARGETS):
 
 
 def _relative_path(variable):
-    """A variable's path without the top-level model name (which differs between instances)."""
-    return variable.path.split("/", 1)[1]
+    """A variable's path without the top-level model name (which differs between instances), with the reference's
+    '.' where the Keras name has `-` (`esm/encoder/layer.0/...`): the adapter file's key, the same whatever
+    tf_esm version named the layers."""
+    return variable.path.split("/", 1)[1].replace(KERAS_DOT, ".")
 
 
 def is_lora_variable(variable):

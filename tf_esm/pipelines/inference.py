@@ -5,7 +5,8 @@ batches under a token budget and runs every batch through one compiled forward p
 for (means are pooled inside the graph; attention probabilities are computed only for contacts). Under TensorFlow
 that pass is a single shape-polymorphic graph, traced once per model and set of outputs whatever the lengths; where
 programs are compiled per shape (JAX, XLA) batches are padded to a few bucket lengths so that a handful are
-compiled. `trace_count(model)` says how many. Results are the numbers of a direct call of the model on each sequence
+compiled. `trace_count(model)` says how many. Under PyTorch the pass runs eagerly (nothing is traced), without
+recording gradients. Results are the numbers of a direct call of the model on each sequence
 alone (fair-esm's `esm-extract` semantics: each sequence is truncated to `truncation_seq_length` residues; means
 exclude `<cls>`, `<eos>` and padding), in whatever batch they land.
 
@@ -37,6 +38,7 @@ import numpy as np
 from keras import ops
 
 from tf_esm._deprecation import renamed_keywords
+from tf_esm.backend import no_gradients
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.io.embedding_stores import INCLUDE_CHOICES
 from tf_esm.modeling.attention import uses_blocked_attention
@@ -60,8 +62,9 @@ class _Runner:
     """One model's compiled forward passes, one per (layers, outputs) requested.
 
     Under TensorFlow the graph has a (None, None) input signature: traced once, it serves every batch shape, so
-    batches need no more padding than their longest member. Where a program is compiled per shape (JAX, or
-    TensorFlow with XLA), batches are padded to bucket lengths and power-of-two row counts instead.
+    batches need no more padding than their longest member; under PyTorch the pass runs eagerly, padded the same
+    way. Where a program is compiled per shape (JAX, or TensorFlow with XLA), batches are padded to bucket lengths
+    and power-of-two row counts instead.
     """
 
     def __init__(self, main_layer):
@@ -73,7 +76,8 @@ class _Runner:
         self.stacked_weights = None  # JAX: the weights as the compiled programs' arguments
         self.trace_count = 0
         self.traced_shapes = []  # (rows, length) of each trace; (None, None) for a shape-polymorphic graph
-        self.per_shape = keras.backend.backend() != "tensorflow" or _JIT
+        backend = keras.backend.backend()
+        self.per_shape = backend == "jax" or (backend == "tensorflow" and _JIT)
         self.on_cpu = runs_on_cpu()
         # With attention in blocks (TensorFlow on CPU) masking costs next to nothing: one graph serves batches with
         # and without padding (a second, mask-free graph measured no faster and held more memory: RESULTS.md).
@@ -121,8 +125,6 @@ class _Runner:
         every_layer = any(layer != main_layer.config.num_hidden_layers for layer in layers)
 
         def forward(input_ids, lengths):
-            self.trace_count += 1  # Python side effect: runs once per trace / compilation
-            self.traced_shapes.append(tuple(input_ids.shape))
             input_ids, lengths = ops.convert_to_tensor(input_ids), ops.convert_to_tensor(lengths)
             positions = ops.arange(ops.shape(input_ids)[1], dtype="int32")[None, :]
             attention_mask = ops.cast(positions <= lengths[:, None] + 1, "int32")
@@ -150,23 +152,34 @@ class _Runner:
 
     def _compile(self, forward):
         backend = keras.backend.backend()
+        if backend not in ("tensorflow", "jax"):
+            # PyTorch: eager, nothing traced (trace_count stays 0), with no autograd record of the pass.
+            def eager(input_ids, lengths):
+                with no_gradients():
+                    return forward(input_ids, lengths)
+
+            return eager
+
+        def counted(input_ids, lengths):
+            self.trace_count += 1  # Python side effect: runs once per trace / compilation
+            self.traced_shapes.append(tuple(input_ids.shape))
+            return forward(input_ids, lengths)
+
         if backend == "tensorflow":
             import tensorflow as tf
 
             signature = [tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None,), tf.int32)]
             # No AutoGraph: `forward` has only Python control flow over Python values (the tensor-dependent
             # loops are explicit tf.while_loop / tf.cond), so converting its source would only slow the trace.
-            return tf.function(forward, input_signature=signature, jit_compile=_JIT, autograph=False)
-        if backend == "jax":
-            from tf_esm.modeling import encoder_jax
+            return tf.function(counted, input_signature=signature, jit_compile=_JIT, autograph=False)
+        from tf_esm.modeling import encoder_jax
 
-            # The weights are arguments of the compiled program, not constants baked into it; the encoder's
-            # layers run as one scan over their stacked weights (stacked once per runner, shared by its programs).
-            if self.stacked_weights is None:
-                stacks = [self.main_layer.encoder.layer] if encoder_jax.SCAN_ENCODER else []
-                self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables, stacks)
-            return encoder_jax.jit_with_weights(self.stacked_weights, forward)
-        return forward
+        # The weights are arguments of the compiled program, not constants baked into it; the encoder's layers run
+        # as one scan over their stacked weights (stacked once per runner, shared by its programs).
+        if self.stacked_weights is None:
+            stacks = [self.main_layer.encoder.layer] if encoder_jax.SCAN_ENCODER else []
+            self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables, stacks)
+        return encoder_jax.jit_with_weights(self.stacked_weights, counted)
 
 
 _RUNNERS = weakref.WeakKeyDictionary()
@@ -180,7 +193,8 @@ def _runner(model):
 
 
 def trace_count(model):
-    """How many graphs (programs, under JAX/XLA) `iter_embeddings` has traced for `model` so far."""
+    """How many graphs (programs, under JAX/XLA) `iter_embeddings` has traced for `model` so far (0 under PyTorch,
+    which runs the pass eagerly)."""
     main_layer = getattr(model, "esm", model)
     return _RUNNERS[main_layer].trace_count if main_layer in _RUNNERS else 0
 

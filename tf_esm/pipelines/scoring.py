@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tf_esm._deprecation import renamed_keywords
+from tf_esm.backend import no_gradients, to_numpy
 from tf_esm.io.fasta import RESIDUES
 
 STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl")
@@ -153,7 +154,8 @@ class _LogitsFunction:
         model_ref = weakref.ref(model)  # the cache must not keep the model alive
 
         def forward(input_ids):
-            return model_ref()(input_ids, training=False).logits
+            with no_gradients():  # PyTorch: no autograd record of the pass
+                return model_ref()(input_ids, training=False).logits
 
         self.function = forward
         if keras.backend.backend() == "tensorflow":
@@ -162,7 +164,7 @@ class _LogitsFunction:
             self.function = tf.function(forward, input_signature=[tf.TensorSpec((None, None), tf.int32)])
 
     def log_probs(self, input_ids):
-        logits = np.asarray(self.function(np.asarray(input_ids, dtype=np.int32)), dtype=np.float64)
+        logits = to_numpy(self.function(np.asarray(input_ids, dtype=np.int32))).astype(np.float64)
         logits -= logits.max(axis=-1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
 
