@@ -67,7 +67,8 @@ class _FreshTemplates:
             for _ in range(self.count):
                 layer = self.make_layer()
                 layer.build(*self.shapes)
-                self.values.append([ops.convert_to_numpy(weight.value) for weight in layer.weights])
+                # `Variable.numpy()`: NumPy's own conversion of a tf.Variable raises a DeprecationWarning.
+                self.values.append([weight.numpy() for weight in layer.weights])
         stacked = np.stack([values[index] for values in self.values])
         self.remaining -= 1
         if self.remaining == 0:

@@ -92,11 +92,12 @@ class EsmKerasTask:
                 return super()._maybe_symbolic_build(data_batch=local_build_batch(strategy, iterator))
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def train_step(self, data):
-        return self._multi_worker_step_logs(super().train_step(data))
+    # (data) under TensorFlow; (state, data) under JAX, whose steps return (logs, state), passed through as is.
+    def train_step(self, *args):
+        return self._multi_worker_step_logs(super().train_step(*args))
 
-    def test_step(self, data):
-        return self._multi_worker_step_logs(super().test_step(data))
+    def test_step(self, *args):
+        return self._multi_worker_step_logs(super().test_step(*args))
 
     def _multi_worker_step_logs(self, logs):
         # Keras averages each step's logs across workers with a reduction along axis 0, which scalars lack: see
