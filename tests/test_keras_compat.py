@@ -3,6 +3,8 @@ fallbacks forced (public-only mode), loading a checkpoint, a forward pass and a 
 on masked token labels, and the built-in loss) give the numbers of the normal path and of the PyTorch reference;
 so do a `LayerStack` and the helpers one by one. Runs under every backend."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -23,6 +25,20 @@ def test_every_private_use_is_checked_and_taken_with_the_tested_keras():
     assert set(keras_compat._CHECKS) == set(EVERY_BACKEND + TENSORFLOW_ONLY)
     for name in EVERY_BACKEND + (TENSORFLOW_ONLY if BACKEND == "tensorflow" else ()):
         assert keras_compat.private(name), f"{name}: the private interface changed; see tf_esm/keras_compat.py"
+
+
+def test_a_check_gives_the_same_answer_inside_a_keras_scope(monkeypatch):
+    """The first `private(name)` may come from inside a load's stateless scope: the answer must not depend on it."""
+    monkeypatch.setattr(keras_compat, "_checked", {})
+    with keras.StatelessScope(initialize_variables=False):
+        inside = {name: keras_compat.private(name) for name in EVERY_BACKEND}
+    monkeypatch.setattr(keras_compat, "_checked", {})
+    assert inside == {name: keras_compat.private(name) for name in EVERY_BACKEND}
+    assert all(inside.values())
+    monkeypatch.setattr(keras_compat, "_checked", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as tests/test_api_names.py runs: a check's warning must not fail it
+        assert all(keras_compat.private(name) for name in EVERY_BACKEND)
 
 
 def test_public_only_mode_takes_no_private_use():

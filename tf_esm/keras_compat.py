@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -84,10 +85,34 @@ def private(name):
         with _lock:
             if name not in _checked:
                 try:
-                    _checked[name] = bool(_CHECKS[name]())
+                    # Nor on the caller's warning filters (a test suite's "error" turns a library's
+                    # DeprecationWarning into an exception): the checks' own warnings are not the caller's business.
+                    with _outside_keras_scopes(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        _checked[name] = bool(_CHECKS[name]())
                 except Exception:  # a changed or missing private interface: the public fallback
                     _checked[name] = False
     return _checked[name]
+
+
+# Keras' scopes a check must not run inside: the first `private(name)` call may come from within one (a load opens a
+# stateless scope), and a check's variables would then be deferred by the caller's scope, not by the check's own.
+_KERAS_SCOPES = ("stateless_scope", "symbolic_scope")
+
+
+@contextlib.contextmanager
+def _outside_keras_scopes():
+    """Keras' (thread-local) scopes closed for the duration of a check, then restored: the check's answer must not
+    depend on where it was first asked."""
+    global_state = _global_state()
+    saved = {name: global_state.get_global_attribute(name) for name in _KERAS_SCOPES}
+    for name in saved:
+        global_state.set_global_attribute(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            global_state.set_global_attribute(name, value)
 
 
 # ------------------------------------------------------------------------------------------------------- checks
