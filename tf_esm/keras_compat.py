@@ -203,7 +203,10 @@ def _check_symbolic_build_hook():
 def _check_multi_worker_mode():
     import tensorflow as tf
 
-    return callable(getattr(tf.distribute.MirroredStrategy().extended, "_in_multi_worker_mode", None))
+    # The default strategy, which exists already: creating a strategy here (a MirroredStrategy) inside a
+    # multi-worker process whose collectives are set up crashed the worker (SIGSEGV, tests/test_multi_worker.py).
+    extended = tf.distribute.get_strategy().extended
+    return callable(getattr(extended, "_in_multi_worker_mode", None)) and extended._in_multi_worker_mode() is False
 
 
 _CHECKS = {
