@@ -43,6 +43,16 @@ EVERY_BACKEND_MODULES = (
     "test_transformers4_fixtures.py",
     "test_weights.py",
 )
+# Modules that run, beyond those, under one backend other than TensorFlow. ESMFold's end-to-end parity
+# (test_folding_model.py) runs eagerly under PyTorch in ~30 s; under JAX, which compiles each eager op for each new
+# shape, the module took 28 min on a shared 2-core machine (tests/test_folding_jax.py checks ESMFold under JAX).
+BACKEND_MODULES = {"torch": ("test_folding_model.py",)}
+
+
+def collected_modules(backend=BACKEND):
+    """The test modules collected under `backend` (other than TensorFlow, which collects every module)."""
+    return EVERY_BACKEND_MODULES + BACKEND_MODULES.get(backend, ())
+
 
 if BACKEND == "tensorflow":
     # In-process CLI runs set TensorFlow's thread pools for throughput when they are the first to start the runtime;
@@ -93,10 +103,11 @@ def pytest_configure(config):
 
 
 def pytest_ignore_collect(collection_path, config):
-    """Under JAX or PyTorch only EVERY_BACKEND_MODULES are collected (the others import TensorFlow-only modules)."""
+    """Under JAX or PyTorch only EVERY_BACKEND_MODULES and that backend's BACKEND_MODULES are collected (the others
+    import TensorFlow-only modules)."""
     if BACKEND == "tensorflow" or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
         return None
-    return collection_path.name not in EVERY_BACKEND_MODULES
+    return collection_path.name not in collected_modules()
 
 
 @pytest.hookimpl(trylast=True)
@@ -198,8 +209,10 @@ def pytest_terminal_summary(terminalreporter):
 
     if BACKEND != "tensorflow":
         terminalreporter.section(f"KERAS_BACKEND={BACKEND}")
-        terminalreporter.write_line(f"ran the modules that run under every backend ({', '.join(EVERY_BACKEND_MODULES)});"
-                                    " the others test TensorFlow programs and need KERAS_BACKEND=tensorflow.")
+        also = BACKEND_MODULES.get(BACKEND, ())
+        terminalreporter.write_line(f"ran the modules that run under every backend ({', '.join(EVERY_BACKEND_MODULES)})"
+                                    + (f" and those that run under {BACKEND} ({', '.join(also)})" if also else "")
+                                    + "; the others test TensorFlow programs and need KERAS_BACKEND=tensorflow.")
 
     if PARITY_REPORT:
         terminalreporter.section(f"parity: max abs difference vs the PyTorch reference (KERAS_BACKEND={BACKEND})")

@@ -310,3 +310,27 @@ def test_attention_map_input_to_the_pair_stack():
     output = model(aatype, attention_mask=mask, num_recycles=0, compiled=False)
     assert tuple(output["s_z"].shape) == (2, aatype.shape[1], aatype.shape[1], 16)
     assert np.all(np.isfinite(np.asarray(output["positions"])))
+
+
+def test_cross_products_along_the_last_axis_whatever_the_leading_axes():
+    """The recycled distogram's virtual C-beta and `Rigid.from_3_points` cross along the coordinate axis even where a
+    leading axis also has size 3 (a batch of 3 sequences, 3 residues): Keras' PyTorch backend hands `ops.cross`'s
+    default axis=None on to `torch.cross(dim=None)`, which crosses along the first axis of size 3. Against
+    transformers' `EsmFoldingTrunk.distogram` and openfold's `Rigid.from_3_points`."""
+    from transformers.models.esm.modeling_esmfold import EsmFoldingTrunk
+    from transformers.models.esm.openfold_utils.rigid_utils import Rigid as ReferenceRigid
+
+    from tf_esm.backend import to_numpy
+    from tf_esm.folding.rigid import Rigid
+    from tf_esm.folding.trunk import pseudo_beta_distogram
+
+    rng = np.random.default_rng(0)  # B, L, N/CA/C, xyz: atoms ~1 A around residue centres ~8 A apart
+    coords = (rng.normal(scale=5.0, size=(3, 3, 1, 3)) + rng.normal(size=(3, 3, 3, 3))).astype(np.float32)
+    theirs = EsmFoldingTrunk.distogram(torch.from_numpy(coords), 3.375, 21.375, 15).numpy()
+    assert len(np.unique(theirs)) > 3  # distances spread over the bins
+    np.testing.assert_array_equal(to_numpy(pseudo_beta_distogram(coords, num_bins=15)), theirs)
+
+    points = [coords[:, :, i] for i in range(3)]  # 3 x [3, 3, 3]
+    theirs = ReferenceRigid.from_3_points(*map(torch.from_numpy, points)).get_rots().get_rot_mats().numpy()
+    ours = to_numpy(Rigid.from_3_points(*points).get_rots().get_rot_mats())
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)

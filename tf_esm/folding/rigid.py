@@ -312,5 +312,5 @@ class Rigid:
         e0 = e0 / ops.sqrt(ops.sum(e0 * e0, axis=-1, keepdims=True) + eps)
         e1 = e1 - e0 * ops.sum(e0 * e1, axis=-1, keepdims=True)
         e1 = e1 / ops.sqrt(ops.sum(e1 * e1, axis=-1, keepdims=True) + eps)
-        e2 = ops.cross(e0, e1)
+        e2 = ops.cross(e0, e1, axis=-1)  # explicit: under PyTorch axis=None is the first axis of size 3
         return Rigid(Rotation(rot_mats=ops.stack([e0, e1, e2], axis=-1)), origin)

@@ -274,7 +274,9 @@ def pseudo_beta_distogram(backbone_positions, min_bin=3.375, max_bin=21.375, num
     n, ca, c = backbone_positions[..., 0, :], backbone_positions[..., 1, :], backbone_positions[..., 2, :]
     b = ca - n
     c = c - ca
-    a = ops.cross(b, c)
+    # axis=-1 explicitly: Keras' PyTorch backend passes axis=None on as torch.cross(dim=None), which crosses along
+    # the FIRST axis of size 3 (a batch of 3 sequences), not the last.
+    a = ops.cross(b, c, axis=-1)
     cb = -0.58273431 * a + 0.56802827 * b - 0.54067466 * c + ca
     squared = ops.sum((cb[..., None, :, :] - cb[..., :, None, :]) ** 2, axis=-1, keepdims=True)
     boundaries = ops.linspace(min_bin, max_bin, num_bins - 1) ** 2
