@@ -187,6 +187,7 @@ def test_require_tensorflow_names_the_feature_and_the_backend(monkeypatch):
 
     from tf_esm.backend import TensorFlowRequiredError, require_tensorflow
 
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")  # whatever backend runs the test
     assert require_tensorflow("anything").__name__ == "tensorflow"
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(TensorFlowRequiredError, match=r"SavedModel export needs TensorFlow .*you are on jax"):

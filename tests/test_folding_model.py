@@ -317,6 +317,7 @@ def test_cross_products_along_the_last_axis_whatever_the_leading_axes():
     leading axis also has size 3 (a batch of 3 sequences, 3 residues): Keras' PyTorch backend hands `ops.cross`'s
     default axis=None on to `torch.cross(dim=None)`, which crosses along the first axis of size 3. Against
     transformers' `EsmFoldingTrunk.distogram` and openfold's `Rigid.from_3_points`."""
+    import keras
     from transformers.models.esm.modeling_esmfold import EsmFoldingTrunk
     from transformers.models.esm.openfold_utils.rigid_utils import Rigid as ReferenceRigid
 
@@ -328,9 +329,10 @@ def test_cross_products_along_the_last_axis_whatever_the_leading_axes():
     coords = (rng.normal(scale=5.0, size=(3, 3, 1, 3)) + rng.normal(size=(3, 3, 3, 3))).astype(np.float32)
     theirs = EsmFoldingTrunk.distogram(torch.from_numpy(coords), 3.375, 21.375, 15).numpy()
     assert len(np.unique(theirs)) > 3  # distances spread over the bins
-    np.testing.assert_array_equal(to_numpy(pseudo_beta_distogram(coords, num_bins=15)), theirs)
+    ours = pseudo_beta_distogram(keras.ops.convert_to_tensor(coords), num_bins=15)
+    np.testing.assert_array_equal(to_numpy(ours), theirs)
 
     points = [coords[:, :, i] for i in range(3)]  # 3 x [3, 3, 3]
     theirs = ReferenceRigid.from_3_points(*map(torch.from_numpy, points)).get_rots().get_rot_mats().numpy()
-    ours = to_numpy(Rigid.from_3_points(*points).get_rots().get_rot_mats())
+    ours = to_numpy(Rigid.from_3_points(*map(keras.ops.convert_to_tensor, points)).get_rots().get_rot_mats())
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
