@@ -193,7 +193,7 @@ def _as_variable_value(value, dtype, transpose):
 
     from tf_esm.backend import contiguous
 
-    original, tensor = value, None
+    tensor = None
     tensorflow = keras.backend.backend() == "tensorflow"
     if tensorflow:
         from tf_esm.io import weights_tf
