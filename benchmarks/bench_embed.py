@@ -361,7 +361,7 @@ def main():
                 torch_runs, keras_runs = [], []
                 for _ in range(args.repeats):  # alternate the frameworks: the machine's load drifts
                     torch_runs.append(spawn("torch", embeddings_out=torch_out, **common))
-                    keras_runs.append(spawn("keras", embeddings_out=keras_out, max_tokens_per_batch=args.toks_per_batch,
+                    keras_runs.append(spawn("keras", embeddings_out=keras_out, toks_per_batch=args.toks_per_batch,
                                             **common))
                     if args.device == "cpu":  # the machine is shared: sample the GEMM rate again, in its own process
                         keras_runs[-1]["gemm_flops_around"] = [spawn("gemm", device="cpu")["gemm_flops"]]

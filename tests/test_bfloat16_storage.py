@@ -43,7 +43,7 @@ def test_converted_bfloat16_stem_is_stored_as_it_is_and_recorded_in_the_config(e
         # Version 4: version 3's bfloat16 datasets, and the trunk's blocks stored as stacks.
         assert handle.attrs["format_version"] == 4 and list(handle) == [native_h5.GROUPS[4]]
         group = handle[native_h5.GROUPS[4]]
-        kernel = group["esm/encoder/layer/1/intermediate/dense/weight"]
+        kernel = group["esm/encoder/layer/*/intermediate/dense/weight"]
         assert kernel.dtype == np.dtype("<u2") and kernel.attrs["bfloat16"]
         trunk = group["trunk/blocks/*/mlp_seq/mlp/1/weight"]
         assert trunk.dtype == np.float32 and not trunk.attrs.get("bfloat16", False)
@@ -71,16 +71,16 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
         np.testing.assert_array_equal(positions, expected, err_msg=call)
 
     widened = TFEsmForProteinFolding.from_pretrained(converted, stem_precision="float32", strict=True)
-    kernel = widened.esm.encoder.layer[1].intermediate.dense.kernel
+    kernel = widened.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
     assert widened.stem_precision == "float32" and kernel.dtype == "float32"
-    np.testing.assert_array_equal(_values(kernel), _values(model.esm.encoder.layer[1].intermediate.dense.kernel))
+    np.testing.assert_array_equal(_values(kernel), _values(model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")))
 
 
 @pytest.mark.tensorflow_only("variables adopt the file's memory map under TensorFlow only")
 def test_converted_bfloat16_stem_is_mapped(esmfold):
     _, converted = esmfold
     model = TFEsmForProteinFolding.from_pretrained(converted, strict=True)
-    kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
+    kernel = model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
     assert kernel.dtype == "bfloat16"
     assert buffers.is_mapped(np.asarray(kernel.value.value()))  # no cast, no copy
 

@@ -75,8 +75,8 @@ def _counted(traces):
 
 def test_weights_are_stacked_and_named_by_their_path_in_the_template(stack_and_layers):
     stack, layers, _ = stack_and_layers
-    assert [w.name for w in stack.weights] == ["*.norm.gamma", "*.norm.beta", "*.inner.kernel", "*.inner.bias",
-                                               "*.outer.kernel", "*.outer.bias"]
+    assert [w.name for w in stack.weights] == ["stacked.norm.gamma", "stacked.norm.beta", "stacked.inner.kernel",
+                                               "stacked.inner.bias", "stacked.outer.kernel", "stacked.outer.bias"]
     assert [tuple(w.shape) for w in stack.weights] == [(COUNT,) + tuple(w.shape) for w in layers[0].weights]
     assert len(stack) == COUNT and stack.template.built
     assert all(w.path.startswith("blocks/block/") for w in stack.template.weights)  # not the stack's weights
@@ -126,11 +126,11 @@ def test_jax_scans_the_stacked_weights_inside_a_compiled_program(stack_and_layer
     stack, layers, x = stack_and_layers
     expected = np.asarray(_separate(layers, x))
     traces = []
-    weights = encoder_jax.StackedWeights(stack.variables, [])
-    run = encoder_jax.jit_with_weights(weights, lambda x: stack.apply(_counted(traces), x))
+    run = encoder_jax.jit_with_weights(stack.variables, lambda x: stack.apply(_counted(traces), x))
     np.testing.assert_allclose(np.asarray(run(x)), expected, rtol=0, atol=1e-5)
     assert len(traces) == 1  # the scan's body, traced once
-    assert not weights.stacks  # nothing is stacked again: the program gets the stack's own variables
+    # Nothing is stacked again: the program's arguments are the stack's own variables' values.
+    assert all(value is variable.value for value, variable in zip(run.arguments(x)[0], stack.variables))
 
 
 def test_a_template_with_a_seed_generator_advances_it(stack_and_layers):
@@ -187,7 +187,7 @@ def test_native_file_stores_stacks_and_older_files_still_load(reference_director
         assert handle.attrs["format_version"] == 4
         dataset = handle[native_h5.GROUPS[4]]["trunk/blocks/*/tri_mul_out/linear_z/weight"]
         variable = model.trunk.blocks.stacked_weights[
-            [w.name for w in model.trunk.blocks.stacked_weights].index("*.tri_mul_out.linear_z.kernel")]
+            [w.name for w in model.trunk.blocks.stacked_weights].index("stacked.tri_mul_out.linear_z.kernel")]
         assert dataset.attrs["keras_layout"] and dataset.shape == tuple(variable.shape)
         np.testing.assert_array_equal(dataset[()], np.asarray(variable.value))
 

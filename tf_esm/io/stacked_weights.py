@@ -1,6 +1,6 @@
 """Stacked weights in the name table (`io/weights.py`): a weight of a `LayerStack` (modeling/layer_stack.py), the
 same tensor of N identical layers stacked along a leading axis, has one reference name with `*` for the layer
-index (`trunk.blocks.*.mlp_seq.mlp.1.weight`). Checkpoints with per-layer names (`trunk.blocks.0.mlp_seq...`,
+index (`trunk.blocks.*.mlp_seq.mlp.1.weight`; its Keras variable is `trunk/blocks/stacked.mlp_seq.mlp.1.kernel`). Checkpoints with per-layer names (`trunk.blocks.0.mlp_seq...`,
 transformers' and tf_esm's files before stacks) are gathered under it here and stacked when the tensor is read."""
 
 from __future__ import annotations
@@ -14,6 +14,20 @@ from tf_esm.io.buffers import is_own_array, own_array, read_buffer
 # The layer axis of a stacked weight (`modeling/layer_stack.py`): `trunk.blocks.*.mlp_seq.mlp.1.weight` is
 # `trunk.blocks.{i}.mlp_seq.mlp.1.weight` for every i, stacked along a leading axis.
 STACK_WILDCARD = "*"
+# The Keras name of a stacked variable: this prefix, then its path in the stacked layer joined by dots
+# (`stacked.mlp_seq.mlp.1.kernel`). Not `*`: TensorFlow refuses it in the name scopes of optimiser slots.
+STACKED_VARIABLE_PREFIX = "stacked."
+
+
+def stacked_variable_name(relative_path):
+    """The Keras name of the stacked variable of a template weight at `relative_path` (`mlp_seq/mlp.1/kernel`)."""
+    return STACKED_VARIABLE_PREFIX + ".".join(relative_path.split("/"))
+
+
+def stacked_variable_inner(leaf):
+    """The path inside the stacked layer (`mlp_seq.mlp.1.kernel`) of a Keras variable name, or None when it is
+    not a stacked variable's name."""
+    return leaf[len(STACKED_VARIABLE_PREFIX):] if leaf.startswith(STACKED_VARIABLE_PREFIX) else None
 
 
 def is_stacked(name):

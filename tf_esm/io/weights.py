@@ -1,8 +1,9 @@
 """Checkpoint files <-> Keras variables, through ONE name-mapping table.
 
 Every Keras layer in tf_esm is named after the PyTorch reference module it reproduces, so a Keras variable path
-such as `tf_esm_for_masked_lm/esm/encoder/layer.0/attention/self/query/kernel` translates to the reference name
-`esm.encoder.layer.0.attention.self.query.weight` by a fixed rule:
+such as `tf_esm_for_masked_lm/esm/embeddings/word_embeddings/embeddings` translates to the reference name
+`esm.embeddings.word_embeddings.weight` by a fixed rule (a stacked weight of a `LayerStack`, such as the encoder's
+`esm/encoder/layer/stacked.attention.self.query.kernel`, to `esm.encoder.layer.*.attention.self.query.weight`):
 
 * drop the top-level model name, join the rest with '.';
 * rename the leaf by `LEAF_RULES` (Keras `kernel` is the transposed torch `weight`, `embeddings`/`gamma`/`beta`
@@ -40,7 +41,8 @@ from tf_esm.io.buffers import (
     read_buffer,
     staged_reads,
 )
-from tf_esm.io.stacked_weights import STACK_WILDCARD, is_stacked, matrix_ndim, swapped, with_stacks
+from tf_esm.io.stacked_weights import (STACK_WILDCARD, is_stacked, matrix_ndim, stacked_variable_inner, swapped,
+                                       with_stacks)
 
 logger = logging.getLogger("tf_esm")
 
@@ -100,13 +102,16 @@ class CheckpointError(ValueError):
 
 def reference_name(variable_path):
     """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
-    stacked layer (`*.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/')."""
+    stacked layer (`stacked.tri_mul_out.linear_z.kernel`; Keras names cannot hold '/'), which becomes the
+    reference name with `*` for the layer index (`trunk.blocks.*.tri_mul_out.linear_z.weight`)."""
     parts = variable_path.split("/")[1:]  # drop the top-level model name
     if not parts:
         raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
     inner, leaf = "", parts[-1]
-    if leaf.startswith(STACK_WILDCARD + "."):
-        inner, _, leaf = leaf.rpartition(".")
+    stacked = stacked_variable_inner(leaf)
+    if stacked is not None:
+        inner, _, leaf = stacked.rpartition(".")
+        inner = STACK_WILDCARD + "." + inner if inner else STACK_WILDCARD
     leaf, transpose = LEAF_RULES.get(leaf, (leaf, False))
     return ".".join(parts[:-1] + ([inner] if inner else []) + [leaf]), transpose
 
@@ -333,10 +338,14 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint", archit
                 transpose = transpose and value.ndim == matrix_ndim(name)
                 shape = value.shape[:-2] + value.shape[:-3:-1] if transpose else value.shape
                 if tuple(shape) != tuple(variable.shape):
+                    stacked = is_stacked(name) and len(shape) == len(variable.shape)  # name each layer's tensor
+                    what, have, need = ((name.replace(STACK_WILDCARD, "{i}"), value.shape[1:], variable.shape[1:])
+                                        if stacked else (name, value.shape, variable.shape))
                     raise CheckpointError(
-                        f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
-                        f"variable {variable.path} needs {tuple(variable.shape)}"
-                        + (" (transposed)" if transpose else "") + "."
+                        f"{source}: tensor {what!r} has shape {tuple(have)}, but the model's variable "
+                        f"{variable.path} needs {tuple(need)}" + (" (transposed)" if transpose else "")
+                        + (f" (layers: {value.shape[0]} in the file, {variable.shape[0]} in the model)"
+                           if stacked else "") + "."
                     )
                 assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
     finally:

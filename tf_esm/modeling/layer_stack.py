@@ -1,8 +1,9 @@
 """`LayerStack`: N layers of one structure as ONE Keras layer, their weights stacked along a leading layer axis.
 
-ESMFold's trunk is 48 identical blocks of 62 Keras layers and 80 weights each. As 48 Keras layers that was ~3,000
-layers to construct and build and ~3,800 variables to create for every `from_pretrained`, most of its time
-(benchmarks/RESULTS.md, "One layer per stack"). Here one template layer is constructed and built, with no memory
+The one way tf_esm runs a stack of identical layers: the ESM encoder's layers (`encoder.layer`) and ESMFold's trunk
+blocks (`trunk.blocks`). ESMFold's trunk is 48 identical blocks of 62 Keras layers and 80 weights each. As 48 Keras
+layers that was ~3,000 layers to construct and build and ~3,800 variables to create for every `from_pretrained`,
+most of its time (benchmarks/RESULTS.md, "One layer per stack"). Here one template layer is constructed and built, with no memory
 (its variables are created in a stateless scope and never initialised), and the stack owns one variable per
 template weight, of shape `(count,) + weight shape`. Layer i runs as the template with its variables mapped to
 slice i of the stacked ones (a `keras.StatelessScope`, as the traced and scanned layer loops already ran):
@@ -11,12 +12,13 @@ slice i of the stacked ones (a `keras.StatelessScope`, as the traced and scanned
   stacked values themselves: no stacked copy of the weights is made;
 * under TensorFlow, for inference in a graph (or eagerly inside `layers_tf.traced_in_eager`), the template traced
   once and called per slice (`layers_tf.apply_stack`), slices that share the stacked buffers;
-* elsewhere (eager calls, training) a Python loop over `ops.take(stacked, i)` (under TensorFlow its gradient is a
-  sparse update of slice i, not a dense one of the whole stack per layer).
+* elsewhere (eager calls, training, and calls with per-layer inputs such as a head mask or a decoder cache) a
+  Python loop over `ops.take(stacked, i)` (under TensorFlow its gradient is a sparse update of slice i, not a dense
+  one of the whole stack per layer).
 
-Weight names: a stacked variable is named `*.<path in the template>.<leaf>` (`trunk/blocks/*.tri_mul_out.linear_z.
-kernel`), so the reference name rule of `io/weights.py` gives `trunk.blocks.*.tri_mul_out.linear_z.weight`: the `*`
-stands for the layer index, as in transformers 5's wildcard keys. Checkpoints with per-layer names
+Weight names: a stacked variable is named `stacked.<path in the template>.<leaf>` (`trunk/blocks/stacked.tri_mul_out.
+linear_z.kernel`), which the reference name rule of `io/weights.py` turns into `trunk.blocks.*.tri_mul_out.linear_z.
+weight`: the `*` stands for the layer index, as in transformers 5's wildcard keys. Checkpoints with per-layer names
 (`trunk.blocks.0...`) are stacked on loading; tf_esm's own file stores the stacks as they are (`io/native_h5.py`).
 
 Only the template's weights (`layer.weights`) are stacked: a template with other state (a dropout's seed
@@ -28,7 +30,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_esm.io.stacked_weights import STACK_WILDCARD
+from tf_esm.io.stacked_weights import stacked_variable_inner, stacked_variable_name
 from tf_esm.io.weights import forget_initialization
 
 
@@ -94,19 +96,43 @@ class LayerStack(keras.layers.Layer):
         template = self._template
         with keras.StatelessScope(initialize_variables=False):  # no values: slices are mapped in at each call
             template.build(*shapes)
-        template_weights = list(template.weights)
-        forget_initialization(template.variables)  # never initialised: no memory of their own
-        prefix = template.path + "/"
-        stacked = []
-        for weight in template_weights:
-            relative = weight.path[len(prefix):] if weight.path.startswith(prefix) else weight.name
-            stacked.append(self.add_weight(
-                name=".".join([STACK_WILDCARD] + relative.split("/")),
-                shape=(self.count,) + tuple(weight.shape), dtype=weight.dtype, trainable=weight.trainable,
-                initializer=_StackedInitializer(getattr(weight, "_initializer", None), self.count)))
-        # (template weight, stacked weight); a plain attribute (Keras would track the template's in a list).
-        object.__setattr__(self, "_pairs", tuple(zip(template_weights, stacked)))
+        object.__setattr__(self, "_pairs", ())  # (template weight, stacked weight); Keras would track a list
+        self._stack_new_weights()
         self.built = True
+
+    def _stack_new_weights(self):
+        """A stacked variable for each template weight that has none yet (all of them, when building)."""
+        template = self._template
+        stacked_ids = {id(weight) for weight, _ in self._pairs}
+        new = [weight for weight in template.weights if id(weight) not in stacked_ids]
+        forget_initialization(new)  # never initialised: no memory of their own
+        prefix = template.path + "/"
+        pairs = list(self._pairs)
+        for weight in new:
+            relative = weight.path[len(prefix):] if weight.path.startswith(prefix) else weight.name
+            pairs.append((weight, self.add_weight(
+                name=stacked_variable_name(relative),
+                shape=(self.count,) + tuple(weight.shape), dtype=weight.dtype, trainable=weight.trainable,
+                initializer=_StackedInitializer(getattr(weight, "_initializer", None), self.count))))
+        object.__setattr__(self, "_pairs", tuple(pairs))
+
+    def change_template(self, change):
+        """`change(template)`, which may add weights to the template (LoRA adapters: `Dense.enable_lora`); each new
+        weight gets its stacked variable, initialised as N separate layers' would be, and a template weight whose
+        `trainable` the change set passes it on to its stacked variable."""
+        trainable = [weight.trainable for weight in self.template_weights]
+        with keras.StatelessScope(initialize_variables=False):
+            result = change(self._template)
+        for (weight, stacked), before in zip(self._pairs, trainable):
+            if weight.trainable != before:  # `enable_lora` freezes the kernel it adapts
+                stacked.trainable = weight.trainable
+        # A built layer's state is locked; Keras' own `enable_lora` and `quantize` unlock it the same way.
+        self._tracker.unlock()
+        try:
+            self._stack_new_weights()
+        finally:
+            self._tracker.lock()
+        return result
 
     @property
     def template_weights(self):
@@ -116,6 +142,15 @@ class LayerStack(keras.layers.Layer):
     @property
     def stacked_weights(self):
         return [stacked for _, stacked in self._pairs]
+
+    def stacked_weight(self, name):
+        """The stacked variable of the template weight `name`, its path in the template joined by dots
+        (`intermediate.dense.kernel`): layer i's weight is its slice i."""
+        for stacked in self.stacked_weights:
+            if stacked_variable_inner(stacked.name) == name:
+                return stacked
+        raise KeyError(f"{self.name} has no stacked weight {name!r}; it has "
+                       f"{[stacked_variable_inner(stacked.name) for stacked in self.stacked_weights]}.")
 
     def layer_values(self, index):
         """Layer `index`'s weights (slices of the stacked values), in the order of `template_weights`."""
@@ -136,23 +171,39 @@ class LayerStack(keras.layers.Layer):
                     variable.assign(value)
         return result
 
-    def apply(self, step, carry, training=False):
+    def apply(self, step, carry, training=False, with_outputs=False, per_layer=None):
         """`carry = step(layer, carry)` for each layer in turn; returns the last `carry` (a tensor or a nested
-        structure of tensors). See the module docstring for how each backend runs the loop."""
-        backend = keras.backend.backend()
-        if backend == "jax":
-            from tf_esm.modeling import encoder_jax
+        structure of tensors). See the module docstring for how each backend runs the loop.
 
-            if encoder_jax.tracing():
-                return encoder_jax.scan_stack(self, step, carry)
-        elif backend == "tensorflow" and not training:
-            from tf_esm.modeling import layers_tf
+        With `with_outputs`, `step` returns `(carry, outputs)` and this returns `(carry, [each layer's outputs])`.
+        With `per_layer` (a sequence of one value per layer: a head mask, a cache), `step(layer, carry, value)`
+        gets layer i's value, and the layers run in the Python loop on every backend."""
+        if per_layer is None:
+            backend = keras.backend.backend()
+            if backend == "jax":
+                from tf_esm.modeling import encoder_jax
 
-            if layers_tf.traceable_stack(self):
-                return layers_tf.apply_stack(self, step, carry)
+                if encoder_jax.scans_stacks():
+                    return encoder_jax.scan_stack(self, step, carry, with_outputs=with_outputs)
+            elif backend == "tensorflow" and not training:
+                from tf_esm.modeling import layers_tf
+
+                if layers_tf.traceable_stack(self):
+                    return layers_tf.apply_stack(self, step, carry, with_outputs=with_outputs)
+        elif len(per_layer) != self.count:
+            raise ValueError(f"per_layer has {len(per_layer)} values for {self.count} layers.")
+        outputs = []
         for index in range(self.count):
-            carry = self.run_layer(self.layer_values(index), step, carry)
-        return carry
+            if per_layer is None:
+                result = self.run_layer(self.layer_values(index), step, carry)
+            else:
+                result = self.run_layer(self.layer_values(index),
+                                        lambda layer, state: step(layer, state, per_layer[index]), carry)
+            if with_outputs:
+                result, layer_outputs = result
+                outputs.append(layer_outputs)
+            carry = result
+        return (carry, outputs) if with_outputs else carry
 
     def get_config(self):
         config = super().get_config()

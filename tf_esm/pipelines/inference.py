@@ -70,7 +70,6 @@ class _Runner:
             main_layer.build(None)
         self.main_layer = main_layer
         self.functions = {}
-        self.stacked_weights = None  # JAX: the weights as the compiled programs' arguments
         self.trace_count = 0
         self.traced_shapes = []  # (rows, length) of each trace; (None, None) for a shape-polymorphic graph
         self.per_shape = keras.backend.backend() != "tensorflow" or _JIT
@@ -161,11 +160,8 @@ class _Runner:
             from tf_esm.modeling import encoder_jax
 
             # The weights are arguments of the compiled program, not constants baked into it; the encoder's
-            # layers run as one scan over their stacked weights (stacked once per runner, shared by its programs).
-            if self.stacked_weights is None:
-                stacks = [self.main_layer.encoder.layer] if encoder_jax.SCAN_ENCODER else []
-                self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables, stacks)
-            return encoder_jax.jit_with_weights(self.stacked_weights, forward)
+            # layers (a LayerStack) run as one scan over its stacked weights.
+            return encoder_jax.jit_with_weights(self.main_layer.variables, forward)
         return forward
 
 
