@@ -86,8 +86,8 @@ def test_converted_bfloat16_stem_is_mapped(esmfold):
 
 
 def test_save_pretrained_of_a_bfloat16_encoder_round_trips(tmp_path):
-    """A bfloat16 TFEsmModel saved as h5 stores bfloat16 (version 3) and reloads bit for bit, in bfloat16 or
-    widened to float32; a reader that knows only versions 1 and 2 finds none of its groups."""
+    """A bfloat16 TFEsmModel saved as h5 stores bfloat16 (version 4: its layers are stacked) and reloads bit for
+    bit, in bfloat16 or widened to float32; a reader that knows only versions 1 and 2 finds none of its groups."""
     config = transformers.EsmConfig(vocab_size=33, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                     intermediate_size=128, max_position_embeddings=130, pad_token_id=1,
                                     mask_token_id=32, position_embedding_type="rotary", token_dropout=True)
@@ -96,8 +96,9 @@ def test_save_pretrained_of_a_bfloat16_encoder_round_trips(tmp_path):
     model = TFEsmModel.from_pretrained(str(tmp_path / "hf"), precision="bfloat16", add_pooling_layer=False)
     model.save_pretrained(str(tmp_path / "saved"))
     with h5py.File(tmp_path / "saved" / H5_WEIGHTS_NAME, "r") as handle:
-        assert handle.attrs["format_version"] == 3
+        assert handle.attrs["format_version"] == 4
         assert set(native_h5.GROUPS[version] for version in (1, 2)).isdisjoint(handle)
+        assert handle[native_h5.GROUPS[4]]["esm/encoder/layer/*/intermediate/dense/weight"].attrs["bfloat16"]
     for dtype in ("bfloat16", "float32"):
         again = TFEsmModel.from_pretrained(str(tmp_path / "saved"), precision=dtype, add_pooling_layer=False)
         for ours, theirs in zip(model.weights, again.weights):

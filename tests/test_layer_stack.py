@@ -105,7 +105,7 @@ def test_tensorflow_traced_once_in_a_graph_and_eagerly_and_gradients(stack_and_l
         assert layers_tf.traceable_stack(stack)
         np.testing.assert_allclose(stack.apply(_step, x).numpy(), expected, rtol=0, atol=1e-5)
 
-    # Training: the Python loop, each layer's slice taken with a gather (a sparse gradient for slice i).
+    # Training: the Python loop over the stacked values unstacked (one dense gradient per stacked weight).
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(stack.apply(_step, x, training=True) ** 2)
     ours = tape.gradient(loss, [w.value for w in stack.stacked_weights])
@@ -137,6 +137,8 @@ def test_a_template_with_a_seed_generator_advances_it(stack_and_layers):
     """Dropout in the template: each layer and each call draws new masks, as separate layers would."""
     stack = LayerStack(lambda: keras.layers.Dropout(0.5, seed=1), 4, name="drops")
     stack.build((None, 64))
+    # The seed state is the stack's (a model's variables, initialised and updated with the others), not a weight.
+    assert [id(v) for v in stack.variables] == [id(stack.template.seed_generator.state)] and not stack.weights
     ones = np.ones((1, 64), "float32")
     first = np.asarray(stack.apply(lambda layer, x: layer(x, training=True), ones))
     second = np.asarray(stack.apply(lambda layer, x: layer(x, training=True), ones))

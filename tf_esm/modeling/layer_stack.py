@@ -13,16 +13,16 @@ slice i of the stacked ones (a `keras.StatelessScope`, as the traced and scanned
 * under TensorFlow, for inference in a graph (or eagerly inside `layers_tf.traced_in_eager`), the template traced
   once and called per slice (`layers_tf.apply_stack`), slices that share the stacked buffers;
 * elsewhere (eager calls, training, and calls with per-layer inputs such as a head mask or a decoder cache) a
-  Python loop over `ops.take(stacked, i)` (under TensorFlow its gradient is a sparse update of slice i, not a dense
-  one of the whole stack per layer).
+  Python loop over the stacked values unstacked (`ops.unstack`; the gradient of a stacked weight is one dense
+  tensor, each layer's gradient in its slice).
 
 Weight names: a stacked variable is named `stacked.<path in the template>.<leaf>` (`trunk/blocks/stacked.tri_mul_out.
 linear_z.kernel`), which the reference name rule of `io/weights.py` turns into `trunk.blocks.*.tri_mul_out.linear_z.
 weight`: the `*` stands for the layer index, as in transformers 5's wildcard keys. Checkpoints with per-layer names
 (`trunk.blocks.0...`) are stacked on loading; tf_esm's own file stores the stacks as they are (`io/native_h5.py`).
 
-Only the template's weights (`layer.weights`) are stacked: a template with other state (a dropout's seed
-generator, for a rate above 0) shares it across the layers, and the seed state advances per call, not per layer.
+Only the template's weights (`layer.weights`) are stacked: the template's seed generators (dropout's) are the
+stack's own state, shared across the layers; the seed state advances per layer and per call.
 """
 
 from __future__ import annotations
@@ -79,6 +79,11 @@ class LayerStack(keras.layers.Layer):
         self.count = int(count)
         # Not an attribute Keras tracks: the template's (unset) variables are not the stack's weights.
         object.__setattr__(self, "_template", make_layer())
+        # Its seed generators (dropout's) are the stack's state: shared by the layers, initialised, saved and
+        # updated (in Keras' stateless training steps too) with the model's other variables.
+        self.template_seed_generators = [
+            value for layer in self._template._flatten_layers() for value in vars(layer).values()
+            if isinstance(value, keras.random.SeedGenerator)]
 
     @property
     def template(self):
@@ -152,9 +157,13 @@ class LayerStack(keras.layers.Layer):
         raise KeyError(f"{self.name} has no stacked weight {name!r}; it has "
                        f"{[stacked_variable_inner(stacked.name) for stacked in self.stacked_weights]}.")
 
-    def layer_values(self, index):
-        """Layer `index`'s weights (slices of the stacked values), in the order of `template_weights`."""
-        return [ops.take(stacked.value, index, axis=0) for stacked in self.stacked_weights]
+    def layer_values(self):
+        """Each layer's weights (slices of the stacked values), in the order of `template_weights`: one list per
+        layer. The stacked values are read whole, then unstacked (under TensorFlow, views of their buffers): a
+        gather from the variable itself would switch TensorFlow's variable to copy-on-read, copying it out of a
+        mapped file and on every later read."""
+        per_weight = [ops.unstack(stacked.value, num=self.count, axis=0) for stacked in self.stacked_weights]
+        return [[values[index] for values in per_weight] for index in range(self.count)]
 
     def run_layer(self, values, step, carry):
         """`step(template, carry)` with the template's weights mapped to `values`. Inside another stateless scope
@@ -193,12 +202,11 @@ class LayerStack(keras.layers.Layer):
         elif len(per_layer) != self.count:
             raise ValueError(f"per_layer has {len(per_layer)} values for {self.count} layers.")
         outputs = []
-        for index in range(self.count):
+        for index, values in enumerate(self.layer_values()):
             if per_layer is None:
-                result = self.run_layer(self.layer_values(index), step, carry)
+                result = self.run_layer(values, step, carry)
             else:
-                result = self.run_layer(self.layer_values(index),
-                                        lambda layer, state: step(layer, state, per_layer[index]), carry)
+                result = self.run_layer(values, lambda layer, state: step(layer, state, per_layer[index]), carry)
             if with_outputs:
                 result, layer_outputs = result
                 outputs.append(layer_outputs)
