@@ -219,7 +219,8 @@ def worker_keras(args):
         import jax
 
         jax.config.update("jax_default_matmul_precision", "highest")  # true fp32, not TF32, as PyTorch's default
-    from tf_esm import TFEsmModel, inference
+    from tf_esm import TFEsmModel
+    from tf_esm.pipelines import inference
 
     imports_rss = current_rss_mb()
     inference.configure_cpu_threads()
