@@ -219,7 +219,8 @@ def worker_keras(args):
         import jax
 
         jax.config.update("jax_default_matmul_precision", "highest")  # true fp32, not TF32, as PyTorch's default
-    from tf_esm import TFEsmModel, inference
+    from tf_esm import TFEsmModel
+    from tf_esm.pipelines import inference
 
     imports_rss = current_rss_mb()
     inference.configure_cpu_threads()
@@ -361,7 +362,7 @@ def main():
                 torch_runs, keras_runs = [], []
                 for _ in range(args.repeats):  # alternate the frameworks: the machine's load drifts
                     torch_runs.append(spawn("torch", embeddings_out=torch_out, **common))
-                    keras_runs.append(spawn("keras", embeddings_out=keras_out, max_tokens_per_batch=args.toks_per_batch,
+                    keras_runs.append(spawn("keras", embeddings_out=keras_out, toks_per_batch=args.toks_per_batch,
                                             **common))
                     if args.device == "cpu":  # the machine is shared: sample the GEMM rate again, in its own process
                         keras_runs[-1]["gemm_flops_around"] = [spawn("gemm", device="cpu")["gemm_flops"]]

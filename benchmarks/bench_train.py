@@ -85,7 +85,8 @@ def worker_torch(args):
 def worker_keras(args):
     import keras
 
-    from tf_esm import TFEsmForSequenceClassification, inference
+    from tf_esm import TFEsmForSequenceClassification
+    from tf_esm.pipelines import inference
 
     inference.configure_cpu_threads(intra_op=None, inter_op=1)  # one step at a time on all cores
     model = TFEsmForSequenceClassification.from_pretrained(args.checkpoint)

@@ -8,7 +8,7 @@ seconds of each step, then one run of the compiled program.
     KERAS_BACKEND=jax python benchmarks/jax_encoder_compile.py --shape t30 --unrolled   # the layer loop unrolled
     KERAS_BACKEND=jax python benchmarks/jax_encoder_compile.py --shape t33 --compile-only   # esm2 650M's shape
 
-`--unrolled` turns the encoder's `lax.scan` off (`tf_esm.modeling.encoder_jax.SCAN_ENCODER = False`), which is how
+`--unrolled` turns the encoder's `lax.scan` off (`tf_esm.modeling.encoder_jax.SCAN_STACKS = False`), which is how
 every program was compiled before the scan.
 """
 
@@ -58,7 +58,7 @@ def main():
     from tf_esm.modeling import encoder_jax
     from tf_esm.pipelines import inference
 
-    encoder_jax.SCAN_ENCODER = not args.unrolled
+    encoder_jax.SCAN_STACKS = not args.unrolled
     layers, hidden, heads, ffn = SHAPES[args.shape]
     config = EsmConfig(vocab_size=33, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                        intermediate_size=ffn, max_position_embeddings=1026, pad_token_id=1, mask_token_id=32,

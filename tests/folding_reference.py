@@ -11,9 +11,10 @@ LEAF_RENAMES = {"kernel": "weight", "embeddings": "weight", "gamma": "weight", "
 def torch_name(variable_path):
     """PyTorch parameter name of a Keras variable: drop the top-level layer, '/' and '-' (the reference's '.' inside
     a Keras name: `layers-0`) -> '.', rename the leaf. A stacked weight of a LayerStack
-    (`blocks/*-tri_mul_out-linear_z-kernel`) gives the name with `*` for the layer index."""
+    (`blocks/stacked-tri_mul_out-linear_z-kernel`) gives the name with `*` for the layer index."""
     parts = [part.replace("-", ".") for part in variable_path.split("/")[1:]]
-    parts = parts[:-1] + parts[-1].split(".")
+    leaf = parts[-1].split(".")
+    parts = parts[:-1] + (["*"] + leaf[1:] if leaf[0] == "stacked" and len(leaf) > 1 else leaf)
     return ".".join(parts[:-1] + [LEAF_RENAMES.get(parts[-1], parts[-1])])
 
 

@@ -44,7 +44,7 @@ def test_converted_bfloat16_stem_is_stored_as_it_is_and_recorded_in_the_config(e
         # Version 4: version 3's bfloat16 datasets, and the trunk's blocks stored as stacks.
         assert handle.attrs["format_version"] == 4 and list(handle) == [native_h5.GROUPS[4]]
         group = handle[native_h5.GROUPS[4]]
-        kernel = group["esm/encoder/layer/1/intermediate/dense/weight"]
+        kernel = group["esm/encoder/layer/*/intermediate/dense/weight"]
         assert kernel.dtype == np.dtype("<u2") and kernel.attrs["bfloat16"]
         trunk = group["trunk/blocks/*/mlp_seq/mlp/1/weight"]
         assert trunk.dtype == np.float32 and not trunk.attrs.get("bfloat16", False)
@@ -72,23 +72,23 @@ def test_converted_bfloat16_stem_loads_as_the_cast_one_and_folds_the_same(esmfol
         np.testing.assert_array_equal(positions, expected, err_msg=call)
 
     widened = TFEsmForProteinFolding.from_pretrained(converted, stem_precision="float32", strict=True)
-    kernel = widened.esm.encoder.layer[1].intermediate.dense.kernel
+    kernel = widened.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
     assert widened.stem_precision == "float32" and kernel.dtype == "float32"
-    np.testing.assert_array_equal(_values(kernel), _values(model.esm.encoder.layer[1].intermediate.dense.kernel))
+    np.testing.assert_array_equal(_values(kernel), _values(model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")))
 
 
 @pytest.mark.tensorflow_only("variables adopt the file's memory map under TensorFlow only")
 def test_converted_bfloat16_stem_is_mapped(esmfold):
     _, converted = esmfold
     model = TFEsmForProteinFolding.from_pretrained(converted, strict=True)
-    kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
+    kernel = model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
     assert kernel.dtype == "bfloat16"
     assert buffers.is_mapped(np.asarray(kernel.value.value()))  # no cast, no copy
 
 
 def test_save_pretrained_of_a_bfloat16_encoder_round_trips(tmp_path):
-    """A bfloat16 TFEsmModel saved as h5 stores bfloat16 (version 3) and reloads bit for bit, in bfloat16 or
-    widened to float32; a reader that knows only versions 1 and 2 finds none of its groups."""
+    """A bfloat16 TFEsmModel saved as h5 stores bfloat16 (version 4: its layers are stacked) and reloads bit for
+    bit, in bfloat16 or widened to float32; a reader that knows only versions 1 and 2 finds none of its groups."""
     config = transformers.EsmConfig(vocab_size=33, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                     intermediate_size=128, max_position_embeddings=130, pad_token_id=1,
                                     mask_token_id=32, position_embedding_type="rotary", token_dropout=True)
@@ -97,8 +97,9 @@ def test_save_pretrained_of_a_bfloat16_encoder_round_trips(tmp_path):
     model = TFEsmModel.from_pretrained(str(tmp_path / "hf"), precision="bfloat16", add_pooling_layer=False)
     model.save_pretrained(str(tmp_path / "saved"))
     with h5py.File(tmp_path / "saved" / H5_WEIGHTS_NAME, "r") as handle:
-        assert handle.attrs["format_version"] == 3
+        assert handle.attrs["format_version"] == 4
         assert set(native_h5.GROUPS[version] for version in (1, 2)).isdisjoint(handle)
+        assert handle[native_h5.GROUPS[4]]["esm/encoder/layer/*/intermediate/dense/weight"].attrs["bfloat16"]
     for dtype in ("bfloat16", "float32"):
         again = TFEsmModel.from_pretrained(str(tmp_path / "saved"), precision=dtype, add_pooling_layer=False)
         for ours, theirs in zip(model.weights, again.weights):

@@ -97,17 +97,13 @@ def test_the_default_eager_path_traces_each_layer_stack_and_the_structure_module
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
     assert model.compiled_inference is None
     stacks = []
-    original_layers, original_stack = layers_tf.apply_layers, layers_tf.apply_stack
+    original_stack = layers_tf.apply_stack
 
-    def recording_layers(layers, *args, **kwargs):  # the stem's layers
-        stacks.append((tf.executing_eagerly(), layers_tf.traceable_once(layers), "stem"))
-        return original_layers(layers, *args, **kwargs)
-
-    def recording_stack(stack, *args, **kwargs):  # the trunk's blocks (a LayerStack)
-        stacks.append((tf.executing_eagerly(), layers_tf.traceable_stack(stack), "trunk"))
+    def recording_stack(stack, *args, **kwargs):  # the stem's layers and the trunk's blocks (each a LayerStack)
+        name = "stem" if stack is model.esm.encoder.layer else "trunk"
+        stacks.append((tf.executing_eagerly(), layers_tf.traceable_stack(stack), name))
         return original_stack(stack, *args, **kwargs)
 
-    monkeypatch.setattr(layers_tf, "apply_layers", recording_layers)
     monkeypatch.setattr(layers_tf, "apply_stack", recording_stack)
     traced, original_traced = [], compiled_tf.traced_structure_module
 

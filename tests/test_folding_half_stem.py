@@ -93,7 +93,9 @@ def _stem_bytes(model):
 def test_stem_weights_are_stored_in_half_precision(checkpoints, stored, stem_precision):
     """from_pretrained(stem_precision=...) of a float16 (fp16_esm) or float32 checkpoint: every stem weight but the rotary
     frequencies is of the half dtype, equal to the checkpoint's tensor rounded once; the trunk stays float32."""
-    from tf_esm.io.weights import normalize_reference_names, read_state_dict, reference_name
+    from tf_esm.io.stacked_weights import matrix_ndim
+    from tf_esm.io.weights import (matched_state_dict, model_variables, normalize_reference_names, read_state_dict,
+                                   reference_name)
 
     directory, _ = checkpoints[stored]
     model = TFEsmForProteinFolding.from_pretrained(directory, stem_precision=stem_precision, strict=True)
@@ -104,11 +106,12 @@ def test_stem_weights_are_stored_in_half_precision(checkpoints, stored, stem_pre
         ["rotary_embeddings", "inv_freq"]]  # float32: the rotary tables are computed in float32
     stem = {id(v) for v in model.esm.weights}
     assert {str(v.dtype) for v in model.weights if id(v) not in stem} == {"float32"}
-    state = normalize_reference_names(read_state_dict(directory))
+    # The checkpoint's per-layer tensors gathered under the encoder's stacked names, as loading does.
+    state = matched_state_dict(normalize_reference_names(read_state_dict(directory)), model_variables(model))
     for variable in model.esm.weights:
         name, transpose = reference_name(variable.path)
         expected = np.asarray(state[name], np.float32)
-        expected = expected.T if transpose and expected.ndim == 2 else expected
+        expected = expected.swapaxes(-1, -2) if transpose and expected.ndim == matrix_ndim(name) else expected
         expected = expected.astype(HALF[stem_precision]) if str(variable.dtype) == stem_precision else expected
         np.testing.assert_array_equal(_numpy(variable), expected,
                                       err_msg=variable.path)

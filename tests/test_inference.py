@@ -240,8 +240,8 @@ def test_streams_stop_cleanly_when_the_caller_stops_or_a_batch_fails(rotary, rng
 
 @pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="the layer scan is JAX's compiled path")
 def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, rng, monkeypatch):
-    """Under JAX the embedding programs run the encoder's layers as one `lax.scan` over their stacked weights
-    (tf_esm/modeling/encoder_jax.py): every layer's hidden states, means and contacts equal the unrolled program's
+    """Under JAX the embedding programs run the encoder's layers (a LayerStack) as one `lax.scan` over their
+    stacked weights (tf_esm/modeling/encoder_jax.py): every layer's hidden states, means and contacts equal the unrolled program's
     and a direct call's, to fp32 rounding (XLA fuses the two programs differently)."""
     from tf_esm.pipelines.inference import _runner
     from tf_esm.modeling import encoder_jax
@@ -251,7 +251,7 @@ def test_jax_programs_run_the_encoder_layers_as_one_scan(reference_checkpoints, 
     options = dict(repr_layers=(0, 1, 2), include=("mean", "per_tok", "contacts"), max_tokens_per_batch=128)
     programs, results = {}, {}
     for scan in (True, False):
-        monkeypatch.setattr(encoder_jax, "SCAN_ENCODER", scan)
+        monkeypatch.setattr(encoder_jax, "SCAN_STACKS", scan)
         model = TFEsmModel.from_pretrained(reference.path)
         results[scan] = embed_sequences(model, sequences, **options)
         function = _runner(model).function((0, 1, 2), ("contacts", "mean", "per_tok"), True)

@@ -76,9 +76,9 @@ def _counted(traces):
 
 def test_weights_are_stacked_and_named_by_their_path_in_the_template(stack_and_layers):
     stack, layers, _ = stack_and_layers
-    # '-' for the reference's '.' (io/weights.py, KERAS_DOT): the PyTorch backend refuses a '.' in a variable's path.
-    assert [w.name for w in stack.weights] == ["*-norm-gamma", "*-norm-beta", "*-inner-kernel", "*-inner-bias",
-                                               "*-outer-kernel", "*-outer-bias"]
+    # '-' for the reference's '.' (io/names.py, KERAS_DOT): the PyTorch backend refuses a '.' in a variable's path.
+    assert [w.name for w in stack.weights] == ["stacked-norm-gamma", "stacked-norm-beta", "stacked-inner-kernel",
+                                               "stacked-inner-bias", "stacked-outer-kernel", "stacked-outer-bias"]
     assert [tuple(w.shape) for w in stack.weights] == [(COUNT,) + tuple(w.shape) for w in layers[0].weights]
     assert len(stack) == COUNT and stack.template.built
     assert all(w.path.startswith("blocks/block/") for w in stack.template.weights)  # not the stack's weights
@@ -107,7 +107,7 @@ def test_tensorflow_traced_once_in_a_graph_and_eagerly_and_gradients(stack_and_l
         assert layers_tf.traceable_stack(stack)
         np.testing.assert_allclose(stack.apply(_step, x).numpy(), expected, rtol=0, atol=1e-5)
 
-    # Training: the Python loop, each layer's slice taken with a gather (a sparse gradient for slice i).
+    # Training: the Python loop over the stacked values unstacked (one dense gradient per stacked weight).
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(stack.apply(_step, x, training=True) ** 2)
     ours = tape.gradient(loss, [w.value for w in stack.stacked_weights])
@@ -128,17 +128,19 @@ def test_jax_scans_the_stacked_weights_inside_a_compiled_program(stack_and_layer
     stack, layers, x = stack_and_layers
     expected = to_numpy(_separate(layers, x))
     traces = []
-    weights = encoder_jax.StackedWeights(stack.variables, [])
-    run = encoder_jax.jit_with_weights(weights, lambda x: stack.apply(_counted(traces), x))
+    run = encoder_jax.jit_with_weights(stack.variables, lambda x: stack.apply(_counted(traces), x))
     np.testing.assert_allclose(to_numpy(run(x)), expected, rtol=0, atol=1e-5)
     assert len(traces) == 1  # the scan's body, traced once
-    assert not weights.stacks  # nothing is stacked again: the program gets the stack's own variables
+    # Nothing is stacked again: the program's arguments are the stack's own variables' values.
+    assert all(value is variable.value for value, variable in zip(run.arguments(x)[0], stack.variables))
 
 
 def test_a_template_with_a_seed_generator_advances_it(stack_and_layers):
     """Dropout in the template: each layer and each call draws new masks, as separate layers would."""
     stack = LayerStack(lambda: keras.layers.Dropout(0.5, seed=1), 4, name="drops")
     stack.build((None, 64))
+    # The seed state is the stack's (a model's variables, initialised and updated with the others), not a weight.
+    assert [id(v) for v in stack.variables] == [id(stack.template.seed_generator.state)] and not stack.weights
     ones = np.ones((1, 64), "float32")
     first = to_numpy(stack.apply(lambda layer, x: layer(x, training=True), ones))
     second = to_numpy(stack.apply(lambda layer, x: layer(x, training=True), ones))
@@ -189,7 +191,7 @@ def test_native_file_stores_stacks_and_older_files_still_load(reference_director
         assert handle.attrs["format_version"] == 4
         dataset = handle[native_h5.GROUPS[4]]["trunk/blocks/*/tri_mul_out/linear_z/weight"]
         variable = model.trunk.blocks.stacked_weights[
-            [w.name for w in model.trunk.blocks.stacked_weights].index("*-tri_mul_out-linear_z-kernel")]
+            [w.name for w in model.trunk.blocks.stacked_weights].index("stacked-tri_mul_out-linear_z-kernel")]
         assert dataset.attrs["keras_layout"] and dataset.shape == tuple(variable.shape)
         np.testing.assert_array_equal(dataset[()], to_numpy(variable.value))
 

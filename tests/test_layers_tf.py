@@ -77,14 +77,16 @@ def test_each_layer_uses_its_own_weights(pair):
     input_ids, attention_mask = batch_with_padding_and_masks()
     function = tf.function(lambda ids, mask: model(ids, attention_mask=mask).last_hidden_state, autograph=False)
     before = function(input_ids, attention_mask).numpy()
-    dense = model.esm.encoder.layer[LAYERS - 1].intermediate.dense
-    original = dense.kernel.numpy()
+    kernel = model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
+    original = kernel.numpy()
+    changed = original.copy()
+    changed[LAYERS - 1] *= 1.5  # the last layer's kernel only
     try:
-        dense.kernel.assign(original * 1.5)
+        kernel.assign(changed)
         after = function(input_ids, attention_mask).numpy()
         eager = model(input_ids, attention_mask=attention_mask).last_hidden_state.numpy()
     finally:
-        dense.kernel.assign(original)
+        kernel.assign(original)
     assert np.abs(after - before).max() > 1e-3
     np.testing.assert_allclose(after, eager, atol=2e-5)  # measured ~1e-6
 
@@ -102,7 +104,7 @@ def test_eager_calls_do_not_trace(pair, count_layer_traces):
     input_ids, attention_mask = batch_with_padding_and_masks()
     model(input_ids, attention_mask=attention_mask)
     assert len(count_layer_traces) == LAYERS
-    assert not layers_tf.traceable_once(model.esm.encoder.layer)
+    assert not layers_tf.traceable_stack(model.esm.encoder.layer)
 
 
 def test_folding_stem_and_trunk_blocks_traced_once(monkeypatch):

@@ -49,7 +49,7 @@ def converted(tmp_path_factory):
 def test_a_converted_model_is_mapped_and_folds_as_the_reference(converted):
     reference, directory = converted
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
-    assert buffers.is_mapped(np.asarray(model.esm.encoder.layer[0].intermediate.dense.kernel.value.value()))
+    assert buffers.is_mapped(np.asarray(model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel").value.value()))
     assert all(buffers.is_mapped(np.asarray(v.value.value())) for v in model.trunk.blocks.stacked_weights
                if len(v.shape) > 1)
     aatype, mask = _batch(SEQUENCES[:1])
@@ -65,7 +65,7 @@ def test_a_weight_written_in_place_keeps_its_value(converted):
     """A private (copy-on-write) mapping: a write gives the process its own page; folding does not undo it."""
     _, directory = converted
     model = TFEsmForProteinFolding.from_pretrained(directory, strict=True)
-    kernel = model.esm.encoder.layer[1].intermediate.dense.kernel
+    kernel = model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
     array = np.asarray(kernel.value.value())
     assert buffers.is_mapped(array)
     written = np.full(array.shape, 0.25, np.float32)

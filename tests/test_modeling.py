@@ -380,7 +380,7 @@ def test_mis_shaped_tensor_is_named(reference_checkpoints, tmp_path):
     config.intermediate_size = 48
     config.save_pretrained(tmp_path)
     os.symlink(os.path.join(ref.path, "model.safetensors"), tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"esm\.encoder\.layer\.0\.intermediate\.dense\.(weight|bias)'.*needs \(48"):
+    with pytest.raises(CheckpointError, match=r"esm\.encoder\.layer\.\{i\}\.intermediate\.dense\.(weight|bias)'.*needs \(48"):
         TFEsmForMaskedLM.from_pretrained(tmp_path)
 
 

@@ -247,7 +247,7 @@ def test_lora_trains_only_adapters_and_the_adapter_reloads(checkpoints, tmp_path
     base = snapshot(model.esm.weights)
     head = snapshot(model.classifier.weights)
     layers = model.enable_lora(rank=2, targets=("query", "key", "value"))
-    assert len(layers) == 3 * 2
+    assert len(layers) == 3  # the template layer's projections; each adapter matrix is stacked over the 2 layers
     trainable = {variable.path.split("/", 1)[1] for variable in model.trainable_weights}
     lora = {variable.path.split("/", 1)[1] for variable in model.weights if is_lora_variable(variable)}
     assert len(lora) == 2 * len(layers)

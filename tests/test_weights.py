@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from tests._reference import assert_close, batch_with_padding_and_masks, torch_outputs
 from tf_esm import TFEsmForMaskedLM, TFEsmModel
 from tf_esm.io import weights as weights_module
+from tf_esm.io.stacked_weights import matrix_ndim
 from tf_esm.io.weights import CheckpointError, read_state_dict
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
@@ -154,9 +155,9 @@ def _mapped_ranges(path):
 
 
 def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(reference_checkpoints, tmp_path):
-    """`save_pretrained` writes version 2 of tf_esm_model.h5: each kernel in the variable's layout, every tensor
-    at a 64-byte-aligned offset. Loading it maps the file: under TensorFlow the float32 variables' memory is the
-    mapping (no read, no copy, no transpose), the model equals the PyTorch reference, and `read_state_dict`
+    """`save_pretrained` writes version 4 of tf_esm_model.h5 (version 2's layout, the encoder's layers stacked):
+    each kernel in the variable's layout, every tensor at a 64-byte-aligned offset. Loading it maps the file: under
+    TensorFlow the float32 variables' memory is the mapping (no read, no copy, no transpose), the model equals the PyTorch reference, and `read_state_dict`
     still gives the reference layout. A version-1 file (reference layout) still loads."""
     ref = reference_checkpoints("rotary", "EsmForMaskedLM")
     model = TFEsmForMaskedLM.from_pretrained(ref.path)
@@ -164,20 +165,22 @@ def test_native_file_holds_the_keras_layout_aligned_and_loads_as_a_memory_map(re
     path = tmp_path / "native" / "tf_esm_model.h5"
     torch_state = {k: v.numpy() for k, v in ref.model.state_dict().items()}
     with h5py.File(path, "r") as handle:
-        assert handle.attrs["format_version"] == 2
+        assert handle.attrs["format_version"] == 4
         assert "weights" not in handle  # a tf_esm older than version 2 refuses the file instead of misreading it
         kernels = 0
         for name, (variable, transpose) in weights_module.model_variables(model).items():
-            dataset = handle["weights_keras_layout/" + name.replace(".", "/")]
+            dataset = handle["weights_stacked/" + name.replace(".", "/")]
             assert dataset.id.get_offset() % 64 == 0, name
             assert dataset.shape == tuple(variable.shape), name  # the variable's layout
-            assert bool(dataset.attrs.get("keras_layout", False)) == (transpose and dataset.ndim == 2), name
+            matrix = transpose and dataset.ndim == matrix_ndim(name)  # (a stack of matrices for the layers)
+            assert bool(dataset.attrs.get("keras_layout", False)) == matrix, name
             kernels += bool(dataset.attrs.get("keras_layout", False))
-        assert kernels >= 10
+        assert kernels >= 8  # the layers' 6 (stacked), the LM head's, the contact head's
 
     state = read_state_dict(path)
     for name in ("esm.encoder.layer.0.attention.self.query.weight", "lm_head.dense.weight"):
-        np.testing.assert_array_equal(np.asarray(state[name]), torch_state[name])  # reference layout
+        stored = state[name.replace(".0.", ".*.")][0] if "layer.0" in name else state[name]  # the layers stacked
+        np.testing.assert_array_equal(np.asarray(stored), torch_state[name])  # reference layout
 
     loaded = TFEsmForMaskedLM.from_pretrained(tmp_path / "native")
     input_ids, attention_mask = batch_with_padding_and_masks()

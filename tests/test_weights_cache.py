@@ -39,8 +39,8 @@ def test_a_converted_checkpoint_loads_the_same_values_mapped_and_is_written_once
         assert ours.path.split("/", 1)[1] == theirs.path.split("/", 1)[1]
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours.value), keras.ops.convert_to_numpy(theirs.value),
                                       err_msg=ours.path)
-    kernel = cached.esm.encoder.layer[0].intermediate.dense.kernel
-    assert _is_mapped(kernel) and not _is_mapped(direct.esm.encoder.layer[0].intermediate.dense.kernel)
+    kernel = cached.esm.encoder.layer.stacked_weight("intermediate.dense.kernel")
+    assert _is_mapped(kernel) and not _is_mapped(direct.esm.encoder.layer.stacked_weight("intermediate.dense.kernel"))
     ids = np.array([[0, 5, 6, 7, 8, 2]])
     np.testing.assert_array_equal(np.asarray(cached(ids).logits), np.asarray(direct(ids).logits))
 
@@ -63,7 +63,7 @@ def test_auto_converts_large_checkpoints_only(reference_checkpoints, tmp_path, m
     monkeypatch.setattr(weights_cache, "AUTO_THRESHOLD", 0)
     model = TFEsmForMaskedLM.from_pretrained(path)
     assert len(_entries(str(tmp_path / "cache"))) == 1
-    assert _is_mapped(model.esm.encoder.layer[0].intermediate.dense.kernel)
+    assert _is_mapped(model.esm.encoder.layer.stacked_weight("intermediate.dense.kernel"))
 
 
 def test_esmfold_with_stacked_trunk_weights_folds_the_same_through_the_cache(tmp_path):
@@ -74,7 +74,7 @@ def test_esmfold_with_stacked_trunk_weights_folds_the_same_through_the_cache(tmp
     direct = TFEsmForProteinFolding.from_pretrained(str(source), weights_cache=False, strict=True)
     cached = TFEsmForProteinFolding.from_pretrained(str(source), weights_cache=cache, strict=True)
     assert len(_entries(cache)) == 1
-    assert _is_mapped(cached.esm.encoder.layer[0].intermediate.dense.kernel)
+    assert _is_mapped(cached.esm.encoder.layer.stacked_weight("intermediate.dense.kernel"))
     assert all(_is_mapped(variable) for variable in cached.trunk.blocks.stacked_weights if len(variable.shape) > 1)
     ours, theirs = cached.infer(SEQUENCES[0], num_recycles=0), direct.infer(SEQUENCES[0], num_recycles=0)
     for key in theirs:

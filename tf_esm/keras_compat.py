@@ -20,7 +20,10 @@ registry)
                                for tf.distribute replicas                      `num_replicas_in_sync`
 `set_keras_mask`               token labels of -100 are masked out of          a masking layer's public
                                compiled losses and metrics                     `compute_mask`
-`Layer._flatten_layers`        every sublayer of a model (LoRA)                a walk over layer attributes
+`Layer._flatten_layers`        every sublayer of a model (LoRA, a stack's      a walk over layer attributes
+                               template's seed generators)
+`Layer._tracker.unlock/lock`   LoRA adapters added to the encoder's built      none: public-only mode refuses LoRA on
+                               `LayerStack` (as Keras' own `enable_lora`)      a built model, with a message
 `Trainer._maybe_symbolic_      `fit` under MultiWorkerMirroredStrategy with    no workaround: Keras' own build (which
 build` (overridden),           several workers (modeling/distribute_tf.py)     fails for nested batches there)
 `extended._in_multi_worker_
@@ -187,6 +190,21 @@ def _check_flatten_layers():
     return any(layer is inner for layer in outer._flatten_layers(include_self=False))
 
 
+def _check_layer_state_unlock():
+    import keras
+
+    layer = keras.layers.Dense(1)
+    layer.build((None, 1))
+    if not layer._tracker.locked:
+        return False
+    layer._tracker.unlock()
+    try:
+        layer.add_weight(shape=(1,), name="probe", initializer="zeros")
+    finally:
+        layer._tracker.lock()
+    return layer._tracker.locked and len(layer.weights) == 3
+
+
 def _check_symbolic_build_hook():
     import inspect
 
@@ -216,6 +234,7 @@ _CHECKS = {
     "loss_scaling": _check_loss_scaling,
     "keras_mask": _check_keras_mask,
     "flatten_layers": _check_flatten_layers,
+    "layer_state_unlock": _check_layer_state_unlock,
     "symbolic_build_hook": _check_symbolic_build_hook,
     "multi_worker_mode": _check_multi_worker_mode,
 }
@@ -404,6 +423,22 @@ def all_sublayers(layer):
 
     children(layer)
     return found
+
+
+@contextlib.contextmanager
+def unlocked_state(layer, what):
+    """Within the block, variables may be added to the built `layer` (Keras locks a layer's state once it is built;
+    its own `Dense.enable_lora` unlocks it the same way). Public-only mode has no way to do it: a RuntimeError
+    naming `what`."""
+    if not private("layer_state_unlock"):
+        raise RuntimeError(f"{what} adds variables to the built layer {layer.name!r}, which takes Keras' private "
+                           f"layer-state unlocking; it is off (public-only mode, {PUBLIC_ONLY_ENV}=1, or this Keras "
+                           "version changed it).")
+    layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        layer._tracker.lock()
 
 
 # ------------------------------------------------------------------------------------- tf.distribute (TF only)

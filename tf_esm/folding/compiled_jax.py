@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import jax
 import keras
 
@@ -14,7 +12,6 @@ from tf_esm.modeling import encoder_jax
 # On a CPU, XLA's LLVM backend at optimisation level 1 instead of its default compiles the folding program in
 # about 2/3 of the CPU time, and the program measured no slower on the tiny test model (benchmarks/RESULTS.md).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-_WEIGHTS = weakref.WeakKeyDictionary()
 
 
 def can_compile(values):
@@ -29,16 +26,12 @@ def inference_function(model, bucket, chunk_size):
 
     The weights are arguments of the program, not constants baked into it (Keras' stateless scope maps each
     variable to the value passed in), so the program is compiled once however the weights change, and is not
-    the size of the model. The stem's layers (`model.repeated_layer_stacks()`) get their weights stacked,
-    outside the program, and run as one loop over them (`encoder_jax.scan_layers`); the trunk's blocks, whose
-    weights are stacked already (a `LayerStack`), run as one loop over those (`encoder_jax.scan_stack`): XLA
-    compiles one layer and one block, not one per layer or block. The number of recycles and the unpadded length
-    are traced scalars: the recycling passes run in a loop op and the bucket padding is hidden by a mask, so one
-    program serves every length in the bucket and every `num_recycles`. jax compiles one program per batch size;
+    the size of the model. The stem's layers and the trunk's blocks, each a `LayerStack` whose weights are stacked
+    already, run as one loop over those (`encoder_jax.scan_stack`): XLA compiles one layer and one block, not one
+    per layer or block. The number of recycles and the unpadded length are traced scalars: the recycling passes
+    run in a loop op and the bucket padding is hidden by a mask, so one program serves every length in the bucket
+    and every `num_recycles`. jax compiles one program per batch size;
     `model.inference_trace_count` counts the traces (one per compilation)."""
-    weights = _WEIGHTS.get(model)
-    if weights is None:  # one stacked copy per model, shared by the programs of every bucket
-        weights = _WEIGHTS[model] = encoder_jax.StackedWeights(model.variables, model.repeated_layer_stacks())
 
     def forward(input_ids, attention_mask, position_ids, masking_pattern, num_recycles, unpadded_length):
         model.inference_trace_count += 1  # runs only while tracing
@@ -50,5 +43,5 @@ def inference_function(model, bucket, chunk_size):
     options = model.inference_compiler_options
     if options is None:
         options = dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
-    return encoder_jax.jit_with_weights(weights, forward, compiler_options=options)
+    return encoder_jax.jit_with_weights(model.variables, forward, compiler_options=options)
 

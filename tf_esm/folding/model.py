@@ -333,11 +333,6 @@ class TFEsmForProteinFolding(CompiledInference, EsmPretrainedIO, keras.Model):
             return module_getattr(name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def repeated_layer_stacks(self):
-        """Lists of layers of one structure applied in turn (the ESM stem's layers): a compiled JAX program loops
-        over their weights stacked (a copy). The trunk's blocks hold theirs stacked already (`LayerStack`)."""
-        return [self.esm.encoder.layer]
-
     def set_chunk_size(self, chunk_size):
         """Row chunk of the trunk's pair operations (None: unchunked). Lowers peak memory for long proteins."""
         self.trunk.set_chunk_size(chunk_size)

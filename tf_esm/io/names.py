@@ -16,6 +16,12 @@ STACK_WILDCARD = "*"
 # path (`layer.0`) is written '-' in the Keras name (`layer-0`): never part of a PyTorch module's attribute name.
 KERAS_DOT = "-"
 
+# The Keras name of a stacked weight of a `LayerStack`: this prefix, then the weight's path inside the stacked layer,
+# '.'-joined and written with KERAS_DOT like any name (`stacked-mlp_seq-mlp-1-kernel`). Not `*`: TensorFlow refuses
+# it in the name scopes of optimiser slots. Names written before this prefix (`*-...`, `*....`) read the same.
+STACKED_PREFIX = "stacked"
+_STACKED_PREFIXES = (STACKED_PREFIX + ".", STACK_WILDCARD + ".")
+
 # Keras leaf name -> (reference leaf name, transpose a 2-D tensor?)
 LEAF_RULES = {
     "kernel": ("weight", True),
@@ -30,20 +36,39 @@ def keras_name(reference_path):
     return reference_path.replace(".", KERAS_DOT)
 
 
+def stacked_variable_name(relative_path):
+    """The Keras name of the stacked variable of a template weight at `relative_path` (`mlp_seq/mlp-1/kernel` ->
+    `stacked-mlp_seq-mlp-1-kernel`)."""
+    return keras_name(".".join([STACKED_PREFIX] + relative_path.split("/")))
+
+
+def stacked_variable_inner(leaf):
+    """The dotted path inside the stacked layer (`mlp_seq.mlp.1.kernel`) of a Keras variable name (its last path
+    part), or None when it is not a stacked weight's name."""
+    dotted = leaf.replace(KERAS_DOT, ".")
+    for prefix in _STACKED_PREFIXES:
+        if dotted.startswith(prefix):
+            return dotted[len(prefix):]
+    return None
+
+
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read, or its tensors do not fit the model (names the tensor)."""
 
 
 def reference_name(variable_path):
     """Keras variable path -> (reference name, transpose?). A stacked weight's name carries its path inside the
-    stacked layer (`*-tri_mul_out-linear_z-kernel`; Keras names cannot hold '/'). Names saved before the PyTorch
+    stacked layer (`stacked-tri_mul_out-linear_z-kernel`; Keras names cannot hold '/'), which becomes the reference
+    name with `*` for the layer index (`trunk.blocks.*.tri_mul_out.linear_z.weight`). Names saved before the PyTorch
     backend wrote '.' where they now write '-' (`layer.0`): both read the same."""
     parts = [part.replace(KERAS_DOT, ".") for part in variable_path.split("/")[1:]]  # without the model's name
     if not parts:
         raise CheckpointError(f"Variable path {variable_path!r} has no layer.")
     inner, leaf = "", parts[-1]
-    if leaf.startswith(STACK_WILDCARD + "."):
-        inner, _, leaf = leaf.rpartition(".")
+    stacked = stacked_variable_inner(leaf)
+    if stacked is not None:
+        inner, _, leaf = stacked.rpartition(".")
+        inner = STACK_WILDCARD + "." + inner if inner else STACK_WILDCARD
     leaf, transpose = LEAF_RULES.get(leaf, (leaf, False))
     return ".".join(parts[:-1] + ([inner] if inner else []) + [leaf]), transpose
 

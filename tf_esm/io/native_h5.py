@@ -11,11 +11,12 @@ Datasets are named by reference (PyTorch) names, as every other format `io/weigh
   plus bfloat16 tensors stored as they are. HDF5 has no bfloat16, so such a dataset holds the 16-bit patterns
   (`<u2`) with the attribute `bfloat16` set; it maps like any other. Its own group (`weights_bfloat16`) makes a
   tf_esm that predates it refuse the file, rather than load bit patterns as integers.
-* version 4 (written for a model with stacked weights, ESMFold's trunk blocks: `modeling/layer_stack.py`): version
-  3, plus each stacked weight stored as one dataset over the layers (`trunk/blocks/*/...`, a `keras_layout` stack
-  of matrices has each matrix transposed), mapped as one array. Its own group (`weights_stacked`) makes an older
-  tf_esm refuse the file rather than miss the trunk's weights; files of versions 1-3 still load (their per-block
-  tensors are stacked on loading, a copy: convert again to map them).
+* version 4 (written for a model with stacked weights, `modeling/layer_stack.py`: the ESM encoder's layers, ESMFold's
+  trunk blocks, so every tf_esm model now): version 3, plus each stacked weight stored as one dataset over the
+  layers (`esm/encoder/layer/*/...`, `trunk/blocks/*/...`; a `keras_layout` stack of matrices has each matrix
+  transposed), mapped as one array. Its own group (`weights_stacked`) makes an older tf_esm refuse the file rather
+  than miss the stacked weights; files of versions 1-3 still load (their per-layer tensors are stacked on loading,
+  a copy: convert again to map them).
   The reader maps the file (`numpy.memmap`, copy-on-write) and hands each tensor out as a view of the mapping;
   under TensorFlow the variables adopt those views without a copy (`weights.load_state_dict`), so loading costs
   what building the model costs, and pages come in from the page cache on first use, as PyTorch's memory-mapped

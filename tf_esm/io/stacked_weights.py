@@ -1,7 +1,8 @@
 """Stacked weights in the name table (`io/weights.py`): a weight of a `LayerStack` (modeling/layer_stack.py), the
 same tensor of N identical layers stacked along a leading axis, has one reference name with `*` for the layer
-index (`trunk.blocks.*.mlp_seq.mlp.1.weight`). Checkpoints with per-layer names (`trunk.blocks.0.mlp_seq...`,
-transformers' and tf_esm's files before stacks) are gathered under it here and stacked when the tensor is read."""
+index (`trunk.blocks.*.mlp_seq.mlp.1.weight`; its Keras variable is `trunk/blocks/stacked-mlp_seq-mlp-1-kernel`).
+Checkpoints with per-layer names (`trunk.blocks.0.mlp_seq...`, transformers' and tf_esm's files before stacks) are
+gathered under it here and stacked when the tensor is read."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import numpy as np
 
 from tf_esm.io.buffers import is_own_array, own_array, read_buffer
 from tf_esm.io.names import STACK_WILDCARD, CheckpointError, LazyTensors
-
 
 
 def is_stacked(name):

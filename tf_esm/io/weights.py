@@ -1,8 +1,9 @@
 """Checkpoint files <-> Keras variables, through ONE name-mapping table.
 
 Every Keras layer in tf_esm is named after the PyTorch reference module it reproduces, so a Keras variable path
-such as `tf_esm_for_masked_lm/esm/encoder/layer-0/attention/self/query/kernel` translates to the reference name
-`esm.encoder.layer.0.attention.self.query.weight` by a fixed rule:
+such as `tf_esm_for_masked_lm/esm/embeddings/word_embeddings/embeddings` translates to the reference name
+`esm.embeddings.word_embeddings.weight` by a fixed rule (a stacked weight of a `LayerStack`, such as the encoder's
+`esm/encoder/layer/stacked-attention-self-query-kernel`, to `esm.encoder.layer.*.attention.self.query.weight`):
 
 * drop the top-level model name, join the rest with '.' (a '-' inside a name is a '.' of the reference's module
   path, `KERAS_DOT`; tf_esm before 2026-12 named its layers with the '.' itself, which the rule still reads);
@@ -261,10 +262,14 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint", archit
                 transpose = transpose and value.ndim == matrix_ndim(name)
                 shape = value.shape[:-2] + value.shape[:-3:-1] if transpose else value.shape
                 if tuple(shape) != tuple(variable.shape):
+                    stacked = is_stacked(name) and len(shape) == len(variable.shape)  # name each layer's tensor
+                    what, have, need = ((name.replace(STACK_WILDCARD, "{i}"), value.shape[1:], variable.shape[1:])
+                                        if stacked else (name, value.shape, variable.shape))
                     raise CheckpointError(
-                        f"{source}: tensor {name!r} has shape {tuple(value.shape)}, but the model's "
-                        f"variable {variable.path} needs {tuple(variable.shape)}"
-                        + (" (transposed)" if transpose else "") + "."
+                        f"{source}: tensor {what!r} has shape {tuple(have)}, but the model's variable "
+                        f"{variable.path} needs {tuple(need)}" + (" (transposed)" if transpose else "")
+                        + (f" (layers: {value.shape[0]} in the file, {variable.shape[0]} in the model)"
+                           if stacked else "") + "."
                     )
                 assign_weight(variable, _as_variable_value(value, variable.dtype, transpose))
     finally:

@@ -17,6 +17,7 @@ from tf_esm.modeling.embeddings import (
     normal_initializer,
 )
 from tf_esm.modeling.heads import TFEsmContactPredictionHead
+from tf_esm.modeling.layer_stack import LayerStack
 from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
 
 
@@ -102,94 +103,55 @@ class TFEsmLayer(keras.layers.Layer):
 
 
 class TFEsmEncoder(keras.layers.Layer):
-    """The stack of `TFEsmLayer`s followed by the final layer norm (`emb_layer_norm_after`)."""
+    """The stack of `TFEsmLayer`s followed by the final layer norm (`emb_layer_norm_after`).
+
+    The layers are one `LayerStack` (`layer`, modeling/layer_stack.py): one template `TFEsmLayer` and each of its
+    weights stacked over the layers (`encoder/layer/stacked-attention-self-query-kernel`, reference name
+    `esm.encoder.layer.*.attention.self.query.weight`; per-layer checkpoints are stacked on loading)."""
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.layer = [TFEsmLayer(config, name=keras_name(f"layer.{i}")) for i in range(config.num_hidden_layers)]
+        self.layer = LayerStack(lambda: TFEsmLayer(config, name="layer"), config.num_hidden_layers, name="layer")
         self.emb_layer_norm_after = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps,
                                                                     name="emb_layer_norm_after")
 
     def build(self, input_shape=None):
-        for layer in self.layer:
-            layer.build(None)
+        self.layer.build(None)
         self.emb_layer_norm_after.build((None, None, self.config.hidden_size))
         self.built = True
-
-    def _layers_traced_once(self, hidden_states, output_hidden_states, output_attentions, layer_kwargs):
-        """The layer loop with the layer traced once (`layers_tf.apply_layers`); the same tuple as
-        `encoder_jax.scan_encoder`."""
-        from tf_esm.modeling import layers_tf
-
-        def step(layer, hidden):
-            new, probs, cross_probs, _ = layer(hidden, output_attentions=output_attentions, **layer_kwargs)
-            return new, (hidden if output_hidden_states else None, probs, cross_probs)
-
-        hidden_states, outputs = layers_tf.apply_layers(self.layer, step, hidden_states, with_outputs=True)
-        inputs, probs, cross_probs = (tuple(column) for column in zip(*outputs))
-        return (hidden_states, inputs if output_hidden_states else None, probs if output_attentions else None,
-                cross_probs if output_attentions and cross_probs[0] is not None else None)
 
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
              encoder_attention_mask=None, rotary=None, cross_rotary=None, past_key_values=None, use_cache=False,
              output_attentions=False, output_hidden_states=False, training=False):
-        scanned = None
-        if past_key_values is None and not use_cache and head_mask is None and not training:
-            layer_kwargs = dict(attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
-                                encoder_attention_mask=encoder_attention_mask, rotary=rotary, cross_rotary=cross_rotary)
-            if keras.backend.backend() == "jax":
-                # Inside a program compiled with the layers' stacked weights: one scan over the layers (encoder_jax).
-                from tf_esm.modeling import encoder_jax
+        layer_kwargs = dict(attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+                            encoder_attention_mask=encoder_attention_mask, rotary=rotary, cross_rotary=cross_rotary,
+                            output_attentions=output_attentions, training=training)
 
-                scanned = encoder_jax.scan_encoder(self.layer, hidden_states, output_hidden_states,
-                                                   output_attentions, **layer_kwargs)
-            elif keras.backend.backend() == "tensorflow":
-                # Inside a graph being traced: the layer traced once and called per layer (layers_tf).
-                from tf_esm.modeling import layers_tf
+        def run(layer, hidden, layer_head_mask=None, past_key_value=None):
+            new, probs, cross_probs, present = layer(hidden, head_mask=layer_head_mask,
+                                                     past_key_value=past_key_value, **layer_kwargs)
+            return new, (hidden if output_hidden_states else None, probs, cross_probs,
+                         present if use_cache else None)
 
-                if layers_tf.traceable_once(self.layer):
-                    scanned = self._layers_traced_once(hidden_states, output_hidden_states, output_attentions,
-                                                       layer_kwargs)
-        if scanned is not None:
-            hidden_states, inputs, probs, cross_probs = scanned
-            hidden_states = self.emb_layer_norm_after(hidden_states)
-            return TFBaseModelOutputWithPoolingAndCrossAttentions(
-                last_hidden_state=hidden_states,
-                hidden_states=inputs + (hidden_states,) if output_hidden_states else None,
-                attentions=probs if output_attentions else None,
-                cross_attentions=cross_probs if output_attentions and self.config.add_cross_attention else None,
-            )
-        all_hidden = [] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        all_cross = [] if output_attentions and self.config.add_cross_attention else None
-        presents = [] if use_cache else None
-        for index, layer in enumerate(self.layer):
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
-            hidden_states, probs, cross_probs, present = layer(
-                hidden_states, attention_mask=attention_mask,
-                head_mask=head_mask[index] if head_mask is not None else None,
-                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                rotary=rotary, cross_rotary=cross_rotary,
-                past_key_value=past_key_values[index] if past_key_values is not None else None,
-                output_attentions=output_attentions, training=training,
-            )
-            if output_attentions:
-                all_attentions.append(probs)
-                if all_cross is not None and cross_probs is not None:
-                    all_cross.append(cross_probs)
-            if use_cache:
-                presents.append(present)
+        per_layer = None
+        if head_mask is not None or past_key_values is not None:  # per-layer inputs: the Python loop
+            per_layer = [(head_mask[index] if head_mask is not None else None,
+                          past_key_values[index] if past_key_values is not None else None)
+                         for index in range(self.layer.count)]
+            hidden_states, outputs = self.layer.apply(lambda layer, hidden, extra: run(layer, hidden, *extra),
+                                                      hidden_states, training=training, with_outputs=True,
+                                                      per_layer=per_layer)
+        else:
+            hidden_states, outputs = self.layer.apply(run, hidden_states, training=training, with_outputs=True)
+        inputs, probs, cross_probs, presents = (tuple(column) for column in zip(*outputs))
         hidden_states = self.emb_layer_norm_after(hidden_states)
-        if output_hidden_states:
-            all_hidden.append(hidden_states)
         return TFBaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=hidden_states,
-            past_key_values=tuple(presents) if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if all_cross else None,
+            past_key_values=presents if use_cache else None,
+            hidden_states=inputs + (hidden_states,) if output_hidden_states else None,
+            attentions=probs if output_attentions else None,
+            cross_attentions=cross_probs if output_attentions and cross_probs[0] is not None else None,
         )
 
 
@@ -223,8 +185,9 @@ def _broadcast_head_mask(head_mask, num_layers):
 class TFEsmMainLayer(keras.layers.Layer):
     """The ESM encoder shared by every task model: embeddings -> transformer stack -> optional pooler.
 
-    Its sub-layers are named like the PyTorch reference's modules (`embeddings`, `encoder/layer-0/attention/
-    self/query`, ...: `-` for the reference's '.'), which is what lets one mapping rule translate checkpoints.
+    Its sub-layers are named like the PyTorch reference's modules (`embeddings`, `encoder/layer/stacked-attention-
+    self-query`: one variable for all layers, `-` for the reference's '.'), which is what lets one mapping rule
+    translate checkpoints.
 
     Args:
         config: An `EsmConfig`.

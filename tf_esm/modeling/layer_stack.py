@@ -1,8 +1,9 @@
 """`LayerStack`: N layers of one structure as ONE Keras layer, their weights stacked along a leading layer axis.
 
-ESMFold's trunk is 48 identical blocks of 62 Keras layers and 80 weights each. As 48 Keras layers that was ~3,000
-layers to construct and build and ~3,800 variables to create for every `from_pretrained`, most of its time
-(benchmarks/RESULTS.md, "One layer per stack"). Here one template layer is constructed and built, with no memory
+The one way tf_esm runs a stack of identical layers: the ESM encoder's layers (`encoder.layer`) and ESMFold's trunk
+blocks (`trunk.blocks`). ESMFold's trunk is 48 identical blocks of 62 Keras layers and 80 weights each. As 48 Keras
+layers that was ~3,000 layers to construct and build and ~3,800 variables to create for every `from_pretrained`,
+most of its time (benchmarks/RESULTS.md, "One layer per stack"). Here one template layer is constructed and built, with no memory
 (its variables are created in a stateless scope and never initialised), and the stack owns one variable per
 template weight, of shape `(count,) + weight shape`. Layer i runs as the template with its variables mapped to
 slice i of the stacked ones (a `keras.StatelessScope`, as the traced and scanned layer loops already ran):
@@ -11,17 +12,18 @@ slice i of the stacked ones (a `keras.StatelessScope`, as the traced and scanned
   stacked values themselves: no stacked copy of the weights is made;
 * under TensorFlow, for inference in a graph (or eagerly inside `layers_tf.traced_in_eager`), the template traced
   once and called per slice (`layers_tf.apply_stack`), slices that share the stacked buffers;
-* elsewhere (eager calls, training) a Python loop over `ops.take(stacked, i)` (under TensorFlow its gradient is a
-  sparse update of slice i, not a dense one of the whole stack per layer).
+* elsewhere (eager calls, training, and calls with per-layer inputs such as a head mask or a decoder cache) a
+  Python loop over the stacked values unstacked (`ops.unstack`; the gradient of a stacked weight is one dense
+  tensor, each layer's gradient in its slice).
 
-Weight names: a stacked variable is named `*.<path in the template>.<leaf>`, each '.' written '-' (`KERAS_DOT` of
-`io/weights.py`: `trunk/blocks/*-tri_mul_out-linear_z-kernel`), so the reference name rule of `io/weights.py` gives
-`trunk.blocks.*.tri_mul_out.linear_z.weight`: the `*` stands for the layer index, as in transformers 5's wildcard
-keys. Checkpoints with per-layer names (`trunk.blocks.0...`) are stacked on loading; tf_esm's own file stores the
-stacks as they are (`io/native_h5.py`).
+Weight names: a stacked variable is named `stacked.<path in the template>.<leaf>`, each '.' written '-' (`KERAS_DOT`
+of `io/names.py`: `trunk/blocks/stacked-tri_mul_out-linear_z-kernel`), which the reference name rule of
+`io/names.py` turns into `trunk.blocks.*.tri_mul_out.linear_z.weight`: the `*` stands for the layer index, as in
+transformers 5's wildcard keys. Checkpoints with per-layer names (`trunk.blocks.0...`) are stacked on loading;
+tf_esm's own file stores the stacks as they are (`io/native_h5.py`).
 
-Only the template's weights (`layer.weights`) are stacked: a template with other state (a dropout's seed
-generator, for a rate above 0) shares it across the layers, and the seed state advances per call, not per layer.
+Only the template's weights (`layer.weights`) are stacked: the template's seed generators (dropout's) are the
+stack's own state, shared across the layers; the seed state advances per layer and per call.
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_esm.io.stacked_weights import STACK_WILDCARD
 from tf_esm import keras_compat
-from tf_esm.io.names import keras_name
-
+from tf_esm.io.names import stacked_variable_inner, stacked_variable_name
 
 
 class _StackedInitializer:
@@ -109,6 +109,11 @@ class LayerStack(keras.layers.Layer):
         # Not an attribute Keras tracks: the template's (unset) variables are not the stack's weights.
         object.__setattr__(self, "_template", make_layer())
         object.__setattr__(self, "_make_layer", make_layer)
+        # Its seed generators (dropout's) are the stack's state: shared by the layers, initialised, saved and
+        # updated (in Keras' stateless training steps too) with the model's other variables.
+        self.template_seed_generators = [
+            value for layer in [self._template] + keras_compat.all_sublayers(self._template)
+            for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
 
     @property
     def template(self):
@@ -124,22 +129,50 @@ class LayerStack(keras.layers.Layer):
         return [name for name in super().__dir__() if name not in hidden]
 
     def build(self, *shapes):
-        template = self._template
-        keras_compat.build_without_values(template, *shapes)  # slices are mapped in at each call
-        template_weights = list(template.weights)
-        initializers = [keras_compat.initializer_of(weight) for weight in template_weights]
-        fresh = _FreshTemplates(self._make_layer, shapes, self.count, sum(each is None for each in initializers))
-        prefix = template.path + "/"
-        stacked = []
-        for index, weight in enumerate(template_weights):
-            relative = weight.path[len(prefix):] if weight.path.startswith(prefix) else weight.name
-            stacked.append(self.add_weight(
-                name=keras_name(".".join([STACK_WILDCARD] + relative.split("/"))),
-                shape=(self.count,) + tuple(weight.shape), dtype=weight.dtype, trainable=weight.trainable,
-                initializer=_StackedInitializer(initializers[index], self.count, fresh, index)))
-        # (template weight, stacked weight); a plain attribute (Keras would track the template's in a list).
-        object.__setattr__(self, "_pairs", tuple(zip(template_weights, stacked)))
+        keras_compat.build_without_values(self._template, *shapes)  # slices are mapped in at each call
+        object.__setattr__(self, "_pairs", ())  # (template weight, stacked weight); Keras would track a list
+        object.__setattr__(self, "_shapes", shapes)
+        self._stack_new_weights()
         self.built = True
+
+    def _stack_new_weights(self):
+        """A stacked variable for each template weight that has none yet (all of them, when building)."""
+        template = self._template
+        stacked_ids = {id(weight) for weight, _ in self._pairs}
+        new = [weight for weight in template.weights if id(weight) not in stacked_ids]
+        initializers = [keras_compat.initializer_of(weight) for weight in new]
+        fresh = _FreshTemplates(self._make_layer, self._shapes, self.count, sum(each is None for each in initializers))
+        prefix = template.path + "/"
+        pairs = list(self._pairs)
+        for index, weight in enumerate(new):
+            relative = weight.path[len(prefix):] if weight.path.startswith(prefix) else weight.name
+            pairs.append((weight, self.add_weight(
+                name=stacked_variable_name(relative),
+                shape=(self.count,) + tuple(weight.shape), dtype=weight.dtype, trainable=weight.trainable,
+                initializer=_StackedInitializer(initializers[index], self.count, fresh, index))))
+        object.__setattr__(self, "_pairs", tuple(pairs))
+
+    def change_template(self, change):
+        """`change(template)`, which may add weights to the template (LoRA adapters: `Dense.enable_lora`); each new
+        weight gets its stacked variable, initialised as N separate layers' would be, and a template weight whose
+        `trainable` the change set passes it on to its stacked variable. Adding variables to a built layer takes
+        Keras' private state unlocking (`keras_compat.unlocked_state`); public-only mode refuses it."""
+        trainable = [weight.trainable for weight in self.template_weights]
+        with keras_compat.unlocked_state(self, "changing the layers of a built LayerStack (LoRA adapters)"):
+            with keras.StatelessScope(initialize_variables=False):
+                result = change(self._template)
+            new = [weight for weight in self._template.weights
+                   if id(weight) not in {id(known) for known, _ in self._pairs}]
+            keras_compat.forget_initialization(new)  # never initialised: no memory of their own
+            missing = [weight.path for weight in new if keras_compat.initializer_of(weight) is None]
+            if missing:
+                raise RuntimeError(f"{self.name}: Keras does not say the initializers of {missing}, so their stacked "
+                                   "values cannot be drawn (keras_compat: initializer_attribute).")
+            for (weight, stacked), before in zip(self._pairs, trainable):
+                if weight.trainable != before:  # `enable_lora` freezes the kernel it adapts
+                    stacked.trainable = weight.trainable
+            self._stack_new_weights()
+        return result
 
     @property
     def template_weights(self):
@@ -150,9 +183,22 @@ class LayerStack(keras.layers.Layer):
     def stacked_weights(self):
         return [stacked for _, stacked in self._pairs]
 
-    def layer_values(self, index):
-        """Layer `index`'s weights (slices of the stacked values), in the order of `template_weights`."""
-        return [ops.take(stacked.value, index, axis=0) for stacked in self.stacked_weights]
+    def stacked_weight(self, name):
+        """The stacked variable of the template weight `name`, its path in the template joined by dots
+        (`intermediate.dense.kernel`): layer i's weight is its slice i."""
+        for stacked in self.stacked_weights:
+            if stacked_variable_inner(stacked.name) == name:
+                return stacked
+        raise KeyError(f"{self.name} has no stacked weight {name!r}; it has "
+                       f"{[stacked_variable_inner(stacked.name) for stacked in self.stacked_weights]}.")
+
+    def layer_values(self):
+        """Each layer's weights (slices of the stacked values), in the order of `template_weights`: one list per
+        layer. The stacked values are read whole, then unstacked (under TensorFlow, views of their buffers): a
+        gather from the variable itself would switch TensorFlow's variable to copy-on-read, copying it out of a
+        mapped file and on every later read."""
+        per_weight = [ops.unstack(stacked.value, num=self.count, axis=0) for stacked in self.stacked_weights]
+        return [[values[index] for values in per_weight] for index in range(self.count)]
 
     def run_layer(self, values, step, carry):
         """`step(template, carry)` with the template's weights mapped to `values`. Inside another stateless scope
@@ -167,23 +213,38 @@ class LayerStack(keras.layers.Layer):
                 variable.assign(value)  # an update of the enclosing stateless scope, if any
         return result
 
-    def apply(self, step, carry, training=False):
+    def apply(self, step, carry, training=False, with_outputs=False, per_layer=None):
         """`carry = step(layer, carry)` for each layer in turn; returns the last `carry` (a tensor or a nested
-        structure of tensors). See the module docstring for how each backend runs the loop."""
-        backend = keras.backend.backend()
-        if backend == "jax":
-            from tf_esm.modeling import encoder_jax
+        structure of tensors). See the module docstring for how each backend runs the loop.
 
-            if encoder_jax.tracing():
-                return encoder_jax.scan_stack(self, step, carry)
-        elif backend == "tensorflow" and not training:
-            from tf_esm.modeling import layers_tf
+        With `with_outputs`, `step` returns `(carry, outputs)` and this returns `(carry, [each layer's outputs])`.
+        With `per_layer` (a sequence of one value per layer: a head mask, a cache), `step(layer, carry, value)`
+        gets layer i's value, and the layers run in the Python loop on every backend."""
+        if per_layer is None:
+            backend = keras.backend.backend()
+            if backend == "jax":
+                from tf_esm.modeling import encoder_jax
 
-            if layers_tf.traceable_stack(self):
-                return layers_tf.apply_stack(self, step, carry)
-        for index in range(self.count):
-            carry = self.run_layer(self.layer_values(index), step, carry)
-        return carry
+                if encoder_jax.scans_stacks():
+                    return encoder_jax.scan_stack(self, step, carry, with_outputs=with_outputs)
+            elif backend == "tensorflow" and not training:
+                from tf_esm.modeling import layers_tf
+
+                if layers_tf.traceable_stack(self):
+                    return layers_tf.apply_stack(self, step, carry, with_outputs=with_outputs)
+        elif len(per_layer) != self.count:
+            raise ValueError(f"per_layer has {len(per_layer)} values for {self.count} layers.")
+        outputs = []
+        for index, values in enumerate(self.layer_values()):
+            if per_layer is None:
+                result = self.run_layer(values, step, carry)
+            else:
+                result = self.run_layer(values, lambda layer, state: step(layer, state, per_layer[index]), carry)
+            if with_outputs:
+                result, layer_outputs = result
+                outputs.append(layer_outputs)
+            carry = result
+        return (carry, outputs) if with_outputs else carry
 
     def get_config(self):
         config = super().get_config()

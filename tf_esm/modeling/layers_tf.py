@@ -1,15 +1,16 @@
-"""TensorFlow-only: a stack of identical layers traced once inside a graph, not once per layer.
+"""TensorFlow-only: a stack of identical layers (a `LayerStack`) traced once inside a graph, not once per layer.
 
 Unrolled in a `tf.function`, a stack of N layers is N copies of the layer in the graph: traced N times in Python,
 then optimised and instantiated N times by TensorFlow's runtime on the first call. That was most of the fixed cost
 of a `tf-esm embed` run at the small sizes and of ESMFold's first call at a new length (36 stem layers, 48 trunk
-blocks). Here the first layer is traced once as a nested function whose arguments are its weights, run with the
-layer's variables mapped to those arguments (a `keras.StatelessScope`, as `encoder_jax` does for a scan), and the
-nested function is called once per layer with that layer's weights. The calls are not inlined (`_noinline`): the
-runtime optimises the layer's graph once (the same oneDNN fusions) and the outer graph stays small. The kernels
-are those of the unrolled loop, and the numbers too, to float32 rounding (tests/test_layers_tf.py).
+blocks). Here the stack's template layer is traced once as a nested function whose arguments are its weights, run
+with its variables mapped to those arguments (a `keras.StatelessScope`, as `encoder_jax` does for a scan), and the
+nested function is called once per layer with that layer's slices of the stacked weights. The calls are not
+inlined (`_noinline`): the runtime optimises the layer's graph once (the same oneDNN fusions) and the outer graph
+stays small. The kernels are those of the unrolled loop, and the numbers too, to float32 rounding
+(tests/test_layers_tf.py).
 
-Only for inference (`training` false): the nested function maps the layers' weights, not other state (dropout's
+Only for inference (`training` false): the nested function maps the layer's weights, not other state (dropout's
 seed generator would not advance inside it). Backend-neutral modules import this module only under TensorFlow.
 """
 
@@ -41,24 +42,6 @@ def traced_in_eager():
     return _EAGER.on()
 
 
-def _signature(layer):
-    return [(tuple(v.shape), str(v.dtype)) for v in layer.variables]
-
-
-def traceable_once(layers):
-    """Whether `layers` can share one trace: inside a graph being built (or eagerly inside `traced_in_eager()`), two
-    or more built layers with variables of the same shapes and dtypes in the same order."""
-    layers = list(layers)
-    if not TRACE_ONCE or len(layers) < 2:
-        return False
-    if tf.executing_eagerly() and not _EAGER:
-        return False
-    if not all(layer.built for layer in layers):  # building inside the nested function would create variables there
-        return False
-    first = _signature(layers[0])
-    return bool(first) and all(_signature(layer) == first for layer in layers[1:])
-
-
 def _apply(count, call, carry, with_outputs=False):
     """`carry = call(index, carry)` for index < count."""
     outputs = []
@@ -87,34 +70,6 @@ def _traced_once(variables, step_of_values):
         return concrete[0](values, state)
 
     return call
-
-
-def _weight_values(layer):
-    """The values of `layer`'s weights as tensors (under a distribution strategy, this replica's copies).
-
-    Not the variables themselves: a traced function captures a distributed (per-replica) variable passed to it
-    rather than taking it as an argument, so every later call would run with the first layer's weights."""
-    return [tf.convert_to_tensor(variable.value) for variable in layer.variables]
-
-
-def apply_layers(layers, step, carry, with_outputs=False):
-    """`carry = step(layer, carry)` for each of `layers`, `step` traced once (for `layers[0]`, its variables mapped
-    to each layer's weights in turn). `carry` is a tensor or a nested structure of tensors; `step` may also use
-    tensors of the enclosing graph (captured by the nested function). With `with_outputs`, `step` returns
-    `(carry, outputs)` and this returns `(carry, [outputs of each layer])`. Falls back to a Python loop where
-    `traceable_once(layers)` is false."""
-    layers = list(layers)
-    if traceable_once(layers):
-        first = layers[0]
-        traced = _traced_once(first.variables, lambda state: step(first, state))
-
-        def call(index, state):
-            return traced(_weight_values(layers[index]), state)
-    else:
-        def call(index, state):
-            return step(layers[index], state)
-
-    return _apply(len(layers), call, carry, with_outputs=with_outputs)
 
 
 def traceable_stack(stack):
@@ -148,15 +103,17 @@ def _traced_step(stack, step, carry):
     return traces[key]
 
 
-def apply_stack(stack, step, carry):
+def apply_stack(stack, step, carry, with_outputs=False):
     """`carry = step(layer, carry)` for each layer of a `LayerStack`: the template traced once, its weights mapped
     to the function's arguments, and called with each layer's slices of the stacked weights (`tf.unstack`: views
-    of the stacked buffers, no copy). Eagerly, the trace is reused by later
-    calls with the same `step` object and carry shapes."""
+    of the stacked buffers, no copy; under a distribution strategy, of this replica's copy, passed as arguments
+    rather than captured). `step` may use tensors of the enclosing graph (captured by the nested function). With
+    `with_outputs`, `step` returns `(carry, outputs)` and this returns `(carry, [each layer's outputs])`. Eagerly,
+    the trace is reused by later calls with the same `step` object and carry shapes."""
     traced = _traced_step(stack, step, carry)
     per_weight = [tf.unstack(variable.value, num=stack.count) for variable in stack.stacked_weights]
 
     def call(index, state):
         return traced([slices[index] for slices in per_weight], state)
 
-    return _apply(stack.count, call, carry)
+    return _apply(stack.count, call, carry, with_outputs=with_outputs)

@@ -31,8 +31,7 @@ import os
 
 import numpy as np
 
-from tf_esm.io.names import KERAS_DOT
-from tf_esm.keras_compat import all_sublayers
+from tf_esm.io.names import KERAS_DOT, stacked_variable_inner
 
 LORA_TARGETS = ("query", "key", "value")
 DEFAULT_LORA_TARGETS = ("query", "value")  # as keras-hub and PEFT default for BERT-style attention
@@ -53,8 +52,8 @@ def attention_projections(model, targets=DEFAULT_LORA_TARGETS):
     unknown = [name for name in targets if name not in LORA_TARGETS]
     if unknown or not targets:
         raise ValueError(f"LoRA targets must be a non-empty subset of {list(LORA_TARGETS)}; got {list(targets)}.")
-    esm = _encoder_of(model)
-    return [getattr(layer.attention.self_attention, name) for layer in esm.encoder.layer for name in targets]
+    template = _encoder_of(model).encoder.layer.template  # one layer whose weights are stacked (a LayerStack)
+    return [getattr(template.attention.self_attention, name) for name in targets]
 
 
 def _relative_path(variable):
@@ -64,13 +63,31 @@ def _relative_path(variable):
     return variable.path.split("/", 1)[1].replace(KERAS_DOT, ".")
 
 
+def _leaf(variable):
+    # A stacked weight's name is its path in the stacked layer (`stacked-attention-self-query-lora_kernel_a`).
+    return _relative_path(variable).rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+
+
 def is_lora_variable(variable):
-    return variable.path.rsplit("/", 1)[-1] in _LORA_LEAVES
+    return _leaf(variable) in _LORA_LEAVES
 
 
 def lora_enabled_layers(model):
-    """The Dense layers of `model` that carry LoRA adapters."""
-    return [layer for layer in all_sublayers(model) if getattr(layer, "lora_enabled", False)]
+    """The Dense layers of `model` that carry LoRA adapters (the encoder's template layer's: their adapters are
+    stacked over the layers like every other weight of the encoder's layers)."""
+    return [layer for layer in attention_projections(model, LORA_TARGETS) if layer.lora_enabled]
+
+
+def _per_layer_paths(variable):
+    """[(file name, layer index or None)]: a stacked variable (`esm/encoder/layer/stacked-attention-self-query-x`) as
+    one name per layer (`esm/encoder/layer.{i}/attention/self/query/x`, the names of adapters saved per layer)."""
+    path = _relative_path(variable)
+    head, _, leaf = path.rpartition("/")
+    inner = stacked_variable_inner(leaf)
+    if inner is None:
+        return [(path, None)]
+    inner = inner.replace(".", "/")
+    return [(f"{head}.{index}/{inner}", index) for index in range(variable.shape[0])]
 
 
 def enable_lora(model, rank, lora_alpha=None, targets=DEFAULT_LORA_TARGETS, freeze_encoder=True):
@@ -85,7 +102,8 @@ def enable_lora(model, rank, lora_alpha=None, targets=DEFAULT_LORA_TARGETS, free
             biases) non-trainable, so only the adapters and the task head train.
 
     Returns:
-        The list of Dense layers that received adapters.
+        The Dense layers that received adapters: the encoder's template layer's, one per target (each adapter
+        matrix is stacked over the layers).
     """
     if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}.")
@@ -95,8 +113,9 @@ def enable_lora(model, rank, lora_alpha=None, targets=DEFAULT_LORA_TARGETS, free
     already = [layer.path for layer in layers if layer.lora_enabled]
     if already:
         raise ValueError(f"LoRA is already enabled on {already}; it can be enabled once per layer.")
-    for layer in layers:
-        layer.enable_lora(int(rank), lora_alpha=lora_alpha)
+    # On the template layer; the stack gives each adapter matrix its stacked variable, one per layer.
+    _encoder_of(model).encoder.layer.change_template(
+        lambda _: [layer.enable_lora(int(rank), lora_alpha=lora_alpha) for layer in layers])
     if freeze_encoder:
         for variable in _encoder_of(model).weights:
             if not is_lora_variable(variable):
@@ -114,18 +133,14 @@ def _lora_settings(layers):
     return {"rank": int(rank), "alpha": alpha, "targets": targets}
 
 
-def _kernel_of(layer):
-    # The frozen base kernel itself (`layer.kernel` would return it with the adapter already added).
-    return next(variable for variable in layer.weights if variable.path.rsplit("/", 1)[-1] == "kernel")
-
-
 def _adapter_variables(model):
-    """{relative path: variable}: every LoRA matrix, and the task head's variables (outside `esm`)."""
+    """{file name: (variable, layer index or None)}: every LoRA matrix, one name per layer, and the task head's
+    variables (outside `esm`)."""
     esm_ids = {id(variable) for variable in _encoder_of(model).weights}
     chosen = {}
     for variable in model.weights:
         if is_lora_variable(variable) or id(variable) not in esm_ids:
-            chosen[_relative_path(variable)] = variable
+            chosen.update((name, (variable, index)) for name, index in _per_layer_paths(variable))
     return chosen
 
 
@@ -141,8 +156,10 @@ def save_lora_weights(model, path):
     if not layers:
         raise ValueError("This model has no LoRA adapters to save: call model.enable_lora(rank) first.")
     settings = _lora_settings(layers)
-    tensors = {name: np.ascontiguousarray(np.asarray(variable.numpy()))
-               for name, variable in _adapter_variables(model).items()}
+    tensors = {}
+    for name, (variable, index) in _adapter_variables(model).items():
+        value = np.asarray(variable.numpy())
+        tensors[name] = np.ascontiguousarray(value if index is None else value[index])
     metadata = {"format": LORA_FORMAT, "settings": json.dumps(settings), "model_class": type(model).__name__}
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -179,11 +196,19 @@ def load_lora_weights(model, path):
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this model: missing tensors {missing}; unexpected tensors "
                          f"{unexpected} (saved from a {metadata.get('model_class')} with LoRA settings {settings}).")
-    for name, variable in variables.items():
+    values = {}  # variable id -> (variable, its new value)
+    for name, (variable, index) in variables.items():
         value = tensors[name]
-        if tuple(value.shape) != tuple(variable.shape):
+        shape = tuple(variable.shape) if index is None else tuple(variable.shape[1:])
+        if tuple(value.shape) != shape:
             raise ValueError(f"{path}: tensor {name!r} has shape {tuple(value.shape)}, but the model's variable "
-                             f"needs {tuple(variable.shape)} (was the adapter saved with another rank?).")
+                             f"needs {shape} (was the adapter saved with another rank?).")
+        if index is None:
+            values[id(variable)] = (variable, value)
+        else:
+            stacked = values.setdefault(id(variable), (variable, np.empty(variable.shape, value.dtype)))[1]
+            stacked[index] = value
+    for variable, value in values.values():
         variable.assign(value.astype(variable.dtype, copy=False))
     return model
 
@@ -197,11 +222,16 @@ def merge_lora(model):
     merged.build()
     source = {_relative_path(variable): variable for variable in model.weights}
     lora_kernels = {}
-    for layer in lora_enabled_layers(model):
-        kernel = _kernel_of(layer)
-        update = np.asarray(layer.lora_kernel_a.numpy()) @ np.asarray(layer.lora_kernel_b.numpy())
-        lora_kernels[_relative_path(kernel)] = (np.asarray(kernel.numpy(), dtype=np.float32)
-                                                + (layer.lora_alpha / layer.lora_rank) * update)
+    scale = {layer.name: layer.lora_alpha / layer.lora_rank for layer in lora_enabled_layers(model)}
+    for name, variable in source.items():
+        if not name.endswith("lora_kernel_a"):
+            continue
+        base = name[:-len("lora_kernel_a")]  # `.../query/` or, stacked, `.../stacked.attention.self.query.`
+        # (stacked: one matrix product per layer)
+        update = np.matmul(np.asarray(variable.numpy()), np.asarray(source[base + "lora_kernel_b"].numpy()))
+        target = base.rstrip("./").rsplit("/", 1)[-1].rsplit(".", 1)[-1]  # query, key or value
+        lora_kernels[base + "kernel"] = (np.asarray(source[base + "kernel"].numpy(), dtype=np.float32)
+                                         + scale[target] * update)
     for variable in merged.weights:
         name = _relative_path(variable)
         value = lora_kernels[name] if name in lora_kernels else np.asarray(source[name].numpy())

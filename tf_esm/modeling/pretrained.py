@@ -179,12 +179,13 @@ class EsmPretrainedIO:
             save_weights_safetensors,
         )
         from tf_esm.io.native_h5 import save_weights_h5
+        from tf_esm.modeling.lora import is_lora_variable
 
         if format not in ("h5", "safetensors"):
             raise ValueError(f"format must be 'h5' or 'safetensors', got {format!r}.")
         if not self.built:
             self.build()
-        if any(getattr(layer, "lora_enabled", False) for layer in all_sublayers(self)):
+        if any(is_lora_variable(variable) for variable in self.weights):
             raise ValueError(
                 "This model has LoRA adapters: save them with model.save_lora_weights(path), or save a plain "
                 "checkpoint with tf_esm.modeling.lora.merge_lora(model).save_pretrained(directory)."

@@ -73,7 +73,6 @@ class _Runner:
             main_layer.build(None)
         self.main_layer = main_layer
         self.functions = {}
-        self.stacked_weights = None  # JAX: the weights as the compiled programs' arguments
         self.trace_count = 0
         self.traced_shapes = []  # (rows, length) of each trace; (None, None) for a shape-polymorphic graph
         backend = keras.backend.backend()
@@ -174,12 +173,9 @@ class _Runner:
             return tf.function(counted, input_signature=signature, jit_compile=_JIT, autograph=False)
         from tf_esm.modeling import encoder_jax
 
-        # The weights are arguments of the compiled program, not constants baked into it; the encoder's layers run
-        # as one scan over their stacked weights (stacked once per runner, shared by its programs).
-        if self.stacked_weights is None:
-            stacks = [self.main_layer.encoder.layer] if encoder_jax.SCAN_ENCODER else []
-            self.stacked_weights = encoder_jax.StackedWeights(self.main_layer.variables, stacks)
-        return encoder_jax.jit_with_weights(self.stacked_weights, counted)
+        # The weights are arguments of the compiled program, not constants baked into it; the encoder's layers (a
+        # LayerStack) run as one scan over its stacked weights.
+        return encoder_jax.jit_with_weights(self.main_layer.variables, counted)
 
 
 _RUNNERS = weakref.WeakKeyDictionary()
