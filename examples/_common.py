@@ -50,7 +50,7 @@ def parse_training_args(parser, argv=None):
     """Parse; refuse a non-empty --output-dir now rather than after training, and --freeze-encoder with
     --lora-rank."""
     args = parser.parse_args(argv)
-    from tf_esm.io.atomic import check_target
+    from tf_esm.storage.atomic import check_target
 
     check_target(args.output_dir, args.overwrite)
     if getattr(args, "freeze_encoder", False) and getattr(args, "lora_rank", 0):

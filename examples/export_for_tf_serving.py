@@ -82,7 +82,7 @@ def main(argv=None):
         for key in sorted(results):
             print(f"  {key}: shape {results[key].shape.as_list()}")
     from tf_esm.pipelines.data import resolve_tokenizer
-    from tf_esm.io.hub import ModelNotFoundError
+    from tf_esm.storage.hub import ModelNotFoundError
 
     try:
         tokenizer = resolve_tokenizer(args.model)

@@ -1,11 +1,11 @@
-"""Durable writes (`tf_esm.io.atomic`): portable by construction, each platform capability switched off in turn."""
+"""Durable writes (`tf_esm.storage.atomic`): portable by construction, each platform capability switched off in turn."""
 
 import os
 import stat
 
 import pytest
 
-from tf_esm.io import atomic
+from tf_esm.storage import atomic
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and umask")
 

@@ -9,8 +9,8 @@ import huggingface_hub
 import pytest
 from huggingface_hub import errors as hub_errors
 
-from tf_esm.io import hub
-from tf_esm.io.hub import ModelNotFoundError, resolve_file
+from tf_esm.storage import hub
+from tf_esm.storage.hub import ModelNotFoundError, resolve_file
 
 REPO = "someone/esm2_tiny"
 

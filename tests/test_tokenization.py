@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tf_esm.configuration import ESM2_VOCAB
-from tf_esm.io.hub import ModelNotFoundError
+from tf_esm.storage.hub import ModelNotFoundError
 from tf_esm.tokenization import PYTHON_WHITESPACE, BatchEncoding, EsmTokenizer, write_default_vocab
 
 RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO"  # the 25 letters of the ESM vocabulary

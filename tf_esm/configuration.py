@@ -10,7 +10,7 @@ import copy
 import json
 import os
 
-from tf_esm.io.atomic import write_text_atomic
+from tf_esm.storage.atomic import write_text_atomic
 
 CONFIG_NAME = "config.json"
 # The label value the losses skip (torch's CrossEntropyLoss default): special tokens, padding, unmasked positions.
@@ -290,7 +290,7 @@ class EsmConfig(_Config):
     def from_pretrained(cls, path_or_hub_id, **overrides):
         """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online);
         `overrides` replace settings of it (a name that is not one is a TypeError)."""
-        from tf_esm.io.hub import resolve_file
+        from tf_esm.storage.hub import resolve_file
 
         path = resolve_file(path_or_hub_id, CONFIG_NAME)
         config = cls.from_json_file(path)

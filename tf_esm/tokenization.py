@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 
-from tf_esm.io.atomic import write_text_atomic
+from tf_esm.storage.atomic import write_text_atomic
 from tf_esm.configuration import ESM2_VOCAB
 
 VOCAB_FILE_NAME = "vocab.txt"
@@ -158,7 +158,7 @@ class EsmTokenizer:
         >>> EsmTokenizer.from_pretrained(directory).mask_token_id
         32
         """
-        from tf_esm.io.hub import resolve_file
+        from tf_esm.storage.hub import resolve_file
 
         reference = os.fspath(path_or_hub_id)
         vocab_file = resolve_file(reference, VOCAB_FILE_NAME)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tf_esm.io.atomic import remove_stale_partials, write_atomic
+from tf_esm.storage.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
     check_position_table, configure_threads, interrupted, load_model, make_output_directory, positive_int,

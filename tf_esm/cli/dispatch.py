@@ -63,7 +63,7 @@ def build_parser():
 def _input_errors():
     """Exception types that mean a wrong input (exit 2): files, sequences, mutants, models, outputs."""
     from tf_esm.io.fasta import FastaError
-    from tf_esm.io.hub import ModelNotFoundError
+    from tf_esm.storage.hub import ModelNotFoundError
     from tf_esm.io.embedding_stores import EmbeddingStoreError
     from tf_esm.pipelines.scoring import MutationError
     from tf_esm.io.weights import CheckpointError
@@ -74,7 +74,7 @@ def _input_errors():
 
 def _offline_message(repo_id):
     """What to do when a hub id cannot be downloaded, in the command line's terms."""
-    from tf_esm.io.hub import offline_reason
+    from tf_esm.storage.hub import offline_reason
 
     directory = repo_id.split("/")[-1]
     return (f"{offline_reason(repo_id)} On a machine that is online run `hf download {repo_id} --local-dir "
@@ -178,7 +178,7 @@ def _dispatch(argv, debug):
     except Exception as error:  # noqa: BLE001 - the command line reports every failure as one line
         if debug:
             _print_traceback(error)
-        if getattr(error, "offline_repo", None):  # a hub id while offline (tf_esm.io.hub.ModelNotFoundError)
+        if getattr(error, "offline_repo", None):  # a hub id while offline (tf_esm.storage.hub.ModelNotFoundError)
             _print_error(_offline_message(error.offline_repo))
             return EXIT_USAGE
         if isinstance(error, _input_errors()):

@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from tf_esm.io.atomic import remove_stale_partials, write_atomic
+from tf_esm.storage.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
     EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
     interrupted, load_model, make_output_directory, non_negative_int, positive_int, sigterm_as_interrupt,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tf_esm.io.atomic import write_atomic
+from tf_esm.storage.atomic import write_atomic
 from tf_esm.cli.common import CliError, add_token_budget_argument, check_model_packages, load_model
 
 NAME = "score"
@@ -69,7 +69,7 @@ def _model_name(reference):
 
 def _load_tokenizer(reference):
     """The model's own vocabulary when it has a vocab.txt, else None (the standard ESM vocabulary)."""
-    from tf_esm.io.hub import resolve_file
+    from tf_esm.storage.hub import resolve_file
     from tf_esm.tokenization import VOCAB_FILE_NAME, EsmTokenizer
 
     if os.path.isfile(reference):

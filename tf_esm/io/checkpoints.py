@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from tf_esm.configuration import EsmConfig
-from tf_esm.io.hub import resolve_file
+from tf_esm.storage.hub import resolve_file
 from tf_esm.io.weights import WEIGHT_FILES, CheckpointError, read_state_dict
 
 

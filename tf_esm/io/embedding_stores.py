@@ -6,7 +6,7 @@ the record's FASTA position and sequence digest), and refuses to continue one wr
 `check_resume` refuses a FASTA whose records disagree with those (so no stored vector is ever stale). Records are
 written in the order they are computed (longest first) with their FASTA position (`input_index`), and
 `tf_esm.io.read_embeddings` returns them sorted by it: in FASTA order, as `embed_sequences` returns them. All
-write through `tf_esm.io.atomic`'s policy, so a killed run leaves complete records only. The file layouts are
+write through `tf_esm.storage.atomic`'s policy, so a killed run leaves complete records only. The file layouts are
 documented in `tf-esm embed --help` and README.
 """
 
@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 
-from tf_esm.io.atomic import remove_stale_partials, write_atomic
+from tf_esm.storage.atomic import remove_stale_partials, write_atomic
 
 # What an embedding run can store per record (`tf-esm embed --include`, `tf_esm.pipelines.inference.iter_embeddings`).
 INCLUDE_CHOICES = ("mean", "per_tok", "bos", "contacts")

@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 
-from tf_esm.io.atomic import PARTIAL_SUFFIX, fsync_file, replace_durably
+from tf_esm.storage.atomic import PARTIAL_SUFFIX, fsync_file, replace_durably
 from tf_esm.io.embedding_stores import (
     SETTINGS_ATTRIBUTE, EmbeddingStoreError, check_settings, next_input_index, stored_record)
 

@@ -58,7 +58,7 @@ def save_weights_h5(model, path):
     import h5py
 
     from tf_esm.backend import to_numpy
-    from tf_esm.io.atomic import atomic_path
+    from tf_esm.storage.atomic import atomic_path
     from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
     from tf_esm.io.names import model_variables
 

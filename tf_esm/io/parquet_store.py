@@ -30,7 +30,7 @@ import os
 import re
 import time
 
-from tf_esm.io.atomic import PARTIAL_SUFFIX, fsync_file, remove_stale_partials, replace_durably
+from tf_esm.storage.atomic import PARTIAL_SUFFIX, fsync_file, remove_stale_partials, replace_durably
 from tf_esm.io.embedding_stores import EmbeddingStoreError, check_settings, next_input_index, stored_record
 
 KINDS = ("mean", "per_tok", "bos", "contacts")

@@ -515,7 +515,7 @@ def save_weights_safetensors(state, path):
     """Write a {reference name: array} dict as safetensors (loadable by PyTorch transformers), atomically."""
     from safetensors.numpy import save_file
 
-    from tf_esm.io.atomic import atomic_path
+    from tf_esm.storage.atomic import atomic_path
 
     with atomic_path(path, suffix=".safetensors") as tmp_path:
         save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp_path, metadata={"format": "pt"})

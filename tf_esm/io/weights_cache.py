@@ -87,7 +87,7 @@ def write_converted(state_dict, variables, path):
     and stacks already matched to the model's), every other tensor as it is (so a load still reports it)."""
     import h5py
 
-    from tf_esm.io.atomic import atomic_path
+    from tf_esm.storage.atomic import atomic_path
     from tf_esm.io.native_h5 import ALIGNMENT, FORMAT_VERSION, GROUPS
     from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
 

@@ -169,7 +169,7 @@ class EsmPretrainedIO:
         """
         import tempfile
 
-        from tf_esm.io.atomic import StagedFiles, check_target, write_text_atomic
+        from tf_esm.storage.atomic import StagedFiles, check_target, write_text_atomic
         from tf_esm.configuration import CONFIG_NAME, ESM2_VOCAB
         from tf_esm.io.weights import (
             H5_WEIGHTS_NAME,

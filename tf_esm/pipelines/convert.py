@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from tf_esm.io.atomic import atomic_directory
+from tf_esm.storage.atomic import atomic_directory
 from tf_esm.configuration import EsmConfig
 from tf_esm.io.fair_esm import REGRESSION_NAMES, has_regression_weights, read_fair_esm_checkpoint, regression_path
 from tf_esm.modeling.models import TFEsmForMaskedLM

@@ -46,7 +46,7 @@ from tf_esm.backend import require_tensorflow
 
 tf = require_tensorflow("tf_esm.pipelines.export (SavedModel export)")
 
-from tf_esm.io.atomic import atomic_directory, check_target, write_text_atomic
+from tf_esm.storage.atomic import atomic_directory, check_target, write_text_atomic
 from tf_esm.configuration import ESM2_VOCAB
 from tf_esm.graph_tokenizer import EsmStringTokenizer, token_alternation
 from tf_esm.modeling import (
@@ -267,7 +267,7 @@ def export_saved_model(model, path: str | os.PathLike, vocab=None, max_length: i
     path = os.path.abspath(os.fspath(path))
     check_target(path, overwrite)
     if isinstance(model, (str, os.PathLike)):
-        from tf_esm.io.hub import resolve_file
+        from tf_esm.storage.hub import resolve_file
 
         reference = os.fspath(model)
         if vocab is None:
