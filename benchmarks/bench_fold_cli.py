@@ -6,9 +6,13 @@ checkpoint directory (transformers' layout, e.g. `benchmarks/full_esmfold.py`'s 
 its converted copy from the weights cache, filled once before the timed runs and reported apart). The transformers
 script is its best CPU setting: float32 (its `fp16_esm` stem is slower on a CPU), `torch.inference_mode`, one
 protein per call, longest first (ESMFold's padded batches cost more than they save on a CPU), all cores.
+`--stem bfloat16` runs both with the ESM-2 stem in bfloat16 (`tf-esm fold --stem-precision bfloat16`; the script
+casts `model.esm` as transformers' own `fp16_esm` does with float16, which is slower than bfloat16 on a CPU with
+AVX512_BF16 and than float32 on one without); `--stem float16` the same in float16.
 Each process runs under `shared/tools/memwatch.py`: wall time, peak anonymous memory, unreclaimable-memory rise.
 
     python benchmarks/bench_fold_cli.py --checkpoint /work/bench_cache/esmfold_full --lengths 50 100 150 200 250 300 350 400
+    python benchmarks/bench_fold_cli.py --checkpoint /work/bench_cache/esmfold_full --stem bfloat16
 
 Compare positions: the PDB coordinates of the two are compared atom by atom (max abs difference, Angstrom).
 """
@@ -29,7 +33,7 @@ RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 HF_SCRIPT = r'''
 import os, sys, torch, transformers
-checkpoint, fasta, outdir = sys.argv[1:4]
+checkpoint, fasta, outdir, stem = sys.argv[1:5]
 records, name = [], None
 for line in open(fasta):
     line = line.strip()
@@ -39,6 +43,8 @@ for line in open(fasta):
         records[-1][1] += line
 torch.set_num_threads(os.cpu_count())
 model = transformers.EsmForProteinFolding.from_pretrained(checkpoint).eval()
+if stem != "float32":  # the ESM-2 stem in half precision (transformers' fp16_esm halves it the same way)
+    model.esm.to(getattr(torch, stem))
 os.makedirs(outdir, exist_ok=True)
 with torch.inference_mode():
     for name, sequence in sorted(records, key=lambda record: -len(record[1])):
@@ -77,6 +83,8 @@ def main():
     parser.add_argument("--checkpoint", required=True, help="transformers' ESMFold directory")
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 100, 150, 200, 250, 300, 350, 400])
     parser.add_argument("--frameworks", nargs="+", default=["tf_esm", "torch"])
+    parser.add_argument("--stem", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="precision of the ESM-2 stem, both frameworks")
     parser.add_argument("--cache", default=None, help="tf_esm's weights cache (default: <checkpoint>_weights_cache, "
                                                      "filled first if empty)")
     args = parser.parse_args()
@@ -94,7 +102,8 @@ def main():
         print(f"weights cache filled first (not in the table): {fill['wall_s']} s, anon peak "
               f"{fill['anon_peak_gib']} GiB", flush=True)
     records = sequences(args.lengths)
-    print(f"CPU: {cpu_name()}; {len(records)} proteins, lengths {args.lengths}, default recycling", flush=True)
+    print(f"CPU: {cpu_name()}; {len(records)} proteins, lengths {args.lengths}, default recycling, stem "
+          f"{args.stem}", flush=True)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench_fold_cli_") as work:
         fasta = os.path.join(work, "proteins.fasta")
@@ -104,8 +113,9 @@ def main():
         with open(hf_script, "w") as handle:
             handle.write(HF_SCRIPT)
         commands = {
-            "tf_esm": [tf_esm_command, "fold", args.checkpoint, fasta, os.path.join(work, "tf_esm"), "-q"],
-            "torch": [sys.executable, hf_script, args.checkpoint, fasta, os.path.join(work, "torch")],
+            "tf_esm": [tf_esm_command, "fold", args.checkpoint, fasta, os.path.join(work, "tf_esm"), "-q"]
+            + ([] if args.stem == "float32" else ["--stem-precision", args.stem]),
+            "torch": [sys.executable, hf_script, args.checkpoint, fasta, os.path.join(work, "torch"), args.stem],
         }
         for framework in args.frameworks:
             rows[framework] = measured(commands[framework], env)
@@ -120,7 +130,8 @@ def main():
     print()
     print("| | whole process s | anon peak GiB | unreclaimable rise GiB | VmHWM GiB |")
     print("|---|---|---|---|---|")
-    labels = {"tf_esm": "`tf-esm fold` (default: eager)", "torch": "transformers script (float32)"}
+    labels = {"tf_esm": f"`tf-esm fold` (default: eager), {args.stem} stem",
+              "torch": f"transformers script, {args.stem} stem"}
     for framework, row in rows.items():
         print(f"| {labels[framework]} | {row['wall_s']} | {row['anon_peak_gib']} | {row['used_rise_gib']} | "
               f"{row['vmhwm_gib']} |")
