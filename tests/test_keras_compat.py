@@ -17,7 +17,7 @@ from tf_esm.modeling.layer_stack import LayerStack
 
 # The private uses the installed (tested) Keras and TensorFlow offer; the last two exist only under TensorFlow.
 EVERY_BACKEND = ("deferred_initialization", "initializer_attribute", "stateless_scope_getter", "loss_scaling",
-                 "keras_mask", "flatten_layers")
+                 "keras_mask", "flatten_layers", "layer_state_unlock")
 TENSORFLOW_ONLY = ("symbolic_build_hook", "multi_worker_mode")
 
 
@@ -135,6 +135,20 @@ def test_layer_stack_with_public_fallbacks():
                 stacked.assign(np.random.default_rng(1).normal(size=stacked.shape).astype("float32"))
             outputs[public] = ops.convert_to_numpy(stack.apply(lambda layer, carry: layer(carry), x))
     np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-6)
+
+
+def test_lora_on_a_built_stack_needs_the_private_unlocking_and_public_only_mode_says_so(reference_checkpoints):
+    from tf_esm import TFEsmForSequenceClassification
+
+    reference = reference_checkpoints("rotary", "EsmForSequenceClassification", num_labels=2)
+    with keras_compat.public_only():
+        model = TFEsmForSequenceClassification.from_pretrained(reference.path)
+        with pytest.raises(RuntimeError, match="public-only mode"):
+            model.enable_lora(2)
+    model = TFEsmForSequenceClassification.from_pretrained(reference.path)
+    layers = model.enable_lora(2)
+    stacked = model.esm.encoder.layer.stacked_weight("attention.self.query.lora_kernel_a")
+    assert len(layers) == 2 and tuple(stacked.shape) == (2, 32, 2)  # one adapter per layer, stacked
 
 
 def test_sublayers_and_keras_masks_through_the_fallbacks():
