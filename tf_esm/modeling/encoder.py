@@ -8,7 +8,6 @@ import keras
 from keras import ops
 
 from tf_esm.backend import matmul_precision
-from tf_esm.io.weights import keras_name
 from tf_esm.modeling.attention import TFEsmAttention
 from tf_esm.modeling.embeddings import (
     TFEsmEmbeddings,

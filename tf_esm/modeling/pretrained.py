@@ -8,7 +8,6 @@ import os
 
 from tf_esm._deprecation import apply_renames, renamed_keywords
 from tf_esm.configuration import EsmConfig, check_overrides
-from tf_esm.keras_compat import all_sublayers
 
 logger = logging.getLogger("tf_esm")
 
