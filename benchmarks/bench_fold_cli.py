@@ -118,8 +118,15 @@ def main():
             "torch": [sys.executable, hf_script, args.checkpoint, fasta, os.path.join(work, "torch"), args.stem],
         }
         for framework in args.frameworks:
+            started = time.time()
             rows[framework] = measured(commands[framework], env)
             print(framework, json.dumps(rows[framework]), flush=True)
+            # Per protein: each PDB is written when its fold ends (the first interval includes start-up and loading).
+            written = sorted((os.path.getmtime(os.path.join(work, framework, name + ".pdb")), name)
+                             for name, _ in records)
+            ends = [started] + [when for when, _ in written]
+            print(framework, "seconds per protein, in folding order:",
+                  ", ".join(f"{name} {end - begin:.0f}" for (end, name), begin in zip(written, ends)), flush=True)
         difference = None
         if set(args.frameworks) >= {"tf_esm", "torch"}:
             import numpy as np
