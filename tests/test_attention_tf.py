@@ -147,6 +147,7 @@ def test_training_uses_the_differentiable_kernel(reference_checkpoints, monkeypa
     input_ids, attention_mask = batch_with_padding_and_masks()
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(model(input_ids, attention_mask=attention_mask, training=True).last_hidden_state)
-    attention_weights = [v for v in model.trainable_variables if "/attention/" in v.path]
+    # The layers' weights are stacked: `esm/encoder/layer/stacked-attention-self-query-kernel`, ...
+    attention_weights = [v for v in model.trainable_variables if "attention" in v.path]
     assert attention_weights
     assert all(g is not None for g in tape.gradient(loss, attention_weights))
