@@ -135,11 +135,15 @@ class LayerStack(keras.layers.Layer):
         self._stack_new_weights()
         self.built = True
 
+    def _unstacked_template_weights(self):
+        """The template's weights that have no stacked variable yet."""
+        stacked_ids = {id(weight) for weight, _ in self._pairs}
+        return [weight for weight in self._template.weights if id(weight) not in stacked_ids]
+
     def _stack_new_weights(self):
         """A stacked variable for each template weight that has none yet (all of them, when building)."""
         template = self._template
-        stacked_ids = {id(weight) for weight, _ in self._pairs}
-        new = [weight for weight in template.weights if id(weight) not in stacked_ids]
+        new = self._unstacked_template_weights()
         initializers = [keras_compat.initializer_of(weight) for weight in new]
         fresh = _FreshTemplates(self._make_layer, self._shapes, self.count, sum(each is None for each in initializers))
         prefix = template.path + "/"
@@ -161,8 +165,7 @@ class LayerStack(keras.layers.Layer):
         with keras_compat.unlocked_state(self, "changing the layers of a built LayerStack (LoRA adapters)"):
             with keras.StatelessScope(initialize_variables=False):
                 result = change(self._template)
-            new = [weight for weight in self._template.weights
-                   if id(weight) not in {id(known) for known, _ in self._pairs}]
+            new = self._unstacked_template_weights()
             keras_compat.forget_initialization(new)  # never initialised: no memory of their own
             missing = [weight.path for weight in new if keras_compat.initializer_of(weight) is None]
             if missing:
