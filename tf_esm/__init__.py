@@ -1,4 +1,4 @@
-"""tf_esm: ESM-2, ESM-1b, ESM-1v and ESMFold as native Keras 3 / TensorFlow models.
+"""tf_esm: ESM-2, ESM-1b, ESM-1v, ESM C and ESMFold as native Keras 3 models.
 
 The public names are imported lazily, so `import tf_esm` (and the `tf-esm` command's start-up) does not load
 TensorFlow until a model or tokenizer is first used.
@@ -10,6 +10,14 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "EsmConfig": "tf_esm.configuration",
+    "EsmcConfig": "tf_esm.configuration",
+    "EsmcTokenizer": "tf_esm.tokenization",
+    "TFEsmcMainLayer": "tf_esm.modeling",
+    "TFEsmcPreTrainedModel": "tf_esm.modeling",
+    "TFEsmcModel": "tf_esm.modeling",
+    "TFEsmcForMaskedLM": "tf_esm.modeling",
+    "TFEsmcForSequenceClassification": "tf_esm.modeling",
+    "TFEsmcForTokenClassification": "tf_esm.modeling",
     "EsmFoldConfig": "tf_esm.configuration",
     "StructureModuleConfig": "tf_esm.configuration",
     "TrunkConfig": "tf_esm.configuration",

@@ -155,7 +155,76 @@ class EsmFoldConfig(_Config):
             self.trunk = TrunkConfig()
 
 
-class EsmConfig(_Config):
+class _LabelledConfig(_Config):
+    """A model configuration with the task-head settings transformers' configs share: `num_labels`, `id2label`,
+    `label2id` (derived from id2label), `problem_type`."""
+
+    model_type = None
+
+    def __init__(self, **kwargs):
+        num_labels = kwargs.pop("num_labels", None)
+        id2label = kwargs.pop("id2label", None)
+        kwargs.pop("label2id", None)  # derived from id2label
+        kwargs.setdefault("model_type", self.model_type)
+        super().__init__(**kwargs)
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
+        if num_labels is not None and num_labels != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+
+    @property
+    def num_labels(self):
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value):
+        if value != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+
+    @property
+    def label2id(self):
+        mapping = {}
+        for i, label in sorted(self.id2label.items()):
+            mapping.setdefault(label, i)  # a repeated label name maps to its first id
+        return mapping
+
+    def to_dict(self):
+        out = super().to_dict()
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = self.label2id
+        return out
+
+    @classmethod
+    def from_json_file(cls, path):
+        with open(path, encoding="utf-8") as handle:
+            try:
+                config_dict = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON: {error}") from None
+        return cls.from_dict(config_dict)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, **overrides):
+        """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online);
+        `overrides` replace settings of it (a name that is not one is a TypeError)."""
+        from tf_esm.storage.hub import resolve_file
+
+        path = resolve_file(path_or_hub_id, CONFIG_NAME)
+        config = cls.from_json_file(path)
+        check_overrides(config, overrides, f"{cls.__name__}.from_pretrained")
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        config.validate()
+        return config
+
+    def save_pretrained(self, save_directory):
+        os.makedirs(save_directory, exist_ok=True)
+        write_text_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())
+
+
+class EsmConfig(_LabelledConfig):
     """Configuration of an ESM model, compatible with HuggingFace's `config.json` for `model_type="esm"`.
 
     Every argument of HF's `EsmConfig` is accepted with HF's default. Keys this class does not know are kept
@@ -202,38 +271,12 @@ class EsmConfig(_Config):
     sub_configs = {"esmfold_config": EsmFoldConfig}
 
     def __init__(self, **kwargs):
-        num_labels = kwargs.pop("num_labels", None)
-        id2label = kwargs.pop("id2label", None)
-        kwargs.pop("label2id", None)  # derived from id2label
-        kwargs.setdefault("model_type", "esm")
         super().__init__(**kwargs)
-        if id2label is not None:
-            self.id2label = {int(k): v for k, v in id2label.items()}
-        else:
-            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
-        if num_labels is not None and num_labels != len(self.id2label):
-            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         if self.is_folding_model:
             if self.esmfold_config is None:
                 self.esmfold_config = EsmFoldConfig()
             if self.vocab_list is None:
                 self.vocab_list = list(ESM2_VOCAB)
-
-    @property
-    def num_labels(self):
-        return len(self.id2label)
-
-    @num_labels.setter
-    def num_labels(self, value):
-        if value != len(self.id2label):
-            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
-
-    @property
-    def label2id(self):
-        mapping = {}
-        for i, label in sorted(self.id2label.items()):
-            mapping.setdefault(label, i)  # a repeated label name maps to its first id
-        return mapping
 
     @property
     def head_dim(self):
@@ -271,35 +314,149 @@ class EsmConfig(_Config):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"EsmConfig: {name} must be a positive integer, got {value!r}.")
 
-    def to_dict(self):
-        out = super().to_dict()
-        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
-        out["label2id"] = self.label2id
-        return out
 
-    @classmethod
-    def from_json_file(cls, path):
-        with open(path, encoding="utf-8") as handle:
-            try:
-                config_dict = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(config_dict)
+# The ESM C vocabulary, in id order (transformers' `EsmcTokenizer`, the `esm` package's sequence tokenizer): the
+# ESM-2 vocabulary with `|`, the chain break of multi-chain inputs, at id 31. The model's embedding table has 64 rows.
+ESMC_VOCAB = ESM2_VOCAB[:31] + ("|", "<mask>")
+ROPE_TYPES = ("default",)
 
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id, **overrides):
-        """Read `config.json` from a local directory, a file path, or a hub id (downloaded when online);
-        `overrides` replace settings of it (a name that is not one is a TypeError)."""
-        from tf_esm.storage.hub import resolve_file
 
-        path = resolve_file(path_or_hub_id, CONFIG_NAME)
-        config = cls.from_json_file(path)
-        check_overrides(config, overrides, f"{cls.__name__}.from_pretrained")
-        for name, value in overrides.items():
-            setattr(config, name, value)
-        config.validate()
-        return config
+class EsmcConfig(_LabelledConfig):
+    """Configuration of an ESM C (ESM Cambrian) model, compatible with transformers' `config.json` for
+    `model_type="esmc"` (`transformers.EsmcConfig`); every argument of it is accepted with its default. Keys this
+    class does not know are kept and written back by `save_pretrained`.
 
-    def save_pretrained(self, save_directory):
-        os.makedirs(save_directory, exist_ok=True)
-        write_text_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())
+    Args:
+        vocab_size: Rows of the token embedding and of the masked-LM output (64; the tokenizer uses 33).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: Transformer shape (the defaults
+            are ESMC-6B's; ESMC-300M is 960 / 30 / 15 / 2560, ESMC-600M 1152 / 36 / 18 / 3072).
+        head_dim: Size of one attention head (default `hidden_size // num_attention_heads`).
+        num_key_value_heads: Must equal `num_attention_heads` (ESM C has no grouped-query attention).
+        max_position_embeddings: The context the model was trained with (2048 tokens).
+        rope_parameters: `{"rope_type": "default", "rope_theta": 10000.0}`: rotary positions.
+        attention_dropout, classifier_dropout: Dropout rates (attention probabilities; the classification head).
+        initializer_range: Standard deviation of the normal initialiser for new weights.
+        pad_token_id, bos_token_id, eos_token_id, mask_token_id: Special-token ids (1, 0, 2, 32).
+        num_labels, id2label, label2id, problem_type: Task-head settings.
+
+    Examples:
+
+    ```python
+    >>> from tf_esm import EsmcConfig
+    >>> config = EsmcConfig(hidden_size=960, num_hidden_layers=30, num_attention_heads=15, intermediate_size=2560)
+    >>> config.head_dim, config.residual_scale
+    (64, 0.9128709291752769)
+    ```
+    """
+
+    model_type = "esmc"
+    defaults = dict(
+        vocab_size=64, hidden_size=2560, intermediate_size=6912, num_hidden_layers=80, num_attention_heads=40,
+        num_key_value_heads=None, hidden_act="silu", max_position_embeddings=2048, initializer_range=0.02,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, tie_word_embeddings=False, rope_parameters=None,
+        attention_bias=False, attention_dropout=0.0, mlp_bias=False, head_dim=None, mask_token_id=32,
+        classifier_dropout=0.1, problem_type=None,
+    )
+    # Every released checkpoint: nn.LayerNorm's default epsilon (the reference has no setting for it).
+    layer_norm_eps = 1e-5
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # As transformers fills them in: special ids fixed by the vocabulary, derived head shape, default rotary.
+        if self.bos_token_id is None:
+            self.bos_token_id = 0
+        if self.eos_token_id is None:
+            self.eos_token_id = 2
+        if self.head_dim is None and self.num_attention_heads:
+            self._head_dim_derived = True  # follows num_attention_heads when that is changed later
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.rope_parameters is None:
+            self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        self.validate()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in ("num_attention_heads", "hidden_size") and getattr(self, "_head_dim_derived", False):
+            if isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
+                super().__setattr__("head_dim", self.hidden_size // self.num_attention_heads)
+                if name == "num_attention_heads" and getattr(self, "num_key_value_heads", None) is not None:
+                    super().__setattr__("num_key_value_heads", value)
+
+    @property
+    def rope_theta(self):
+        return float(self.rope_parameters.get("rope_theta", 10000.0))
+
+    @property
+    def residual_scale(self):
+        """What each residual branch is divided by: sqrt(layers / 36) (ESM3's residue scaling, in every ESM C)."""
+        return (self.num_hidden_layers / 36) ** 0.5
+
+    @property
+    def vocab_list(self):
+        return list(ESMC_VOCAB)
+
+    def default_max_length(self):
+        """ESM C's positions are rotary: no table limits the length (the model was trained on 2048 tokens)."""
+        return None
+
+    def validate(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"EsmcConfig: {name} must be a positive integer, got {value!r}.")
+        if self.head_dim is None:
+            return  # still being filled in by __init__
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(f"EsmcConfig: hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
+                             f"({self.num_attention_heads}).")
+        if self.head_dim * self.num_attention_heads != self.hidden_size or self.head_dim % 2:
+            raise ValueError(f"EsmcConfig: head_dim ({self.head_dim}) must be even and equal hidden_size / "
+                             f"num_attention_heads ({self.hidden_size} / {self.num_attention_heads}).")
+        if self.num_key_value_heads not in (None, self.num_attention_heads):
+            raise ValueError(f"EsmcConfig: ESM C has no grouped-query attention: num_key_value_heads "
+                             f"({self.num_key_value_heads}) must equal num_attention_heads ({self.num_attention_heads}).")
+        rope = self.rope_parameters or {}
+        if rope.get("rope_type", "default") not in ROPE_TYPES:
+            raise ValueError(f"EsmcConfig: rope_type {rope.get('rope_type')!r} is not supported; tf_esm implements "
+                             f"{', '.join(ROPE_TYPES)}.")
+        if self.hidden_act != "silu":
+            raise ValueError(f"EsmcConfig: hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}.")
+        if self.attention_bias or self.mlp_bias:
+            raise ValueError("EsmcConfig: attention_bias and mlp_bias must be False (ESM C's projections have none).")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"EsmcConfig: unknown problem_type {self.problem_type!r}; expected one of "
+                             f"{', '.join(PROBLEM_TYPES)}.")
+
+
+CONFIG_CLASSES = {"esm": EsmConfig, "esmc": EsmcConfig}
+
+
+def config_class_for(config_dict):
+    """The configuration class a `config.json`'s `model_type` names (`EsmConfig` for ESM-1/ESM-2/ESMFold and
+    files without one, `EsmcConfig` for ESM C); another model type is an error that names it."""
+    model_type = config_dict.get("model_type") or "esm"
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(f"config.json names model_type {model_type!r}, which tf_esm does not implement (it reads "
+                         f"{', '.join(sorted(CONFIG_CLASSES))}).")
+    return CONFIG_CLASSES[model_type]
+
+
+def load_config(path_or_hub_id, **overrides):
+    """The configuration of a model directory, `config.json` file or hub id, as the class its `model_type` names."""
+    from tf_esm.storage.hub import resolve_file
+
+    path = resolve_file(path_or_hub_id, CONFIG_NAME)
+    with open(path, encoding="utf-8") as handle:
+        try:
+            config_dict = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+    return config_class_for(config_dict).from_pretrained(path_or_hub_id, **overrides)
+
+
+def default_vocab(config):
+    """The vocabulary (id order) of a model configured by `config` when no tokenizer file says otherwise."""
+    return list(getattr(config, "vocab_list", None) or ESM2_VOCAB)

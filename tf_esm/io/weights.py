@@ -85,7 +85,10 @@ OPTIONAL = (re.compile(r"rotary_embeddings\.inv_freq$"),)
 # fine-tuning for a new task starts, so an unused one is only noted.
 PRETRAINING_HEAD = "lm_head"
 # Reference-name prefix of a trained head -> the transformers class that holds it (first match wins).
-HEAD_ARCHITECTURES = (("classifier.out_proj.", "EsmForSequenceClassification"),
+# The base model's module in every task model: `esmc.` (ESM C), `esm.` (ESM-1, ESM-2, ESMFold).
+BASE_PREFIXES = ("esmc.", "esm.")
+HEAD_ARCHITECTURES = (("score.", "EsmcForTokenClassification"),
+                      ("classifier.out_proj.", "EsmForSequenceClassification"),
                       ("classifier.", "EsmForTokenClassification"),
                       ("trunk.", "EsmForProteinFolding"))
 
@@ -122,8 +125,11 @@ def _is(patterns, name):
     return any(p.search(name) for p in patterns)
 
 
-def _add_base_prefix(state_dict, model_names, prefix="esm."):
-    """Base-model checkpoints (EsmModel) have no 'esm.' prefix; our models always do."""
+def _add_base_prefix(state_dict, model_names, prefix=None):
+    """Base-model checkpoints (EsmModel, EsmcModel) have no 'esm.' / 'esmc.' prefix; our models always do."""
+    if prefix is None:
+        prefix = next((candidate for candidate in BASE_PREFIXES if any(k.startswith(candidate) for k in model_names)),
+                      BASE_PREFIXES[-1])
     if any(k.startswith(prefix) for k in state_dict):
         return state_dict
     if not any(k.startswith(prefix) for k in model_names):
@@ -290,7 +296,7 @@ def load_state_dict(model, state_dict, strict=False, source="checkpoint", archit
 def _head(name):
     """The head (top-level module) a reference name belongs to: `classifier`, `lm_head`, `esm.contact_head`, ..."""
     parts = name.split(".")
-    return ".".join(parts[:2]) if parts[0] == "esm" and len(parts) > 2 else parts[0]
+    return ".".join(parts[:2]) if parts[0] in ("esm", "esmc") and len(parts) > 2 else parts[0]
 
 
 def _warn_unused(model, source, unexpected, architectures):

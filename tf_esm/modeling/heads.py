@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from tf_esm.modeling.embeddings import normal_initializer
+from tf_esm.modeling.embeddings import dense_over_tokens, normal_initializer
 
 
 def _gelu(x):
@@ -42,16 +42,43 @@ class TFEsmLMHead(keras.layers.Layer):
         return ops.matmul(x, ops.transpose(decoder)) + ops.cast(self.bias, x.dtype)
 
 
-class TFEsmClassificationHead(keras.layers.Layer):
-    """Sequence-level head on the `<cls>` token: dropout -> dense -> tanh -> dropout -> out_proj."""
+class TFEsmcLMHead(keras.layers.Layer):
+    """ESM C's masked-LM head: dense -> GELU -> layer norm -> decoder (its own weights, not tied), all with biases."""
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         init = normal_initializer(config)
+        self.dense = keras.layers.Dense(config.hidden_size, kernel_initializer=init, name="dense")
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layer_norm")
+        self.decoder = keras.layers.Dense(config.vocab_size, kernel_initializer=init, name="decoder")
+
+    def build(self, input_shape=None):
+        self.dense.build((None, None, self.config.hidden_size))
+        self.layer_norm.build((None, None, self.config.hidden_size))
+        self.decoder.build((None, None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, features):
+        return dense_over_tokens(self.decoder, self.layer_norm(dense_over_tokens(self.dense, features, _gelu)))
+
+
+class TFEsmClassificationHead(keras.layers.Layer):
+    """Sequence-level head on the `<cls>` token: dropout -> dense -> tanh -> dropout -> out_proj.
+
+    Args:
+        config: An `EsmConfig` or `EsmcConfig`.
+        dropout_rate: The dropout rate (default `config.hidden_dropout_prob`; ESM C's head uses
+            `config.classifier_dropout`).
+    """
+
+    def __init__(self, config, dropout_rate=None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        init = normal_initializer(config)
         self.dense = keras.layers.Dense(config.hidden_size, activation="tanh", kernel_initializer=init, name="dense")
         self.out_proj = keras.layers.Dense(config.num_labels, kernel_initializer=init, name="out_proj")
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob)
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob if dropout_rate is None else dropout_rate)
 
     def build(self, input_shape=None):
         self.dense.build((None, self.config.hidden_size))

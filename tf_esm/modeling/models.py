@@ -36,14 +36,14 @@ _INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "head_mask", "inp
                 "encoder_hidden_states", "encoder_attention_mask", "past_key_values")
 
 
-def _unpack_inputs(input_ids, kwargs):
+def _unpack_inputs(input_ids, kwargs, input_names=_INPUT_NAMES):
     if isinstance(input_ids, dict):
         packed = dict(input_ids)
-        unknown = set(packed) - set(_INPUT_NAMES) - {"token_type_ids", "special_tokens_mask"}
+        unknown = set(packed) - set(input_names) - {"token_type_ids", "special_tokens_mask"}
         if unknown:
-            raise ValueError(f"Unknown input names {sorted(unknown)}; expected some of {list(_INPUT_NAMES)}.")
+            raise ValueError(f"Unknown input names {sorted(unknown)}; expected some of {list(input_names)}.")
         input_ids = packed.pop("input_ids", None)
-        for name in _INPUT_NAMES[1:]:
+        for name in input_names[1:]:
             if name in packed and kwargs.get(name) is None:
                 kwargs[name] = packed[name]
     return input_ids, kwargs

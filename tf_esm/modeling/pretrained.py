@@ -23,7 +23,7 @@ class EsmPretrainedIO:
 
     def __init__(self, config, **kwargs):
         if isinstance(config, dict):
-            config = EsmConfig.from_dict(config)
+            config = self.config_class.from_dict(config)
         super().__init__(**kwargs)
         self.config = config
 
@@ -44,10 +44,14 @@ class EsmPretrainedIO:
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}
 
+    def _default_tokenizer(self):
+        """The tokenizer `save_pretrained` writes when given none (ESM-2's `vocab.txt` is written separately)."""
+        return None
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        return cls(EsmConfig.from_dict(config.pop("config")), **config)
+        return cls(cls.config_class.from_dict(config.pop("config")), **config)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     @classmethod
@@ -123,6 +127,7 @@ class EsmPretrainedIO:
         own_config = config is None
         config, state_dict, source = read_checkpoint(
             path_or_hub_id, config, populate=cls._populated_weights(precision, model_kwargs))
+        cls._check_config_class(config, path_or_hub_id)
         check_overrides(config, kwargs, where, constructor_args | {"config", "strict", "precision", "weights_cache"})
         architectures = getattr(config, "architectures", None) if own_config else None
         for name, value in kwargs.items():
@@ -140,6 +145,19 @@ class EsmPretrainedIO:
             finish_initialization(model)
         warn_if_slow(precision)
         return model
+
+    @classmethod
+    def _check_config_class(cls, config, reference):
+        """A checkpoint of another model family (an ESM C directory given to an ESM-2 class, or the reverse) is an
+        error that names the class that loads it."""
+        if isinstance(config, cls.config_class):
+            return
+        family = {"EsmcConfig": "ESM C (TFEsmcModel, TFEsmcForMaskedLM, ...)",
+                  "EsmConfig": "ESM-2 / ESM-1 (TFEsmModel, TFEsmForMaskedLM, ...)"}
+        raise ValueError(f"{reference} is a {family.get(type(config).__name__, type(config).__name__)} checkpoint "
+                         f"(its config.json's model_type is {getattr(config, 'model_type', None)!r}); "
+                         f"{cls.__name__} loads {family.get(cls.config_class.__name__, cls.config_class.__name__)} "
+                         "checkpoints.")
 
     def _saved_config(self):
         """The configuration `save_pretrained` writes (the model's own; subclasses may note how it was built)."""
@@ -204,9 +222,24 @@ class EsmPretrainedIO:
                     tokenizer.save_pretrained(tokenizer_dir)
                     for name in os.listdir(tokenizer_dir):
                         os.replace(os.path.join(tokenizer_dir, name), staged.path(name))
+            elif self._default_tokenizer() is not None:
+                with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=save_directory) as tokenizer_dir:
+                    self._default_tokenizer().save_pretrained(tokenizer_dir)
+                    for name in os.listdir(tokenizer_dir):
+                        os.replace(os.path.join(tokenizer_dir, name), staged.path(name))
             elif self.config.vocab_size == len(ESM2_VOCAB):
                 vocab = self.config.vocab_list or ESM2_VOCAB
                 write_text_atomic(staged.path("vocab.txt"), "\n".join(vocab) + "\n")
+
+
+def main_layer_of(model):
+    """The encoder main layer of a tf_esm model (`model.esm`: ESM-2/ESM-1 and ESMFold's stem, `model.esmc`: ESM C),
+    or `model` itself when it is one."""
+    for name in ("esm", "esmc"):
+        layer = getattr(model, name, None)
+        if layer is not None:
+            return layer
+    return model
 
 
 def _through_weights_cache(model, state_dict, source, option, populate):
