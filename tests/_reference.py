@@ -181,3 +181,31 @@ def record_parity(what, diff, case=None):
         case = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
     key = f"{case} :: {what}"
     PARITY_REPORT[key] = max(float(diff), PARITY_REPORT.get(key, 0.0))
+
+
+ESMC_TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                 classifier_dropout=0.0, attention_dropout=0.0)
+
+
+def make_esmc_reference_checkpoint(directory, model_class="EsmcForMaskedLM", seed=0, tokenizer=True, **options):
+    """Save a tiny transformers ESM C model with random, non-trivial weights (layer norms near 1, biases near 0,
+    matrices of standard deviation 0.2), and its tokenizer beside it, as a hub directory is laid out."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.EsmcConfig(**dict(ESMC_TINY, **options))
+    config._attn_implementation = "eager"  # eager attention returns the attention maps we compare
+    model = getattr(transformers, model_class)(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                parameter.copy_(1 + 0.2 * torch.randn_like(parameter))
+            elif name.endswith("bias"):
+                parameter.copy_(0.1 * torch.randn_like(parameter))
+            else:
+                parameter.copy_(0.2 * torch.randn_like(parameter))
+    model.save_pretrained(str(directory))
+    if tokenizer:
+        transformers.EsmcTokenizer().save_pretrained(str(directory))
+    return ReferenceCheckpoint(str(directory), model, config)

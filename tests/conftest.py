@@ -32,6 +32,7 @@ EVERY_BACKEND_MODULES = (
     "test_bfloat16_storage.py",
     "test_configuration.py",
     "test_encoder_stack.py",
+    "test_esmc.py",
     "test_fair_esm.py",
     "test_folding_determinism.py",
     "test_folding_half_stem.py",
