@@ -63,8 +63,9 @@ def token_alternation(tokens):
 class _StringToIds:
     """The vocabulary compiled into regular expressions and a lookup table; call it on a string tensor."""
 
-    def __init__(self, tokens, unk_token, cls_token, pad_token, eos_token):
+    def __init__(self, tokens, unk_token, cls_token, pad_token, eos_token, character_level=False):
         token_to_id = {token: index for index, token in enumerate(tokens) if token}  # later duplicates win
+        self.character_level = bool(character_level)
         missing = [token for token in (unk_token, cls_token, pad_token, eos_token) if token not in token_to_id]
         if missing:
             raise ValueError(f"Special token(s) {missing} are not in the vocabulary.")
@@ -76,6 +77,8 @@ class _StringToIds:
         self.separator_pattern = regex_literal(separator)
         self.separator_rewrite = separator + r"\0" + separator
         self.token_pattern = token_alternation(token_to_id)
+        if self.character_level:  # any other single character (whitespace too) is a piece of its own: one <unk>
+            self.token_pattern += "|(?s:.)"
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(list(token_to_id), tf.string), tf.constant(list(token_to_id.values()), tf.int64)
@@ -87,7 +90,8 @@ class _StringToIds:
         """[batch] strings -> [batch, None] int32 ids without special tokens."""
         text = tf.strings.regex_replace(strings, self.separator_pattern, self.stand_in)
         text = tf.strings.regex_replace(text, self.token_pattern, self.separator_rewrite)
-        text = tf.strings.regex_replace(text, WHITESPACE_RUN_PATTERN, self.separator)
+        if not self.character_level:
+            text = tf.strings.regex_replace(text, WHITESPACE_RUN_PATTERN, self.separator)
         pieces = tf.strings.split(text, self.separator)
         pieces = tf.ragged.boolean_mask(pieces, tf.strings.length(pieces) > 0)
         return tf.cast(tf.ragged.map_flat_values(self.table.lookup, pieces), tf.int32)
@@ -195,6 +199,8 @@ class EsmStringTokenizer(keras.layers.Layer):
             shape. By default outputs are padded to the longest sequence in the batch.
         ragged: return `tf.RaggedTensor`s instead of padded tensors (for `tf.data` pipelines).
         unk_token, cls_token, pad_token, eos_token: the special tokens.
+        character_level: ESM C's rules (`EsmcTokenizer`): every character outside the vocabulary, whitespace
+            included, is one `<unk>` (instead of each run of them, with whitespace dropped).
         **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Examples:
@@ -218,10 +224,12 @@ class EsmStringTokenizer(keras.layers.Layer):
         cls_token="<cls>",
         pad_token="<pad>",
         eos_token="<eos>",
+        character_level=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab = _as_token_list(vocab)
+        self.character_level = bool(character_level)
         self.add_special_tokens = bool(add_special_tokens)
         self.pad_to = None if pad_to is None else int(pad_to)
         self.max_length_setting = None if max_length is None else int(max_length)
@@ -229,7 +237,8 @@ class EsmStringTokenizer(keras.layers.Layer):
         self.ragged = bool(ragged)
         self.special_tokens = {"unk_token": unk_token, "cls_token": cls_token, "pad_token": pad_token,
                                "eos_token": eos_token}
-        self._string_to_ids = _StringToIds(self.vocab, unk_token, cls_token, pad_token, eos_token)
+        self._string_to_ids = _StringToIds(self.vocab, unk_token, cls_token, pad_token, eos_token,
+                                           character_level=self.character_level)
         self.lookup_table = self._string_to_ids.table  # an attribute, so SavedModel export tracks the resource
         self.built = True
 
@@ -242,10 +251,11 @@ class EsmStringTokenizer(keras.layers.Layer):
 
         >>> tokenizer = EsmStringTokenizer.from_pretrained("facebook/esm2_t6_8M_UR50D", max_length=1024)
         """
-        from tf_esm.tokenization import EsmTokenizer
+        from tf_esm.tokenization import EsmcTokenizer, load_tokenizer
 
-        tokenizer = EsmTokenizer.from_pretrained(path_or_hub_id)
+        tokenizer = load_tokenizer(path_or_hub_id)
         special = {name: getattr(tokenizer, name) for name in ("unk_token", "cls_token", "pad_token", "eos_token")}
+        special["character_level"] = isinstance(tokenizer, EsmcTokenizer)
         return cls(vocab=tokenizer, **{**special, **kwargs})
 
     @property
@@ -270,5 +280,5 @@ class EsmStringTokenizer(keras.layers.Layer):
         config = super().get_config()
         config.update(vocab=list(self.vocab), add_special_tokens=self.add_special_tokens,
                       max_length=self.max_length_setting, pad_to=self.pad_to, ragged=self.ragged,
-                      **self.special_tokens)
+                      character_level=self.character_level, **self.special_tokens)
         return config

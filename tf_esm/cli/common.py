@@ -68,7 +68,7 @@ def add_common(parser):
                         help="on errors print the traceback, and let TensorFlow's own log messages through")
 
 
-def add_model_argument(parser, help_text="model directory, fair-esm .pt file or hub id"):
+def add_model_argument(parser, help_text="model directory, fair-esm .pt / esm-package ESM C .pth file or hub id"):
     parser.add_argument("model", metavar="MODEL", help=help_text)
 
 
@@ -233,8 +233,8 @@ def require_installed(module, purpose):
 def check_model_packages(*references):
     """A fair-esm .pt file, or a directory whose only weights are PyTorch .bin files, is read with torch."""
     for reference in references:
-        if reference.endswith(".pt") and os.path.isfile(reference):
-            require_installed("torch", f"MODEL {reference} (a fair-esm .pt file)")
+        if reference.endswith((".pt", ".pth")) and os.path.isfile(reference):
+            require_installed("torch", f"MODEL {reference} (a fair-esm .pt / esm-package .pth file)")
         elif os.path.isdir(reference):
             names = os.listdir(reference)
             if (any(name.endswith(".bin") for name in names)

@@ -53,7 +53,7 @@ def run(args, console):
                        code=EXIT_FAILURE) from None
     max_length = _max_length(args.max_length)
     model = args.model
-    if model.endswith(".pt") and os.path.isfile(model):
+    if model.endswith((".pt", ".pth")) and os.path.isfile(model):
         model = load_model(model)
     try:
         path = export_saved_model(model, args.dir, max_length=max_length, overwrite=args.overwrite)

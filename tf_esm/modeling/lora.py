@@ -35,25 +35,47 @@ from tf_esm.io.names import KERAS_DOT, stacked_variable_inner
 
 LORA_TARGETS = ("query", "key", "value")
 DEFAULT_LORA_TARGETS = ("query", "value")  # as keras-hub and PEFT default for BERT-style attention
+# ESM C's projections, under its own names, and what the ESM names mean there (so the defaults serve both).
+ESMC_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_ESMC_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
 LORA_FORMAT = "tf_esm-lora"
 _LORA_LEAVES = ("lora_kernel_a", "lora_kernel_b")
 
 
 def _encoder_of(model):
-    esm = getattr(model, "esm", model)
-    if not hasattr(esm, "encoder"):
-        raise TypeError(f"{type(model).__name__} is not an ESM model (no `esm.encoder`).")
+    esm = getattr(model, "esm", None) or getattr(model, "esmc", None) or model
+    if not hasattr(esm, "encoder") and not hasattr(esm, "embed_tokens"):
+        raise TypeError(f"{type(model).__name__} is not an ESM model (no `esm.encoder` or `esmc.layers`).")
     return esm
 
 
+def _layer_stack(model):
+    """The `LayerStack` of the model's encoder layers (ESM: `esm.encoder.layer`; ESM C: `esmc.layers`)."""
+    encoder = _encoder_of(model)
+    return encoder.layers if hasattr(encoder, "embed_tokens") else encoder.encoder.layer
+
+
+def _projections(model):
+    """{target name: the template layer's Dense}, in the order adapter files list them."""
+    encoder = _encoder_of(model)
+    if hasattr(encoder, "embed_tokens"):  # ESM C
+        attention = encoder.layers.template.self_attn
+        return {name: getattr(attention, name) for name in ESMC_LORA_TARGETS}
+    attention = encoder.encoder.layer.template.attention.self_attention
+    return {name: getattr(attention, name) for name in LORA_TARGETS}
+
+
 def attention_projections(model, targets=DEFAULT_LORA_TARGETS):
-    """The `query`/`key`/`value` Dense layers named in `targets`, for every self-attention layer of `model`."""
+    """The attention projections named in `targets` (ESM: `query`/`key`/`value`; ESM C: `q_proj`/`k_proj`/`v_proj`/
+    `o_proj`, or the ESM names for the first three), as the template layer's Dense layers (stacked over layers)."""
     targets = tuple(targets)
-    unknown = [name for name in targets if name not in LORA_TARGETS]
+    projections = _projections(model)
+    aliases = _ESMC_ALIASES if "q_proj" in projections else {}
+    resolved = [aliases.get(name, name) for name in targets]
+    unknown = [name for name in resolved if name not in projections]
     if unknown or not targets:
-        raise ValueError(f"LoRA targets must be a non-empty subset of {list(LORA_TARGETS)}; got {list(targets)}.")
-    template = _encoder_of(model).encoder.layer.template  # one layer whose weights are stacked (a LayerStack)
-    return [getattr(template.attention.self_attention, name) for name in targets]
+        raise ValueError(f"LoRA targets must be a non-empty subset of {list(projections)}; got {list(targets)}.")
+    return [projections[name] for name in dict.fromkeys(resolved)]
 
 
 def _relative_path(variable):
@@ -75,7 +97,7 @@ def is_lora_variable(variable):
 def lora_enabled_layers(model):
     """The Dense layers of `model` that carry LoRA adapters (the encoder's template layer's: their adapters are
     stacked over the layers like every other weight of the encoder's layers)."""
-    return [layer for layer in attention_projections(model, LORA_TARGETS) if layer.lora_enabled]
+    return [layer for layer in _projections(model).values() if layer.lora_enabled]
 
 
 def _per_layer_paths(variable):
@@ -114,7 +136,7 @@ def enable_lora(model, rank, lora_alpha=None, targets=DEFAULT_LORA_TARGETS, free
     if already:
         raise ValueError(f"LoRA is already enabled on {already}; it can be enabled once per layer.")
     # On the template layer; the stack gives each adapter matrix its stacked variable, one per layer.
-    _encoder_of(model).encoder.layer.change_template(
+    _layer_stack(model).change_template(
         lambda _: [layer.enable_lora(int(rank), lora_alpha=lora_alpha) for layer in layers])
     if freeze_encoder:
         for variable in _encoder_of(model).weights:
@@ -129,7 +151,7 @@ def _lora_settings(layers):
         raise ValueError(f"The LoRA layers have different (rank, alpha) settings {sorted(ranks)}; "
                          "save_lora_weights supports one setting per model.")
     rank, alpha = ranks.pop()
-    targets = [name for name in LORA_TARGETS if name in {layer.name for layer in layers}]
+    targets = [name for name in LORA_TARGETS + ESMC_LORA_TARGETS if name in {layer.name for layer in layers}]
     return {"rank": int(rank), "alpha": alpha, "targets": targets}
 
 

@@ -69,7 +69,7 @@ def stage_model(reference, only=None):
     if not _has_scheme(reference):
         return reference
     local = tempfile.mkdtemp(prefix="tf_esm_model_")
-    if reference.endswith(".pt"):
+    if reference.endswith((".pt", ".pth")):
         sources = [reference]
     else:
         base = reference.rstrip("/")
@@ -84,7 +84,7 @@ def stage_model(reference, only=None):
                 open(os.path.join(local, name), "wb") as out:
             while chunk := handle.read(1 << 24):
                 out.write(chunk)
-    return os.path.join(local, os.path.basename(reference)) if reference.endswith(".pt") else local
+    return os.path.join(local, os.path.basename(reference)) if reference.endswith((".pt", ".pth")) else local
 
 
 def load_embedding_model(reference):
@@ -99,11 +99,11 @@ def load_embedding_model(reference):
 
 def model_config(reference):
     """The configuration of `reference` without loading the weights where possible (a .pt file is loaded)."""
-    from tf_esm.configuration import EsmConfig
+    from tf_esm.configuration import load_config
 
-    if reference.endswith(".pt"):
+    if reference.endswith((".pt", ".pth")):
         return load_embedding_model(stage_model(reference)).config
-    return EsmConfig.from_pretrained(stage_model(reference, only=("config.json",)))
+    return load_config(stage_model(reference, only=("config.json",)))
 
 
 _MODELS_USED = weakref.WeakSet()

@@ -10,7 +10,7 @@ import os
 import shutil
 
 from tf_esm.storage.atomic import atomic_directory
-from tf_esm.configuration import EsmConfig
+from tf_esm.configuration import load_config
 from tf_esm.io.fair_esm import REGRESSION_NAMES, has_regression_weights, read_fair_esm_checkpoint, regression_path
 from tf_esm.modeling.models import TFEsmForMaskedLM
 from tf_esm.pipelines.auto import state_dict_class
@@ -24,7 +24,7 @@ from tf_esm.io.weights import (
 
 
 # Tokenizer files of an HF directory, carried over unchanged.
-_TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _write_fair_esm(src, directory):
@@ -38,12 +38,30 @@ def _write_fair_esm(src, directory):
     model.save_pretrained(directory)
 
 
+def _write_esmc_package(src, directory):
+    from tf_esm.io.esmc_package import read_esmc_package_checkpoint
+    from tf_esm.modeling.esmc_models import TFEsmcForMaskedLM
+
+    config, state_dict = read_esmc_package_checkpoint(src)
+    with deferred_initialization():
+        model = TFEsmcForMaskedLM(config)
+        model.build()
+    try:
+        missing, unexpected = load_state_dict(model, state_dict, source=src)
+    finally:
+        finish_initialization(model)
+    if missing or unexpected:
+        raise CheckpointError(f"{src}: missing tensors {missing}; unexpected tensors {unexpected}.")
+    model.save_pretrained(directory)
+
+
 def _write_hf_directory(src, directory, stem_precision=None):
-    config = EsmConfig.from_pretrained(src)
-    if stem_precision is not None and not config.is_folding_model:
+    config = load_config(src)
+    is_folding_model = getattr(config, "is_folding_model", False)
+    if stem_precision is not None and not is_folding_model:
         raise ValueError(f"{src}: stem_precision is for ESMFold checkpoints; this one is not a folding model.")
     state_dict = read_state_dict(src)
-    if config.is_folding_model:
+    if is_folding_model:
         # ESMFold: the stem in the checkpoint's precision (float32) on any device, unless asked for a half one.
         from tf_esm.folding import TFEsmForProteinFolding
 
@@ -73,7 +91,8 @@ def _inside(path, directory):
 
 
 def convert_checkpoint(src, dst, overwrite=False, stem_precision=None):
-    """Convert a fair-esm `.pt` file or an HF model directory into a tf_esm model directory `dst`.
+    """Convert a fair-esm `.pt` file, an `esm`-package ESM C `.pth` file (`esmc_300m_2024_12_v0.pth`) or an HF model
+    directory (ESM-1, ESM-2, ESMFold, ESM C) into a tf_esm model directory `dst`.
 
     `dst` receives `config.json`, `tf_esm_model.h5` and `vocab.txt` (plus the source's tokenizer files for an HF
     directory) and loads with `TFEsmForMaskedLM.from_pretrained(dst)` (or the task class of an HF directory).
@@ -112,12 +131,13 @@ def convert_checkpoint(src, dst, overwrite=False, stem_precision=None):
         writer = _write_hf_directory
         if not os.path.isfile(os.path.join(src, "config.json")):
             raise CheckpointError(f"{src}: an HF model directory needs a config.json.")
-    elif src.endswith(".pt"):
-        writer = _write_fair_esm
+    elif src.endswith((".pt", ".pth")):
+        writer = _write_fair_esm if src.endswith(".pt") else _write_esmc_package
         if stem_precision is not None:
             raise ValueError(f"{src}: stem_precision is for ESMFold checkpoints (HF directories).")
     else:
-        raise CheckpointError(f"{src}: expected a fair-esm '.pt' file or an HF model directory.")
+        raise CheckpointError(f"{src}: expected a fair-esm '.pt' file, an esm-package ESM C '.pth' file or an HF "
+                              "model directory.")
     if os.path.exists(dst):
         if not os.path.isdir(dst):
             raise FileExistsError(f"{dst} exists and is not a directory.")

@@ -47,9 +47,12 @@ from tf_esm.backend import require_tensorflow
 tf = require_tensorflow("tf_esm.pipelines.export (SavedModel export)")
 
 from tf_esm.storage.atomic import atomic_directory, check_target, write_text_atomic
-from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.configuration import ESM2_VOCAB, EsmcConfig
 from tf_esm.graph_tokenizer import EsmStringTokenizer, token_alternation
 from tf_esm.modeling import (
+    TFEsmcForSequenceClassification,
+    TFEsmcForTokenClassification,
+    TFEsmcModel,
     TFEsmForSequenceClassification,
     TFEsmForTokenClassification,
     TFEsmModel,
@@ -62,6 +65,9 @@ from tf_esm.pipelines.auto import (  # noqa: F401  (ARCHITECTURES, architecture_
 )
 from tf_esm.tokenization import WHITESPACE_RUN_PATTERN
 
+BASE_MODELS = (TFEsmModel, TFEsmcModel)
+SEQUENCE_CLASSIFIERS = (TFEsmForSequenceClassification, TFEsmcForSequenceClassification)
+TOKEN_CLASSIFIERS = (TFEsmForTokenClassification, TFEsmcForTokenClassification)
 STRINGS_SIGNATURE = "serving_default"
 _TRAILING_STOP_PATTERN = r"\*(?:" + WHITESPACE_RUN_PATTERN + ")?$"
 TOKEN_IDS_SIGNATURE = "token_ids"
@@ -101,7 +107,7 @@ class EsmServingModule(tf.Module):
 
     Args:
         model: a built `TFEsmModel`, `TFEsmForMaskedLM`, `TFEsmForSequenceClassification` or
-            `TFEsmForTokenClassification`.
+            `TFEsmForTokenClassification`, or their ESM C counterparts (`TFEsmcModel`, ...).
         vocab: the tokenizer vocabulary: a token list in id order, a `vocab.txt` path, an `EsmTokenizer`, or `None`
             for `config.vocab_list` (the standard ESM-2 vocabulary when that is unset).
         max_length: the longest accepted input in tokens (`<cls>`/`<eos>` included), or `None` for no check.
@@ -116,9 +122,11 @@ class EsmServingModule(tf.Module):
         if not model.built:
             model.build()
         config = model.config
+        esmc = isinstance(config, EsmcConfig)
         tokenizer = EsmStringTokenizer(vocab if vocab is not None else (config.vocab_list or list(ESM2_VOCAB)),
-                                       ragged=True, name="string_tokenizer")
-        if len(tokenizer.vocab) != config.vocab_size:
+                                       ragged=True, character_level=esmc, name="string_tokenizer")
+        # ESM C's embedding table has 64 rows for its 33 tokens; every ESM-1/ESM-2 model has one row per token.
+        if len(tokenizer.vocab) > config.vocab_size or (not esmc and len(tokenizer.vocab) != config.vocab_size):
             raise ValueError(f"The vocabulary has {len(tokenizer.vocab)} tokens but the model expects "
                              f"config.vocab_size={config.vocab_size}; pass the model's vocab.txt.")
         # The SavedModel holds only what the serving functions capture: the model's variables and the lookup
@@ -132,9 +140,13 @@ class EsmServingModule(tf.Module):
                             for name in ("cls", "eos", "pad")}
         self.max_length = None if max_length is None else int(max_length)
         self.validate = bool(validate)
-        self._valid_prefix = f"^(?:{token_alternation(tokens)}|{WHITESPACE_RUN_PATTERN})*"
+        # Whitespace between residues is dropped by ESM's tokenizer; ESM C's makes it <unk>, so it is invalid there.
+        allowed = token_alternation(tokens) if esmc else f"{token_alternation(tokens)}|{WHITESPACE_RUN_PATTERN}"
+        self._valid_prefix = f"^(?:{allowed})*"
+        self._allowed_note = ("(allowed: the vocabulary tokens, e.g. upper-case residue letters"
+                              + ("; ESM C's tokenizer takes no whitespace)" if esmc else ", and whitespace)"))
         self.problem_type = getattr(config, "problem_type", None)
-        if isinstance(model, TFEsmForSequenceClassification) and self.problem_type is None:
+        if isinstance(model, SEQUENCE_CLASSIFIERS) and self.problem_type is None:
             self.problem_type = "regression" if config.num_labels == 1 else "single_label_classification"
 
     @property
@@ -155,7 +167,7 @@ class EsmServingModule(tf.Module):
         return tf.debugging.Assert(
             tf.equal(tf.size(bad), 0),
             ["Invalid character in sequence(s) at batch index", bad, "1-based position", positions, "character",
-             characters, "(allowed: the vocabulary tokens, e.g. upper-case residue letters, and whitespace)"],
+             characters, self._allowed_note],
             summarize=10)
 
     def _check_lengths(self, lengths):
@@ -189,7 +201,7 @@ class EsmServingModule(tf.Module):
 
     def _outputs(self, input_ids, attention_mask):
         model = self.model
-        if isinstance(model, TFEsmModel):
+        if isinstance(model, BASE_MODELS):
             outputs = model(input_ids, attention_mask=attention_mask, training=False)
             hidden = outputs.last_hidden_state
         else:
@@ -202,12 +214,12 @@ class EsmServingModule(tf.Module):
             "residue_embeddings": hidden * tf.cast(mask, hidden.dtype)[..., None],
             "residue_mask": mask,
         }
-        if not isinstance(model, TFEsmModel):
+        if not isinstance(model, BASE_MODELS):
             logits = tf.cast(outputs.logits, tf.float32)
             result["logits"] = logits
-            if isinstance(model, TFEsmForTokenClassification):
+            if isinstance(model, TOKEN_CLASSIFIERS):
                 result["probabilities"] = tf.nn.softmax(logits, axis=-1)
-            elif isinstance(model, TFEsmForSequenceClassification) and self.problem_type != "regression":
+            elif isinstance(model, SEQUENCE_CLASSIFIERS) and self.problem_type != "regression":
                 multi = self.problem_type == "multi_label_classification"
                 result["probabilities"] = tf.sigmoid(logits) if multi else tf.nn.softmax(logits, axis=-1)
         return result

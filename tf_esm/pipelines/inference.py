@@ -39,11 +39,12 @@ from keras import ops
 
 from tf_esm._deprecation import renamed_keywords
 from tf_esm.backend import no_gradients
-from tf_esm.configuration import ESM2_VOCAB
+from tf_esm.configuration import default_vocab
 from tf_esm.io.embedding_stores import INCLUDE_CHOICES
 from tf_esm.modeling.attention import uses_blocked_attention
 from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS, bucket_length
 from tf_esm.modeling.precision import runs_on_cpu
+from tf_esm.modeling.pretrained import main_layer_of
 
 
 # TensorFlow without XLA runs one shape-polymorphic graph; batches there are padded to a multiple of this only.
@@ -182,7 +183,7 @@ _RUNNERS = weakref.WeakKeyDictionary()
 
 
 def _runner(model):
-    main_layer = getattr(model, "esm", model)
+    main_layer = main_layer_of(model)
     if main_layer not in _RUNNERS:
         _RUNNERS[main_layer] = _Runner(main_layer)
     return _RUNNERS[main_layer]
@@ -191,7 +192,7 @@ def _runner(model):
 def trace_count(model):
     """How many graphs (programs, under JAX/XLA) `iter_embeddings` has traced for `model` so far (0 under PyTorch,
     which runs the pass eagerly)."""
-    main_layer = getattr(model, "esm", model)
+    main_layer = main_layer_of(model)
     return _RUNNERS[main_layer].trace_count if main_layer in _RUNNERS else 0
 
 
@@ -199,7 +200,7 @@ def traced_shapes(model):
     """The input shapes (rows, padded length) `iter_embeddings` has traced for `model`, one per trace, in order.
     Under TensorFlow a trace serves every shape and is listed as (None, None); under JAX each is one compiled
     program, and the shapes are bucket lengths x `row_counts` (see `_Runner.row_counts`)."""
-    main_layer = getattr(model, "esm", model)
+    main_layer = main_layer_of(model)
     return list(_RUNNERS[main_layer].traced_shapes) if main_layer in _RUNNERS else []
 
 
@@ -242,7 +243,7 @@ def _token_table(model, tokenizer):
         cls_id, eos_id, pad_id = (vocab[tokenizer.cls_token], vocab[tokenizer.eos_token],
                                   vocab[tokenizer.pad_token])
     else:
-        vocab_list = getattr(model.config, "vocab_list", None) or ESM2_VOCAB
+        vocab_list = default_vocab(model.config)
         vocab = {token: index for index, token in enumerate(vocab_list)}
         cls_id, eos_id, pad_id = vocab["<cls>"], vocab["<eos>"], vocab["<pad>"]
     table = np.full(256, vocab.get("<unk>", -1), dtype=np.int32)
@@ -323,7 +324,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
     unknown = set(include) - set(INCLUDE_CHOICES)
     if unknown:
         raise ValueError(f"Unknown include entries {sorted(unknown)}; choose from {list(INCLUDE_CHOICES)}.")
-    main_layer = getattr(model, "esm", model)
+    main_layer = main_layer_of(model)
     num_layers = main_layer.config.num_hidden_layers
     layers = _resolve_layers(repr_layers, num_layers)
     table, cls_id, eos_id, pad_id = _token_table(model, tokenizer)
@@ -339,7 +340,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
     token_lengths = [count + 2 for count in residue_counts]
 
     length_limit = None
-    if main_layer.config.position_embedding_type == "absolute":
+    if getattr(main_layer.config, "position_embedding_type", None) == "absolute":
         length_limit = main_layer.config.max_position_embeddings - (main_layer.embeddings.padding_idx + 1)
 
     def padded_length(tokens):
