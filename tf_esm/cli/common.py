@@ -167,6 +167,14 @@ def _load_model_unchecked(reference, model_class, embedding, precision, model_kw
     return model_class.from_pretrained(reference, **kwargs)
 
 
+def check_contacts_supported(model, what):
+    """ESM C has no contact head: asking it for contacts is an error that says what to use instead."""
+    if getattr(model.config, "model_type", None) == "esmc":
+        raise CliError(f"{what}: ESM C models have no contact-prediction head (no released contact regression "
+                       "exists for them); embed without contacts, or read their attention maps in Python "
+                       "(model(..., output_attentions=True)).")
+
+
 # Output directories this run created: a run that fails removes those still empty (see `main`).
 created_directories = []
 

@@ -6,7 +6,8 @@ import os
 
 from tf_esm.storage.atomic import remove_stale_partials, write_atomic
 from tf_esm.cli.common import (
-    CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
+    CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_contacts_supported,
+    check_model_packages,
     check_position_table, configure_threads, interrupted, load_model, make_output_directory, positive_int,
     read_records, require_installed, sigterm_as_interrupt, skipped_note, warn_truncated)
 from tf_esm.io.embedding_stores import record_key
@@ -102,6 +103,7 @@ def run(args, console):
         return 0
     configure_threads()
     model = load_model(args.model, embedding=True)
+    check_contacts_supported(model, "tf-esm contacts")
     check_position_table(model, todo, args.truncation_seq_length)
     from tf_esm.pipelines.inference import iter_embeddings
 

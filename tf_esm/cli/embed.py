@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from tf_esm.cli.common import (
-    EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_model_packages,
+    EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_contacts_supported,
+    check_model_packages,
     check_position_table, configure_threads, interrupted, load_model, make_output_directory, non_negative_float,
     positive_int, read_records, require_installed, require_module, sigterm_as_interrupt, skipped_note,
     warn_truncated)
@@ -180,6 +181,8 @@ def run(args, console):
         require_module("h5py", "HDF5 output")
     configure_threads()
     model = load_model(args.model, embedding=True, precision=args.precision)
+    if "contacts" in args.include:
+        check_contacts_supported(model, "--include contacts")
     from tf_esm.pipelines.inference import _resolve_layers, iter_embeddings
 
     try:
