@@ -149,6 +149,7 @@ def tokenize_strings(
     cls_token="<cls>",
     pad_token="<pad>",
     eos_token="<eos>",
+    character_level=False,
 ):
     """Tokenize a tensor of protein strings with TensorFlow ops (usable inside `tf.data.Dataset.map`).
 
@@ -164,6 +165,7 @@ def tokenize_strings(
             padded to the longest sequence in the batch.
         ragged: return `tf.RaggedTensor`s instead of padded tensors.
         unk_token, cls_token, pad_token, eos_token: the special tokens.
+        character_level: ESM C's rules (`EsmcTokenizer`): each character outside the vocabulary is one `<unk>`.
 
     Returns:
         A dict with int32 `input_ids` (padded with the pad id) and `attention_mask` (1 for real tokens), of shape
@@ -179,7 +181,8 @@ def tokenize_strings(
     [[0, 20, 15, 11, 5, 19, 12, 5, 15, 2], [0, 6, 7, 2]]
     """
     max_length = _check_lengths(max_length, pad_to)
-    string_to_ids = _StringToIds(_as_token_list(vocab), unk_token, cls_token, pad_token, eos_token)
+    string_to_ids = _StringToIds(_as_token_list(vocab), unk_token, cls_token, pad_token, eos_token,
+                                 character_level=character_level)
     return _encode(string_to_ids, strings, add_special_tokens, max_length, pad_to, ragged)
 
 

@@ -70,7 +70,7 @@ def _check_vocabulary(records, tokenizer):
         for position, char in enumerate(sequence, start=1):
             if char not in vocab:
                 raise FastaError(f"{name}: character {char!r} at position {position} is not in the tokenizer's "
-                                 f"vocabulary ({tokenizer.vocab_file}).")
+                                 f"vocabulary ({tokenizer.vocab_file or getattr(tokenizer, 'tokenizer_file', None) or 'ESM C'}).")
 
 
 def _ragged(rows, dtype):
@@ -259,12 +259,13 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
         from tf_esm.graph_tokenizer import tokenize_strings
 
         vocab = list(tokenizer.all_tokens)
+        character_level = type(tokenizer).__name__ == "EsmcTokenizer"  # ESM C's rules for unknown characters
         source = {"sequence": tf.constant(records.sequences, tf.string)}
 
         def tokenize(features):
             encoded = tokenize_strings(features.pop("sequence"), vocab=vocab, unk_token=tokenizer.unk_token,
                                        cls_token=tokenizer.cls_token, pad_token=tokenizer.pad_token,
-                                       eos_token=tokenizer.eos_token)
+                                       eos_token=tokenizer.eos_token, character_level=character_level)
             features.update(encoded)
             return features
     else:
