@@ -153,7 +153,7 @@ def test_embed_npz_directory(tmp_path, capsys, checkpoint, fasta, expected):
     for record_id, record in expected.items():
         with np.load(output / (record_key(record_id) + ".npz")) as arrays:
             assert sorted(arrays) == ["bos_2", "id", "input_index", "length", "mean_2", "sequence_length",
-                                      "sequence_sha256", "truncated"]
+                                      "sequence_sha256", "truncated", "windows"]
             assert str(arrays["id"]) == record_id and int(arrays["length"]) == record["length"]
             np.testing.assert_allclose(arrays["mean_2"], record[("mean", 2)], atol=ATOL)
             np.testing.assert_allclose(arrays["bos_2"], record[("bos", 2)], atol=ATOL)
