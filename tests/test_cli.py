@@ -405,8 +405,9 @@ def test_score_several_models_to_stdout(tmp_path, capsys, checkpoint):
                            mutations, "--mutation-col", "variant", "--offset-idx", "0", "--strategy", "wt-marginals")
     assert code == 0 and err == ""
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["id", "variant", "note", os.path.basename(checkpoint.path), "esm_copy"]
+    assert rows[0] == ["id", "variant", "note", os.path.basename(checkpoint.path), "esm_copy", "ensemble"]
     assert [row[3] for row in rows[1:]] == [row[4] for row in rows[1:]]  # same weights, same scores
+    assert [float(row[5]) for row in rows[1:]] == [float(row[3]) for row in rows[1:]]  # their mean
 
 
 @pytest.mark.parametrize("mutant, fragments", [
@@ -433,7 +434,7 @@ def test_score_input_errors(tmp_path, capsys, checkpoint):
     _one_error_line(_main(capsys, *base, "--sequence", SEQUENCE, "--output", mutations), 2,
                     "--output must not be the --mutations file")
     _one_error_line(_main(capsys, "score", checkpoint.path, "--sequence", SEQUENCE), 2,
-                    "the following arguments are required: --mutations")
+                    "give --sequence and --mutations (or --saturate for a saturation scan)")
     _one_error_line(_main(capsys, *base, "--sequence", SEQUENCE, "--strategy", "entropy"), 2,
                     "argument --strategy: invalid choice: 'entropy'")
 

@@ -270,3 +270,57 @@ def test_scan_parquet_with_several_models(reference_checkpoints, tmp_path):
     singles = [score_mutants(model, SHORT, table["mutant"], strategy="wt-marginals") for model in models]
     np.testing.assert_allclose(table["one"], singles[0], atol=1e-6)
     np.testing.assert_allclose(table["score"], (singles[0] + singles[1]) / 2, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ tf-esm score
+
+
+def _cli(capsys, *args):
+    from tf_esm.cli import main
+
+    capsys.readouterr()
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_reads_a_proteingym_dms_file_and_prints_spearman(pair, tmp_path, capsys):
+    stats = pytest.importorskip("scipy.stats")
+    reference, _ = pair
+    mutants = _mutants(LONG)
+    measured = np.random.default_rng(4).normal(size=len(mutants))
+    dms = tmp_path / "DMS.csv"
+    with open(dms, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["mutant", "mutated_sequence", "DMS_score", "DMS_score_bin"])
+        for mutant, value in zip(mutants, measured):
+            writer.writerow([mutant, "", repr(float(value)), 1])
+    output = tmp_path / "scored.csv"
+    code, out, err = _cli(capsys, "score", reference.path, "--sequence", LONG, "--mutations", dms, "--output", output)
+    assert code == 0, err
+    table = _read_csv(output)
+    name = os.path.basename(reference.path)
+    assert table[0] == ["mutant", "mutated_sequence", "DMS_score", "DMS_score_bin", name]
+    expected = _reference_scores(reference, LONG, mutants, "masked-marginals")
+    np.testing.assert_allclose([float(row[4]) for row in table[1:]], expected, atol=ATOL, rtol=1e-4)
+    rho = stats.spearmanr([float(row[4]) for row in table[1:]], measured).statistic
+    assert out == f"spearman {name} vs DMS_score: {rho:.4f} ({len(mutants)} mutants)\n"
+
+
+def test_cli_saturation_scan_resumes(pair, tmp_path, capsys):
+    reference, model = pair
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">long\n{LONG}\n>short\n{SHORT}\n")
+    output = tmp_path / "scan.csv"
+    code, _, err = _cli(capsys, "score", reference.path, "--fasta", fasta, "--saturate", "--output", output)
+    assert code == 0, err
+    assert err.splitlines()[-1] == (f"tf-esm: scanned 2 protein(s): {19 * (len(LONG) + len(SHORT))} mutants "
+                                    f"(masked-marginals) into {output}.")
+    table = _read_csv(output)
+    direct = score_mutants(model, LONG, saturation_mutants(LONG))
+    np.testing.assert_allclose([float(row[3]) for row in table[1:] if row[0] == "long"], direct, atol=1e-5)
+    code, _, err = _cli(capsys, "score", reference.path, "--fasta", fasta, "--saturate", "--output", output)
+    assert code == 2 and "exists" in err and "--overwrite" in err
+    code, _, err = _cli(capsys, "score", reference.path, "--sequence", SHORT, "--saturate", "--output",
+                        tmp_path / "x.tsv")
+    assert code == 2 and "--saturate writes to --output FILE.csv or FILE.parquet" in err
