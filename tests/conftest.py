@@ -42,7 +42,6 @@ EVERY_BACKEND_MODULES = (
     "test_long_proteins.py",
     "test_modeling.py",
     "test_proteingym_scoring.py",
-    "test_scoring.py",
     "test_tokenization.py",
     "test_transformers4_fixtures.py",
     "test_weights.py",
