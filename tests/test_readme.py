@@ -23,7 +23,7 @@ RUNNABLE = [index for index, block in enumerate(python_blocks()) if not any(text
 
 
 def test_the_runnable_blocks_are_the_ones_expected():
-    assert len(RUNNABLE) == 6 and len(python_blocks()) == 8  # update both when README's blocks change
+    assert len(RUNNABLE) == 8 and len(python_blocks()) == 10  # update both when README's blocks change
 
 
 @pytest.mark.parametrize("index", RUNNABLE)

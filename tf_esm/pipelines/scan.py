@@ -34,7 +34,7 @@ import shutil
 import numpy as np
 
 from tf_esm.pipelines.scoring import (
-    DEFAULT_MAX_TOKENS_PER_BATCH, STANDARD_AMINO_ACIDS, saturation_mutants, saturation_scan, scan_scores_in_order)
+    DEFAULT_MAX_TOKENS_PER_BATCH, saturation_mutants, saturation_scan, scan_scores_in_order)
 from tf_esm.storage.atomic import PARTIAL_SUFFIX, fsync_directory, write_atomic
 
 SETTINGS_FILE = "settings.json"

@@ -12,8 +12,16 @@ A mutant is written `A24G` (wild-type residue, position, mutant residue; positio
   sum alone (a constant shift that does not change rankings) and its loop skips the last two residues.
 
 For the marginal strategies a multi-mutant scores the sum of its substitutions' scores (additive, as fair-esm's
-`label_row` does); for `pseudo-ppl` the mutant sequence carries all its substitutions at once. Log-probabilities
-are the log-softmax of the LM logits over the whole vocabulary, as in the reference.
+and ProteinGym's `label_row` do); for `pseudo-ppl` the mutant sequence carries all its substitutions at once.
+Log-probabilities are the log-softmax of the LM logits over the whole vocabulary, as in the reference.
+
+Proteins longer than the model's context (`windows.context_tokens`: 1,024 tokens for ESM-2 and ESM-1b/1v) are
+scored as ProteinGym does (Notin et al. 2023, `proteingym/baselines/esm/compute_fitness.py`) unless `long="error"`:
+masked marginals, and each masked pass of a pseudo-log-likelihood, run the context-sized window centred on the
+masked residue (`windows.optimal_window`); wt-marginals average the log-probabilities of overlapping windows under
+logistic weights (`windows.overlapping_windows`, `windows.overlap_weights`), how ProteinGym scores ESM-1b. ESM-1v's
+score is the mean over its five checkpoints (`score_ensemble`); `saturation_scan` scores all 19 substitutions at
+each position from the same passes, and `spearman` is the benchmark's rank correlation.
 
 Examples:
 
