@@ -27,7 +27,7 @@ from tf_esm.io.fasta import FastaError, parse_fasta, read_fasta
 from tf_esm.graph_tokenizer import tokenize_strings
 
 LONG = "MKTAYIAKQR" * 110  # 1100 residues: past ESM-2's 1024 positions and the CLI's default truncation (1022)
-CLI_TRUNCATION = 1022  # tf-esm embed --truncation-seq-length default
+CLI_TRUNCATION = 1022  # tf-esm embed --truncation-seq-length as cli_ok_output passes it (windows: test_long_proteins)
 FINAL_LAYER = 2  # --repr-layers -1 of the 2-layer tiny models, as stored in the HDF5 file
 
 
@@ -69,7 +69,7 @@ CASES = [
     Case("double_stop", "MKTA**", "MKTA?", Bad("*", 5), Bad("*", 5)),
     Case("stop_only", "*", "?", EMPTY, EMPTY),
     Case("special_token", "MK<mask>A", ["M", "K", "<mask>", "A"], Bad("<", 3), ["M", "K", "<mask>", "A"]),
-    Case("very_long_rotary", LONG, LONG, LONG, LONG),  # the CLI keeps the first 1022 (--truncation-seq-length)
+    Case("very_long_rotary", LONG, LONG, LONG, LONG),  # the CLI keeps the first 1022 (--truncation-seq-length 1022)
 ]
 ENTRY_POINTS = ["tokenizer", "graph_tokenizer", "data", "cli", "saved_model"]
 VALID = [case for case in CASES if not isinstance(case.validated, Bad)]  # accepted by tf_esm.pipelines.data and the CLI
@@ -165,7 +165,8 @@ def cli_ok_output(rotary, tmp_path_factory):
     directory = tmp_path_factory.mktemp("bad_input_cli")
     fasta = _write_fasta(directory / "ok.fasta", {f"case_{case.name}": case.raw for case in VALID})
     output = directory / "ok.h5"
-    assert main(["embed", rotary.path, fasta, str(output), "--include", "mean", "--repr-layers", "-1"]) == 0
+    assert main(["embed", rotary.path, fasta, str(output), "--include", "mean", "--repr-layers", "-1",
+                 "--truncation-seq-length", str(CLI_TRUNCATION)]) == 0
     share_directory(directory)
     return output
 
@@ -306,7 +307,7 @@ def test_data_length_policy_names_the_record_or_truncates():
 
 
 @pytest.mark.parametrize("command, records, option", [
-    ("embed", {"short": "MKV", "long": _residues(100)}, []),
+    ("embed", {"short": "MKV", "long": _residues(100)}, ["--long", "error"]),  # the default: windows
     ("embed", {"long": _residues(100)}, ["--truncation-seq-length", "61"]),
     ("contacts", {"long": _residues(100)}, []),
 ])

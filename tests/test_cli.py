@@ -153,7 +153,7 @@ def test_embed_npz_directory(tmp_path, capsys, checkpoint, fasta, expected):
     for record_id, record in expected.items():
         with np.load(output / (record_key(record_id) + ".npz")) as arrays:
             assert sorted(arrays) == ["bos_2", "id", "input_index", "length", "mean_2", "sequence_length",
-                                      "sequence_sha256", "truncated"]
+                                      "sequence_sha256", "truncated", "windows"]
             assert str(arrays["id"]) == record_id and int(arrays["length"]) == record["length"]
             np.testing.assert_allclose(arrays["mean_2"], record[("mean", 2)], atol=ATOL)
             np.testing.assert_allclose(arrays["bos_2"], record[("bos", 2)], atol=ATOL)
@@ -405,8 +405,9 @@ def test_score_several_models_to_stdout(tmp_path, capsys, checkpoint):
                            mutations, "--mutation-col", "variant", "--offset-idx", "0", "--strategy", "wt-marginals")
     assert code == 0 and err == ""
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["id", "variant", "note", os.path.basename(checkpoint.path), "esm_copy"]
+    assert rows[0] == ["id", "variant", "note", os.path.basename(checkpoint.path), "esm_copy", "ensemble"]
     assert [row[3] for row in rows[1:]] == [row[4] for row in rows[1:]]  # same weights, same scores
+    assert [float(row[5]) for row in rows[1:]] == [float(row[3]) for row in rows[1:]]  # their mean
 
 
 @pytest.mark.parametrize("mutant, fragments", [
@@ -433,7 +434,7 @@ def test_score_input_errors(tmp_path, capsys, checkpoint):
     _one_error_line(_main(capsys, *base, "--sequence", SEQUENCE, "--output", mutations), 2,
                     "--output must not be the --mutations file")
     _one_error_line(_main(capsys, "score", checkpoint.path, "--sequence", SEQUENCE), 2,
-                    "the following arguments are required: --mutations")
+                    "give --sequence and --mutations (or --saturate for a saturation scan)")
     _one_error_line(_main(capsys, *base, "--sequence", SEQUENCE, "--strategy", "entropy"), 2,
                     "argument --strategy: invalid choice: 'entropy'")
 

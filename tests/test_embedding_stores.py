@@ -86,7 +86,8 @@ def test_hdf5_layout_and_round_trip(tmp_path, capsys, checkpoint, expected):
         assert settings["repr_layers"] == [0, 2] and settings["hidden_size"] == DIM
         assert sorted(handle) == ["bos", "contacts", "contacts_offsets", "ids", "input_indices", "lengths", "mean",
                                   "per_tok", "per_tok_offsets", "sequence_lengths", "sequence_sha256",
-                                  "truncated"]
+                                  "truncated", "windows"]
+        np.testing.assert_array_equal(handle["windows"][()], 1)  # --truncation-seq-length: truncated, not windowed
         # Rows in computed order (longest first), each with its FASTA position.
         assert [list(RECORDS)[i] for i in handle["input_indices"][()]] == list(handle["ids"].asstr()[()])
         ids = list(handle["ids"].asstr()[()])
@@ -118,7 +119,8 @@ def test_parquet_round_trip_and_other_readers(tmp_path, capsys, checkpoint, expe
         assert sorted(os.listdir(tmp_path)) == ["in.fasta", "out.parquet"]  # the .parts directory is gone
     _check_reader(output, expected)
     table = pq.read_table(output)  # plain pyarrow: a file or a directory of shards
-    assert table.column_names == ["id", "length", "sequence_length", "truncated", "input_index", "sequence_sha256",
+    assert table.column_names == ["id", "length", "sequence_length", "truncated", "windows", "input_index",
+                                  "sequence_sha256",
                                   "mean_0", "mean_2", "bos_0", "bos_2", "per_tok_0", "per_tok_2", "contacts"]
     assert table.schema.field("mean_2").type == pa.list_(pa.float32(), DIM)
     assert table.schema.field("per_tok_2").type == pa.list_(pa.list_(pa.float32(), DIM))

@@ -133,4 +133,6 @@ def test_unknown_strategy_and_absolute_position_limit():
     limit = TINY["max_position_embeddings"] - TINY["pad_token_id"] - 1
     long_sequence = "A" * (limit - 1)
     with pytest.raises(MutationError, match=f"at most {limit - 2}"):
-        score_mutants(model, long_sequence, ["A1G"], strategy="wt-marginals")
+        score_mutants(model, long_sequence, ["A1G"], strategy="wt-marginals", long="error")
+    # The default scores it in ProteinGym's windows (tests/test_proteingym_scoring.py checks their numbers).
+    assert np.isfinite(score_mutants(model, long_sequence, ["A1G"], strategy="wt-marginals")).all()

@@ -8,8 +8,8 @@ from tf_esm.cli.common import (
     EXIT_FAILURE, CliError, add_fasta_argument, add_model_argument, add_token_budget_argument, check_contacts_supported,
     check_model_packages,
     check_position_table, configure_threads, interrupted, load_model, make_output_directory, non_negative_float,
-    positive_int, read_records, require_installed, require_module, sigterm_as_interrupt, skipped_note,
-    warn_truncated)
+    non_negative_int, positive_int, read_records, require_installed, require_module, sigterm_as_interrupt,
+    skipped_note, warn_truncated)
 from tf_esm.io.embedding_stores import (
     HDF5_SUFFIXES, INCLUDE_CHOICES, PARQUET_SUFFIX, NpzStore, check_resume, sequence_digest)
 
@@ -18,7 +18,8 @@ HELP = "Per-residue, mean-pooled and <cls> representations and contacts for a FA
 EPILOG = """\
 output formats (chosen by OUTPUT's name, or --format):
   *.h5 / *.hdf5  one HDF5 file, columnar (N records, D = hidden size):
-                   ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool
+                   ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool;
+                   windows (N,) int32
                    input_indices (N,) int64 (FASTA position); sequence_sha256 (N,) strings
                    mean/<layer>, bos/<layer>  (N, D) float32
                    per_tok/<layer> (sum of lengths, D) float32 with per_tok_offsets (N+1,): record i is rows
@@ -27,17 +28,31 @@ output formats (chosen by OUTPUT's name, or --format):
                      reshaped (length, length)
                  root attributes tf_esm_embed (the run's settings, JSON) and tf_esm_layout.
   *.parquet      one Parquet file; a directory with --format parquet: shards part-00000.parquet, ...
-                 columns id, length, sequence_length, truncated, input_index, sequence_sha256,
+                 columns id, length, sequence_length, truncated, windows, input_index, sequence_sha256,
                  mean_<layer> and bos_<layer>
                  (fixed_size_list<float32>[D]), per_tok_<layer> (list of them), contacts (list<float32>,
                  length*length row-major); the settings are in the schema metadata key tf_esm_embed.
   anything else  a directory with one <id>.npz per record holding arrays mean_<layer>, per_tok_<layer>,
-                 bos_<layer>, contacts, id, length, sequence_length, truncated, input_index and
+                 bos_<layer>, contacts, id, length, sequence_length, truncated, windows, input_index and
                  sequence_sha256, plus tf_esm_embed.json with the settings.
   <layer> is the non-negative layer number (with 6 layers, --repr-layers -1 is stored as 6; 0 is the
   embedding output). Representations are float32 and exclude <cls>/<eos>; bos is the <cls> position.
   Records are stored as computed (longest first) with their FASTA position; tf_esm.io.read_embeddings returns
   them in FASTA order (sort by input_index / input_indices when reading the files otherwise).
+
+long proteins (--long):
+  The context is the longest input the model is meant to take: 1022 residues (+ <cls>/<eos>) for ESM-2 and
+  ESM-1b/1v (an absolute position table's size, else config max_position_embeddings - 2 tokens).
+  window    (default) a longer record is embedded in overlapping windows of --window residues (default: the
+            context) spread evenly with at least --window-overlap residues shared (default: a quarter of the
+            window); each window is a forward pass with its own <cls>/<eos>. Each residue's vector comes from
+            the window where it sits furthest from a cut end (so it is one real forward pass's output, with at
+            least half the overlap of context on each side); mean is over all residues; bos is the first
+            window's <cls>. windows = their number; truncated = false. Contacts are not put together from
+            windows (an error: use --long truncate). Records within the context are embedded as before.
+  truncate  the first --truncation-seq-length residues (fair-esm's esm-extract); truncated = true, windows = 1.
+            Given alone, --truncation-seq-length N selects it.
+  error     stop with an error naming the first record longer than the context.
 
 resuming and crash safety:
   Records already in OUTPUT are skipped, so re-running the same command after an interruption finishes the
@@ -90,8 +105,19 @@ def add_arguments(parser):
                              + ", ".join(INCLUDE_CHOICES))
     add_token_budget_argument(parser, "token budget of one batch (rows x padded length); lower it if memory runs "
                                       "out", old_spelling="--toks-per-batch")
-    parser.add_argument("--truncation-seq-length", type=positive_int, default=1022, metavar="N",
-                        help="embed only the first N residues of longer sequences (a warning names each one)")
+    parser.add_argument("--long", choices=LONG_POLICIES, default=None,
+                        help="a record longer than the model's context (1022 residues for ESM-2 and ESM-1b/1v): "
+                             "window (the default) embeds it in overlapping windows; truncate keeps the first "
+                             "--truncation-seq-length residues (the default when that option is given); error "
+                             "stops naming it (see below)")
+    parser.add_argument("--truncation-seq-length", type=positive_int, default=None, metavar="N",
+                        help="with --long truncate: embed only the first N residues of longer records (a warning "
+                             "names each one); default: the model's context")
+    parser.add_argument("--window", type=positive_int, default=None, metavar="N",
+                        help="with --long window: residues per window; default: the model's context")
+    parser.add_argument("--window-overlap", type=non_negative_int, default=None, metavar="N",
+                        help="with --long window: the least number of residues neighbouring windows share; "
+                             "default: a quarter of the window")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="bfloat16: weights and matmuls in bfloat16, layer norms, softmax and pooling in "
                              "float32; faster on a CPU with bfloat16 instructions (avx512_bf16, amx_bf16; slower "
@@ -108,6 +134,7 @@ def add_arguments(parser):
 
 
 PRECISIONS = ("float32", "bfloat16")  # tf_esm.modeling.precision.PRECISIONS, without importing Keras for --help
+LONG_POLICIES = ("window", "truncate", "error")  # tf_esm.pipelines.windows.LONG_POLICIES, likewise
 BEAM_RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
 
@@ -192,11 +219,12 @@ def run(args, console):
         raise CliError(f"--repr-layers {' '.join(map(str, args.repr_layers))}: this model has layers 0..{n} "
                        f"(or -{n + 1}..-1).") from None
     include = sorted(set(args.include))
+    long, truncation, window, overlap = _long_policy(args, model, records, include)
     settings = {"model": _model_identity(args.model), "repr_layers": list(layers) if include != ["contacts"] else [],
-                "include": include, "truncation_seq_length": args.truncation_seq_length,
-                "num_layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
-                "precision": args.precision, "model_sha256": _model_fingerprint(model)}
-    check_position_table(model, records, args.truncation_seq_length)
+                "include": include, "truncation_seq_length": truncation, "long": long, "window": window,
+                "window_overlap": overlap, "num_layers": model.config.num_hidden_layers,
+                "hidden_size": model.config.hidden_size, "precision": args.precision,
+                "model_sha256": _model_fingerprint(model)}
     store = _open_store(args, output_format, settings, include, settings["repr_layers"],
                         model.config.hidden_size)
     try:
@@ -211,14 +239,16 @@ def run(args, console):
         store.discard()
         console.info(f"all {len(records)} records are already in {args.output}; nothing to do.")
         return 0
-    warn_truncated(console, todo, args.truncation_seq_length)
-    residues = sum(min(len(record.sequence), args.truncation_seq_length) for record in todo)
+    if long == "truncate":
+        warn_truncated(console, todo, truncation)
+    residues = sum(min(len(record.sequence), truncation or len(record.sequence)) for record in todo)
     bar = console.progress(len(todo), "seq", total_work=residues)
     try:
         with sigterm_as_interrupt():
             for index, result in iter_embeddings(model, [record.sequence for record in todo], repr_layers=layers,
                                                  include=include, max_tokens_per_batch=args.max_tokens_per_batch,
-                                                 truncation_seq_length=args.truncation_seq_length):
+                                                 truncation_seq_length=truncation, long=long, window=window,
+                                                 overlap=overlap):
                 record = todo[index]
                 store.add(record.id, len(record.sequence), result, input_index=positions[record.id],
                           sequence_sha256=sequence_digest(record.sequence))
@@ -237,6 +267,50 @@ def run(args, console):
     return 0
 
 
+def _long_policy(args, model, records, include):
+    """(long, truncation_seq_length, window, overlap) of this run, resolved against the model's context, after
+    checking the records against the policy (an error names the first record that does not fit)."""
+    from tf_esm.pipelines.windows import context_residues, default_overlap
+
+    context = context_residues(model.config)
+    long = args.long or ("truncate" if args.truncation_seq_length is not None else "window")
+    if long == "truncate":
+        truncation = args.truncation_seq_length or context or 1022
+        check_position_table(model, records, truncation)
+        return long, truncation, None, None
+    if long == "error":
+        for record in records:
+            if context is not None and len(record.sequence) > context:
+                raise CliError(_too_long(model, record, context))
+        return long, None, None, None
+    window = args.window or context
+    if window is None:
+        return long, None, None, None
+    if model.config.default_max_length() is not None and window > context:
+        raise CliError(f"--window {window}: this model's absolute position table holds at most {context} residues "
+                       "(+ <cls>/<eos>).")
+    overlap = default_overlap(window) if args.window_overlap is None else args.window_overlap
+    if overlap >= window:
+        raise CliError(f"--window-overlap {overlap} must be less than the window ({window} residues).")
+    if "contacts" in include:
+        for record in records:
+            if len(record.sequence) > window:
+                raise CliError(f"record {record.id!r} has {len(record.sequence)} residues, more than the window of "
+                               f"{window}, and contact maps are not put together from windows; pass --long truncate "
+                               "(or leave contacts out).")
+    return long, None, window, overlap
+
+
+def _too_long(model, record, context):
+    if model.config.default_max_length() is not None:
+        return (f"record {record.id!r} has {len(record.sequence)} residues, but this model's absolute position table "
+                f"holds at most {context} (+ <cls>/<eos>); pass --long window to embed it in overlapping windows, or "
+                f"--truncation-seq-length {context} (or less) to use the first {context} residues.")
+    return (f"record {record.id!r} has {len(record.sequence)} residues, more than this model's context of {context} "
+            "(+ <cls>/<eos>); pass --long window to embed it in overlapping windows, or --long truncate to use the "
+            f"first {context} residues.")
+
+
 def _run_beam(args, pipeline_args, console):
     """`--runner`: the Beam pipeline of tf_esm/pipelines/beam.py."""
     if args.precision != "float32":
@@ -250,6 +324,10 @@ def _run_beam(args, pipeline_args, console):
         raise CliError(f"--runner needs Apache Beam: {error}", code=EXIT_FAILURE) from None
     if any(arg == "--runner" or arg.startswith("--runner=") for arg in pipeline_args):
         raise CliError("pass the runner once, as --runner before --, not among the Beam options after it.")
+    if args.long not in (None, "truncate") or args.window or args.window_overlap is not None:
+        raise CliError("--long window and --long error are not available with --runner yet: Beam workers truncate "
+                       "(--long truncate, the first --truncation-seq-length residues, default 1022).")
+    args.truncation_seq_length = args.truncation_seq_length or 1022
     configure_threads()
     include = sorted(set(args.include))
     config = beam.model_config(args.model)

@@ -179,7 +179,9 @@ class NpzStore:
         self.next_index = max(self.next_index, input_index + 1)
         arrays = {"id": np.asarray(record_id), "length": np.asarray(int(result["length"])),
                   "sequence_length": np.asarray(int(sequence_length)),
-                  "truncated": np.asarray(bool(result["truncated"])), "input_index": np.asarray(input_index),
+                  "truncated": np.asarray(bool(result["truncated"])),
+                  "windows": np.asarray(int(result.get("windows", 1)), dtype=np.int32),
+                  "input_index": np.asarray(input_index),
                   "sequence_sha256": np.asarray(sequence_sha256 or "")}
         for kind, (layer, array) in result_arrays(result):
             arrays[kind if kind == "contacts" else f"{kind}_{layer}"] = array

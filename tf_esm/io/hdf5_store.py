@@ -1,7 +1,7 @@
 """The columnar HDF5 store of `tf-esm embed`: one matrix per kind and layer instead of one group per record.
 
 Layout of OUTPUT (N records, D = hidden size, T = sum of lengths, C = sum of length**2):
-  ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool
+  ids (N,) UTF-8 strings; lengths, sequence_lengths (N,) int32; truncated (N,) bool; windows (N,) int32
   input_indices (N,) int64             each record's position in the input FASTA (rows are in computed order)
   sequence_sha256 (N,) strings         sha256 of each record's sequence (what a resumed run compares)
   mean/<layer>, bos/<layer>            (N, D) float32
@@ -38,7 +38,7 @@ from tf_esm.io.embedding_stores import (
 
 LAYOUT_ATTRIBUTE = "tf_esm_layout"
 LAYOUT = "columnar/1"
-ROW_DATASETS = ("ids", "lengths", "sequence_lengths", "truncated", "input_indices", "sequence_sha256")
+ROW_DATASETS = ("ids", "lengths", "sequence_lengths", "truncated", "windows", "input_indices", "sequence_sha256")
 CHUNK_BYTES = 1 << 20
 # Rows are buffered in memory up to these sizes, then written as one slice per dataset (a row's Python objects
 # cost about 1 KB besides its arrays, hence the row limit).
@@ -73,7 +73,7 @@ class ColumnarFile:
         totals = totals or {}
         handle.attrs[LAYOUT_ATTRIBUTE] = LAYOUT
         specs = {"ids": ((), h5py.string_dtype("utf-8"), 16), "lengths": ((), np.int32, 4),
-                 "sequence_lengths": ((), np.int32, 4), "truncated": ((), np.bool_, 1),
+                 "sequence_lengths": ((), np.int32, 4), "truncated": ((), np.bool_, 1), "windows": ((), np.int32, 4),
                  "input_indices": ((), np.int64, 8), "sequence_sha256": ((), h5py.string_dtype("utf-8"), 64)}
         for name in self.names:
             if name == "contacts":
@@ -123,6 +123,7 @@ def block_from_rows(rows, names, dim):
              "lengths": np.array([int(row[2]["length"]) for row in rows], dtype=np.int32),
              "sequence_lengths": np.array([int(row[1]) for row in rows], dtype=np.int32),
              "truncated": np.array([bool(row[2]["truncated"]) for row in rows], dtype=np.bool_),
+             "windows": np.array([int(row[2].get("windows", 1)) for row in rows], dtype=np.int32),
              "input_indices": np.array([int(row[3]) for row in rows], dtype=np.int64),
              "sequence_sha256": np.array([row[4] or "" for row in rows], dtype=object)}
     for name in names:

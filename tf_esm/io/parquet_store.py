@@ -9,7 +9,9 @@ Columns (names usable in SQL as they are):
   id               string       the FASTA id
   length           int32        residues embedded (after truncation)
   sequence_length  int32        residues in the record
-  truncated        bool         length < sequence_length
+  truncated        bool         length < sequence_length: residues were dropped (`--long truncate`)
+  windows          int32        forward passes the record was embedded in: 1, or the number of overlapping
+                                windows of a record longer than the model's context (`--long window`)
   input_index      int64        the record's position in the input (rows are in computed order; readers sort)
   sequence_sha256  string       sha256 of the record's sequence (what a resumed run compares); null if unknown
   mean_<layer>     fixed_size_list<float32>[D]                 mean over residues
@@ -35,7 +37,7 @@ from tf_esm.io.embedding_stores import EmbeddingStoreError, check_settings, next
 
 KINDS = ("mean", "per_tok", "bos", "contacts")
 SETTINGS_KEY = "tf_esm_embed"
-ROW_COLUMNS = ("id", "length", "sequence_length", "truncated", "input_index", "sequence_sha256")
+ROW_COLUMNS = ("id", "length", "sequence_length", "truncated", "windows", "input_index", "sequence_sha256")
 BLOCK_ROWS = 1024  # rows buffered as Python dicts before they become one compact Arrow batch
 SHARD_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 # Where a result of `tf_esm.pipelines.inference.iter_embeddings` keeps each kind ({layer: array}).
@@ -79,7 +81,7 @@ def embedding_schema(include, layers, dim, settings=None):
     vector = pa.list_(pa.float32(), int(dim))
     fields = [pa.field("id", pa.string(), nullable=False), pa.field("length", pa.int32(), nullable=False),
               pa.field("sequence_length", pa.int32(), nullable=False),
-              pa.field("truncated", pa.bool_(), nullable=False),
+              pa.field("truncated", pa.bool_(), nullable=False), pa.field("windows", pa.int32(), nullable=False),
               pa.field("input_index", pa.int64(), nullable=False), pa.field("sequence_sha256", pa.string())]
     for kind in ("mean", "bos", "per_tok"):
         if kind in include:
@@ -111,7 +113,8 @@ def result_to_row(result, record_id, sequence_length, schema, input_index, seque
 
     length = int(result["length"])
     row = {"id": str(record_id), "length": length, "sequence_length": int(sequence_length),
-           "truncated": bool(result["truncated"]), "input_index": int(input_index),
+           "truncated": bool(result["truncated"]), "windows": int(result.get("windows", 1)),
+           "input_index": int(input_index),
            "sequence_sha256": sequence_sha256}
     for field in schema:
         parsed = parse_column_name(field.name)

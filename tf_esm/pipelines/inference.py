@@ -7,8 +7,9 @@ that pass is a single shape-polymorphic graph, traced once per model and set of 
 programs are compiled per shape (JAX, XLA) batches are padded to a few bucket lengths so that a handful are
 compiled. `trace_count(model)` says how many. Under PyTorch the pass runs eagerly (nothing is traced), without
 recording gradients. Results are the numbers of a direct call of the model on each sequence
-alone (fair-esm's `esm-extract` semantics: each sequence is truncated to `truncation_seq_length` residues; means
-exclude `<cls>`, `<eos>` and padding), in whatever batch they land.
+alone (fair-esm's `esm-extract` semantics; means exclude `<cls>`, `<eos>` and padding), in whatever batch they
+land. A sequence longer than the model's context is embedded in overlapping windows by default (`long`), or
+truncated, or refused.
 
 On a CPU several batches run at once, one per core (`streams`): single-threaded kernels on separate batches keep
 every core busy where small per-op work (softmax, layer norms, narrow attention heads) scales poorly across threads.
@@ -45,6 +46,8 @@ from tf_esm.modeling.attention import uses_blocked_attention
 from tf_esm.modeling.buckets import TOKEN_LENGTH_BUCKETS, bucket_length
 from tf_esm.modeling.precision import runs_on_cpu
 from tf_esm.modeling.pretrained import main_layer_of
+from tf_esm.pipelines.windows import (
+    LONG_POLICIES, check_window, context_residues, default_overlap, embedding_windows, most_central_window)
 
 
 # TensorFlow without XLA runs one shape-polymorphic graph; batches there are padded to a multiple of this only.
@@ -292,9 +295,10 @@ def _plan_batches(token_lengths, max_tokens_per_batch, padded_length, pad_single
 @renamed_keywords(toks_per_batch="max_tokens_per_batch")
 def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] = (-1,),
                     include: Sequence[str] = ("mean",), max_tokens_per_batch: int = 4096,
-                    truncation_seq_length: int | None = 1022, tokenizer=None,
+                    truncation_seq_length: int | None = None, tokenizer=None,
                     progress_callback: Callable[[int, int], None] | None = None,
-                    streams: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+                    streams: int | None = None, long: str | None = None, window: int | None = None,
+                    overlap: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(index, result)` for every sequence (in an order of the batching's choosing).
 
     Args:
@@ -306,8 +310,19 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
         max_tokens_per_batch: the most tokens (rows x padded length) in one forward pass (`toks_per_batch`, its
             deprecated name, still works). On a CPU passes are kept
             to about 1024 tokens whatever this says, which is faster there; the results do not depend on it.
-        truncation_seq_length: residues kept per sequence (longer ones are cut; `result["truncated"]` says so).
-            None keeps every residue.
+        truncation_seq_length: with `long="truncate"`, the residues kept per sequence (default: the model's
+            context). Giving it without `long` selects "truncate" (its meaning before windows existed).
+        long: what to do with a sequence longer than the model's context (`windows.context_residues`: 1,022
+            residues for ESM-2 and ESM-1b/1v): "window" (the default) embeds it in overlapping windows of
+            `window` residues, each a forward pass with its own `<cls>`/`<eos>`, and takes each residue's vector
+            from the window where it is most central (`windows.most_central_window`): the mean is over all
+            residues of the merged vectors, `bos` is the first window's `<cls>`; "truncate" keeps the first
+            `truncation_seq_length` residues (fair-esm's `esm-extract`); "error" raises ValueError naming the
+            sequence. "window" is the default because it is the only one that gives a vector for every residue
+            and a mean over the whole protein, and it changes nothing for a sequence that fits the context.
+            Contact maps are not put together from windows (ValueError: use "truncate").
+        window: residues per window (default: the model's context; at most that for an absolute position table).
+        overlap: the least number of residues neighbouring windows share (default: a quarter of the window).
         tokenizer: an `EsmTokenizer` whose vocabulary maps the residues; default: the model's vocabulary.
         progress_callback: called as `progress_callback(num_sequences_done, num_residues_done)` after each batch.
         streams: how many batches run at once (each from its own thread). Default: one per core on a CPU under
@@ -315,7 +330,8 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
 
     Yields:
         `(index, result)`, `index` the position in `sequences`; `result` has "length" (residues used),
-        "truncated", and as requested "representations" {layer: (length, hidden)}, "mean_representations"
+        "truncated" (residues were dropped), "windows" (forward passes the sequence was cut into: 1 unless it was
+        windowed), and as requested "representations" {layer: (length, hidden)}, "mean_representations"
         {layer: (hidden,)}, "bos_representations" {layer: (hidden,)}, "contacts" (length, length). Layer keys
         are absolute indices, as fair-esm's `extract.py` and `tf-esm embed` key them: asking for -1 of a
         6-layer model gives key 6. Representations exclude `<cls>` and `<eos>` (`bos` is the `<cls>` position).
@@ -325,18 +341,109 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
     if unknown:
         raise ValueError(f"Unknown include entries {sorted(unknown)}; choose from {list(INCLUDE_CHOICES)}.")
     main_layer = main_layer_of(model)
-    num_layers = main_layer.config.num_hidden_layers
-    layers = _resolve_layers(repr_layers, num_layers)
+    layers = _resolve_layers(repr_layers, main_layer.config.num_hidden_layers)
+    plans = _long_plans(sequences, main_layer.config, long, truncation_seq_length, window, overlap, include)
+    whole = [index for index, plan in enumerate(plans) if len(plan) == 1]
+    windowed = [index for index, plan in enumerate(plans) if len(plan) > 1]
+    done = [0, 0]
+
+    def finished():
+        if progress_callback is not None:
+            progress_callback(done[0], done[1])
+
+    if whole:
+        pieces = [sequences[index][slice(*plans[index][0])] for index in whole]
+        for item, result in _iter_passes(model, pieces, layers, include, max_tokens_per_batch, tokenizer, finished,
+                                         streams):
+            index = whole[item]
+            result["truncated"] = result["length"] < len(sequences[index])
+            result["windows"] = 1
+            done[0] += 1
+            done[1] += result["length"]
+            yield index, result
+    if not windowed:
+        return
+    # Every window of every long protein in one stream of batches; a protein is merged once its last window is in.
+    owners = [(index, number) for index in windowed for number in range(len(plans[index]))]
+    pieces = [sequences[index][slice(*plans[index][number])] for index, number in owners]
+    window_include = tuple(sorted((set(include) | {"per_tok"}) - {"mean"}))
+    pending = {index: {} for index in windowed}
+    for item, result in _iter_passes(model, pieces, layers, window_include, max_tokens_per_batch, tokenizer,
+                                     finished, streams):
+        index, number = owners[item]
+        pending[index][number] = result
+        if len(pending[index]) == len(plans[index]):
+            merged = _merge_windows(pending.pop(index), plans[index], len(sequences[index]), layers, include)
+            done[0] += 1
+            done[1] += merged["length"]
+            yield index, merged
+
+
+def _long_plans(sequences, config, long, truncation_seq_length, window, overlap, include):
+    """Per sequence, the residue ranges its forward passes take: one range (whole or truncated) or its windows."""
+    if long is None:
+        long = "truncate" if truncation_seq_length is not None else "window"
+    if long not in LONG_POLICIES:
+        raise ValueError(f"long must be one of {list(LONG_POLICIES)}, got {long!r}.")
+    context = context_residues(config)
+    absolute = config.default_max_length() is not None
+    if long == "truncate":
+        keep = truncation_seq_length if truncation_seq_length is not None else context
+        return [[(0, len(sequence) if keep is None else min(len(sequence), keep))] for sequence in sequences]
+    if long == "error":
+        for index, sequence in enumerate(sequences):
+            if context is not None and len(sequence) > context:
+                raise ValueError(f"sequences[{index}] has {len(sequence)} residues, more than this model's context of "
+                                 f"{context} (+ <cls>/<eos>); pass long='window' or long='truncate'.")
+        return [[(0, len(sequence))] for sequence in sequences]
+    if window is None:
+        window = context
+    if window is None:
+        return [[(0, len(sequence))] for sequence in sequences]
+    if absolute and window > context:
+        raise ValueError(f"window {window} is more residues than this model's absolute position table holds "
+                         f"({context} + <cls>/<eos>).")
+    overlap = default_overlap(window) if overlap is None else overlap
+    check_window(window, overlap)
+    plans = [embedding_windows(len(sequence), window, overlap) for sequence in sequences]
+    if "contacts" in include:
+        for index, plan in enumerate(plans):
+            if len(plan) > 1:
+                raise ValueError(f"sequences[{index}] has {len(sequences[index])} residues, more than the window of "
+                                 f"{window}, and contact maps are not put together from windows; pass "
+                                 "long='truncate' (or a larger window on a rotary model).")
+    return plans
+
+
+def _merge_windows(results, windows, num_residues, layers, include):
+    """One long protein's result from its windows' (per-residue vectors taken from the most central window; the
+    mean over all residues of those; `<cls>` from the first window)."""
+    source = most_central_window(windows, num_residues)
+    merged = {"length": num_residues, "truncated": False, "windows": len(windows)}
+    representations = {}
+    for layer in layers:
+        rows = np.empty((num_residues, results[0]["representations"][layer].shape[-1]), np.float32)
+        for number, (start, end) in enumerate(windows):
+            taken = np.flatnonzero(source == number)
+            rows[taken] = results[number]["representations"][layer][taken - start]
+        representations[layer] = rows
+    if "per_tok" in include:
+        merged["representations"] = representations
+    if "mean" in include:
+        merged["mean_representations"] = {
+            layer: rows.astype(np.float64).mean(axis=0).astype(np.float32) for layer, rows in representations.items()}
+    if "bos" in include:
+        merged["bos_representations"] = results[0]["bos_representations"]
+    return merged
+
+
+def _iter_passes(model, sequences, layers, include, max_tokens_per_batch, tokenizer, batch_done, streams):
+    """`(index, result)` for every sequence, each run whole in one forward pass (the batching of `iter_embeddings`);
+    `batch_done()` is called after each batch's results are yielded."""
+    main_layer = main_layer_of(model)
     table, cls_id, eos_id, pad_id = _token_table(model, tokenizer)
     runner = _runner(model)
-
-    residue_counts = []
-    truncated = []
-    for sequence in sequences:
-        count = len(sequence)
-        cut = truncation_seq_length is not None and count > truncation_seq_length
-        residue_counts.append(truncation_seq_length if cut else count)
-        truncated.append(cut)
+    residue_counts = [len(sequence) for sequence in sequences]
     token_lengths = [count + 2 for count in residue_counts]
 
     length_limit = None
@@ -364,7 +471,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
         lengths[:len(batch)] = [residue_counts[i] for i in batch]
         for row, index in enumerate(batch):
             count = residue_counts[index]
-            codes = np.frombuffer(sequences[index][:count].encode("latin-1"), dtype=np.uint8)
+            codes = np.frombuffer(sequences[index].encode("latin-1"), dtype=np.uint8)
             input_ids[row, 0] = cls_id
             input_ids[row, 1:count + 1] = table[codes]
             input_ids[row, count + 1] = eos_id
@@ -376,7 +483,7 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
     def results(batch, outputs):
         for row, index in enumerate(batch):
             count = residue_counts[index]
-            result = {"length": count, "truncated": truncated[index]}
+            result = {"length": count}
             if "per_tok" in include:
                 result["representations"] = {
                     layer: outputs[f"per_tok_{layer}"][row, 1:count + 1].copy() for layer in layers}
@@ -391,13 +498,9 @@ def iter_embeddings(model, sequences: Sequence[str], repr_layers: Sequence[int] 
             yield index, result
 
     plan = _plan_batches(token_lengths, batch_tokens, padded_length, runner.per_shape)
-    done = [0, 0]
 
     def finished(batch):
-        done[0] += len(batch)
-        done[1] += sum(residue_counts[i] for i in batch)
-        if progress_callback is not None:
-            progress_callback(done[0], done[1])
+        batch_done()
 
     if streams == 1:
         for batch, length in plan:
