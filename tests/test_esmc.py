@@ -309,3 +309,42 @@ def test_contacts_are_not_offered():
     model = TFEsmcForMaskedLM(EsmcConfig(**ESMC_TINY))
     with pytest.raises(NotImplementedError, match="output_attentions"):
         model.predict_contacts(np.array([[0, 5, 6, 2]]))
+
+
+def test_masked_marginals_and_saturation_scan_like_transformers(esmc_checkpoints):
+    """Variant scoring with an ESM C model: ESM-1v's masked marginals computed here from transformers'
+    `EsmcForMaskedLM` (mask the position, log-softmax over all 64 outputs, mutant minus wild type, summed over the
+    substitutions of a multi-mutant)."""
+    from tf_esm.pipelines.scoring import saturation_scan, score_mutants
+
+    ref = esmc_checkpoints()
+    sequence, mutants = "MKTAYIAKQRQISF", ["K2A", "T3G:Y5F", "F14W"]
+    tokenizer = EsmcTokenizer()
+    wild = tokenizer(sequence)["input_ids"]
+    expected_rows = {}
+    with torch.no_grad():
+        for position in range(len(sequence)):
+            masked = list(wild)
+            masked[position + 1] = tokenizer.mask_token_id
+            logits = ref.model(input_ids=torch.tensor([masked])).logits[0, position + 1].double()
+            expected_rows[position] = torch.log_softmax(logits, -1).numpy()
+
+    def expected(mutant):
+        total = 0.0
+        for part in mutant.split(":"):
+            position = int(part[1:-1]) - 1
+            row = expected_rows[position]
+            total += row[tokenizer.token_to_id(part[-1])] - row[tokenizer.token_to_id(part[0])]
+        return total
+
+    model = TFEsmcForMaskedLM.from_pretrained(ref.path)
+    scores = score_mutants(model, sequence, mutants, strategy="masked-marginals")
+    np.testing.assert_allclose(scores, [expected(m) for m in mutants], rtol=0, atol=2e-5)
+    from tf_esm.pipelines.scoring import STANDARD_AMINO_ACIDS
+
+    scan = saturation_scan(model, sequence)
+    assert scan.shape == (len(sequence), 20)
+    for position, wild_type in enumerate(sequence):
+        for column, residue in enumerate(STANDARD_AMINO_ACIDS):
+            want = 0.0 if residue == wild_type else expected(f"{wild_type}{position + 1}{residue}")
+            assert abs(scan[position, column] - want) <= 2e-5, (position, residue)
