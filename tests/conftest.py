@@ -41,6 +41,7 @@ EVERY_BACKEND_MODULES = (
     "test_layer_stack.py",
     "test_modeling.py",
     "test_tokenization.py",
+    "test_training_scale.py",
     "test_transformers4_fixtures.py",
     "test_weights.py",
 )

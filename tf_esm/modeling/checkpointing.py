@@ -21,13 +21,18 @@ import keras
 from keras import tree
 
 
+def _differentiable(value):
+    return value is not None and "float" in keras.backend.standardize_dtype(value.dtype)
+
+
 def checkpointed_call(function, *args):
     """`function(*args)` with its activations rematerialised in the backward pass (`keras.remat`).
 
     `args` and the result are nested structures of tensors in which None may appear (a layer's optional outputs):
-    the remat function sees only the tensors, as flat lists, which every backend's remat accepts."""
+    the remat function sees only the floating-point tensors, as flat lists, which every backend's remat accepts;
+    integer ones (a seed) have no gradient and are passed as they are."""
     flat_args = tree.flatten(args)
-    positions = [index for index, value in enumerate(flat_args) if value is not None]
+    positions = [index for index, value in enumerate(flat_args) if _differentiable(value)]
     structure = []  # the result's structure and its tensors' places, from the first (forward) run
 
     def pure(*tensors):

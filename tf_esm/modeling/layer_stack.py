@@ -227,7 +227,10 @@ class LayerStack(keras.layers.Layer):
                 updated = [scope.get_current_value(variable) for variable in others]
                 return result, [old if new is None else new for old, new in zip(other_values, updated)]
 
-            result, updated = checkpointed_call(layer, list(values), [variable.value for variable in others], carry)
+            # Copies: TensorFlow's `value` is the variable itself and PyTorch assigns in place, so the recomputation
+            # would read the state as this call leaves it, not as it found it.
+            state_values = [ops.copy(variable.value) for variable in others]
+            result, updated = checkpointed_call(layer, list(values), state_values, carry)
             for variable, value in zip(others, updated):
                 variable.assign(value)
             return result
