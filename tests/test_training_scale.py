@@ -16,6 +16,7 @@ from tests._reference import as_numpy, assert_close, batch_with_padding_and_mask
 from tf_esm import TFEsmForMaskedLM, TFEsmForSequenceClassification, TFEsmForTokenClassification
 from tf_esm.modeling.encoder import TFEsmLayer
 from tf_esm.modeling.packing import positions_in_protein, protein_rows, protein_starts, same_protein
+from tf_esm.pipelines.packing import pack_rows, packed_arrays
 
 BACKEND = keras.backend.backend()
 LENGTHS = (12, 7, 3)
@@ -378,10 +379,7 @@ def test_attn_implementation_is_checked():
 
 
 # ---------------------------------------------------------------------------------------- packed tf.data datasets
-@pytest.mark.tensorflow_only("tf.data pipelines")
 def test_pack_rows_fills_rows_best_fit():
-    from tf_esm.pipelines.data import pack_rows
-
     lengths = [9, 7, 5, 3, 3, 2, 1]
     rows = pack_rows(lengths, 10)
     assert sorted(index for row in rows for index in row) == list(range(len(lengths)))
@@ -389,6 +387,19 @@ def test_pack_rows_fills_rows_best_fit():
     assert len(rows) == 3  # 30 tokens in rows of 10: no room wasted
     with pytest.raises(ValueError, match="longer than pack_length=8"):
         pack_rows(lengths, 8)
+
+
+def test_packed_arrays_lay_out_labels_by_task():
+    tokens = [[0, 5, 6, 2], [0, 7, 2], [0, 8, 9, 10, 2]]
+    features, labels = packed_arrays(tokens, [1, 0, 1], pack_length=8)
+    assert features["input_ids"].shape == (2, 8)
+    np.testing.assert_array_equal(features["sequence_id"], [[0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, -1, -1, -1, -1]])
+    np.testing.assert_array_equal(features["input_ids"][0], [0, 8, 9, 10, 2, 0, 7, 2])
+    np.testing.assert_array_equal(labels, [[1, -100, -100, -100, -100, 0, -100, -100], [1] + [-100] * 7])
+    _, token_labels = packed_arrays(tokens, [[3, 4], [5], [6, 7, 8]], task="token", pack_length=8)
+    np.testing.assert_array_equal(token_labels[0], [-100, 6, 7, 8, -100, -100, 5, -100])
+    _, multi = packed_arrays(tokens, [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], pack_length=8)
+    assert multi.shape == (2, 8, 2) and multi[0, 5].tolist() == [0.0, 1.0] and not multi[0, 1].any()
 
 
 @pytest.mark.tensorflow_only("tf.data pipelines")

@@ -15,8 +15,8 @@ The flow, one step per function (steps 1 and 2 live in `tf_esm.pipelines.records
 4. **Align labels** for token tasks: `[-100] + residue labels + [-100]` (the `<cls>` shift), padded with -100.
 5. **Shuffle** (optional), **batch by length** (`bucket_by_sequence_length`; a fixed `batch_size` per bucket, or a
    `max_tokens_per_batch` so that batch rows x padded length stays under the budget) or **pack** (`pack_length`:
-   several proteins per row, `pack_rows`), **mask for MLM** (optional, `MlmMasking`, re-drawn every epoch) and
-   **prefetch**.
+   several proteins per row, `tf_esm.pipelines.packing`), **mask for MLM** (optional, `MlmMasking`, re-drawn
+   every epoch) and **prefetch**.
 
 Packed rows (`pack_length=N`) waste almost nothing on padding: every row is N tokens holding whole proteins (each
 `<cls> residues <eos>`, never split), placed by best-fit decreasing; the features gain `sequence_id` (the
@@ -53,6 +53,7 @@ from tf_esm._deprecation import renamed_keywords
 from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.io.fasta import FastaError
 from tf_esm.modeling.dataset_tf import without_autotune_stall
+from tf_esm.pipelines.packing import packed_arrays
 from tf_esm.pipelines.records import (  # noqa: F401  (the reading half, importable from tf_esm.pipelines.data as before)
     STANDARD_RESIDUES,
     TASKS,
@@ -346,63 +347,13 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
     return without_autotune_stall(dataset)
 
 
-def pack_rows(lengths, pack_length):
-    """Best-fit decreasing: lists of indices into `lengths`, each list's lengths summing to at most
-    `pack_length`, longest items placed first, each into the fullest row it fits (a new row if none)."""
-    import bisect
-
-    too_long = [index for index, length in enumerate(lengths) if length > pack_length]
-    if too_long:
-        first = too_long[0]
-        raise ValueError(f"{len(too_long)} sequence(s) (the first: record {first}, {lengths[first]} tokens) are "
-                         f"longer than pack_length={pack_length}: raise pack_length or set max_length.")
-    rows, free = [], []  # free: sorted (room left, row index)
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        place = bisect.bisect_left(free, (lengths[index], -1))
-        if place == len(free):
-            rows.append([index])
-            room, row = pack_length - lengths[index], len(rows) - 1
-        else:
-            room, row = free.pop(place)
-            rows[row].append(index)
-            room -= lengths[index]
-        bisect.insort(free, (room, row))
-    return rows
-
-
 def _packed_dataset(records, ids, pad_id, pack_length, batch_size, max_tokens_per_batch, shuffle, seed, mlm,
                     tokenizer, drop_remainder, prefetch):
     """`make_dataset` with `pack_length`: rows of whole proteins and their `sequence_id`."""
-    rows = pack_rows([len(row) for row in ids], pack_length)
-    input_ids = np.full((len(rows), pack_length), pad_id, np.int32)
-    sequence_id = np.full((len(rows), pack_length), -1, np.int32)
-    labels = None
-    if records.labels is not None:
-        first = records.labels[0]
-        if records.task == "token":
-            labels = np.full((len(rows), pack_length), IGNORE_INDEX, np.int32)
-        elif isinstance(first, list):
-            labels = np.zeros((len(rows), pack_length, len(first)), np.float32)
-        elif isinstance(first, float):
-            labels = np.zeros((len(rows), pack_length), np.float32)
-        else:
-            labels = np.full((len(rows), pack_length), IGNORE_INDEX, np.int32)
-    for row, members in enumerate(rows):
-        start = 0
-        for number, index in enumerate(members):
-            tokens = ids[index]
-            input_ids[row, start:start + len(tokens)] = tokens
-            sequence_id[row, start:start + len(tokens)] = number
-            if labels is not None and records.task == "token":
-                labels[row, start:start + len(tokens)] = align_token_labels(records.labels[index])
-            elif labels is not None:
-                labels[row, start] = records.labels[index]  # the protein's <cls> token
-            start += len(tokens)
-    features = {"input_ids": input_ids, "attention_mask": (sequence_id >= 0).astype(np.int32),
-                "sequence_id": sequence_id}
+    features, labels = packed_arrays(ids, records.labels, records.task, pad_id, pack_length)
     dataset = tf.data.Dataset.from_tensor_slices((features, labels) if labels is not None else features)
     if shuffle:
-        dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(features["input_ids"]), seed=seed, reshuffle_each_iteration=True)
     rows_per_batch = batch_size if batch_size is not None else max(1, max_tokens_per_batch // pack_length)
     dataset = dataset.batch(rows_per_batch, drop_remainder=drop_remainder)
     if mlm:
