@@ -56,7 +56,7 @@ class TFEsmSelfAttention(keras.layers.Layer):
 
     Which kernel computes it (`config.attn_implementation`):
 
-    * "sdpa" (the default): when no attention probabilities are requested, no relative positions are used, no
+    * "sdpa" (or None, the default): when no attention probabilities are requested, no relative positions are used, no
       head mask is given and attention dropout is off, the backend's fused `keras.ops.dot_product_attention`
       (flash/cuDNN kernels on GPUs where the backend has them); for TensorFlow inference on a CPU, attention over
       blocks of query rows (`attention_tf`). The numbers are the explicit path's to float32 rounding.
@@ -133,7 +133,7 @@ class TFEsmSelfAttention(keras.layers.Layer):
         present = (key, value) if self.config.is_decoder else None
 
         dropout_active = training and self.config.attention_probs_dropout_prob > 0
-        fused = (getattr(self.config, "attn_implementation", "sdpa") == "sdpa" and not output_attentions
+        fused = (getattr(self.config, "attn_implementation", None) != "eager" and not output_attentions
                  and head_mask is None and self.distance_embedding is None and not dropout_active
                  and fused_attention_runs(query.dtype))
         if fused:
