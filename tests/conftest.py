@@ -44,6 +44,7 @@ EVERY_BACKEND_MODULES = (
     "test_modeling.py",
     "test_proteingym_scoring.py",
     "test_tokenization.py",
+    "test_training_scale.py",
     "test_transformers4_fixtures.py",
     "test_weights.py",
 )

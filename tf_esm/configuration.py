@@ -18,6 +18,11 @@ IGNORE_INDEX = -100
 
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query", "rotary")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+# How attention is computed (transformers' names): "sdpa", the backend's fused `keras.ops.dot_product_attention`
+# (flash/cuDNN kernels on GPUs) whenever no attention weights are asked for; "eager", always the explicit
+# matmul -> softmax -> matmul of the reference's eager attention; None (the default), "sdpa" where it applies, as
+# transformers reads None (so a saved config.json leaves transformers its own choice: its ESMFold has no SDPA).
+ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager")
 
 # The ESM-2 vocabulary, in id order (what fair-esm's "ESM-1b" alphabet and every HF ESM checkpoint use).
 ESM2_VOCAB = (
@@ -246,6 +251,12 @@ class EsmConfig(_LabelledConfig):
         vocab_list: The vocabulary (folding models).
         is_folding_model, esmfold_config: ESMFold settings.
         num_labels, id2label, label2id, problem_type: Task-head settings.
+        gradient_checkpointing: Recompute each encoder layer in the backward pass of training (less activation
+            memory, one more forward pass per step); `model.gradient_checkpointing_enable()` sets it.
+        attn_implementation: None (default) or "sdpa": the backend's fused `keras.ops.dot_product_attention`
+            whenever no attention weights, head mask, relative positions or attention dropout are involved
+            (flash/cuDNN on GPUs; on CPUs the same numbers as "eager" to float32 rounding); "eager": always the
+            explicit matmul -> softmax -> matmul.
 
     Examples:
 
@@ -267,6 +278,7 @@ class EsmConfig(_LabelledConfig):
         position_embedding_type="absolute", use_cache=True, emb_layer_norm_before=None, token_dropout=False,
         is_folding_model=False, esmfold_config=None, vocab_list=None, is_decoder=False, add_cross_attention=False,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=2, problem_type=None,
+        gradient_checkpointing=False, attn_implementation=None,
     )
     sub_configs = {"esmfold_config": EsmFoldConfig}
 
@@ -306,6 +318,12 @@ class EsmConfig(_LabelledConfig):
             raise ValueError(
                 f"EsmConfig: unknown problem_type {self.problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}."
             )
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"EsmConfig: unknown attn_implementation {self.attn_implementation!r}; expected "
+                             "None, 'sdpa' or 'eager'.")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"EsmConfig: gradient_checkpointing must be True or False, got "
+                             f"{self.gradient_checkpointing!r}.")
         if self.add_cross_attention and not self.is_decoder:
             raise ValueError("EsmConfig: add_cross_attention=True needs is_decoder=True.")
         for name in ("vocab_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

@@ -52,8 +52,16 @@ class TFEsmSelfAttention(keras.layers.Layer):
 
     Keys and values come from `hidden_states` (self-attention) or `encoder_hidden_states` (cross-attention).
     `attention_mask` is a boolean tensor broadcastable to (batch, heads, query_len, key_len), True where a key may
-    be attended. When no attention probabilities are requested, no relative positions are used and no head mask
-    is given, the fused `keras.ops.dot_product_attention` kernel is used.
+    be attended (a key padding mask, a causal mask, or the block-diagonal mask of packed proteins).
+
+    Which kernel computes it (`config.attn_implementation`):
+
+    * "sdpa" (or None, the default): when no attention probabilities are requested, no relative positions are used, no
+      head mask is given and attention dropout is off, the backend's fused `keras.ops.dot_product_attention`
+      (flash/cuDNN kernels on GPUs where the backend has them); for TensorFlow inference on a CPU, attention over
+      blocks of query rows (`attention_tf`). The numbers are the explicit path's to float32 rounding.
+    * "eager", and every call "sdpa" cannot serve: the explicit matmul -> float32 softmax -> matmul, as the
+      reference's eager attention computes it.
 
     Args:
         config: An `EsmConfig`.
@@ -125,8 +133,9 @@ class TFEsmSelfAttention(keras.layers.Layer):
         present = (key, value) if self.config.is_decoder else None
 
         dropout_active = training and self.config.attention_probs_dropout_prob > 0
-        fused = (not output_attentions and head_mask is None and self.distance_embedding is None
-                 and not dropout_active and fused_attention_runs(query.dtype))
+        fused = (getattr(self.config, "attn_implementation", None) != "eager" and not output_attentions
+                 and head_mask is None and self.distance_embedding is None and not dropout_active
+                 and fused_attention_runs(query.dtype))
         if fused:
             # An additive mask, as the reference adds its extended mask: the same probabilities as filling the
             # masked scores (|score| is far below the fill value's ulp), without a select over the whole score

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tf_esm.modeling.packing import same_protein
+
 # All ESM models were trained with 15% of tokens selected, 80% of those replaced by <mask>.
 MASK_RATIO_TRAIN = 0.15 * 0.8
 
@@ -38,7 +40,8 @@ class TFEsmEmbeddings(keras.layers.Layer):
 
     Token dropout (ESM-2): `<mask>` embeddings are zeroed and the others scaled by
     `(1 - 0.12) / (1 - observed mask ratio)`, the ratio counted over the real (attention-mask) length including
-    `<cls>`/`<eos>`. It applies at inference too, exactly as the PyTorch reference does.
+    `<cls>`/`<eos>`. It applies at inference too, exactly as the PyTorch reference does. In packed rows
+    (`sequence_id`, modeling/packing.py) the ratio is each protein's own, over its tokens.
 
     Args:
         config: An `EsmConfig`.
@@ -82,7 +85,7 @@ class TFEsmEmbeddings(keras.layers.Layer):
             self.layer_norm.build((None, None, self.config.hidden_size))
         self.built = True
 
-    def call(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None):
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, sequence_id=None):
         if inputs_embeds is None:
             embeddings = self.word_embeddings(input_ids)
         else:
@@ -91,16 +94,25 @@ class TFEsmEmbeddings(keras.layers.Layer):
         if self.config.token_dropout and input_ids is not None:
             is_mask = ops.expand_dims(ops.equal(input_ids, self.config.mask_token_id), -1)
             embeddings = ops.where(is_mask, ops.zeros_like(embeddings), embeddings)
-            mask_count = ops.sum(ops.cast(is_mask[..., 0], "float32"), axis=-1)
-            if attention_mask is not None:
-                lengths = ops.sum(ops.cast(attention_mask, "float32"), axis=-1)
+            if sequence_id is not None:
+                # Per protein of a packed row: each token's count of <mask> and of tokens in its own protein.
+                same = same_protein(sequence_id)
+                mask_count = ops.sum(ops.cast(ops.logical_and(same, ops.transpose(is_mask, (0, 2, 1))), "float32"),
+                                     axis=-1)
+                lengths = ops.sum(ops.cast(same, "float32"), axis=-1)
             else:
-                lengths = ops.cast(ops.shape(input_ids)[1], "float32")
+                mask_count = ops.sum(ops.cast(is_mask[..., 0], "float32"), axis=-1)
+                if attention_mask is not None:
+                    lengths = ops.sum(ops.cast(attention_mask, "float32"), axis=-1)
+                else:
+                    lengths = ops.cast(ops.shape(input_ids)[1], "float32")
             # Guard all-padding rows (length 0) so they give zeros rather than NaN.
             observed = mask_count / ops.maximum(lengths, 1.0)
             # A row of nothing but <mask> (observed ratio 1) is all zeros anyway: keep its scale finite.
             scale = (1.0 - MASK_RATIO_TRAIN) / ops.maximum(1.0 - observed, 1e-6)
-            embeddings = ops.cast(ops.cast(embeddings, "float32") * scale[:, None, None], embeddings.dtype)
+            # (batch,) per row, (batch, length) per token of a packed row.
+            scale = scale[:, None, None] if sequence_id is None else scale[:, :, None]
+            embeddings = ops.cast(ops.cast(embeddings, "float32") * scale, embeddings.dtype)
 
         if self.position_embeddings is not None:
             if position_ids is None:

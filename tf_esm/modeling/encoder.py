@@ -18,6 +18,7 @@ from tf_esm.modeling.embeddings import (
 from tf_esm.modeling.heads import TFEsmContactPredictionHead
 from tf_esm.modeling.layer_stack import LayerStack
 from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
+from tf_esm.modeling.packing import positions_in_protein, same_protein
 
 
 def gelu(x):
@@ -112,6 +113,7 @@ class TFEsmEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.config = config
         self.layer = LayerStack(lambda: TFEsmLayer(config, name="layer"), config.num_hidden_layers, name="layer")
+        self.layer.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))
         self.emb_layer_norm_after = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps,
                                                                     name="emb_layer_norm_after")
 
@@ -202,6 +204,10 @@ class TFEsmMainLayer(keras.layers.Layer):
         past_key_values: per-layer cached (key, value[, cross_key, cross_value]) from an earlier call.
         use_cache: return `past_key_values` for the next step (decoder mode).
         output_attentions, output_hidden_states: also return every layer's attentions / hidden states.
+        sequence_id: (batch, length) int, several proteins packed in a row (modeling/packing.py): tokens with the
+            same non-negative value attend to each other only, -1 is padding; positions restart at each protein
+            and token dropout is per protein. `attention_mask` defaults to `sequence_id >= 0`. Not with a cache,
+            cross-attention or `position_ids`. The pooler reads the row's first token only.
     """
 
     def __init__(self, config, add_pooling_layer=True, **kwargs):
@@ -241,7 +247,7 @@ class TFEsmMainLayer(keras.layers.Layer):
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, head_mask=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None, use_cache=None,
-             output_attentions=False, output_hidden_states=False, training=False):
+             output_attentions=False, output_hidden_states=False, training=False, sequence_id=None):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Give exactly one of input_ids and inputs_embeds.")
         if input_ids is not None:
@@ -253,6 +259,23 @@ class TFEsmMainLayer(keras.layers.Layer):
         else:
             inputs_embeds = ops.convert_to_tensor(inputs_embeds)
             batch, length = ops.shape(inputs_embeds)[0], ops.shape(inputs_embeds)[1]
+        same = None
+        if sequence_id is not None:
+            if (past_key_values is not None or encoder_hidden_states is not None or position_ids is not None
+                    or self.config.is_decoder):
+                raise ValueError("sequence_id (packed proteins) works with encoder inputs only: not with "
+                                 "position_ids, past_key_values, encoder_hidden_states or a decoder.")
+            sequence_id = ops.cast(ops.convert_to_tensor(sequence_id), "int32")
+            same = same_protein(sequence_id)
+            real = ops.cast(ops.greater_equal(sequence_id, 0), "int32")
+            attention_mask = real if attention_mask is None else ops.cast(attention_mask, "int32") * real
+            in_protein = positions_in_protein(same)
+            if self.config.position_embedding_type == "rotary":
+                position_ids = in_protein
+            elif self.config.position_embedding_type == "absolute":
+                padding_idx = self.embeddings.padding_idx
+                position_ids = ops.where(ops.greater(real, 0), in_protein + padding_idx + 1, padding_idx)
+
         input_ids, inputs_embeds = self._check_length(input_ids, inputs_embeds, length, position_ids)
         use_cache = bool(use_cache) and self.config.is_decoder
         past_length = 0
@@ -266,10 +289,12 @@ class TFEsmMainLayer(keras.layers.Layer):
         # The embeddings see only this call's tokens' mask (token-dropout ratio, zeroing of padding).
         step_mask = attention_mask[:, -length:] if past_key_values is not None else attention_mask
         embedding_output = self.embeddings(input_ids=input_ids, attention_mask=step_mask, position_ids=position_ids,
-                                           inputs_embeds=inputs_embeds)
+                                           inputs_embeds=inputs_embeds, sequence_id=sequence_id)
 
         # Without a mask every key is attended: the layers then skip masking (a pass over every score tensor).
         key_mask = ops.cast(attention_mask, "bool")[:, None, None, :] if padded else None
+        if same is not None:
+            key_mask = same[:, None]  # block-diagonal: (batch, 1, query, key)
         if self.config.is_decoder:
             query_positions = ops.arange(length, dtype="int32") + past_length
             key_positions = ops.arange(past_length + length, dtype="int32")

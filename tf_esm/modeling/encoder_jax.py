@@ -76,11 +76,12 @@ def scans_stacks():
     return SCAN_STACKS and tracing()
 
 
-def scan_stack(stack, step, carry, with_outputs=False):
+def scan_stack(stack, step, carry, with_outputs=False, checkpoint=False):
     """`carry = step(layer, carry)` for each layer of a `LayerStack` (modeling/layer_stack.py), inside a program
     being traced, as one `lax.scan` over the stacked weights the program was given (nothing is copied). The body
     maps the template's weights to the layer's slices, inside the program's own mapping. With `with_outputs`,
-    `step` returns `(carry, outputs)` and this returns `(carry, [each layer's outputs])`."""
+    `step` returns `(carry, outputs)` and this returns `(carry, [each layer's outputs])`. With `checkpoint`, each
+    layer's activations are recomputed in the backward pass (`jax.checkpoint` of the body: one layer each)."""
     mapping = _TRACE.mapping
     template, template_weights = stack.template, stack.template_weights
 
@@ -90,6 +91,8 @@ def scan_stack(stack, step, carry, with_outputs=False):
             result = step(template, carry)
         return result if with_outputs else (result, None)
 
+    if checkpoint:
+        body = jax.checkpoint(body, prevent_cse=False)  # inside a scan CSE cannot undo it (jax.checkpoint's docs)
     carry, outputs = jax.lax.scan(body, carry, [variable.value for variable in stack.stacked_weights])
     if not with_outputs:
         return carry

@@ -85,8 +85,10 @@ class TFEsmClassificationHead(keras.layers.Layer):
         self.out_proj.build((None, self.config.hidden_size))
         self.built = True
 
-    def call(self, features, training=False):
-        x = self.dropout(features[:, 0, :], training=training)
+    def call(self, features, training=False, per_token=False):
+        """Logits (batch, num_labels) from each row's first token, or with `per_token` (packed rows: each protein
+        starts with its own `<cls>`) (batch, length, num_labels) from every token."""
+        x = self.dropout(features if per_token else features[:, 0, :], training=training)
         x = self.dropout(self.dense(x), training=training)
         return self.out_proj(x)
 

@@ -24,6 +24,10 @@ tf_esm's own file stores the stacks as they are (`io/native_h5.py`).
 
 Only the template's weights (`layer.weights`) are stacked: the template's seed generators (dropout's) are the
 stack's own state, shared across the layers; the seed state advances per layer and per call.
+
+Gradient checkpointing: with `gradient_checkpointing` set (a plain attribute, off by default; models set it from
+their config, `set_gradient_checkpointing` on every stack of a model), a training call recomputes each layer in
+the backward pass (`checkpointing.py`, one checkpoint per layer) on every backend and loop above.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from keras import ops
 
 from tf_esm import keras_compat
 from tf_esm.io.names import stacked_variable_inner, stacked_variable_name
+from tf_esm.modeling.checkpointing import checkpointed_call
 
 
 class _StackedInitializer:
@@ -106,6 +111,9 @@ class LayerStack(keras.layers.Layer):
         if count < 1:
             raise ValueError(f"A LayerStack needs at least one layer, got count={count}.")
         self.count = int(count)
+        # Recompute each layer in the backward pass of a training call (checkpointing.py); not a weight, not saved
+        # with the layer: the model's config carries it.
+        self.gradient_checkpointing = False
         # Not an attribute Keras tracks: the template's (unset) variables are not the stack's weights.
         object.__setattr__(self, "_template", make_layer())
         object.__setattr__(self, "_make_layer", make_layer)
@@ -203,12 +211,29 @@ class LayerStack(keras.layers.Layer):
         per_weight = [ops.unstack(stacked.value, num=self.count, axis=0) for stacked in self.stacked_weights]
         return [[values[index] for values in per_weight] for index in range(self.count)]
 
-    def run_layer(self, values, step, carry):
+    def run_layer(self, values, step, carry, checkpoint=False):
         """`step(template, carry)` with the template's weights mapped to `values`. Inside another stateless scope
         (a JAX program's arguments, Keras' stateless training step) its mapping stays in force; the template's
-        other state (seed generators) is updated where it lives, as an ordinary layer's would be."""
+        other state (seed generators) is updated where it lives, as an ordinary layer's would be. With
+        `checkpoint`, the layer's activations are recomputed in the backward pass (`checkpointing.py`)."""
         mapped = {id(weight) for weight in self.template_weights}
         others = [variable for variable in self._template.variables if id(variable) not in mapped]
+        if checkpoint:
+            # Weights, other state and carry as the checkpoint's arguments; the state it updates comes back out.
+            def layer(layer_values, other_values, state):
+                pairs = list(zip(self.template_weights, layer_values)) + list(zip(others, other_values))
+                with mapped_scope(pairs) as scope:
+                    result = step(self._template, state)
+                updated = [scope.get_current_value(variable) for variable in others]
+                return result, [old if new is None else new for old, new in zip(other_values, updated)]
+
+            # Copies: TensorFlow's `value` is the variable itself and PyTorch assigns in place, so the recomputation
+            # would read the state as this call leaves it, not as it found it.
+            state_values = [ops.copy(variable.value) for variable in others]
+            result, updated = checkpointed_call(layer, list(values), state_values, carry)
+            for variable, value in zip(others, updated):
+                variable.assign(value)
+            return result
         with mapped_scope(list(zip(self.template_weights, values)), others) as scope:
             result = step(self._template, carry)
         for variable in others:
@@ -222,14 +247,17 @@ class LayerStack(keras.layers.Layer):
 
         With `with_outputs`, `step` returns `(carry, outputs)` and this returns `(carry, [each layer's outputs])`.
         With `per_layer` (a sequence of one value per layer: a head mask, a cache), `step(layer, carry, value)`
-        gets layer i's value, and the layers run in the Python loop on every backend."""
+        gets layer i's value, and the layers run in the Python loop on every backend. A training call of a stack
+        with `gradient_checkpointing` recomputes each layer in the backward pass."""
+        checkpoint = bool(training) and self.gradient_checkpointing
         if per_layer is None:
             backend = keras.backend.backend()
             if backend == "jax":
                 from tf_esm.modeling import encoder_jax
 
                 if encoder_jax.scans_stacks():
-                    return encoder_jax.scan_stack(self, step, carry, with_outputs=with_outputs)
+                    return encoder_jax.scan_stack(self, step, carry, with_outputs=with_outputs,
+                                                  checkpoint=checkpoint)
             elif backend == "tensorflow" and not training:
                 from tf_esm.modeling import layers_tf
 
@@ -240,9 +268,10 @@ class LayerStack(keras.layers.Layer):
         outputs = []
         for index, values in enumerate(self.layer_values()):
             if per_layer is None:
-                result = self.run_layer(values, step, carry)
+                result = self.run_layer(values, step, carry, checkpoint=checkpoint)
             else:
-                result = self.run_layer(values, lambda layer, state: step(layer, state, per_layer[index]), carry)
+                result = self.run_layer(values, lambda layer, state: step(layer, state, per_layer[index]), carry,
+                                        checkpoint=checkpoint)
             if with_outputs:
                 result, layer_outputs = result
                 outputs.append(layer_outputs)
@@ -253,6 +282,15 @@ class LayerStack(keras.layers.Layer):
         config = super().get_config()
         config["count"] = self.count
         return config
+
+
+def set_gradient_checkpointing(model, enabled):
+    """Turn gradient checkpointing on or off for every `LayerStack` inside `model` (a layer or model); returns
+    how many stacks there are."""
+    stacks = [layer for layer in [model] + keras_compat.all_sublayers(model) if isinstance(layer, LayerStack)]
+    for stack in stacks:
+        stack.gradient_checkpointing = bool(enabled)
+    return len(stacks)
 
 
 class mapped_scope(keras.StatelessScope):

@@ -47,3 +47,25 @@ def sequence_classification_loss(problem_type, labels, logits, num_labels):
         per_element = ops.maximum(logits32, 0) - logits32 * labels + ops.log1p(ops.exp(-ops.abs(logits32)))
         return ops.mean(per_element)
     raise ValueError(f"Unknown problem_type {problem_type!r}.")
+
+
+def packed_sequence_classification_loss(problem_type, labels, logits, starts, num_labels):
+    """`sequence_classification_loss` for packed rows (modeling/packing.py): `logits` (batch, length, num_labels)
+    and `labels` (batch, length) or (batch, length, num_labels) are read at the proteins' first tokens `starts`
+    (batch, length) only, so each protein counts once, as one row of an unpacked batch does."""
+    weight = ops.cast(starts, "float32")
+    proteins = ops.maximum(ops.sum(weight), 1.0)
+    logits32 = ops.cast(logits, "float32")
+    if problem_type == "single_label_classification":
+        labels = ops.cast(labels, "int32")
+        return masked_sparse_cross_entropy(ops.where(starts, labels, IGNORE_INDEX), logits32)
+    labels = ops.cast(labels, "float32")
+    if len(labels.shape) == 2:
+        labels = labels[..., None]
+    if problem_type == "regression":
+        per_element = ops.square(logits32 - labels)
+    elif problem_type == "multi_label_classification":
+        per_element = ops.maximum(logits32, 0) - logits32 * labels + ops.log1p(ops.exp(-ops.abs(logits32)))
+    else:
+        raise ValueError(f"Unknown problem_type {problem_type!r}.")
+    return ops.sum(per_element * weight[..., None]) / (proteins * num_labels)

@@ -14,6 +14,7 @@ from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmLMHead
 from tf_esm.modeling.losses import (
     masked_sparse_cross_entropy,
+    packed_sequence_classification_loss,
     resolve_problem_type,
     sequence_classification_loss,
 )
@@ -23,6 +24,7 @@ from tf_esm.modeling.outputs import (
     TFSequenceClassifierOutput,
     TFTokenClassifierOutput,
 )
+from tf_esm.modeling.packing import protein_starts
 from tf_esm.modeling.pretrained import EsmPretrainedIO
 from tf_esm.modeling.task import EsmKerasTask
 
@@ -33,7 +35,12 @@ ModelInputs = Union[TensorLike, Mapping[str, TensorLike]]
 
 # Inputs that may also arrive packed in a dict as the first argument (as `model(tokenizer(...))`).
 _INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "head_mask", "inputs_embeds", "labels",
-                "encoder_hidden_states", "encoder_attention_mask", "past_key_values")
+                "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "sequence_id")
+
+
+def _sequence_id_of(inputs):
+    """The packed rows' `sequence_id` of a Keras batch's inputs, if any."""
+    return inputs.get("sequence_id") if isinstance(inputs, dict) else None
 
 
 def _unpack_inputs(input_ids, kwargs, input_names=_INPUT_NAMES):
@@ -129,11 +136,12 @@ class TFEsmModel(TFEsmPreTrainedModel):
              inputs_embeds: TensorLike | None = None, encoder_hidden_states: TensorLike | None = None,
              encoder_attention_mask: TensorLike | None = None, past_key_values: Any = None,
              use_cache: bool | None = None, output_attentions: bool = False, output_hidden_states: bool = False,
-             training: bool = False) -> TFBaseModelOutputWithPoolingAndCrossAttentions | dict[str, TensorLike]:
+             training: bool = False, sequence_id: TensorLike | None = None,
+             ) -> TFBaseModelOutputWithPoolingAndCrossAttentions | dict[str, TensorLike]:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values))
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, sequence_id=sequence_id))
         outputs = self.esm(input_ids, use_cache=use_cache, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)
         if self._in_keras_loop:
@@ -167,11 +175,11 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
              inputs_embeds: TensorLike | None = None, encoder_hidden_states: TensorLike | None = None,
              encoder_attention_mask: TensorLike | None = None, labels: TensorLike | None = None,
              output_attentions: bool = False, output_hidden_states: bool = False,
-             training: bool = False) -> TFMaskedLMOutput | TensorLike:
+             training: bool = False, sequence_id: TensorLike | None = None) -> TFMaskedLMOutput | TensorLike:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, labels=labels))
+            encoder_attention_mask=encoder_attention_mask, labels=labels, sequence_id=sequence_id))
         labels = kw.pop("labels")
         outputs = self.esm(input_ids, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)
@@ -190,6 +198,12 @@ class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
     The loss follows `config.problem_type` ("regression": MSE, "single_label_classification": cross-entropy,
     "multi_label_classification": binary cross-entropy on logits); when unset it is inferred from `num_labels`
     and the label dtype, as in transformers.
+
+    Packed rows (`sequence_id`, modeling/packing.py): the head runs on every token and the logits are
+    (batch, length, num_labels), each protein's at its first token (its `<cls>`) and zeros elsewhere
+    (`tf_esm.modeling.packing.protein_rows(logits, sequence_id)`: one row per protein). Labels are laid out the
+    same way, (batch, length) or (batch, length, num_labels), read at the proteins' first tokens only; the loss
+    averages over proteins, so it equals the unpacked batch's.
     """
 
     def __init__(self, config, **kwargs):
@@ -201,27 +215,38 @@ class TFEsmForSequenceClassification(TFEsmPreTrainedModel):
     def _sublayers(self):
         return [self.esm, self.classifier]
 
-    def hf_compute_loss(self, labels, logits):
-        """MSE, cross-entropy or binary cross-entropy on logits, by `config.problem_type` (inferred when unset)."""
+    def hf_compute_loss(self, labels, logits, sequence_id=None):
+        """MSE, cross-entropy or binary cross-entropy on logits, by `config.problem_type` (inferred when unset);
+        with `sequence_id`, of packed rows (one term per protein)."""
         labels = ops.convert_to_tensor(labels)
         problem_type = resolve_problem_type(self.config, labels)
+        if sequence_id is not None:
+            return packed_sequence_classification_loss(problem_type, labels, logits, protein_starts(sequence_id),
+                                                       self.num_labels)
         return sequence_classification_loss(problem_type, labels, logits, self.num_labels)
+
+    def _built_in_loss(self, x, labels, logits):
+        return self.hf_compute_loss(labels, logits, sequence_id=_sequence_id_of(x))
 
     def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
              position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
              inputs_embeds: TensorLike | None = None, labels: TensorLike | None = None,
              output_attentions: bool = False, output_hidden_states: bool = False,
-             training: bool = False) -> TFSequenceClassifierOutput | TensorLike:
+             training: bool = False,
+             sequence_id: TensorLike | None = None) -> TFSequenceClassifierOutput | TensorLike:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, labels=labels))
+            inputs_embeds=inputs_embeds, labels=labels, sequence_id=sequence_id))
         labels = kw.pop("labels")
         outputs = self.esm(input_ids, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)
-        logits = self.classifier(outputs.last_hidden_state, training=training)
+        packed = kw["sequence_id"] is not None
+        logits = self.classifier(outputs.last_hidden_state, training=training, per_token=packed)
+        if packed:
+            logits = ops.where(protein_starts(kw["sequence_id"])[..., None], logits, ops.zeros((), logits.dtype))
         if self._in_keras_loop:
             return logits
-        loss = self.hf_compute_loss(labels, logits) if labels is not None else None
+        loss = self.hf_compute_loss(labels, logits, sequence_id=kw["sequence_id"]) if labels is not None else None
         return TFSequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                           attentions=outputs.attentions)
 
@@ -253,10 +278,10 @@ class TFEsmForTokenClassification(TFEsmPreTrainedModel):
              position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
              inputs_embeds: TensorLike | None = None, labels: TensorLike | None = None,
              output_attentions: bool = False, output_hidden_states: bool = False,
-             training: bool = False) -> TFTokenClassifierOutput | TensorLike:
+             training: bool = False, sequence_id: TensorLike | None = None) -> TFTokenClassifierOutput | TensorLike:
         input_ids, kw = _unpack_inputs(input_ids, dict(
             attention_mask=attention_mask, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, labels=labels))
+            inputs_embeds=inputs_embeds, labels=labels, sequence_id=sequence_id))
         labels = kw.pop("labels")
         outputs = self.esm(input_ids, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training, **kw)

@@ -11,6 +11,8 @@ from keras import ops
 
 from tf_esm import keras_compat
 from tf_esm.configuration import IGNORE_INDEX
+from tf_esm.modeling.layer_stack import set_gradient_checkpointing
+from tf_esm.modeling.packing import protein_starts
 
 
 def _labels_of(x, y):
@@ -55,6 +57,35 @@ class EsmKerasTask:
         from tf_esm.modeling.lora import load_lora_weights
 
         return load_lora_weights(self, path)
+
+    # ----------------------------------------------------------------------------------- gradient checkpointing
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        """Recompute each encoder layer in the backward pass of training (transformers' name): the activations of
+        one layer at a time are kept instead of all of them, for one more forward pass per step. Every stack of
+        identical layers in the model (`LayerStack`) is checkpointed per layer, on every backend; inference is
+        unchanged. Sets `config.gradient_checkpointing`, which `save_pretrained` writes. Steps Keras compiled
+        before are traced again at the next `fit`. `gradient_checkpointing_kwargs` is accepted for transformers'
+        callers: only `use_reentrant` (PyTorch's checkpoint is always the non-reentrant one here) may be in it."""
+        unknown = sorted(set(gradient_checkpointing_kwargs or {}) - {"use_reentrant"})
+        if unknown:
+            raise ValueError(f"gradient_checkpointing_kwargs {unknown} are not supported (only use_reentrant).")
+        self._set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self):
+        """Keep every layer's activations for the backward pass again (the default)."""
+        self._set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self):
+        return bool(getattr(self.config, "gradient_checkpointing", False))
+
+    def _set_gradient_checkpointing(self, enabled):
+        if not set_gradient_checkpointing(self, enabled):
+            raise ValueError(f"{type(self).__name__} has no stack of layers to checkpoint.")
+        self.config.gradient_checkpointing = bool(enabled)
+        for name in ("train_function", "test_function", "predict_function"):
+            if getattr(self, name, None) is not None:  # traced with the old setting
+                setattr(self, name, None)
 
     # ------------------------------------------------------------------------------------------- Keras training
     @property
@@ -130,6 +161,11 @@ class EsmKerasTask:
         with self._keras_loop():
             return super().predict_on_batch(*args, **kwargs)
 
+    def _built_in_loss(self, x, labels, logits):
+        """The built-in loss of a Keras batch with inputs `x` (a model whose loss needs more of the inputs, such as
+        packed rows' `sequence_id`, overrides it)."""
+        return self.hf_compute_loss(labels, logits)
+
     def hf_compute_loss(self, labels, logits):
         """The built-in loss, as the PyTorch reference computes it from `labels` and `logits`."""
         raise ValueError(
@@ -142,8 +178,18 @@ class EsmKerasTask:
         out through the logits' Keras mask, so Keras losses average over the other tokens (as torch's
         CrossEntropyLoss(ignore_index=-100) does) and metrics skip them."""
         labels = _labels_of(x, y)
-        if labels is None or not self._token_level_labels:
+        if labels is None:
             return labels, y_pred
+        if not self._token_level_labels:
+            sequence_id = x.get("sequence_id") if isinstance(x, dict) else None
+            if sequence_id is None:
+                return labels, y_pred
+            # Packed rows: each protein's label and logits sit at its first token; the rest are masked out.
+            keep = protein_starts(sequence_id)
+            labels = ops.convert_to_tensor(labels)
+            if "int" in str(labels.dtype) and len(labels.shape) == 2:
+                labels = ops.where(keep, labels, ops.zeros_like(labels))
+            return labels, keras_compat.with_keras_mask(y_pred, keep)
         keep = ops.not_equal(labels, IGNORE_INDEX)
         return ops.where(keep, labels, ops.zeros_like(labels)), keras_compat.with_keras_mask(y_pred, keep)
 
@@ -163,7 +209,7 @@ class EsmKerasTask:
             raise ValueError(
                 "sample_weight is not supported by the built-in loss; compile with a Keras loss to weight samples."
             )
-        loss = keras_compat.scale_loss_for_replicas(self.hf_compute_loss(labels, y_pred))
+        loss = keras_compat.scale_loss_for_replicas(self._built_in_loss(x, labels, y_pred))
         for extra in self.losses:  # e.g. regularisers
             loss = loss + keras_compat.additional_loss(extra)
         return loss

@@ -14,8 +14,17 @@ The flow, one step per function (steps 1 and 2 live in `tf_esm.pipelines.records
    `Dataset.map` (`in_graph=True`); both give the same ids, `<cls> residues <eos>`.
 4. **Align labels** for token tasks: `[-100] + residue labels + [-100]` (the `<cls>` shift), padded with -100.
 5. **Shuffle** (optional), **batch by length** (`bucket_by_sequence_length`; a fixed `batch_size` per bucket, or a
-   `max_tokens_per_batch` so that batch rows x padded length stays under the budget), **mask for MLM**
-   (optional, `MlmMasking`, re-drawn every epoch) and **prefetch**.
+   `max_tokens_per_batch` so that batch rows x padded length stays under the budget) or **pack** (`pack_length`:
+   several proteins per row, `tf_esm.pipelines.packing`), **mask for MLM** (optional, `MlmMasking`, re-drawn
+   every epoch) and **prefetch**.
+
+Packed rows (`pack_length=N`) waste almost nothing on padding: every row is N tokens holding whole proteins (each
+`<cls> residues <eos>`, never split), placed by best-fit decreasing; the features gain `sequence_id` (the
+protein's number in its row, -1 for padding), which the models read as separate proteins
+(`tf_esm.modeling.packing`): each protein gets the logits and loss it gets alone. Labels follow the tokens: per
+token for token tasks and masked LM; for sequence tasks each protein's label at its first token (`<cls>`), -100
+(class ids) or 0 (float targets) elsewhere, which is where the sequence-classification model puts each
+protein's logits.
 
 Elements are `({"input_ids", "attention_mask"}, labels)` with int32 ids and mask (padding: `<pad>` id and 0), or
 just the features dict for unlabelled data. Labels are int32 class ids, float32 regression targets or float32
@@ -44,6 +53,7 @@ from tf_esm._deprecation import renamed_keywords
 from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.io.fasta import FastaError
 from tf_esm.modeling.dataset_tf import without_autotune_stall
+from tf_esm.pipelines.packing import packed_arrays
 from tf_esm.pipelines.records import (  # noqa: F401  (the reading half, importable from tf_esm.pipelines.data as before)
     STANDARD_RESIDUES,
     TASKS,
@@ -218,7 +228,8 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
                  truncation: str = "error", batch_size: int | None = None, max_tokens_per_batch: int | None = None,
                  bucket_boundaries: str | Sequence[int] | None = "auto", num_buckets: int = 16,
                  shuffle: bool = False, seed: int | None = None, mlm=None, return_index: bool = False,
-                 drop_remainder: bool = False, prefetch: bool = True) -> tf.data.Dataset:
+                 drop_remainder: bool = False, prefetch: bool = True,
+                 pack_length: int | None = None) -> tf.data.Dataset:
     """Turn `SequenceRecords` into a batched `tf.data.Dataset` ready for `model.fit` / `model.predict`.
 
     Args:
@@ -239,6 +250,9 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
             to records after bucketing and shuffling; remove it before calling a model.
         drop_remainder: drop incomplete batches.
         prefetch: end with `prefetch(tf.data.AUTOTUNE)`.
+        pack_length: pack several proteins into rows of this many tokens (see the module docstring), with
+            `sequence_id` in the features; `batch_size` rows per batch, or `max_tokens_per_batch // pack_length`.
+            Python tokenization only (not `in_graph`), no `return_index`; no bucketing (every row is as long).
 
     Returns:
         A `tf.data.Dataset` of `(features, labels)`, or of `features` when there are no labels.
@@ -247,6 +261,8 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
         raise ValueError("No records to build a dataset from.")
     if mlm and records.labels is not None:
         raise ValueError("MLM masking makes its own labels; build the dataset from unlabelled records.")
+    if pack_length is not None and (in_graph or return_index):
+        raise ValueError("pack_length works with Python tokenization and without return_index.")
     if batch_size is None and max_tokens_per_batch is None:
         batch_size = 8
     records = apply_length_policy(records, max_length, truncation)
@@ -255,6 +271,10 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
     token_lengths = [len(sequence) + 2 for sequence in records.sequences]
     pad_id = tokenizer.pad_token_id
 
+    if pack_length is not None:
+        ids = tokenizer(records.sequences, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+        return _packed_dataset(records, ids, pad_id, int(pack_length), batch_size, max_tokens_per_batch, shuffle,
+                               seed, mlm, tokenizer, drop_remainder, prefetch)
     if in_graph:
         from tf_esm.graph_tokenizer import tokenize_strings
 
@@ -323,6 +343,23 @@ def make_dataset(records: SequenceRecords, tokenizer=None, in_graph: bool = Fals
     if mlm:
         masking = mlm if isinstance(mlm, MlmMasking) else MlmMasking(tokenizer, seed=seed)
         dataset = dataset.map(masking)  # sequential: keeps a seeded mask sequence reproducible
+    if prefetch:
+        dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return without_autotune_stall(dataset)
+
+
+def _packed_dataset(records, ids, pad_id, pack_length, batch_size, max_tokens_per_batch, shuffle, seed, mlm,
+                    tokenizer, drop_remainder, prefetch):
+    """`make_dataset` with `pack_length`: rows of whole proteins and their `sequence_id`."""
+    features, labels = packed_arrays(ids, records.labels, records.task, pad_id, pack_length)
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels) if labels is not None else features)
+    if shuffle:
+        dataset = dataset.shuffle(len(features["input_ids"]), seed=seed, reshuffle_each_iteration=True)
+    rows_per_batch = batch_size if batch_size is not None else max(1, max_tokens_per_batch // pack_length)
+    dataset = dataset.batch(rows_per_batch, drop_remainder=drop_remainder)
+    if mlm:
+        masking = mlm if isinstance(mlm, MlmMasking) else MlmMasking(tokenizer, seed=seed)
+        dataset = dataset.map(masking)
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return without_autotune_stall(dataset)
