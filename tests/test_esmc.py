@@ -348,3 +348,46 @@ def test_masked_marginals_and_saturation_scan_like_transformers(esmc_checkpoints
         for column, residue in enumerate(STANDARD_AMINO_ACIDS):
             want = 0.0 if residue == wild_type else expected(f"{wild_type}{position + 1}{residue}")
             assert abs(scan[position, column] - want) <= 2e-5, (position, residue)
+
+
+def test_gradient_checkpointing_and_eager_attention_keep_the_numbers(esmc_checkpoints):
+    """ESM C's layers are a LayerStack: gradient checkpointing (one layer per checkpoint) gives the plain path's
+    gradients; `attn_implementation="eager"` the fused path's logits."""
+    import keras
+
+    ref = esmc_checkpoints()
+    tokens = dict(EsmcTokenizer()(SEQUENCES, padding=True, return_tensors="np"))
+    labels = np.where(tokens["attention_mask"] == 1, tokens["input_ids"], -100)
+    eager = TFEsmcForMaskedLM.from_pretrained(ref.path, attn_implementation="eager")
+    fused = TFEsmcForMaskedLM.from_pretrained(ref.path)
+    keep = tokens["attention_mask"].astype(bool)
+    np.testing.assert_allclose(as_numpy(eager(tokens).logits)[keep], as_numpy(fused(tokens).logits)[keep],
+                               rtol=0, atol=1e-5)
+
+    def gradients(model):
+        variables = model.trainable_variables
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss = model(tokens, labels=labels, training=True).loss
+            return [as_numpy(tf.convert_to_tensor(g)) for g in tape.gradient(loss, variables)]
+        if keras.backend.backend() == "jax":
+            import jax
+
+            def loss_of(values):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return model(tokens, labels=labels, training=True).loss
+
+            return [np.asarray(g) for g in jax.grad(loss_of)([v.value for v in variables])]
+        loss = model(tokens, labels=labels, training=True).loss
+        loss.backward()
+        return [as_numpy(v.value.grad) for v in variables]
+
+    plain = gradients(fused)
+    checkpointed_model = TFEsmcForMaskedLM.from_pretrained(ref.path)
+    checkpointed_model.gradient_checkpointing_enable()
+    assert checkpointed_model.config.gradient_checkpointing and checkpointed_model.esmc.layers.gradient_checkpointing
+    checkpointed = gradients(checkpointed_model)
+    for a, b in zip(plain, checkpointed):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)

@@ -356,6 +356,8 @@ class EsmcConfig(_LabelledConfig):
         initializer_range: Standard deviation of the normal initialiser for new weights.
         pad_token_id, bos_token_id, eos_token_id, mask_token_id: Special-token ids (1, 0, 2, 32).
         num_labels, id2label, label2id, problem_type: Task-head settings.
+        gradient_checkpointing, attn_implementation: as `EsmConfig`'s (recompute each layer in training's backward
+            pass; None/"sdpa" for the fused attention kernel where it applies, "eager" for the explicit one).
 
     Examples:
 
@@ -373,7 +375,7 @@ class EsmcConfig(_LabelledConfig):
         num_key_value_heads=None, hidden_act="silu", max_position_embeddings=2048, initializer_range=0.02,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, tie_word_embeddings=False, rope_parameters=None,
         attention_bias=False, attention_dropout=0.0, mlp_bias=False, head_dim=None, mask_token_id=32,
-        classifier_dropout=0.1, problem_type=None,
+        classifier_dropout=0.1, problem_type=None, gradient_checkpointing=False, attn_implementation=None,
     )
     # Every released checkpoint: nn.LayerNorm's default epsilon (the reference has no setting for it).
     layer_norm_eps = 1e-5
@@ -444,6 +446,9 @@ class EsmcConfig(_LabelledConfig):
             raise ValueError(f"EsmcConfig: hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}.")
         if self.attention_bias or self.mlp_bias:
             raise ValueError("EsmcConfig: attention_bias and mlp_bias must be False (ESM C's projections have none).")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"EsmcConfig: unknown attn_implementation {self.attn_implementation!r}; expected "
+                             "None, 'sdpa' or 'eager'.")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"EsmcConfig: unknown problem_type {self.problem_type!r}; expected one of "
                              f"{', '.join(PROBLEM_TYPES)}.")

@@ -48,8 +48,8 @@ class TFEsmcAttention(keras.layers.Layer):
 
     `attention_mask` is boolean, broadcastable to (batch, heads, query_len, key_len), True where a key may be
     attended. Without attention probabilities requested (and without attention dropout), the fused
-    `keras.ops.dot_product_attention` runs (TensorFlow on a CPU: attention over blocks of query rows); with them, the
-    explicit softmax whose probabilities are returned.
+    `keras.ops.dot_product_attention` runs (TensorFlow on a CPU: attention over blocks of query rows); with them, or
+    with `config.attn_implementation="eager"`, the explicit softmax whose probabilities are returned.
     """
 
     def __init__(self, config, **kwargs):
@@ -84,7 +84,8 @@ class TFEsmcAttention(keras.layers.Layer):
         query = query * ops.cast(self.head_dim ** -0.5, query.dtype)
 
         dropout_active = training and (self.config.attention_dropout or 0.0) > 0
-        if not output_attentions and not dropout_active and fused_attention_runs(query.dtype):
+        fused = getattr(self.config, "attn_implementation", None) != "eager"
+        if fused and not output_attentions and not dropout_active and fused_attention_runs(query.dtype):
             bias = None
             if attention_mask is not None:
                 bias = ops.where(attention_mask, ops.zeros((), query.dtype),
@@ -204,6 +205,7 @@ class TFEsmcMainLayer(keras.layers.Layer):
                                                    embeddings_initializer=normal_initializer(config),
                                                    name="embed_tokens")
         self.layers = LayerStack(lambda: TFEsmcLayer(config, name="layers"), config.num_hidden_layers, name="layers")
+        self.layers.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))
         self.norm = _layer_norm(config, "norm", center=False)
 
     def build(self, input_shape=None):
