@@ -47,6 +47,26 @@ def masked_fill_value(dtype):
     return float(np.finfo(name).min)
 
 
+def fused_attention(query, key, value, attention_mask=None, training=False):
+    """Softmax attention through a fused kernel: `query` (batch, heads, L, head_dim, already scaled), `key`,
+    `value` (batch, heads, S, head_dim), `attention_mask` boolean broadcastable to (batch, heads, L, S) or None.
+    Returns the context (batch, L, heads, head_dim). Inference under TensorFlow on a CPU attends over blocks of query
+    rows (`attention_tf`); elsewhere `keras.ops.dot_product_attention` (flash/cuDNN on GPUs)."""
+    # An additive mask, as the reference adds its extended mask: the same probabilities as filling the masked
+    # scores (|score| is far below the fill value's ulp), without a select over the whole score tensor, and a form
+    # every backend's fused kernel accepts.
+    bias = None
+    if attention_mask is not None:
+        bias = ops.where(attention_mask, ops.zeros((), query.dtype),
+                         ops.full((), masked_fill_value(query.dtype), query.dtype))
+    if not training and uses_blocked_attention():
+        from tf_esm.modeling import attention_tf
+
+        return attention_tf.blocked_attention(query, key, value, bias=bias)
+    return ops.dot_product_attention(ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 1, 3)),
+                                     ops.transpose(value, (0, 2, 1, 3)), bias=bias, scale=1.0)
+
+
 class TFEsmSelfAttention(keras.layers.Layer):
     """Scaled dot-product attention as ESM computes it: the query is scaled by head_dim**-0.5 before rotary.
 
@@ -137,23 +157,7 @@ class TFEsmSelfAttention(keras.layers.Layer):
                  and head_mask is None and self.distance_embedding is None and not dropout_active
                  and fused_attention_runs(query.dtype))
         if fused:
-            # An additive mask, as the reference adds its extended mask: the same probabilities as filling the
-            # masked scores (|score| is far below the fill value's ulp), without a select over the whole score
-            # tensor, and a form every backend's fused kernel accepts.
-            bias = None
-            if attention_mask is not None:
-                bias = ops.where(attention_mask, ops.zeros((), query.dtype),
-                                 ops.full((), masked_fill_value(query.dtype), query.dtype))
-            if not training and uses_blocked_attention():
-                from tf_esm.modeling import attention_tf
-
-                context = attention_tf.blocked_attention(query, key, value, bias=bias)
-            else:
-                context = ops.dot_product_attention(
-                    ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 1, 3)),
-                    ops.transpose(value, (0, 2, 1, 3)), bias=bias, scale=1.0,
-                )
-            probs = None
+            context, probs = fused_attention(query, key, value, attention_mask, training), None
         else:
             scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
             if self.distance_embedding is not None:

@@ -19,7 +19,7 @@ import numpy as np
 from keras import ops
 
 from tf_esm.backend import matmul_precision
-from tf_esm.modeling.attention import fused_attention_runs, masked_fill_value, uses_blocked_attention
+from tf_esm.modeling.attention import fused_attention, fused_attention_runs, masked_fill_value
 from tf_esm.modeling.embeddings import apply_rotary, dense_over_tokens, normal_initializer
 from tf_esm.modeling.layer_stack import LayerStack
 from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
@@ -86,19 +86,7 @@ class TFEsmcAttention(keras.layers.Layer):
         dropout_active = training and (self.config.attention_dropout or 0.0) > 0
         fused = getattr(self.config, "attn_implementation", None) != "eager"
         if fused and not output_attentions and not dropout_active and fused_attention_runs(query.dtype):
-            bias = None
-            if attention_mask is not None:
-                bias = ops.where(attention_mask, ops.zeros((), query.dtype),
-                                 ops.full((), masked_fill_value(query.dtype), query.dtype))
-            if not training and uses_blocked_attention():
-                from tf_esm.modeling import attention_tf
-
-                context = attention_tf.blocked_attention(query, key, value, bias=bias)
-            else:
-                context = ops.dot_product_attention(
-                    ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 1, 3)),
-                    ops.transpose(value, (0, 2, 1, 3)), bias=bias, scale=1.0)
-            probs = None
+            context, probs = fused_attention(query, key, value, attention_mask, training), None
         else:
             scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
             if attention_mask is not None:
