@@ -64,7 +64,6 @@ def test_embed_command_matches_transformers(esmc_dir, fasta, tmp_path, capsys, s
 
 
 def test_beam_runner_matches_the_one_process_command(esmc_dir, fasta, tmp_path, capsys):
-    pytest.importorskip("apache_beam")
     output = tmp_path / "beam_out"
     code = main(["embed", esmc_dir.path, str(fasta), str(output), "--runner", "DirectRunner", "--repr-layers", "-1",
                  "--", "--direct_num_workers=1"])
