@@ -8,10 +8,11 @@
      tokens a batch) under `torch.inference_mode()`; fair-esm's own random initialisation (timing only);
    * transformers: `EsmForMaskedLM` on the same weights as tf_esm, batched the same way, `torch.inference_mode()`.
    Each runs in its own process; the time is the whole process's wall time from its start (imports, model load,
-   compilation and the scan), and peak RSS is the process's own. tf_esm's scores are compared with transformers'.
+   compilation and the scan), and its memory as shared/tools/memwatch.py measures it (peak anonymous memory, the
+   machine's unreclaimable-memory rise, VmHWM). tf_esm's scores are compared with transformers'.
    Target: tf_esm at least 2x faster than the better of the other two.
 2. One protein of `--long-length` residues (default 2,500) embedded with `tf_esm.pipelines.inference.embed_sequences`
-   in overlapping windows (the default `long="window"`): whole-process time and peak RSS.
+   in overlapping windows (the default `long="window"`): whole-process time and memory.
 
     python benchmarks/bench_scan.py                           # the real run (t33, L=300, L=2500): minutes
     python benchmarks/bench_scan.py --shape tiny --length 30 --long-length 2500   # smoke test
@@ -24,14 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SHAPES = {  # name: (layers, hidden, heads, ffn)
     "tiny": (2, 64, 4, 128),
@@ -156,15 +157,17 @@ def spawn(kind, **options):
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
-    start = time.perf_counter()
-    subprocess.run(command, check=True, env=env)
-    wall = time.perf_counter() - start
+    # Under shared/tools/memwatch.py: peak anonymous memory and the machine's unreclaimable-memory rise too.
+    from bench_cli import run_process
+
+    wall, memory, _ = run_process(command[1:], env)
     try:
         with open(out) as handle:
             result = json.load(handle)
     finally:
         os.unlink(out)
     result["wall_s"] = wall
+    result["memory"] = memory
     return result
 
 
@@ -181,6 +184,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    from bench_cli import cpu_name
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = os.path.join(directory, "checkpoint")
         build_checkpoint(args.shape, checkpoint)
@@ -189,23 +193,25 @@ def main():
             results[kind] = spawn(kind, shape=args.shape, length=args.length, long_length=args.long_length,
                                   max_tokens_per_batch=args.max_tokens_per_batch, checkpoint=checkpoint)
     print(f"\nSaturation scan, masked marginals: {args.shape}, L={args.length} ({19 * args.length} mutants, "
-          f"{args.length} forward passes), --max-tokens-per-batch {args.max_tokens_per_batch}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
-    print("| run | whole process (s) | peak RSS (MiB) | tf_esm speed-up |")
-    print("|---|---:|---:|---:|")
+          f"{args.length} forward passes), --max-tokens-per-batch {args.max_tokens_per_batch}; CPU: {cpu_name()}\n")
+    print("| run | whole process (s) | anon peak GiB | unreclaimable rise GiB | VmHWM GiB | tf_esm speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
     tf_time = results.get("tf_esm", {}).get("wall_s")
     for kind in ("tf_esm", "fair_esm", "transformers"):
         if kind in results:
             run = results[kind]
             ratio = f"{run['wall_s'] / tf_time:.2f}x" if tf_time and kind != "tf_esm" else ""
-            print(f"| {kind} | {run['wall_s']:.1f} | {run['peak_rss_mb']:.0f} | {ratio} |")
+            memory = run["memory"]
+            print(f"| {kind} | {run['wall_s']:.1f} | {memory['anon_peak_gib']:.2f} | {memory['used_rise_gib']:.2f} | "
+                  f"{memory['vmhwm_gib']:.2f} | {ratio} |")
     if "tf_esm" in results and "transformers" in results:
         difference = np.abs(np.asarray(results["tf_esm"]["scores"]) - np.asarray(results["transformers"]["scores"]))
         print(f"\nmax |tf_esm - transformers| over the scan's scores: {difference.max():.2e}")
     if "tf_esm_windows" in results:
         run = results["tf_esm_windows"]
         print(f"\nEmbedding one {args.long_length}-residue protein in {run['windows']} windows ({args.shape}, mean + "
-              f"per-residue): whole process {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MiB")
+              f"per-residue): whole process {run['wall_s']:.1f} s, anon peak {run['memory']['anon_peak_gib']:.2f} GiB, "
+              f"unreclaimable rise {run['memory']['used_rise_gib']:.2f} GiB, VmHWM {run['memory']['vmhwm_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -242,7 +242,8 @@ def check_model_packages(*references):
     """A fair-esm .pt file, or a directory whose only weights are PyTorch .bin files, is read with torch."""
     for reference in references:
         if reference.endswith((".pt", ".pth")) and os.path.isfile(reference):
-            require_installed("torch", f"MODEL {reference} (a fair-esm .pt / esm-package .pth file)")
+            kind = "a fair-esm .pt file" if reference.endswith(".pt") else "an esm-package ESM C .pth file"
+            require_installed("torch", f"MODEL {reference} ({kind})")
         elif os.path.isdir(reference):
             names = os.listdir(reference)
             if (any(name.endswith(".bin") for name in names)
