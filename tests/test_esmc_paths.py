@@ -158,3 +158,31 @@ def test_fit_with_built_in_losses_and_lora(tmp_path):
     with torch.no_grad():
         logits = theirs(**{k: torch.tensor(v) for k, v in inputs.items()}).logits.numpy()
     np.testing.assert_allclose(as_numpy(model(inputs).logits), logits, rtol=0, atol=2e-5)
+
+
+def test_bfloat16_model_maps_a_bfloat16_weights_cache_entry(esmc_dir, tmp_path):
+    """A bfloat16 model's weights cache entry holds bfloat16 (rounded once, as loading rounds), so the model's
+    variables are the mapped file itself; a float32 model of the same checkpoint gets its own entry."""
+    import h5py
+
+    from tf_esm import TFEsmcModel
+    from tf_esm.io import buffers
+    from tf_esm.io.weights import variable_memory
+
+    direct = TFEsmcModel.from_pretrained(esmc_dir.path, precision="bfloat16", weights_cache=False)
+    TFEsmcModel.from_pretrained(esmc_dir.path, precision="bfloat16", weights_cache=str(tmp_path))  # converts
+    mapped = TFEsmcModel.from_pretrained(esmc_dir.path, precision="bfloat16", weights_cache=str(tmp_path))
+    for ours, theirs in zip(direct.weights, mapped.weights):
+        assert str(theirs.dtype) == "bfloat16"
+        np.testing.assert_array_equal(as_numpy(ours.value).astype(np.float32),
+                                      as_numpy(theirs.value).astype(np.float32))
+    assert all(buffers.mapped_file(variable_memory(variable)) is not None for variable in mapped.weights)
+    TFEsmcModel.from_pretrained(esmc_dir.path, weights_cache=str(tmp_path))  # float32: a second entry
+    entries = sorted(os.listdir(tmp_path / "converted"))
+    assert len(entries) == 2
+    kinds = set()
+    for entry in entries:
+        with h5py.File(tmp_path / "converted" / entry / "tf_esm_model.h5", "r") as handle:
+            handle.visititems(lambda name, item: kinds.add((entry, str(item.dtype)))
+                              if isinstance(item, h5py.Dataset) else None)
+    assert {dtype for _, dtype in kinds} == {"uint16", "float32"}

@@ -72,7 +72,10 @@ def _key(weights_path, variables):
         digest.update(json.dumps([os.path.realpath(path), status.st_size, status.st_mtime_ns]).encode())
     for name in sorted(variables):
         variable, transpose = variables[name]
-        digest.update(json.dumps([name, list(variable.shape), bool(transpose)]).encode())
+        entry = [name, list(variable.shape), bool(transpose)]
+        if variable.dtype != "float32":  # stored in that precision (float32 entries keep their earlier keys)
+            entry.append(str(variable.dtype))
+        digest.update(json.dumps(entry).encode())
     return digest.hexdigest()[:32]
 
 
@@ -84,11 +87,13 @@ def converted_path(weights_path, variables, cache_dir=None):
 def write_converted(state_dict, variables, path):
     """Write `state_dict` ({reference name: array}, read lazily) as tf_esm's file at `path`, one tensor at a time:
     each variable's tensor in its Keras layout (`variables`: {reference name: (variable, transpose?)}, the names
-    and stacks already matched to the model's), every other tensor as it is (so a load still reports it)."""
+    and stacks already matched to the model's) and, for a bfloat16 variable, in bfloat16 (rounded once, here, as
+    loading would round it: the file then maps as the variable's memory); every other tensor as it is (so a load
+    still reports it)."""
     import h5py
 
     from tf_esm.storage.atomic import atomic_path
-    from tf_esm.io.native_h5 import ALIGNMENT, FORMAT_VERSION, GROUPS
+    from tf_esm.io.native_h5 import _BFLOAT16_BITS, ALIGNMENT, FORMAT_VERSION, GROUPS, _bfloat16
     from tf_esm.io.stacked_weights import is_stacked, matrix_ndim
 
     version = 4 if any(is_stacked(name) for name in variables) else FORMAT_VERSION
@@ -101,10 +106,15 @@ def write_converted(state_dict, variables, path):
             for name in state_dict:
                 value = np.asarray(state_dict[name])
                 transpose = name in variables and variables[name][1] and value.ndim == matrix_ndim(name)
+                if name in variables and variables[name][0].dtype == "bfloat16" and value.dtype.name != "bfloat16":
+                    value = value.astype(np.float32, copy=False).astype(_bfloat16())
+                bfloat16 = value.dtype.name == "bfloat16"
+                data = np.ascontiguousarray(value.swapaxes(-1, -2)) if transpose else value
                 dataset = group.create_dataset(name.replace(".", "/"),
-                                               data=np.ascontiguousarray(value.swapaxes(-1, -2)) if transpose
-                                               else value)
+                                               data=data.view(_BFLOAT16_BITS) if bfloat16 else data)
                 if transpose:
                     dataset.attrs["keras_layout"] = True
+                if bfloat16:
+                    dataset.attrs["bfloat16"] = True
                 del value
     return path
