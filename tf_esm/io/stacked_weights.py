@@ -68,7 +68,11 @@ def with_stacks(state_dict, variables, source):
             return state_dict[name]
         return _stacked(state_dict, groups[name], variables[name][1], source)
 
-    return LazyTensors(names, read)
+    stacked = LazyTensors(names, read)
+    # Per-layer access for writers that need not hold a whole stack at once (the weights cache's conversion):
+    # {stacked name: ({layer index: checkpoint name}, the checkpoint's mapping)}.
+    stacked.stack_members = {name: (members, state_dict) for name, members in groups.items()}
+    return stacked
 
 
 def _stacked(state_dict, members, transpose, source):

@@ -103,7 +103,11 @@ def write_converted(state_dict, variables, path):
             handle.attrs["format"] = "tf_esm"
             handle.attrs["format_version"] = version
             group = handle.create_group(GROUPS[version])
+            stack_members = getattr(state_dict, "stack_members", {})
             for name in state_dict:
+                if name in stack_members:  # per-layer tensors of a stacked weight: written one layer at a time
+                    _write_stack(group, name, *stack_members[name], variables)
+                    continue
                 value = np.asarray(state_dict[name])
                 transpose = name in variables and variables[name][1] and value.ndim == matrix_ndim(name)
                 if name in variables and variables[name][0].dtype == "bfloat16" and value.dtype.name != "bfloat16":
@@ -118,3 +122,35 @@ def write_converted(state_dict, variables, path):
                     dataset.attrs["bfloat16"] = True
                 del value
     return path
+
+
+def _write_stack(group, name, members, checkpoint, variables):
+    """A stacked weight's dataset filled layer by layer from the checkpoint's per-layer tensors (`members`: {layer
+    index: checkpoint name}), each in the variable's layout and precision: the conversion holds one layer's tensor at
+    a time, never the whole stack (80 layers of a 6B model's feed-forward matrix are 5.7 GB in float32)."""
+    from tf_esm.io.native_h5 import _BFLOAT16_BITS, _bfloat16
+
+    variable, transpose = variables[name]
+    bfloat16 = variable.dtype == "bfloat16"
+    dataset = None
+    for index in sorted(members):
+        value = np.asarray(checkpoint[members[index]])
+        layer_transpose = transpose and value.ndim == 2
+        if bfloat16 and value.dtype.name != "bfloat16":
+            value = value.astype(np.float32, copy=False).astype(_bfloat16())
+        if layer_transpose:
+            value = value.swapaxes(-1, -2)
+        value = np.ascontiguousarray(value)
+        stored = value.view(_BFLOAT16_BITS) if value.dtype.name == "bfloat16" else value
+        if dataset is None:
+            dataset = group.create_dataset(name.replace(".", "/"), shape=(len(members),) + stored.shape,
+                                           dtype=stored.dtype)
+            if layer_transpose:
+                dataset.attrs["keras_layout"] = True
+            if value.dtype.name == "bfloat16":
+                dataset.attrs["bfloat16"] = True
+        elif stored.shape != dataset.shape[1:] or stored.dtype != dataset.dtype:
+            raise ValueError(f"tensor {members[index]!r} is {stored.dtype} {stored.shape}, but layer "
+                             f"{min(members)} of the stack is {dataset.dtype} {dataset.shape[1:]}.")
+        dataset[index] = stored
+        del value, stored
