@@ -13,7 +13,7 @@ from tf_esm.configuration import EsmcConfig
 from tf_esm.modeling.embeddings import normal_initializer
 from tf_esm.modeling.esmc import TFEsmcMainLayer
 from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmcLMHead
-from tf_esm.modeling.losses import masked_sparse_cross_entropy, resolve_problem_type, sequence_classification_loss
+from tf_esm.modeling.losses import resolve_problem_type, sequence_classification_loss
 from tf_esm.modeling.models import ModelInputs, TensorLike, _unpack_inputs
 from tf_esm.modeling.outputs import (
     TFBaseModelOutputWithPoolingAndCrossAttentions,
@@ -116,10 +116,6 @@ class TFEsmcForMaskedLM(TFEsmcPreTrainedModel):
     def _sublayers(self):
         return [self.esmc, self.lm_head]
 
-    def hf_compute_loss(self, labels, logits):
-        """Mean cross-entropy over positions whose label is not -100."""
-        return masked_sparse_cross_entropy(labels, logits)
-
     def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
              position_ids: TensorLike | None = None, sequence_id: TensorLike | None = None,
              inputs_embeds: TensorLike | None = None, labels: TensorLike | None = None,
@@ -193,10 +189,6 @@ class TFEsmcForTokenClassification(TFEsmcPreTrainedModel):
         self.esmc.build(None)
         self.score.build((None, None, self.config.hidden_size))
         self.built = True
-
-    def hf_compute_loss(self, labels, logits):
-        """Mean cross-entropy over tokens whose label is not -100."""
-        return masked_sparse_cross_entropy(labels, logits)
 
     def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
              position_ids: TensorLike | None = None, sequence_id: TensorLike | None = None,

@@ -13,7 +13,6 @@ from tf_esm.modeling.embeddings import normal_initializer
 from tf_esm.modeling.encoder import TFEsmMainLayer
 from tf_esm.modeling.heads import TFEsmClassificationHead, TFEsmLMHead
 from tf_esm.modeling.losses import (
-    masked_sparse_cross_entropy,
     packed_sequence_classification_loss,
     resolve_problem_type,
     sequence_classification_loss,
@@ -166,10 +165,6 @@ class TFEsmForMaskedLM(TFEsmPreTrainedModel):
     def _sublayers(self):
         return [self.esm, self.lm_head]
 
-    def hf_compute_loss(self, labels, logits):
-        """Mean cross-entropy over positions whose label is not -100."""
-        return masked_sparse_cross_entropy(labels, logits)
-
     def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
              position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,
              inputs_embeds: TensorLike | None = None, encoder_hidden_states: TensorLike | None = None,
@@ -269,10 +264,6 @@ class TFEsmForTokenClassification(TFEsmPreTrainedModel):
         self.esm.build(None)
         self.classifier.build((None, None, self.config.hidden_size))
         self.built = True
-
-    def hf_compute_loss(self, labels, logits):
-        """Mean cross-entropy over tokens whose label is not -100."""
-        return masked_sparse_cross_entropy(labels, logits)
 
     def call(self, input_ids: ModelInputs | None = None, attention_mask: TensorLike | None = None,
              position_ids: TensorLike | None = None, head_mask: TensorLike | None = None,

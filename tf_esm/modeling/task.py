@@ -12,6 +12,7 @@ from keras import ops
 from tf_esm import keras_compat
 from tf_esm.configuration import IGNORE_INDEX
 from tf_esm.modeling.layer_stack import set_gradient_checkpointing
+from tf_esm.modeling.losses import masked_sparse_cross_entropy
 from tf_esm.modeling.packing import protein_starts
 
 
@@ -167,7 +168,10 @@ class EsmKerasTask:
         return self.hf_compute_loss(labels, logits)
 
     def hf_compute_loss(self, labels, logits):
-        """The built-in loss, as the PyTorch reference computes it from `labels` and `logits`."""
+        """The built-in loss, as the PyTorch reference computes it from `labels` and `logits`: for the token-level
+        models (masked LM, token classification) the mean cross-entropy over tokens whose label is not -100."""
+        if self._token_level_labels:
+            return masked_sparse_cross_entropy(labels, logits)
         raise ValueError(
             f"{type(self).__name__} has no built-in loss: compile it with a loss, e.g. "
             "model.compile(optimizer, loss=...)."
