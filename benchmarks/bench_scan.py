@@ -160,7 +160,7 @@ def spawn(kind, **options):
     # Under shared/tools/memwatch.py: peak anonymous memory and the machine's unreclaimable-memory rise too.
     from bench_cli import run_process
 
-    wall, memory, _ = run_process(command[1:], env)
+    wall, memory, _ = run_process(command, env)
     try:
         with open(out) as handle:
             result = json.load(handle)
