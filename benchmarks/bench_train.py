@@ -335,6 +335,11 @@ def main():
     parser.add_argument("--jit-compile", default="false", choices=("auto", "true", "false"),
                         help="tf_esm model.compile(jit_compile=...)")
     parser.add_argument("--curve-steps", type=int, default=50, help="steps of the loss curves (0: none)")
+    parser.add_argument("--curve-batch-size", type=int, help="sequences per step of the loss curves "
+                        "(default --batch-size); the curves draw as many sequences of the workload as they need")
+    parser.add_argument("--frameworks", nargs="+", default=["transformers", "tf_esm"],
+                        choices=("transformers", "tf_esm"), help="which frameworks' throughput runs (the curves "
+                        "always compare both)")
     parser.add_argument("--write", help="append the markdown tables to this file")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -361,16 +366,21 @@ def main():
         for mode in args.modes:
             for checkpointing in args.checkpointing:
                 setting = dict(common, mode=mode, gradient_checkpointing=checkpointing)
-                torch_result = spawn_script(__file__, "torch", batching=torch_batching, **setting)
-                print("transformers", mode, checkpointing, json.dumps(torch_result), flush=True)
-                rows.append(("transformers" + (" + PEFT" if mode == "lora" else ""), mode, checkpointing,
-                             "length-grouped" if torch_batching == "group" else "fixed", torch_result, torch_result))
-                for batching in args.batching:
+                torch_result = None
+                if "transformers" in args.frameworks:
+                    torch_result = spawn_script(__file__, "torch", batching=torch_batching, **setting)
+                    print("transformers", mode, checkpointing, json.dumps(torch_result), flush=True)
+                    rows.append(("transformers" + (" + PEFT" if mode == "lora" else ""), mode, checkpointing,
+                                 "length-grouped" if torch_batching == "group" else "fixed", torch_result,
+                                 torch_result))
+                for batching in args.batching if "tf_esm" in args.frameworks else ():
                     result = spawn_script(__file__, "keras", batching=batching, **setting)
                     print("tf_esm", mode, checkpointing, batching, json.dumps(result), flush=True)
                     rows.append(("tf_esm model.fit", mode, checkpointing, batching, result, torch_result))
             if args.curve_steps:
-                setting = dict(common, mode=mode, gradient_checkpointing="off", batching="group")
+                curve_batch = args.curve_batch_size or args.batch_size
+                setting = dict(common, mode=mode, gradient_checkpointing="off", batching="group",
+                               batch_size=curve_batch, num_seqs=max(args.num_seqs, args.curve_steps * curve_batch))
                 theirs = spawn_script(__file__, "torch_curve", **setting)["losses"]
                 ours = spawn_script(__file__, "keras_curve", **setting)["losses"]
                 curves[mode] = (theirs, ours)
@@ -389,9 +399,9 @@ def main():
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, mode, checkpointing, batching, result, baseline in rows:
-        lines.append(f"| {name} | {mode} | {checkpointing} | {batching} | {result['tokens_per_s']:,.0f} | "
-                     f"{result['tokens_per_s'] / baseline['tokens_per_s']:.2f}x | {result['padding']:.1%} | "
-                     f"{result['peak_anon_mb']:,.0f} |")
+        ratio = f"{result['tokens_per_s'] / baseline['tokens_per_s']:.2f}x" if baseline else "-"
+        lines.append(f"| {name} | {mode} | {checkpointing} | {batching} | {result['tokens_per_s']:,.0f} | {ratio} | "
+                     f"{result['padding']:.1%} | {result['peak_anon_mb']:,.0f} |")
     for mode, (theirs, ours) in curves.items():
         difference = max(abs(a - b) for a, b in zip(theirs, ours))
         lines += ["", f"Loss curve, {mode}, first {len(theirs)} steps (same batches and initial weights, no "

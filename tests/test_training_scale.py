@@ -369,6 +369,48 @@ def test_sdpa_and_eager_attention_agree(mlm_checkpoint, packed):
     assert_gradients_equal(gradients(sdpa, inputs, labels), gradients(eager, inputs, labels), rtol=1e-5)
 
 
+def test_training_attention_recomputes_its_probabilities(mlm_checkpoint, monkeypatch):
+    """A training call's fused attention keeps no (batch, heads, L, L) probabilities for the backward pass where
+    the backend's kernel would (TensorFlow, JAX's XLA kernel): it recomputes them, with the gradients of the path
+    that keeps them; inside a checkpointed layer it is not recomputed a second time."""
+    from tf_esm.modeling import attention
+
+    model = TFEsmForMaskedLM.from_pretrained(mlm_checkpoint.path)
+    input_ids, attention_mask = unpacked_batch()
+    inputs, labels = {"input_ids": input_ids, "attention_mask": attention_mask}, mlm_labels(input_ids)
+    recomputes = attention.recomputes_probabilities("float32")
+    assert recomputes == (BACKEND in ("tensorflow", "jax"))  # CPU here
+    calls = []
+    fused = keras.ops.dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(keras.ops, "dot_product_attention", counting)
+    recomputed = gradients(model, inputs, labels)
+    if BACKEND == "tensorflow":  # two layers: forward, then again in the backward pass
+        assert len(calls) == 4
+    elif BACKEND == "jax":
+        import jax
+
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        program = str(jax.make_jaxpr(jax.grad(lambda trainable: model.stateless_call(
+            trainable, non_trainable, inputs, labels=labels, training=True)[0].loss))(
+            [v.value for v in model.trainable_variables]))
+        assert program.count("checkpoint[") + program.count("remat") >= 1
+    model.gradient_checkpointing_enable()
+    del calls[:]
+    checkpointed = gradients(model, inputs, labels)
+    if BACKEND == "tensorflow":  # the layer's recomputation only
+        assert len(calls) == 4
+    model.gradient_checkpointing_disable()
+    monkeypatch.setattr(attention, "recomputes_probabilities", lambda dtype: False)
+    kept = gradients(model, inputs, labels)
+    assert_gradients_equal(kept, recomputed)
+    assert_gradients_equal(kept, checkpointed)
+
+
 def test_attn_implementation_is_checked():
     from tf_esm import EsmConfig
 

@@ -25,6 +25,15 @@ def _differentiable(value):
     return value is not None and "float" in keras.backend.standardize_dtype(value.dtype)
 
 
+_depth = [0]  # how many checkpointed calls are running (their forward or their recomputation)
+
+
+def inside_checkpoint():
+    """Whether the code running is inside a checkpointed call (its first run or its recomputation): nested
+    rematerialisation (attention's, `attention.recomputes_probabilities`) would only recompute twice."""
+    return _depth[0] > 0
+
+
 def checkpointed_call(function, *args):
     """`function(*args)` with its activations rematerialised in the backward pass (`keras.remat`).
 
@@ -39,7 +48,11 @@ def checkpointed_call(function, *args):
         values = list(flat_args)
         for index, tensor in zip(positions, tensors):
             values[index] = tensor
-        result = function(*tree.pack_sequence_as(args, values))
+        _depth[0] += 1
+        try:
+            result = function(*tree.pack_sequence_as(args, values))
+        finally:
+            _depth[0] -= 1
         flat_result = tree.flatten(result)
         if not structure:
             structure.append((result, [index for index, value in enumerate(flat_result) if value is not None]))
