@@ -9,6 +9,7 @@ from keras import ops
 
 from tf_esm.modeling.checkpointing import inside_checkpoint
 from tf_esm.modeling.embeddings import apply_rotary, dense_over_tokens, normal_initializer
+from tf_esm.modeling.normalization import LayerNorm
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,7 +248,7 @@ class TFEsmAttention(keras.layers.Layer):
         self.config = config
         self.self_attention = TFEsmSelfAttention(config, is_cross_attention=is_cross_attention, name="self")
         self.output_projection = TFEsmSelfOutput(config, name="output")
-        self.LayerNorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="LayerNorm")
+        self.LayerNorm = LayerNorm(epsilon=config.layer_norm_eps, name="LayerNorm")
 
     def build(self, input_shape=None):
         self.LayerNorm.build((None, None, self.config.hidden_size))

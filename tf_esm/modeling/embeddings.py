@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tf_esm.modeling.normalization import LayerNorm
 from tf_esm.modeling.packing import same_protein
 
 # All ESM models were trained with 15% of tokens selected, 80% of those replaced by <mask>.
@@ -75,7 +76,7 @@ class TFEsmEmbeddings(keras.layers.Layer):
             )
         self.layer_norm = None
         if config.emb_layer_norm_before:
-            self.layer_norm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layer_norm")
+            self.layer_norm = LayerNorm(epsilon=config.layer_norm_eps, name="layer_norm")
 
     def build(self, input_shape=None):
         self.word_embeddings.build(None)

@@ -17,6 +17,7 @@ from tf_esm.modeling.embeddings import (
 )
 from tf_esm.modeling.heads import TFEsmContactPredictionHead
 from tf_esm.modeling.layer_stack import LayerStack
+from tf_esm.modeling.normalization import LayerNorm
 from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
 from tf_esm.modeling.packing import positions_in_protein, same_protein
 
@@ -63,7 +64,7 @@ class TFEsmLayer(keras.layers.Layer):
                                     name="intermediate")
         self.output_block = _Linear(config, config.hidden_size, config.intermediate_size, residual=True,
                                     name="output")
-        self.LayerNorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="LayerNorm")
+        self.LayerNorm = LayerNorm(epsilon=config.layer_norm_eps, name="LayerNorm")
 
     def build(self, input_shape=None):
         self.attention.build(None)
@@ -114,7 +115,7 @@ class TFEsmEncoder(keras.layers.Layer):
         self.config = config
         self.layer = LayerStack(lambda: TFEsmLayer(config, name="layer"), config.num_hidden_layers, name="layer")
         self.layer.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))
-        self.emb_layer_norm_after = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps,
+        self.emb_layer_norm_after = LayerNorm(epsilon=config.layer_norm_eps,
                                                                     name="emb_layer_norm_after")
 
     def build(self, input_shape=None):

@@ -22,11 +22,12 @@ from tf_esm.backend import matmul_precision
 from tf_esm.modeling.attention import fused_attention, fused_attention_runs, masked_fill_value
 from tf_esm.modeling.embeddings import apply_rotary, dense_over_tokens, normal_initializer
 from tf_esm.modeling.layer_stack import LayerStack
+from tf_esm.modeling.normalization import LayerNorm
 from tf_esm.modeling.outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
 
 
 def _layer_norm(config, name, center=True):
-    return keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, center=center, name=name)
+    return LayerNorm(epsilon=config.layer_norm_eps, center=center, name=name)
 
 
 def _projection(config, units, name):

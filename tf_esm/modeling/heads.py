@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tf_esm.modeling.embeddings import dense_over_tokens, normal_initializer
+from tf_esm.modeling.normalization import LayerNorm
 
 
 def _gelu(x):
@@ -28,7 +29,7 @@ class TFEsmLMHead(keras.layers.Layer):
         self.input_embeddings = input_embeddings
         self.dense = keras.layers.Dense(config.hidden_size, kernel_initializer=normal_initializer(config),
                                         name="dense")
-        self.layer_norm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layer_norm")
+        self.layer_norm = LayerNorm(epsilon=config.layer_norm_eps, name="layer_norm")
 
     def build(self, input_shape=None):
         self.dense.build((None, None, self.config.hidden_size))
@@ -50,7 +51,7 @@ class TFEsmcLMHead(keras.layers.Layer):
         self.config = config
         init = normal_initializer(config)
         self.dense = keras.layers.Dense(config.hidden_size, kernel_initializer=init, name="dense")
-        self.layer_norm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layer_norm")
+        self.layer_norm = LayerNorm(epsilon=config.layer_norm_eps, name="layer_norm")
         self.decoder = keras.layers.Dense(config.vocab_size, kernel_initializer=init, name="decoder")
 
     def build(self, input_shape=None):
