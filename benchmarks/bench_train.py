@@ -53,6 +53,7 @@ from bench_embed import SHAPE_NAMES, SHAPES, spawn_script, workload  # noqa: E40
 VOCAB = {token: index for index, token in enumerate(
     ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"])}
 LEARNING_RATE, WEIGHT_DECAY, EPSILON = 1e-4, 0.01, 1e-8
+SGD_LEARNING_RATE, SGD_MOMENTUM = 1e-2, 0.9  # --curve-optimizer sgd: the same update rule in both frameworks
 LORA_RANK = LORA_ALPHA = 8
 
 
@@ -143,7 +144,10 @@ def keras_model(args):
         model.enable_lora(rank=LORA_RANK, lora_alpha=LORA_ALPHA, targets=tuple(args.lora_targets.split(",")))
     if args.gradient_checkpointing == "on":
         model.gradient_checkpointing_enable()
-    optimizer = keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY, epsilon=EPSILON)
+    if getattr(args, "curve_optimizer", "adamw") == "sgd" and args.worker == "keras_curve":
+        optimizer = keras.optimizers.SGD(SGD_LEARNING_RATE, momentum=SGD_MOMENTUM)
+    else:
+        optimizer = keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY, epsilon=EPSILON)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     model.compile(optimizer=optimizer, jit_compile=jit)  # the model's built-in loss
     return model
@@ -246,7 +250,10 @@ def torch_model(args):
         model = peft.get_peft_model(model, config)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, eps=EPSILON)
+    if getattr(args, "curve_optimizer", "adamw") == "sgd" and args.worker == "torch_curve":
+        optimizer = torch.optim.SGD(parameters, lr=SGD_LEARNING_RATE, momentum=SGD_MOMENTUM)
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, eps=EPSILON)
     return model, optimizer
 
 
@@ -337,9 +344,13 @@ def main():
     parser.add_argument("--curve-steps", type=int, default=50, help="steps of the loss curves (0: none)")
     parser.add_argument("--curve-batch-size", type=int, help="sequences per step of the loss curves "
                         "(default --batch-size); the curves draw as many sequences of the workload as they need")
+    parser.add_argument("--curve-optimizer", default="adamw", choices=("adamw", "sgd"),
+                        help="the loss curves' optimizer: AdamW as the throughput runs (Keras and torch place Adam's "
+                        "epsilon differently), or SGD with momentum (lr 1e-2, momentum 0.9), whose update is the same "
+                        "formula in both, so the curves compare the models' gradients alone")
     parser.add_argument("--frameworks", nargs="+", default=["transformers", "tf_esm"],
-                        choices=("transformers", "tf_esm"), help="which frameworks' throughput runs (the curves "
-                        "always compare both)")
+                        choices=("transformers", "tf_esm", "none"), help="which frameworks' throughput runs "
+                        "(none: the loss curves only, which always compare both)")
     parser.add_argument("--write", help="append the markdown tables to this file")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -380,6 +391,7 @@ def main():
             if args.curve_steps:
                 curve_batch = args.curve_batch_size or args.batch_size
                 setting = dict(common, mode=mode, gradient_checkpointing="off", batching="group",
+                               curve_optimizer=args.curve_optimizer,
                                batch_size=curve_batch, num_seqs=max(args.num_seqs, args.curve_steps * curve_batch))
                 theirs = spawn_script(__file__, "torch_curve", **setting)["losses"]
                 ours = spawn_script(__file__, "keras_curve", **setting)["losses"]
@@ -404,8 +416,9 @@ def main():
                      f"{result['padding']:.1%} | {result['peak_anon_mb']:,.0f} |")
     for mode, (theirs, ours) in curves.items():
         difference = max(abs(a - b) for a, b in zip(theirs, ours))
+        optimizer = "SGD, lr 1e-2, momentum 0.9" if args.curve_optimizer == "sgd" else "AdamW as above"
         lines += ["", f"Loss curve, {mode}, first {len(theirs)} steps (same batches and initial weights, no "
-                      f"dropout): largest difference {difference:.2e}", "",
+                      f"dropout; {optimizer}): largest difference {difference:.2e}", "",
                   "| step | transformers | tf_esm |", "|---|---|---|"]
         lines += [f"| {step} | {a:.6f} | {b:.6f} |" for step, (a, b) in enumerate(zip(theirs, ours), start=1)]
     table = "\n".join(lines) + "\n"

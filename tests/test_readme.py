@@ -10,6 +10,7 @@ from tf_esm.tokenization import write_default_vocab
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 HUB_ID = '"facebook/esm2_t6_8M_UR50D"'
+HUB_ID_650M = '"facebook/esm2_t33_650M_UR50D"'  # the fine-tuning guide's model: the same tiny one stands in
 ESMC_HUB_ID = '"biohub/ESMC-300M"'
 
 
@@ -24,7 +25,7 @@ RUNNABLE = [index for index, block in enumerate(python_blocks()) if not any(text
 
 
 def test_the_runnable_blocks_are_the_ones_expected():
-    assert len(RUNNABLE) == 9 and len(python_blocks()) == 11  # update both when README's blocks change
+    assert len(RUNNABLE) == 10 and len(python_blocks()) == 12  # update both when README's blocks change
 
 
 @pytest.mark.parametrize("index", RUNNABLE)
@@ -37,7 +38,8 @@ def test_readme_block_runs(index, reference_checkpoints, tmp_path, monkeypatch):
     (tmp_path / "train.csv").write_text(
         "sequence,label\n" + "\n".join(f"{'K' * (5 + i % 7)}MA,{i % 2}" for i in range(24)))
     monkeypatch.chdir(tmp_path)
-    code = block.replace(HUB_ID, repr(model_dir)).replace("epochs=3", "epochs=1")
+    code = block.replace(HUB_ID, repr(model_dir)).replace(HUB_ID_650M, repr(model_dir))
+    code = code.replace("epochs=3", "epochs=1")
     if ESMC_HUB_ID in code:  # the ESM C section's block: a tiny ESM C directory saved with its tokenizer
         from tests._reference import make_esmc_reference_checkpoint
 
