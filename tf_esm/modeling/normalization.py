@@ -4,8 +4,8 @@ TensorFlow.
 Keras computes a layer norm as `x * inv + (beta - mean * inv)` with `inv = gamma * rsqrt(var + eps)`, which under
 TensorFlow (no fusion outside XLA) writes three full-size intermediates besides the variance's; the form here,
 `(x - mean) * rsqrt(var + eps) * gamma + beta`, writes one fewer and its variance is the mean of the centred
-squares it already has: 5.7 vs 8.5 ms for a 4096 x 960 float32 tensor on a 2-core Zen 4 (benchmarks/RESULTS.md,
-session 20), same values to float32 rounding. Other backends run Keras' own (PyTorch's fused kernel; XLA fuses
+squares it already has: about a third less time per layer norm on a CPU (benchmarks/RESULTS.md), the same
+values to float32 rounding. Other backends run Keras' own (PyTorch's fused kernel; XLA fuses
 either form). Weights, names and configuration are `LayerNormalization`'s.
 """
 
