@@ -84,8 +84,8 @@ def recomputes_probabilities(dtype):
     JAX's XLA implementation, everywhere but a GPU's cuDNN kernel in half precision), the backward pass keeps one
     such tensor per layer, much of a training step's memory at 512 tokens and more (benchmarks/RESULTS.md).
     Recomputing them costs a second score product per layer in the backward pass and gives the same gradients
-    (the same operations run on the same inputs). PyTorch's SDPA kernels keep no probabilities and are left alone, and so is a layer that
-    is already checkpointed whole (`checkpointing.py`)."""
+    (the same operations run on the same inputs). PyTorch's SDPA kernels keep no probabilities and are left
+    alone, and so is a layer that is already checkpointed whole (`checkpointing.py`)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return True

@@ -115,8 +115,7 @@ class TFEsmEncoder(keras.layers.Layer):
         self.config = config
         self.layer = LayerStack(lambda: TFEsmLayer(config, name="layer"), config.num_hidden_layers, name="layer")
         self.layer.gradient_checkpointing = bool(getattr(config, "gradient_checkpointing", False))
-        self.emb_layer_norm_after = LayerNorm(epsilon=config.layer_norm_eps,
-                                                                    name="emb_layer_norm_after")
+        self.emb_layer_norm_after = LayerNorm(epsilon=config.layer_norm_eps, name="emb_layer_norm_after")
 
     def build(self, input_shape=None):
         self.layer.build(None)
